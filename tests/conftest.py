@@ -11,10 +11,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# Tiny test models run fastest on one thread: idle OpenMP threads otherwise spin on the shared
+# cores and a 2 ms forward pass costs over 100 ms. Ray workers are separate processes and
+# choose their own thread counts.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

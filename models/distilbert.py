@@ -1,0 +1,395 @@
+"""DistilBERT, checkpoint-compatible with transformers.
+
+A 6-layer BERT distilled from BERT-base, with its own parameter names (`q_lin`, `sa_layer_norm`,
+`ffn.lin1`, ...): no token types, no pooler, learned (or sinusoidal) absolute positions. The heads
+mirror transformers' DistilBert* classes. Shared pieces (attention with head masks, head-mask
+expansion, losses, masks) come from layers.py and bert.py.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bert import attend, expand_head_mask
+from .configuration_utils import PretrainedConfig
+from .layers import (
+    get_activation,
+    init_linear_embedding_norm,
+    merge_heads,
+    padding_mask_to_additive,
+    sequence_classification_loss,
+    span_loss,
+    split_heads,
+    token_cross_entropy,
+)
+from .modeling_utils import PreTrainedModel
+from .outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+
+class DistilBertConfig(PretrainedConfig):
+    """Same arguments, defaults, aliases (`hidden_size` -> `dim`, ...) and JSON as transformers'."""
+
+    model_type = "distilbert"
+    attribute_map = {
+        "hidden_size": "dim",
+        "num_attention_heads": "n_heads",
+        "num_hidden_layers": "n_layers",
+    }
+
+    def __init__(
+        self,
+        vocab_size=30522,
+        max_position_embeddings=512,
+        sinusoidal_pos_embds=False,
+        n_layers=6,
+        n_heads=12,
+        dim=768,
+        hidden_dim=4 * 768,
+        dropout=0.1,
+        attention_dropout=0.1,
+        activation="gelu",
+        initializer_range=0.02,
+        qa_dropout=0.1,
+        seq_classif_dropout=0.2,
+        pad_token_id=0,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.sinusoidal_pos_embds = sinusoidal_pos_embds
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.dim = dim
+        self.hidden_dim = hidden_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation = activation
+        self.initializer_range = initializer_range
+        self.qa_dropout = qa_dropout
+        self.seq_classif_dropout = seq_classif_dropout
+        # Last, as transformers does: aliased kwargs (hidden_size=...) then override the values above.
+        super().__init__(**kwargs, pad_token_id=pad_token_id)
+
+
+def sinusoidal_position_table(n_pos: int, dim: int) -> torch.Tensor:
+    """The fixed sin/cos table of "Attention is all you need", computed in float64 like transformers."""
+    positions = torch.arange(n_pos, dtype=torch.float64)[:, None]
+    exponents = torch.tensor([2 * (j // 2) / dim for j in range(dim)], dtype=torch.float64)
+    angles = positions / torch.pow(torch.tensor(10000.0, dtype=torch.float64), exponents)
+    table = torch.empty(n_pos, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angles[:, 0::2])
+    table[:, 1::2] = torch.cos(angles[:, 1::2])
+    return table.float()
+
+
+class Embeddings(nn.Module):
+    """Word + absolute position embeddings, LayerNorm, dropout (no token types)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.dim)
+        # Marks the table that `_init_weights` fills with sinusoids instead of random values.
+        self.position_embeddings.is_sinusoidal = bool(config.sinusoidal_pos_embds)
+        if config.sinusoidal_pos_embds:
+            self.position_embeddings.weight.requires_grad = False
+        self.LayerNorm = nn.LayerNorm(config.dim, eps=1e-12)
+        self.dropout = nn.Dropout(config.dropout)
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)),
+                             persistent=False)
+
+    def forward(self, input_ids: torch.Tensor | None, input_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if input_ids is not None:
+            input_embeds = self.word_embeddings(input_ids)
+        seq_length = input_embeds.size(1)
+        embeddings = input_embeds + self.position_embeddings(self.position_ids[:, :seq_length])
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class MultiHeadSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.dim = config.dim
+        if self.dim % self.n_heads != 0:
+            raise ValueError(f"self.n_heads: {self.n_heads} must divide self.dim: {self.dim} evenly")
+        self.dropout_prob = config.attention_dropout
+        self.q_lin = nn.Linear(config.dim, config.dim)
+        self.k_lin = nn.Linear(config.dim, config.dim)
+        self.v_lin = nn.Linear(config.dim, config.dim)
+        self.out_lin = nn.Linear(config.dim, config.dim)
+
+    def forward(self, hidden_states, additive_mask=None, head_mask=None, output_attentions=False):
+        q = split_heads(self.q_lin(hidden_states), self.n_heads)
+        k = split_heads(self.k_lin(hidden_states), self.n_heads)
+        v = split_heads(self.v_lin(hidden_states), self.n_heads)
+        context, probs = attend(q, k, v, additive_mask, dropout_p=self.dropout_prob if self.training else 0.0,
+                                head_mask=head_mask, need_weights=output_attentions)
+        return self.out_lin(merge_heads(context)), probs
+
+
+class FFN(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dropout = nn.Dropout(p=config.dropout)
+        self.lin1 = nn.Linear(config.dim, config.hidden_dim)
+        self.lin2 = nn.Linear(config.hidden_dim, config.dim)
+        self.activation = get_activation(config.activation)
+
+    def forward(self, x):
+        return self.dropout(self.lin2(self.activation(self.lin1(x))))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        if config.dim % config.n_heads != 0:
+            raise ValueError(f"config.n_heads {config.n_heads} must divide config.dim {config.dim} evenly")
+        self.attention = MultiHeadSelfAttention(config)
+        self.sa_layer_norm = nn.LayerNorm(config.dim, eps=1e-12)
+        self.ffn = FFN(config)
+        self.output_layer_norm = nn.LayerNorm(config.dim, eps=1e-12)
+
+    def forward(self, x, additive_mask=None, head_mask=None, output_attentions=False):
+        sa_output, probs = self.attention(x, additive_mask, head_mask, output_attentions)
+        sa_output = self.sa_layer_norm(sa_output + x)
+        return self.output_layer_norm(self.ffn(sa_output) + sa_output), probs
+
+
+class Transformer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_layers = config.n_layers
+        self.layer = nn.ModuleList([TransformerBlock(config) for _ in range(config.n_layers)])
+
+    def forward(self, x, additive_mask=None, head_mask=None, output_attentions=False, output_hidden_states=False,
+                return_dict=True):
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        hidden_state = x
+        for i, layer_module in enumerate(self.layer):
+            if output_hidden_states:
+                all_hidden_states += (hidden_state,)
+            hidden_state, probs = layer_module(hidden_state, additive_mask, head_mask[i], output_attentions)
+            if output_attentions:
+                all_attentions += (probs,)
+        if output_hidden_states:
+            all_hidden_states += (hidden_state,)
+        if not return_dict:
+            return tuple(v for v in (hidden_state, all_hidden_states, all_attentions) if v is not None)
+        return BaseModelOutput(last_hidden_state=hidden_state, hidden_states=all_hidden_states,
+                               attentions=all_attentions)
+
+
+class DistilBertPreTrainedModel(PreTrainedModel):
+    config_class = DistilBertConfig
+    base_model_prefix = "distilbert"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' init; a sinusoidal position table is computed rather than sampled."""
+        init_linear_embedding_norm(module, self.config.initializer_range)
+        if getattr(module, "is_sinusoidal", False):
+            with torch.no_grad():
+                module.weight.copy_(sinusoidal_position_table(*module.weight.shape).to(module.weight.dtype))
+
+
+class DistilBertModel(DistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        if config.pruned_heads:
+            raise NotImplementedError(
+                f"config.pruned_heads={config.pruned_heads}: checkpoints with pruned attention heads are not "
+                "supported; use a checkpoint without pruning."
+            )
+        self.embeddings = Embeddings(config)
+        self.transformer = Transformer(config)
+        self.post_init()
+
+    def get_position_embeddings(self) -> nn.Embedding:
+        return self.embeddings.position_embeddings
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding):
+        self.embeddings.word_embeddings = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else config.use_return_dict
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        embeddings = self.embeddings(input_ids, inputs_embeds)
+        additive_mask = None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2:
+                raise ValueError(f"attention_mask must have shape [batch, seq], got {tuple(attention_mask.shape)}")
+            if not bool(attention_mask.all()):
+                additive_mask = padding_mask_to_additive(attention_mask, embeddings.dtype, tgt_len=1)
+        return self.transformer(
+            embeddings,
+            additive_mask=additive_mask,
+            head_mask=expand_head_mask(head_mask, config.num_hidden_layers, embeddings.dtype),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+        )
+
+
+def _pool_first_token(pre_classifier: nn.Linear, dropout: nn.Dropout, hidden_state: torch.Tensor) -> torch.Tensor:
+    """DistilBERT's pooling for sentence-level heads: first token -> pre_classifier -> ReLU -> dropout."""
+    return dropout(F.relu(pre_classifier(hidden_state[:, 0])))
+
+
+class DistilBertForMaskedLM(DistilBertPreTrainedModel):
+    _tied_weights_keys = ["vocab_projector.weight"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.activation = get_activation(config.activation)
+        self.distilbert = DistilBertModel(config)
+        self.vocab_transform = nn.Linear(config.dim, config.dim)
+        self.vocab_layer_norm = nn.LayerNorm(config.dim, eps=1e-12)
+        self.vocab_projector = nn.Linear(config.dim, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.vocab_projector
+
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.vocab_projector = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        outputs = self.distilbert(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = self.vocab_layer_norm(self.activation(self.vocab_transform(outputs.last_hidden_state)))
+        logits = self.vocab_projector(hidden)
+        loss = token_cross_entropy(logits, labels) if labels is not None else None
+        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                             attentions=outputs.attentions)
+        return out if return_dict else out.to_tuple()
+
+
+class DistilBertForSequenceClassification(DistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.distilbert = DistilBertModel(config)
+        self.pre_classifier = nn.Linear(config.dim, config.dim)
+        self.classifier = nn.Linear(config.dim, config.num_labels)
+        self.dropout = nn.Dropout(config.seq_classif_dropout)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        outputs = self.distilbert(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(_pool_first_token(self.pre_classifier, self.dropout, outputs.last_hidden_state))
+        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
+        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return out if return_dict else out.to_tuple()
+
+
+class DistilBertForQuestionAnswering(DistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.distilbert = DistilBertModel(config)
+        self.qa_outputs = nn.Linear(config.dim, config.num_labels)
+        if config.num_labels != 2:
+            raise ValueError(f"config.num_labels should be 2, but it is {config.num_labels}")
+        self.dropout = nn.Dropout(config.qa_dropout)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, start_positions=None,
+                end_positions=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        outputs = self.distilbert(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.qa_outputs(self.dropout(outputs.last_hidden_state))
+        start_logits, end_logits = logits.split(1, dim=-1)
+        start_logits = start_logits.squeeze(-1).contiguous()
+        end_logits = end_logits.squeeze(-1).contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return out if return_dict else out.to_tuple()
+
+
+class DistilBertForTokenClassification(DistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.distilbert = DistilBertModel(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        outputs = self.distilbert(input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = token_cross_entropy(logits, labels) if labels is not None else None
+        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                    attentions=outputs.attentions)
+        return out if return_dict else out.to_tuple()
+
+
+class DistilBertForMultipleChoice(DistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.distilbert = DistilBertModel(config)
+        self.pre_classifier = nn.Linear(config.dim, config.dim)
+        self.classifier = nn.Linear(config.dim, 1)
+        self.dropout = nn.Dropout(config.seq_classif_dropout)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
+        input_ids = input_ids.reshape(-1, input_ids.size(-1)) if input_ids is not None else None
+        attention_mask = attention_mask.reshape(-1, attention_mask.size(-1)) if attention_mask is not None else None
+        inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:]) if inputs_embeds is not None else None
+        outputs = self.distilbert(input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states, return_dict=True)
+        pooled = _pool_first_token(self.pre_classifier, self.dropout, outputs.last_hidden_state)
+        logits = self.classifier(pooled).view(-1, num_choices)
+        loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
+        out = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        attentions=outputs.attentions)
+        return out if return_dict else out.to_tuple()
+
+
+__all__ = [
+    "DistilBertConfig", "DistilBertModel", "DistilBertPreTrainedModel", "DistilBertForMaskedLM",
+    "DistilBertForSequenceClassification", "DistilBertForQuestionAnswering", "DistilBertForTokenClassification",
+    "DistilBertForMultipleChoice", "sinusoidal_position_table",
+]
