@@ -1,0 +1,1775 @@
+"""Hugging Face tokenizers (`tokenizer.json`) with transformers' `PreTrainedTokenizerFast` behaviour.
+
+Why our own wrapper instead of transformers: transformers is not a runtime dependency, and the
+inference pipeline wants the Rust `tokenizers.Tokenizer` itself (`backend_tokenizer`) to call
+`encode_batch` in CPU actors. Why a faithful copy of transformers' semantics instead of a thin
+wrapper: a checkpoint's `tokenizer_config.json` and `special_tokens_map.json` change what the
+tokenizer does (special tokens that get added to the vocabulary, `model_max_length`, the padding
+side, which inputs the model takes), and the class named in `tokenizer_class` rewrites parts of the
+backend when it loads (BERT's normalizer flags, RoBERTa's post-processor, T5's sentinel tokens).
+Token ids that differ from what transformers produces on the same files silently change model
+outputs, so every such rule is mirrored here from transformers 4.57.6 and tested against it.
+
+What is supported: checkpoints that ship a `tokenizer.json` (every "fast" tokenizer). What is not:
+building a tokenizer from slow-tokenizer files alone (`vocab.txt`, `spiece.model`, `vocab.json` +
+`merges.txt`) -- transformers converts those in Python and that conversion is not copied here; the
+error message says how to produce a `tokenizer.json` once with transformers.
+
+Class-specific behaviour is described by a `TokenizerProfile` per transformers class name
+(`BertTokenizerFast`, `RobertaTokenizerFast`, `T5TokenizerFast`, ...). A checkpoint naming a class
+without a profile loads with the generic `PreTrainedTokenizerFast` rules and a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from tokenizers import AddedToken, Encoding, Tokenizer
+from tokenizers import normalizers as backend_normalizers
+from tokenizers import pre_tokenizers as backend_pre_tokenizers
+from tokenizers import processors as backend_processors
+
+from .hub import resolve_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AddedToken",
+    "AutoTokenizer",
+    "BatchEncoding",
+    "PreTrainedTokenizerFast",
+    "TokenizerFormatError",
+    "TokenizerNotFoundError",
+    "TokenizerProfile",
+]
+
+# Same sentinels as transformers: "no limit" and the threshold above which a limit counts as none.
+VERY_LARGE_INTEGER = int(1e30)
+LARGE_INTEGER = int(1e20)
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+ADDED_TOKENS_FILE = "added_tokens.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+MODEL_CONFIG_FILE = "config.json"
+
+# `fast_tokenizer_files` in tokenizer_config.json may name versioned files (tokenizer.<version>.json);
+# transformers picks the newest one not newer than itself. We pick as the reference version would.
+REFERENCE_TRANSFORMERS_VERSION = (4, 57, 6)
+
+PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
+TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
+SUPPORTED_TENSOR_TYPES = ("pt", "np")
+
+SPECIAL_TOKENS_ATTRIBUTES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+    "additional_special_tokens",
+)
+
+# Keys of tokenizer_config.json that name files; they are never written back (transformers pops them).
+_FILE_KEYS = ("tokenizer_file", "vocab_file", "merges_file", "special_tokens_map_file")
+
+
+class TokenizerNotFoundError(OSError):
+    """The checkpoint has no `tokenizer.json` (only fast tokenizers are supported)."""
+
+
+class TokenizerFormatError(ValueError):
+    """A tokenizer file exists but cannot be read (corrupt JSON, unknown model type, ...)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# BatchEncoding
+# --------------------------------------------------------------------------------------------------
+
+
+class BatchEncoding(dict):
+    """The output of a tokenizer call: a dict of model inputs with attribute access.
+
+    A plain `dict` subclass (so `model(**batch)`, `dict(batch)` and pickling through Ray just work)
+    that also keeps the backend `tokenizers.Encoding` objects, which know the token <-> character
+    alignment (`tokens()`, `word_ids()`, `char_to_token()`...). `batch[i]` with an int gives the i-th
+    `Encoding`, as in transformers.
+    """
+
+    def __init__(
+        self,
+        data: Mapping[str, Any] | None = None,
+        encoding: Encoding | list[Encoding] | None = None,
+        tensor_type: str | None = None,
+        prepend_batch_axis: bool = False,
+        n_sequences: int | None = None,
+    ):
+        super().__init__(data or {})
+        if isinstance(encoding, Encoding):
+            encoding = [encoding]
+        self._encodings = encoding
+        if n_sequences is None and encoding:
+            n_sequences = encoding[0].n_sequences
+        self._n_sequences = n_sequences
+        self.convert_to_tensors(tensor_type=tensor_type, prepend_batch_axis=prepend_batch_axis)
+
+    def __getitem__(self, item):
+        if isinstance(item, str):
+            return dict.__getitem__(self, item)
+        if self._encodings is not None:
+            return self._encodings[item]
+        if isinstance(item, slice):
+            return {key: value[item] for key, value in self.items()}
+        raise KeyError(
+            f"BatchEncoding keys are strings ({', '.join(self.keys())}); an int index returns the backend "
+            "Encoding of that row (only when the tokenizer produced them), and a slice subsets every field."
+        )
+
+    def __getattr__(self, item: str):
+        if item.startswith("__") or item in ("_encodings", "_n_sequences"):
+            raise AttributeError(item)
+        try:
+            return dict.__getitem__(self, item)
+        except KeyError:
+            raise AttributeError(f"BatchEncoding has no field {item!r} (fields: {list(self.keys())})") from None
+
+    @property
+    def data(self) -> dict:
+        """The fields themselves (transformers' `BatchEncoding.data`); here the object is the dict."""
+        return self
+
+    @property
+    def encodings(self) -> list[Encoding] | None:
+        """The backend `tokenizers.Encoding` per row, or None when built from plain lists (`pad`)."""
+        return self._encodings
+
+    @property
+    def n_sequences(self) -> int | None:
+        """1 for single texts, 2 for pairs, None when unknown."""
+        return self._n_sequences
+
+    @property
+    def is_fast(self) -> bool:
+        return self._encodings is not None
+
+    def _encoding(self, batch_index: int, what: str) -> Encoding:
+        if not self._encodings:
+            raise ValueError(f"{what}() needs the backend encodings, which this BatchEncoding does not have.")
+        return self._encodings[batch_index]
+
+    def tokens(self, batch_index: int = 0) -> list[str]:
+        return self._encoding(batch_index, "tokens").tokens
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        return self._encoding(batch_index, "word_ids").word_ids
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        return self._encoding(batch_index, "sequence_ids").sequence_ids
+
+    def token_to_chars(self, batch_or_token_index: int, token_index: int | None = None):
+        batch_index, token_index = (0, batch_or_token_index) if token_index is None else (
+            batch_or_token_index, token_index)
+        return self._encoding(batch_index, "token_to_chars").token_to_chars(token_index)
+
+    def char_to_token(self, batch_or_char_index: int, char_index: int | None = None, sequence_index: int = 0):
+        batch_index, char_index = (0, batch_or_char_index) if char_index is None else (
+            batch_or_char_index, char_index)
+        return self._encoding(batch_index, "char_to_token").char_to_token(char_index, sequence_index)
+
+    def convert_to_tensors(self, tensor_type: str | None = None, prepend_batch_axis: bool = False) -> BatchEncoding:
+        """Turn every list field into a `torch.Tensor` ("pt") or `np.ndarray` ("np"), in place."""
+        if tensor_type is None:
+            return self
+        tensor_type = getattr(tensor_type, "value", tensor_type)
+        if tensor_type not in SUPPORTED_TENSOR_TYPES:
+            raise ValueError(
+                f"return_tensors={tensor_type!r} is not supported; use 'pt' (PyTorch), 'np' (NumPy) or None (lists)."
+            )
+        if tensor_type == "pt":
+            import torch
+
+            def as_tensor(value):
+                if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
+                    return torch.from_numpy(np.array(value))
+                if not _flatten(value):
+                    return torch.tensor(value, dtype=torch.int64)
+                return torch.tensor(value)
+
+            is_tensor = torch.is_tensor
+        else:
+
+            def as_tensor(value, dtype=None):
+                if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple, np.ndarray)):
+                    if len({len(row) for row in value}) > 1 and dtype is None:
+                        # Ragged rows become an object array of rows, as in transformers.
+                        value = as_tensor([np.asarray(row) for row in value], dtype=object)
+                if not _flatten(value) and dtype is None:
+                    dtype = np.int64
+                return np.asarray(value, dtype=dtype)
+
+            def is_tensor(value):
+                return isinstance(value, np.ndarray)
+
+        for key, value in list(self.items()):
+            try:
+                if prepend_batch_axis:
+                    value = [value]
+                if not is_tensor(value):
+                    dict.__setitem__(self, key, as_tensor(value))
+            except Exception as err:
+                raise ValueError(
+                    f"Unable to create a tensor for `{key}`: its rows have different lengths. Pass padding=True "
+                    "(and truncation=True for long texts) so that every row has the same length, or leave "
+                    "return_tensors=None to get lists."
+                ) from err
+        return self
+
+    def to(self, device, *, non_blocking: bool = False) -> BatchEncoding:
+        """Move every tensor field to `device` (PyTorch only); other fields are left as they are.
+
+        Only devices are accepted (a str, an int or a `torch.device`): casting token ids to a dtype
+        would corrupt them, so `batch.to(torch.float16)` is refused as in transformers.
+        """
+        if not (isinstance(device, (str, int)) or type(device).__name__ == "device"):
+            logger.warning("Attempting to cast a BatchEncoding to %s. This is not supported.", device)
+            return self
+        for key, value in list(self.items()):
+            if hasattr(value, "to") and callable(value.to):
+                dict.__setitem__(self, key, value.to(device=device, non_blocking=non_blocking))
+        return self
+
+
+def _flatten(value) -> list:
+    """All leaves of a nested list (used to spot empty inputs, which need an explicit int dtype)."""
+    if isinstance(value, (list, tuple)):
+        out = []
+        for item in value:
+            out.extend(_flatten(item))
+        return out
+    return [value]
+
+
+def _to_py_obj(obj):
+    """Torch tensors / NumPy arrays / nested lists -> plain Python ints and lists (as transformers)."""
+    if isinstance(obj, (int, float, str)) or obj is None:
+        return obj
+    if isinstance(obj, Mapping):
+        return {key: _to_py_obj(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_py_obj(item) for item in obj]
+    if hasattr(obj, "tolist"):  # torch.Tensor, np.ndarray, np.number
+        return obj.tolist()
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# Class profiles: what each transformers tokenizer class does on top of tokenizer.json
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenizerProfile:
+    """What a transformers fast-tokenizer class adds to a `tokenizer.json` when it loads.
+
+    `defaults` are the keyword defaults of the class `__init__` (they end up in `init_kwargs` and so
+    in a saved tokenizer_config.json, exactly as transformers writes them). `mask_token_options`
+    turns a plain-string mask token into an `AddedToken` with those options (RoBERTa-style
+    `lstrip=True`), `wrap_string_tokens` does the same for every special token (MPNet). `prepare`
+    edits the keyword arguments before the generic set-up, `finish` edits the backend after it.
+    """
+
+    name: str
+    model_input_names: tuple[str, ...] = ("input_ids", "token_type_ids", "attention_mask")
+    padding_side: str = "right"
+    truncation_side: str = "right"
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    mask_token_options: Mapping[str, Any] | None = None
+    wrap_string_tokens: Mapping[str, Any] | None = None
+    # transformers saves "XTokenizer" (without Fast) when it could also write the slow files
+    # (WordPiece / BPE vocabularies); SentencePiece classes keep "XTokenizerFast".
+    writes_slow_vocabulary: bool = False
+    requires_prefix_space_for_words: bool = False
+    attributes: tuple[str, ...] = ()
+    prepare: Callable[[dict], None] | None = None
+    finish: Callable[[PreTrainedTokenizerFast, dict], None] | None = None
+
+
+def _sync_bert_normalizer(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
+    """BertTokenizerFast: `do_lower_case`/`strip_accents`/`tokenize_chinese_chars` override the JSON."""
+    _sync_normalizer(tokenizer, {
+        "lowercase": kwargs["do_lower_case"],
+        "strip_accents": kwargs["strip_accents"],
+        "handle_chinese_chars": kwargs["tokenize_chinese_chars"],
+    })
+
+
+def _sync_mpnet_normalizer(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
+    """MPNetTokenizerFast: like BERT but without the Chinese-characters flag."""
+    _sync_normalizer(tokenizer, {"lowercase": kwargs["do_lower_case"], "strip_accents": kwargs["strip_accents"]})
+
+
+def _sync_normalizer(tokenizer: PreTrainedTokenizerFast, wanted: dict) -> None:
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    if normalizer is None:
+        return
+    state = json.loads(normalizer.__getstate__())
+    if any(state.get(key, value) != value for key, value in wanted.items()):
+        normalizer_class = getattr(backend_normalizers, state.pop("type"))
+        state.update(wanted)
+        tokenizer.backend_tokenizer.normalizer = normalizer_class(**state)
+
+
+def _sync_roberta_post_processor(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
+    """RobertaTokenizerFast & co: `add_prefix_space`/`trim_offsets` override the post-processor."""
+    post_processor = tokenizer.backend_tokenizer.post_processor
+    if not post_processor:
+        return
+    state = json.loads(post_processor.__getstate__())
+    for key in ("sep", "cls"):
+        if key in state:
+            state[key] = tuple(state[key])
+    changed = False
+    for key in ("add_prefix_space", "trim_offsets"):
+        if state.get(key, kwargs[key]) != kwargs[key]:
+            state[key] = kwargs[key]
+            changed = True
+    if changed:
+        processor_class = getattr(backend_processors, state.pop("type"))
+        tokenizer.backend_tokenizer.post_processor = processor_class(**state)
+
+
+def _prepare_t5(kwargs: dict) -> None:
+    """T5TokenizerFast: `extra_ids` sentinel tokens (<extra_id_0>...) become additional special tokens."""
+    extra_ids = kwargs["extra_ids"]
+    additional = kwargs.get("additional_special_tokens")
+    if additional is not None:
+        sentinels = [token for token in additional if "<extra_id_" in str(token)]
+        if len(sentinels) < 1:
+            additional = list(additional) + [f"<extra_id_{i}>" for i in range(extra_ids)]
+        elif extra_ids > 0 and extra_ids != len(sentinels):
+            raise ValueError(
+                f"Both extra_ids ({extra_ids}) and additional_special_tokens ({additional}) are provided to "
+                "T5TokenizerFast. In this case the additional_special_tokens must include the extra_ids tokens."
+            )
+    else:
+        additional = [f"<extra_id_{i}>" for i in range(extra_ids)]
+    kwargs["additional_special_tokens"] = additional
+    if kwargs.get("add_prefix_space") is not None:
+        raise ValueError(
+            "T5TokenizerFast with add_prefix_space set must be rebuilt from the slow SentencePiece tokenizer "
+            "(transformers does that with sentencepiece installed); rayformers only reads tokenizer.json. "
+            "Remove add_prefix_space, or save the tokenizer once with transformers and load that directory."
+        )
+
+
+def _prepare_pegasus(kwargs: dict) -> None:
+    """PegasusTokenizerFast: <mask_1> and <unk_2>..<unk_{offset-1}> fill the additional special tokens.
+
+    Like transformers it ignores tokenizer_config.json's added_tokens_decoder, and it would rebuild
+    from the slow SentencePiece model when pad/eos/unk are not the standard ones -- which we cannot.
+    """
+    offset, mask_token_sent = kwargs["offset"], kwargs["mask_token_sent"]
+    additional = kwargs.get("additional_special_tokens")
+    if additional is not None:
+        if not isinstance(additional, list):
+            raise TypeError(f"additional_special_tokens should be a list, but is {type(additional).__name__}.")
+        extended = ([mask_token_sent] + additional
+                    if mask_token_sent not in additional and mask_token_sent is not None else additional)
+        extended = list(extended) + [f"<unk_{i}>" for i in range(len(extended), offset - 1)]
+        if len(set(map(str, extended))) != len(extended):
+            raise ValueError("Please make sure that the provided additional_special_tokens do not contain an "
+                             f"incorrectly shifted list of <unk_x> tokens. Found {extended}.")
+        additional = extended
+    else:
+        additional = [mask_token_sent] if mask_token_sent is not None else []
+        additional += [f"<unk_{i}>" for i in range(2, offset)]
+    kwargs["additional_special_tokens"] = additional
+    standard = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+    if any(str(kwargs[key]) != value for key, value in standard.items()):
+        raise ValueError(
+            "PegasusTokenizerFast with non-standard pad/eos/unk tokens is rebuilt from the slow SentencePiece model "
+            "by transformers; rayformers only reads tokenizer.json and cannot do that."
+        )
+    kwargs.pop("added_tokens_decoder", None)
+
+
+def _set_gpt2_attributes(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
+    tokenizer.add_bos_token = kwargs.get("add_bos_token", False)
+
+
+_BERT_DEFAULTS = {
+    "do_lower_case": True,
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+    "tokenize_chinese_chars": True,
+    "strip_accents": None,
+}
+_ROBERTA_TOKENS = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "sep_token": "</s>",
+    "cls_token": "<s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
+_ROBERTA_DEFAULTS = {"errors": "replace", **_ROBERTA_TOKENS, "add_prefix_space": False, "trim_offsets": True}
+_TWO_INPUTS = ("input_ids", "attention_mask")
+
+
+def _bert_like(name: str, model_input_names=("input_ids", "token_type_ids", "attention_mask")) -> TokenizerProfile:
+    return TokenizerProfile(
+        name=name, model_input_names=tuple(model_input_names), defaults=_BERT_DEFAULTS,
+        writes_slow_vocabulary=True, attributes=("do_lower_case",), finish=_sync_bert_normalizer,
+    )
+
+
+def _roberta_like(name: str, mask_token_options: Mapping[str, Any]) -> TokenizerProfile:
+    return TokenizerProfile(
+        name=name, model_input_names=_TWO_INPUTS, defaults=_ROBERTA_DEFAULTS,
+        mask_token_options=mask_token_options, writes_slow_vocabulary=True,
+        requires_prefix_space_for_words=True, finish=_sync_roberta_post_processor,
+    )
+
+
+def _t5(name: str) -> TokenizerProfile:
+    return TokenizerProfile(
+        name=name, model_input_names=_TWO_INPUTS,
+        defaults={"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "extra_ids": 100,
+                  "additional_special_tokens": None, "add_prefix_space": None},
+        prepare=_prepare_t5,
+    )
+
+
+_PROFILES: dict[str, TokenizerProfile] = {
+    profile.name: profile
+    for profile in (
+        TokenizerProfile(name="PreTrainedTokenizerFast"),
+        _bert_like("BertTokenizerFast"),
+        _bert_like("DistilBertTokenizerFast", _TWO_INPUTS),
+        _bert_like("ElectraTokenizerFast"),
+        TokenizerProfile(
+            name="MPNetTokenizerFast", model_input_names=_TWO_INPUTS,
+            defaults={"do_lower_case": True, "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+                      "cls_token": "<s>", "unk_token": "[UNK]", "pad_token": "<pad>", "mask_token": "<mask>",
+                      "tokenize_chinese_chars": True, "strip_accents": None},
+            wrap_string_tokens={"lstrip": False, "rstrip": False},
+            mask_token_options={"lstrip": True, "rstrip": False},
+            writes_slow_vocabulary=True, attributes=("do_lower_case",), finish=_sync_mpnet_normalizer,
+        ),
+        _roberta_like("RobertaTokenizerFast", {"lstrip": True, "rstrip": False, "normalized": False}),
+        _roberta_like("LongformerTokenizerFast", {"lstrip": True, "rstrip": False, "normalized": False}),
+        _roberta_like("BartTokenizerFast", {"lstrip": True, "normalized": True, "special": True}),
+        TokenizerProfile(
+            name="XLMRobertaTokenizerFast", model_input_names=_TWO_INPUTS, defaults=_ROBERTA_TOKENS,
+            mask_token_options={"lstrip": True, "rstrip": False},
+        ),
+        TokenizerProfile(
+            name="CamembertTokenizerFast", model_input_names=_TWO_INPUTS,
+            defaults={**_ROBERTA_TOKENS,
+                      "additional_special_tokens": ["<s>NOTUSED", "</s>NOTUSED", "<unk>NOTUSED"]},
+            mask_token_options={"lstrip": True, "special": True},
+        ),
+        _t5("T5TokenizerFast"),
+        _t5("MT5TokenizerFast"),
+        TokenizerProfile(
+            name="PegasusTokenizerFast", model_input_names=_TWO_INPUTS,
+            defaults={"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask_2>",
+                      "mask_token_sent": "<mask_1>", "additional_special_tokens": None, "offset": 103},
+            attributes=("offset",), prepare=_prepare_pegasus,
+        ),
+        TokenizerProfile(
+            name="GPT2TokenizerFast", model_input_names=_TWO_INPUTS,
+            defaults={"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                      "add_prefix_space": False},
+            writes_slow_vocabulary=True, requires_prefix_space_for_words=True, finish=_set_gpt2_attributes,
+        ),
+        TokenizerProfile(
+            name="AlbertTokenizerFast",
+            defaults={"do_lower_case": True, "remove_space": True, "keep_accents": False, "bos_token": "[CLS]",
+                      "eos_token": "[SEP]", "unk_token": "<unk>", "sep_token": "[SEP]", "pad_token": "<pad>",
+                      "cls_token": "[CLS]", "mask_token": "[MASK]"},
+            mask_token_options={"lstrip": True, "rstrip": False, "normalized": False},
+            attributes=("do_lower_case", "remove_space", "keep_accents"),
+        ),
+    )
+}
+
+# transformers' TOKENIZER_MAPPING_NAMES for the model types we run: used when tokenizer_config.json
+# names no class and config.json tells only the model_type.
+_MODEL_TYPE_TO_TOKENIZER = {
+    "albert": "AlbertTokenizerFast",
+    "bart": "BartTokenizerFast",
+    "bert": "BertTokenizerFast",
+    "camembert": "CamembertTokenizerFast",
+    "distilbert": "DistilBertTokenizerFast",
+    "electra": "ElectraTokenizerFast",
+    "gpt2": "GPT2TokenizerFast",
+    "longformer": "LongformerTokenizerFast",
+    "mega": "RobertaTokenizerFast",
+    "modernbert": "PreTrainedTokenizerFast",
+    "mpnet": "MPNetTokenizerFast",
+    "mt5": "MT5TokenizerFast",
+    "pegasus": "PegasusTokenizerFast",
+    "roberta": "RobertaTokenizerFast",
+    "t5": "T5TokenizerFast",
+    "umt5": "T5TokenizerFast",
+    "xlm-roberta": "XLMRobertaTokenizerFast",
+}
+
+
+def tokenizer_profile(class_name: str | None) -> TokenizerProfile:
+    """The profile for a transformers tokenizer class name ("BertTokenizer" or "BertTokenizerFast").
+
+    Unknown names get the generic `PreTrainedTokenizerFast` profile and a warning: tokenizer.json and
+    tokenizer_config.json still define the tokenizer, but class defaults transformers would add
+    (default special tokens, `model_input_names`) are not known here.
+    """
+    if not class_name:
+        return _PROFILES["PreTrainedTokenizerFast"]
+    fast_name = class_name if class_name.endswith("Fast") else f"{class_name}Fast"
+    if fast_name in _PROFILES:
+        return _PROFILES[fast_name]
+    if class_name in _PROFILES:
+        return _PROFILES[class_name]
+    logger.warning(
+        "tokenizer_class %r has no specific support in rayformers; loading it with the generic "
+        "PreTrainedTokenizerFast rules (tokenizer.json + tokenizer_config.json). transformers' %s may use other "
+        "default special tokens or model_input_names. Supported classes: %s.",
+        class_name, fast_name, ", ".join(sorted(_PROFILES)),
+    )
+    return _PROFILES["PreTrainedTokenizerFast"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The tokenizer
+# --------------------------------------------------------------------------------------------------
+
+
+def _special_token_property(name: str) -> property:
+    def getter(self):
+        value = self._special_tokens_map.get(name)
+        return None if value is None else str(value)
+
+    def setter(self, value):
+        if value is not None and not isinstance(value, (str, AddedToken)):
+            raise ValueError(f"Cannot set a non-string value as the {name}: {value!r}")
+        self._special_tokens_map[name] = value
+
+    return property(getter, setter, doc=f"The {name} as a string (None when the tokenizer has none).")
+
+
+def _special_token_id_property(name: str) -> property:
+    def getter(self):
+        token = getattr(self, name)
+        return None if token is None else self.convert_tokens_to_ids(token)
+
+    def setter(self, value):
+        setattr(self, name, None if value is None else self.convert_ids_to_tokens(value))
+
+    return property(getter, setter, doc=f"The id of the {name} (None when the tokenizer has none).")
+
+
+class PreTrainedTokenizerFast:
+    """A `tokenizers.Tokenizer` with transformers' `PreTrainedTokenizerFast` API and semantics.
+
+    Build it with `AutoTokenizer.from_pretrained(dir_or_repo_id)`, or directly from a backend:
+    `PreTrainedTokenizerFast(tokenizer_object=tok, tokenizer_class="BertTokenizerFast", **config)`.
+
+    The backend (`backend_tokenizer`) rests with truncation and padding switched off; every call
+    configures them for that call only and switches them off again, so code that calls the backend
+    directly (the pipeline's tokenize actors) never inherits settings from an earlier call or from
+    the `truncation`/`padding` sections of tokenizer.json (which are kept and written back on save).
+    """
+
+    def __init__(self, tokenizer_object: Tokenizer | None = None, *, tokenizer_file: str | None = None,
+                 tokenizer_class: str = "PreTrainedTokenizerFast", **kwargs):
+        profile = tokenizer_profile(tokenizer_class)
+        self.tokenizer_class = profile.name  # the transformers class whose behaviour is mirrored
+        self._profile = profile
+        # Saved back as given, so transformers still picks its own class for a checkpoint whose class
+        # we only load generically.
+        self._declared_tokenizer_class = tokenizer_class
+        kwargs = self._apply_class_defaults(profile, kwargs)
+
+        if kwargs.pop("from_slow", False):
+            raise ValueError(
+                "from_slow=True asks to rebuild the tokenizer from slow-tokenizer files; rayformers only reads "
+                "tokenizer.json. Save the tokenizer once with transformers and load that directory."
+            )
+        for unused in ("__slow_tokenizer", "gguf_file"):
+            kwargs.pop(unused, None)
+        added_tokens_decoder = kwargs.pop("added_tokens_decoder", {})
+        self.add_prefix_space = kwargs.get("add_prefix_space", False)
+
+        if tokenizer_object is not None:
+            backend = Tokenizer.from_str(tokenizer_object.to_str())
+        elif tokenizer_file is not None:
+            backend = _read_backend(tokenizer_file)
+        else:
+            raise ValueError("PreTrainedTokenizerFast needs a tokenizers.Tokenizer (tokenizer_object=) or a "
+                             "tokenizer.json path (tokenizer_file=).")
+        self._tokenizer = backend
+
+        # tokenizer.json may carry truncation/padding settings; transformers turns them into init kwargs
+        # (saved to tokenizer_config.json) and keeps them on the backend. We keep them only for saving.
+        self._file_truncation = backend.truncation
+        self._file_padding = backend.padding
+        if self._file_truncation is not None:
+            kwargs.setdefault("max_length", self._file_truncation["max_length"])
+            kwargs.setdefault("truncation_side", self._file_truncation["direction"])
+            kwargs.setdefault("stride", self._file_truncation["stride"])
+            kwargs.setdefault("truncation_strategy", self._file_truncation["strategy"])
+        if self._file_padding is not None:
+            kwargs.setdefault("pad_token", self._file_padding["pad_token"])
+            kwargs.setdefault("pad_token_type_id", self._file_padding["pad_type_id"])
+            kwargs.setdefault("padding_side", self._file_padding["direction"])
+            kwargs.setdefault("max_length", self._file_padding["length"])
+            kwargs.setdefault("pad_to_multiple_of", self._file_padding["pad_to_multiple_of"])
+        backend.no_truncation()
+        backend.no_padding()
+
+        self._init_base(kwargs)
+        backend.encode_special_tokens = self.split_special_tokens
+        self._add_missing_tokens(added_tokens_decoder)
+        self._sync_pre_tokenizer_prefix_space()
+        for name in profile.attributes:
+            setattr(self, name, kwargs[name])
+        if profile.finish is not None:
+            profile.finish(self, kwargs)
+
+    # ---- construction helpers (transformers' __init__ chain, flattened) ----
+
+    @staticmethod
+    def _apply_class_defaults(profile: TokenizerProfile, kwargs: dict) -> dict:
+        """Keyword defaults of the transformers class, then its own adjustments of the kwargs."""
+        merged = copy.deepcopy(dict(profile.defaults))
+        merged.update(kwargs)
+        if profile.wrap_string_tokens is not None:
+            for key in SPECIAL_TOKENS_ATTRIBUTES[:-1]:
+                if isinstance(merged.get(key), str):
+                    merged[key] = AddedToken(merged[key], **profile.wrap_string_tokens)
+        if profile.mask_token_options is not None and isinstance(merged.get("mask_token"), str):
+            merged["mask_token"] = AddedToken(merged["mask_token"], **profile.mask_token_options)
+        if profile.prepare is not None:
+            profile.prepare(merged)
+        return merged
+
+    def _init_base(self, kwargs: dict) -> None:
+        """transformers' PreTrainedTokenizerBase + SpecialTokensMixin __init__."""
+        self.init_kwargs = copy.deepcopy(kwargs)
+        self.init_inputs = ()
+        kwargs = dict(kwargs)
+        self.name_or_path = kwargs.pop("name_or_path", "")
+        model_max_length = kwargs.pop("model_max_length", kwargs.pop("max_len", None))
+        self.model_max_length = model_max_length if model_max_length is not None else VERY_LARGE_INTEGER
+        self.padding_side = kwargs.pop("padding_side", self._profile.padding_side)
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}.")
+        self.truncation_side = kwargs.pop("truncation_side", self._profile.truncation_side)
+        if self.truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side must be 'right' or 'left', got {self.truncation_side!r}.")
+        self.model_input_names = list(kwargs.pop("model_input_names", self._profile.model_input_names))
+        self.clean_up_tokenization_spaces = kwargs.pop("clean_up_tokenization_spaces", False)
+        self.split_special_tokens = kwargs.pop("split_special_tokens", False)
+        self.deprecation_warnings: dict[str, bool] = {}
+        chat_template = kwargs.pop("chat_template", None)
+        if isinstance(chat_template, (list, tuple)):
+            chat_template = {item["name"]: item["template"] for item in chat_template}
+        self.chat_template = chat_template
+
+        self._pad_token_type_id = 0
+        self.verbose = kwargs.pop("verbose", False)
+        self.special_tokens_attributes = list(SPECIAL_TOKENS_ATTRIBUTES)
+        self._special_tokens_map: dict[str, Any] = dict.fromkeys(SPECIAL_TOKENS_ATTRIBUTES)
+        self._special_tokens_map["additional_special_tokens"] = []
+        for key, value in kwargs.items():
+            if value is None or key not in SPECIAL_TOKENS_ATTRIBUTES:
+                continue
+            if key == "additional_special_tokens":
+                if not isinstance(value, (list, tuple)) or not all(isinstance(t, (str, AddedToken)) for t in value):
+                    raise TypeError(f"additional_special_tokens must be a list of strings, got {value!r}.")
+                self._special_tokens_map[key] = list(value)
+            elif isinstance(value, (str, AddedToken)):
+                self._special_tokens_map[key] = value
+            else:
+                raise TypeError(f"Special token {key} must be a string or AddedToken, got {type(value).__name__}.")
+
+        self.extra_special_tokens = kwargs.pop("extra_special_tokens", {}) or {}
+        for key, value in self.extra_special_tokens.items():
+            if not isinstance(value, (str, AddedToken)):
+                raise TypeError(f"Special token {key} must be a string or AddedToken, got {type(value).__name__}.")
+            self.special_tokens_attributes.append(key)
+            self._special_tokens_map[key] = value
+
+    def _add_missing_tokens(self, added_tokens_decoder: dict[int, AddedToken]) -> None:
+        """Register added tokens of tokenizer_config.json and special tokens the backend lacks.
+
+        Mirrors transformers exactly, including its quirk that special tokens held as `AddedToken`
+        are always re-registered (an `AddedToken` never equals the plain string it is compared with),
+        which refreshes their flags on the backend. A special token that is not in the vocabulary
+        at all is appended to it, as transformers does -- so ids match transformers.
+        """
+        known = {hash(repr(token)) for token in self.added_tokens_decoder.values()}
+        tokens_to_add = [
+            token for _, token in sorted(added_tokens_decoder.items(), key=lambda item: item[0])
+            if hash(repr(token)) not in known
+        ]
+        encoder = list(self.added_tokens_encoder.keys()) + [str(token) for token in tokens_to_add]
+        tokens_to_add += [
+            token for token in self.all_special_tokens_extended if token not in encoder and token not in tokens_to_add
+        ]
+        if not tokens_to_add:
+            return
+        special_tokens = self.all_special_tokens
+        tokens = []
+        for token in tokens_to_add:
+            if isinstance(token, AddedToken):
+                token.special = token.special or str(token) in special_tokens
+            else:
+                token = AddedToken(token, special=str(token) in special_tokens)
+            tokens.append(token)
+        self.add_tokens(tokens)
+
+    def _sync_pre_tokenizer_prefix_space(self) -> None:
+        """transformers forces the pre-tokenizer's `add_prefix_space` to the tokenizer's (default False)."""
+        try:
+            state = json.loads(self._tokenizer.pre_tokenizer.__getstate__())
+            if state.get("add_prefix_space", self.add_prefix_space) != self.add_prefix_space:
+                pre_tokenizer_class = getattr(backend_pre_tokenizers, state.pop("type"))
+                state["add_prefix_space"] = self.add_prefix_space
+                self._tokenizer.pre_tokenizer = pre_tokenizer_class(**state)
+        except Exception:  # no pre-tokenizer, or one that cannot be serialized: nothing to align
+            pass
+
+    # ---- vocabulary ----
+
+    @property
+    def backend_tokenizer(self) -> Tokenizer:
+        """The Rust `tokenizers.Tokenizer`. It has no truncation or padding configured (see class doc)."""
+        return self._tokenizer
+
+    @property
+    def is_fast(self) -> bool:
+        return True
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the base vocabulary, without added tokens (as transformers)."""
+        return self._tokenizer.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
+        """Size of the full vocabulary, added tokens included (the embedding matrix needs this many rows)."""
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        return self.get_vocab()
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, AddedToken]:
+        return self._tokenizer.get_added_tokens_decoder()
+
+    @property
+    def added_tokens_encoder(self) -> dict[str, int]:
+        return {token.content: index for index, token in sorted(self.added_tokens_decoder.items())}
+
+    def get_added_vocab(self) -> dict[str, int]:
+        return self.added_tokens_encoder
+
+    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
+        """Token string(s) to id(s); unknown tokens map to `unk_token_id` (None without an unk token)."""
+        if isinstance(tokens, str):
+            return self._token_to_id(tokens)
+        return [self._token_to_id(token) for token in tokens]
+
+    def _token_to_id(self, token: str) -> int | None:
+        index = self._tokenizer.token_to_id(token)
+        return self.unk_token_id if index is None else index
+
+    def convert_ids_to_tokens(self, ids: int | list[int], skip_special_tokens: bool = False) -> str | list[str]:
+        ids = _to_py_obj(ids)
+        if isinstance(ids, int):
+            return self._tokenizer.id_to_token(ids)
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        return [self._tokenizer.id_to_token(int(index)) for index in ids if int(index) not in skip]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        decoder = self._tokenizer.decoder
+        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
+
+    def add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        """Add tokens to the vocabulary (new ids after the current ones); returns how many were new."""
+        if not new_tokens:
+            return 0
+        if not isinstance(new_tokens, (list, tuple)):
+            new_tokens = [new_tokens]
+        if special_tokens:
+            return self._tokenizer.add_special_tokens(list(new_tokens))
+        return self._tokenizer.add_tokens(list(new_tokens))
+
+    def add_special_tokens(self, special_tokens_dict: Mapping[str, Any],
+                           replace_additional_special_tokens: bool = True) -> int:
+        """Set special tokens (`{"pad_token": "[PAD]"}`), adding the ones the vocabulary lacks."""
+        if not special_tokens_dict:
+            return 0
+        added = []
+        for key, value in special_tokens_dict.items():
+            if key not in self.special_tokens_attributes:
+                raise ValueError(f"{key!r} is not a special token attribute; use one of {self.special_tokens_attributes}.")
+            if key == "additional_special_tokens":
+                if not isinstance(value, (list, tuple)) or not all(isinstance(t, (str, AddedToken)) for t in value):
+                    raise ValueError(f"additional_special_tokens must be a list of strings or AddedTokens, got {value!r}.")
+                to_add = []
+                for token in value:
+                    if isinstance(token, str):
+                        token = AddedToken(token, rstrip=False, lstrip=False, normalized=False, special=True)
+                    if not replace_additional_special_tokens and str(token) in self.additional_special_tokens:
+                        continue
+                    to_add.append(token)
+                if replace_additional_special_tokens and to_add:
+                    self._special_tokens_map[key] = list(to_add)
+                else:
+                    self._special_tokens_map[key].extend(to_add)
+                added += to_add
+            else:
+                if not isinstance(value, (str, AddedToken)):
+                    raise ValueError(f"Token {value!r} for {key} must be a string or an AddedToken.")
+                if isinstance(value, str):
+                    value = AddedToken(value, rstrip=False, lstrip=False, normalized=False, special=True)
+                self._special_tokens_map[key] = value
+                if value not in added:
+                    added.append(value)
+        return self.add_tokens(added, special_tokens=True)
+
+    # ---- special tokens ----
+
+    bos_token = _special_token_property("bos_token")
+    eos_token = _special_token_property("eos_token")
+    unk_token = _special_token_property("unk_token")
+    sep_token = _special_token_property("sep_token")
+    pad_token = _special_token_property("pad_token")
+    cls_token = _special_token_property("cls_token")
+    mask_token = _special_token_property("mask_token")
+    bos_token_id = _special_token_id_property("bos_token")
+    eos_token_id = _special_token_id_property("eos_token")
+    unk_token_id = _special_token_id_property("unk_token")
+    sep_token_id = _special_token_id_property("sep_token")
+    pad_token_id = _special_token_id_property("pad_token")
+    cls_token_id = _special_token_id_property("cls_token")
+    mask_token_id = _special_token_id_property("mask_token")
+
+    @property
+    def additional_special_tokens(self) -> list[str]:
+        return [str(token) for token in self._special_tokens_map["additional_special_tokens"] or []]
+
+    @additional_special_tokens.setter
+    def additional_special_tokens(self, value) -> None:
+        self._special_tokens_map["additional_special_tokens"] = list(value or [])
+
+    @property
+    def additional_special_tokens_ids(self) -> list[int]:
+        return self.convert_tokens_to_ids(self.additional_special_tokens)
+
+    def __getattr__(self, name: str):
+        # Model-specific extra special tokens (tokenizer_config.json "extra_special_tokens") are
+        # attributes in transformers (`tokenizer.image_token`, `tokenizer.image_token_id`).
+        special = self.__dict__.get("_special_tokens_map")
+        if special is not None and not name.startswith("__"):
+            base = name[:-3] if name.endswith("_id") else name
+            if base in special and base not in SPECIAL_TOKENS_ATTRIBUTES:
+                token = special[base]
+                if token is None:
+                    return None
+                return self.convert_tokens_to_ids(str(token)) if name.endswith("_id") else str(token)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def pad_token_type_id(self) -> int:
+        return self._pad_token_type_id
+
+    @property
+    def special_tokens_map(self) -> dict[str, str | list[str]]:
+        """Special-token attribute -> token string(s), for the attributes that are set."""
+        out = {}
+        for attr in self.special_tokens_attributes:
+            value = self._special_tokens_map.get(attr)
+            if value:
+                out[attr] = [str(t) for t in value] if attr == "additional_special_tokens" else str(value)
+        return out
+
+    @property
+    def special_tokens_map_extended(self) -> dict[str, Any]:
+        """Like `special_tokens_map` but keeping `AddedToken` objects (with their strip/normalize flags)."""
+        return {attr: self._special_tokens_map[attr] for attr in self.special_tokens_attributes
+                if self._special_tokens_map.get(attr)}
+
+    @property
+    def all_special_tokens_extended(self) -> list[str | AddedToken]:
+        tokens, seen = [], set()
+        for value in self.special_tokens_map_extended.values():
+            candidates = value if isinstance(value, (list, tuple)) else [value]
+            new = [token for token in candidates if str(token) not in seen]
+            seen.update(map(str, new))
+            tokens.extend(new)
+        return tokens
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        return [str(token) for token in self.all_special_tokens_extended]
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return self.convert_tokens_to_ids(self.all_special_tokens)
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        """How many tokens the post-processor adds around one text (or a pair)."""
+        return self._tokenizer.num_special_tokens_to_add(pair)
+
+    @property
+    def max_len_single_sentence(self) -> int:
+        return self.model_max_length - self.num_special_tokens_to_add(pair=False)
+
+    @property
+    def max_len_sentences_pair(self) -> int:
+        return self.model_max_length - self.num_special_tokens_to_add(pair=True)
+
+    def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
+                                already_has_special_tokens: bool = False) -> list[int]:
+        """1 where an id is a special token. Fast tokenizers only support already-encoded ids here."""
+        if not already_has_special_tokens or token_ids_1 is not None:
+            raise ValueError(
+                "get_special_tokens_mask only supports already_has_special_tokens=True with one sequence; call the "
+                "tokenizer with return_special_tokens_mask=True to get the mask while encoding."
+            )
+        special = set(self.all_special_ids)
+        return [1 if token in special else 0 for token in token_ids_0]
+
+    # ---- strategies ----
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if not self.deprecation_warnings.get(key, False):
+            logger.warning(message)
+        self.deprecation_warnings[key] = True
+
+    def _padding_truncation_strategies(self, padding=False, truncation=None, max_length=None,
+                                       pad_to_multiple_of=None, verbose=True) -> tuple[str, str, int | None]:
+        """transformers' `_get_padding_truncation_strategies`, with its defaults and errors."""
+        if max_length is not None and padding is False and truncation is None:
+            if verbose:
+                self._warn_once(
+                    "Truncation-not-explicitly-activated",
+                    "Truncation was not explicitly activated but `max_length` is provided a specific value, please "
+                    "use `truncation=True` to explicitly truncate examples to max length. Defaulting to "
+                    "'longest_first' truncation strategy.",
+                )
+            truncation = "longest_first"
+
+        padding = getattr(padding, "value", padding)
+        truncation = getattr(truncation, "value", truncation)
+        if padding is False or padding is None:
+            padding_strategy = "do_not_pad"
+        elif padding is True:
+            padding_strategy = "longest"
+        elif padding in PADDING_STRATEGIES:
+            padding_strategy = padding
+        else:
+            raise ValueError(f"padding={padding!r} is not valid; use True, False or one of {PADDING_STRATEGIES}.")
+
+        if truncation is False or truncation is None:
+            truncation_strategy = "do_not_truncate"
+        elif truncation is True:
+            truncation_strategy = "longest_first"
+        elif truncation in TRUNCATION_STRATEGIES:
+            truncation_strategy = truncation
+        else:
+            raise ValueError(
+                f"truncation={truncation!r} is not valid; use True, False or one of {TRUNCATION_STRATEGIES}."
+            )
+
+        if max_length is None:
+            if padding_strategy == "max_length":
+                if self.model_max_length > LARGE_INTEGER:
+                    if verbose:
+                        self._warn_once(
+                            "Asking-to-pad-to-max_length",
+                            "Asking to pad to max_length but no maximum length is provided and the model has no "
+                            "predefined maximum length. Default to no padding.",
+                        )
+                    padding_strategy = "do_not_pad"
+                else:
+                    max_length = self.model_max_length
+            if truncation_strategy != "do_not_truncate":
+                if self.model_max_length > LARGE_INTEGER:
+                    if verbose:
+                        self._warn_once(
+                            "Asking-to-truncate-to-max_length",
+                            "Asking to truncate to max_length but no maximum length is provided and the model has "
+                            "no predefined maximum length. Default to no truncation.",
+                        )
+                    truncation_strategy = "do_not_truncate"
+                else:
+                    max_length = self.model_max_length
+
+        if padding_strategy != "do_not_pad":
+            pad_id = self.pad_token_id if self.pad_token is not None else None
+            if pad_id is None or pad_id < 0:
+                raise ValueError(
+                    f"Asking to pad but the tokenizer {self.name_or_path!r} has no padding token. Set one, e.g. "
+                    "`tokenizer.pad_token = tokenizer.eos_token`, or add one with "
+                    "`tokenizer.add_special_tokens({'pad_token': '[PAD]'})` (then resize the model's embeddings)."
+                )
+        if (truncation_strategy != "do_not_truncate" and padding_strategy != "do_not_pad"
+                and pad_to_multiple_of is not None and max_length is not None and max_length % pad_to_multiple_of):
+            raise ValueError(
+                "Truncation and padding are both activated but "
+                f"truncation length ({max_length}) is not a multiple of pad_to_multiple_of ({pad_to_multiple_of})."
+            )
+        return padding_strategy, truncation_strategy, max_length
+
+    @contextlib.contextmanager
+    def _backend_configured(self, padding_strategy: str, truncation_strategy: str, max_length: int | None,
+                            stride: int, pad_to_multiple_of: int | None, padding_side: str | None,
+                            split_special_tokens: bool):
+        """Configure truncation/padding on the backend for one call, then return it to rest."""
+        backend = self._tokenizer
+        try:
+            if truncation_strategy != "do_not_truncate":
+                backend.enable_truncation(max_length=max_length, stride=stride, strategy=truncation_strategy,
+                                          direction=self.truncation_side)
+            if padding_strategy != "do_not_pad":
+                backend.enable_padding(
+                    length=max_length if padding_strategy == "max_length" else None,
+                    direction=padding_side if padding_side is not None else self.padding_side,
+                    pad_id=self.pad_token_id, pad_token=self.pad_token, pad_type_id=self.pad_token_type_id,
+                    pad_to_multiple_of=pad_to_multiple_of,
+                )
+            if backend.encode_special_tokens != split_special_tokens:
+                backend.encode_special_tokens = split_special_tokens
+            yield backend
+        finally:
+            backend.no_truncation()
+            backend.no_padding()
+            backend.encode_special_tokens = self.split_special_tokens
+
+    # ---- encoding ----
+
+    def __call__(self, text=None, text_pair=None, text_target=None, text_pair_target=None, *,
+                 add_special_tokens: bool = True, padding=False, truncation=None, max_length: int | None = None,
+                 stride: int = 0, is_split_into_words: bool = False, pad_to_multiple_of: int | None = None,
+                 padding_side: str | None = None, return_tensors: str | None = None,
+                 return_token_type_ids: bool | None = None, return_attention_mask: bool | None = None,
+                 return_overflowing_tokens: bool = False, return_special_tokens_mask: bool = False,
+                 return_offsets_mapping: bool = False, return_length: bool = False, verbose: bool = True,
+                 split_special_tokens: bool | None = None) -> BatchEncoding:
+        """Tokenize one text, a batch of texts, or (batches of) text pairs -- transformers' semantics.
+
+        `text` is a str (one example) or a list of str (a batch; a tuple item is a pair). `text_pair`
+        gives the second texts. `text_target` encodes targets and returns them as `labels`.
+        `truncation=True` without `max_length` truncates to `model_max_length`. A single example
+        returns flat lists unless `return_tensors` is set, which always adds the batch axis.
+        """
+        options = dict(
+            add_special_tokens=add_special_tokens, padding=padding, truncation=truncation, max_length=max_length,
+            stride=stride, is_split_into_words=is_split_into_words, pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side, return_tensors=return_tensors, return_token_type_ids=return_token_type_ids,
+            return_attention_mask=return_attention_mask, return_overflowing_tokens=return_overflowing_tokens,
+            return_special_tokens_mask=return_special_tokens_mask, return_offsets_mapping=return_offsets_mapping,
+            return_length=return_length, verbose=verbose,
+            split_special_tokens=self.split_special_tokens if split_special_tokens is None else split_special_tokens,
+        )
+        if text is None and text_target is None:
+            raise ValueError("Pass the texts to tokenize as `text` (or targets as `text_target`).")
+        encodings = self._call_one(text, text_pair, **options) if text is not None else None
+        if text_target is None:
+            return encodings
+        targets = self._call_one(text_target, text_pair_target, **options)
+        if encodings is None:
+            return targets
+        encodings["labels"] = targets["input_ids"]
+        return encodings
+
+    def _call_one(self, text, text_pair, *, is_split_into_words: bool, **options) -> BatchEncoding:
+        _check_text_input(text, "text", is_split_into_words)
+        if text_pair is not None:
+            _check_text_input(text_pair, "text_pair", is_split_into_words)
+        if is_split_into_words:
+            is_batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
+        else:
+            is_batched = isinstance(text, (list, tuple))
+        if is_batched:
+            if isinstance(text_pair, str):
+                raise TypeError("When tokenizing a batch of texts, `text_pair` must be a list of the same length "
+                                "as `text`, not a single string.")
+            if text_pair is not None and len(text) != len(text_pair):
+                raise ValueError(
+                    f"batch length of `text`: {len(text)} does not match batch length of `text_pair`: "
+                    f"{len(text_pair)}. Pass one second text per first text."
+                )
+            batch = list(zip(text, text_pair)) if text_pair is not None else list(text)
+            return self._batch_encode(batch, is_split_into_words=is_split_into_words, unbatch=False, **options)
+        batch = [(text, text_pair)] if text_pair else [text]
+        return self._batch_encode(batch, is_split_into_words=is_split_into_words, unbatch=True, **options)
+
+    def encode_plus(self, text, text_pair=None, **options) -> BatchEncoding:
+        """One example (a text or a pair) -> BatchEncoding without batch axis (transformers' encode_plus)."""
+        options.setdefault("split_special_tokens", self.split_special_tokens)
+        options = {**_CALL_DEFAULTS, **options}
+        _check_text_input(text, "text", options["is_split_into_words"])
+        if text_pair is not None:
+            _check_text_input(text_pair, "text_pair", options["is_split_into_words"])
+        batch = [(text, text_pair)] if text_pair else [text]
+        return self._batch_encode(batch, unbatch=True, **options)
+
+    def batch_encode_plus(self, batch_text_or_text_pairs, **options) -> BatchEncoding:
+        """A list of texts or (text, pair) tuples -> BatchEncoding (transformers' batch_encode_plus)."""
+        options.setdefault("split_special_tokens", self.split_special_tokens)
+        options = {**_CALL_DEFAULTS, **options}
+        return self._batch_encode(list(batch_text_or_text_pairs), unbatch=False, **options)
+
+    def _batch_encode(self, batch: list, *, unbatch: bool, add_special_tokens: bool, padding, truncation,
+                      max_length, stride: int, is_split_into_words: bool, pad_to_multiple_of, padding_side,
+                      return_tensors, return_token_type_ids, return_attention_mask, return_overflowing_tokens: bool,
+                      return_special_tokens_mask: bool, return_offsets_mapping: bool, return_length: bool,
+                      verbose: bool, split_special_tokens: bool) -> BatchEncoding:
+        if is_split_into_words and self._profile.requires_prefix_space_for_words and not self.add_prefix_space:
+            raise ValueError(f"You need to instantiate {self.tokenizer_class} with add_prefix_space=True to use it "
+                             "with pretokenized inputs (is_split_into_words=True).")
+        padding_strategy, truncation_strategy, max_length = self._padding_truncation_strategies(
+            padding=padding, truncation=truncation, max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of, verbose=verbose,
+        )
+        with self._backend_configured(padding_strategy, truncation_strategy, max_length, stride,
+                                      pad_to_multiple_of, padding_side, split_special_tokens) as backend:
+            try:
+                encodings = backend.encode_batch(batch, add_special_tokens=add_special_tokens,
+                                                 is_pretokenized=is_split_into_words)
+            except Exception as err:
+                raise ValueError(f"The tokenizer could not encode this batch ({truncation_strategy} truncation, "
+                                 f"max_length={max_length}, stride={stride}): {err}") from err
+
+        if return_token_type_ids is None:
+            return_token_type_ids = "token_type_ids" in self.model_input_names
+        if return_attention_mask is None:
+            return_attention_mask = "attention_mask" in self.model_input_names
+        fields = ["input_ids"]
+        fields += ["token_type_ids"] if return_token_type_ids else []
+        fields += ["attention_mask"] if return_attention_mask else []
+        fields += ["special_tokens_mask"] if return_special_tokens_mask else []
+        fields += ["offset_mapping"] if return_offsets_mapping else []
+        fields += ["length"] if return_length else []
+        data: dict[str, list] = {name: [] for name in fields}
+        flat_encodings: list[Encoding] = []
+        sample_mapping: list[int] = []
+        for index, encoding in enumerate(encodings):
+            rows = [encoding] + encoding.overflowing if return_overflowing_tokens and encoding.overflowing else [
+                encoding]
+            for row in rows:
+                data["input_ids"].append(row.ids)
+                if return_token_type_ids:
+                    data["token_type_ids"].append(row.type_ids)
+                if return_attention_mask:
+                    data["attention_mask"].append(row.attention_mask)
+                if return_special_tokens_mask:
+                    data["special_tokens_mask"].append(row.special_tokens_mask)
+                if return_offsets_mapping:
+                    data["offset_mapping"].append(row.offsets)
+                if return_length:
+                    data["length"].append(len(row.ids))
+                flat_encodings.append(row)
+                sample_mapping.append(index)
+        if return_overflowing_tokens:
+            data["overflow_to_sample_mapping"] = sample_mapping
+        for ids in data["input_ids"]:
+            self._warn_if_too_long(ids, max_length, verbose)
+
+        if unbatch and return_tensors is None and not return_overflowing_tokens:
+            data = {key: (value[0] if value and isinstance(value[0], list) else value) for key, value in data.items()}
+            return BatchEncoding(data, flat_encodings)
+        return BatchEncoding(data, flat_encodings, tensor_type=return_tensors)
+
+    def _warn_if_too_long(self, ids: list[int], max_length: int | None, verbose: bool) -> None:
+        if max_length is None and len(ids) > self.model_max_length and verbose and self.model_max_length != 0:
+            self._warn_once(
+                "sequence-length-is-longer-than-the-specified-maximum",
+                "Token indices sequence length is longer than the specified maximum sequence length for this model "
+                f"({len(ids)} > {self.model_max_length}). Running this sequence through the model will result in "
+                "indexing errors",
+            )
+
+    def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
+               max_length: int | None = None, stride: int = 0, padding_side: str | None = None,
+               return_tensors: str | None = None, **options) -> list[int]:
+        """Token ids of one text (or pair), special tokens included by default."""
+        return self.encode_plus(
+            text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+            max_length=max_length, stride=stride, padding_side=padding_side, return_tensors=return_tensors, **options,
+        )["input_ids"]
+
+    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False, **options) -> list[str]:
+        """Token strings of one text (no special tokens unless asked)."""
+        return self.encode_plus(text, pair, add_special_tokens=add_special_tokens, **options).tokens()
+
+    def encode_batch_for_model(self, texts, text_pairs=None, max_length: int | None = None, *,
+                               return_token_type_ids: bool = False):
+        """The pipeline's fast path: token ids per text, truncated, not padded, as plain lists.
+
+        Equivalent to `self(texts, text_pairs, truncation=True, max_length=max_length)["input_ids"]`
+        (`max_length=None` means `model_max_length`), but skips offsets and Python-side padding
+        bookkeeping. With `return_token_type_ids=True` returns `(input_ids, token_type_ids)`; pairs fed
+        to BERT-style models need the type ids.
+        """
+        _check_text_input(texts, "texts", False)
+        if isinstance(texts, str):
+            raise TypeError("encode_batch_for_model takes a list of texts; wrap a single text in a list.")
+        if text_pairs is not None:
+            _check_text_input(text_pairs, "text_pairs", False)
+            if isinstance(text_pairs, str) or len(text_pairs) != len(texts):
+                raise ValueError(f"text_pairs must be a list with one second text per text: got {len(texts)} texts "
+                                 f"and {1 if isinstance(text_pairs, str) else len(text_pairs)} text_pairs.")
+            batch = list(zip(texts, text_pairs))
+        else:
+            batch = list(texts)
+        _, truncation_strategy, max_length = self._padding_truncation_strategies(
+            padding=False, truncation=True, max_length=max_length, verbose=False)
+        if not batch:
+            return ([], []) if return_token_type_ids else []
+        with self._backend_configured("do_not_pad", truncation_strategy, max_length, 0, None, None,
+                                      self.split_special_tokens) as backend:
+            try:
+                encodings = backend.encode_batch_fast(batch, add_special_tokens=True)
+            except Exception as err:
+                raise ValueError(f"The tokenizer could not encode this batch (max_length={max_length}): {err}") from err
+        input_ids = [encoding.ids for encoding in encodings]
+        if return_token_type_ids:
+            return input_ids, [encoding.type_ids for encoding in encodings]
+        return input_ids
+
+    # ---- padding already-encoded inputs ----
+
+    def pad(self, encoded_inputs, padding=True, max_length: int | None = None, pad_to_multiple_of: int | None = None,
+            padding_side: str | None = None, return_attention_mask: bool | None = None,
+            return_tensors: str | None = None, verbose: bool = True) -> BatchEncoding:
+        """Pad encoded examples (a dict of lists, a list of dicts, or a BatchEncoding) to one length.
+
+        Usable as a DataLoader collate function. Tensor inputs come back as tensors of the same kind.
+        """
+        if isinstance(encoded_inputs, (list, tuple)) and encoded_inputs and isinstance(encoded_inputs[0], Mapping):
+            encoded_inputs = {key: [example[key] for example in encoded_inputs] for key in encoded_inputs[0]}
+        else:
+            encoded_inputs = dict(encoded_inputs)
+        main_input = self.model_input_names[0]
+        if main_input not in encoded_inputs:
+            raise ValueError(f"pad() needs the field {main_input!r}; got fields {list(encoded_inputs.keys())}.")
+        required = encoded_inputs[main_input]
+        if required is None or (hasattr(required, "__len__") and len(required) == 0):
+            if return_attention_mask:
+                encoded_inputs["attention_mask"] = []
+            return BatchEncoding(encoded_inputs)
+
+        first = required[0]
+        if isinstance(first, (list, tuple)):
+            for row in required:
+                if len(row) != 0:
+                    first = row[0]
+                    break
+        if not isinstance(first, (int, list, tuple)):
+            if type(first).__module__.startswith("torch"):
+                return_tensors = "pt" if return_tensors is None else return_tensors
+            elif isinstance(first, (np.ndarray, np.generic)):
+                return_tensors = "np" if return_tensors is None else return_tensors
+            else:
+                raise ValueError(f"pad() got values of type {type(first).__name__}; use Python lists, NumPy arrays "
+                                 "or PyTorch tensors.")
+            encoded_inputs = {key: _to_py_obj(value) for key, value in encoded_inputs.items()}
+
+        padding_strategy, _, max_length = self._padding_truncation_strategies(
+            padding=padding, max_length=max_length, verbose=verbose)
+        required = encoded_inputs[main_input]
+        if required and not isinstance(required[0], (list, tuple)):
+            padded = self._pad_one(dict(encoded_inputs), max_length, padding_strategy, pad_to_multiple_of,
+                                   padding_side, return_attention_mask)
+            return BatchEncoding(padded, tensor_type=return_tensors)
+
+        batch_size = len(required)
+        for key, value in encoded_inputs.items():
+            if len(value) != batch_size:
+                raise ValueError(f"pad(): field {key!r} has {len(value)} rows but {main_input!r} has {batch_size}.")
+        if padding_strategy == "longest":
+            max_length = max(len(row) for row in required)
+            padding_strategy = "max_length"
+        outputs: dict[str, list] = {}
+        for index in range(batch_size):
+            row = {key: value[index] for key, value in encoded_inputs.items()}
+            padded = self._pad_one(row, max_length, padding_strategy, pad_to_multiple_of, padding_side,
+                                   return_attention_mask)
+            for key, value in padded.items():
+                outputs.setdefault(key, []).append(value)
+        return BatchEncoding(outputs, tensor_type=return_tensors)
+
+    def _pad_one(self, row: dict, max_length, padding_strategy: str, pad_to_multiple_of, padding_side,
+                 return_attention_mask) -> dict:
+        if return_attention_mask is None:
+            return_attention_mask = "attention_mask" in self.model_input_names
+        main_input = self.model_input_names[0]
+        required = list(row[main_input])
+        if padding_strategy == "longest":
+            max_length = len(required)
+        if max_length is not None and pad_to_multiple_of is not None and max_length % pad_to_multiple_of:
+            max_length = (max_length // pad_to_multiple_of + 1) * pad_to_multiple_of
+        if return_attention_mask and "attention_mask" not in row:
+            row["attention_mask"] = [1] * len(required)
+        if padding_strategy == "do_not_pad" or len(required) == max_length:
+            return row
+        difference = max_length - len(required)
+        side = padding_side if padding_side is not None else self.padding_side
+        if side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}.")
+
+        def extend(values, filler):
+            values = list(values)
+            return values + [filler] * difference if side == "right" else [filler] * difference + values
+
+        if return_attention_mask:
+            row["attention_mask"] = extend(row["attention_mask"], 0)
+        if "token_type_ids" in row:
+            row["token_type_ids"] = extend(row["token_type_ids"], self.pad_token_type_id)
+        if "special_tokens_mask" in row:
+            row["special_tokens_mask"] = extend(row["special_tokens_mask"], 1)
+        row[main_input] = extend(required, self.pad_token_id)
+        return row
+
+    # ---- decoding ----
+
+    def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None,
+               **kwargs) -> str:
+        """Ids (list, tensor or array) -> text."""
+        token_ids = _to_py_obj(token_ids)
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        text = self._tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+        return self._clean_up(text, clean_up_tokenization_spaces)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False,
+                     clean_up_tokenization_spaces: bool | None = None, **kwargs) -> list[str]:
+        """Rows of ids -> texts, decoded in one call to the backend."""
+        sequences = [[seq] if isinstance(seq, int) else seq for seq in _to_py_obj(sequences)]
+        texts = self._tokenizer.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+        return [self._clean_up(text, clean_up_tokenization_spaces) for text in texts]
+
+    def _clean_up(self, text: str, clean_up_tokenization_spaces: bool | None) -> str:
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+
+    @staticmethod
+    def clean_up_tokenization(out_string: str) -> str:
+        """Remove the spaces a word-level tokenizer leaves before punctuation and English contractions."""
+        return (
+            out_string.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",")
+            .replace(" ' ", "'").replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s")
+            .replace(" 've", "'ve").replace(" 're", "'re")
+        )
+
+    # ---- saving ----
+
+    def save_pretrained(self, save_directory, filename_prefix: str | None = None, **kwargs) -> tuple[str, ...]:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json as transformers does.
+
+        transformers' AutoTokenizer loads the result back to the same tokenizer, and so do we. Slow
+        vocabulary files (vocab.txt, vocab.json + merges.txt) are written too for the classes where
+        transformers writes them; SentencePiece models are not (they cannot be rebuilt from
+        tokenizer.json, and nothing here needs them).
+        """
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise NotADirectoryError(f"save_pretrained needs a directory, but {save_directory} is a file.")
+        os.makedirs(save_directory, exist_ok=True)
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        config_file = os.path.join(save_directory, prefix + TOKENIZER_CONFIG_FILE)
+        special_tokens_file = os.path.join(save_directory, prefix + SPECIAL_TOKENS_MAP_FILE)
+        tokenizer_file = os.path.join(save_directory, prefix + TOKENIZER_FILE)
+        written = [config_file, special_tokens_file]
+
+        config = copy.deepcopy(self.init_kwargs)
+        for key in set(self.init_kwargs) | {"model_max_length", "clean_up_tokenization_spaces"}:
+            if key in _FILE_KEYS or key == "name_or_path":
+                continue
+            value = getattr(self, key, _MISSING)
+            if value is not _MISSING and not callable(value):
+                config[key] = value
+        # transformers keeps a changed padding/truncation side only by accident (through the padding
+        # section its last call left in tokenizer.json); we write it whenever it is not the default.
+        for key in ("padding_side", "truncation_side"):
+            if getattr(self, key) != getattr(self._profile, key):
+                config[key] = getattr(self, key)
+        config.update(self.special_tokens_map)
+        if "extra_special_tokens" not in config:
+            config["extra_special_tokens"] = self.extra_special_tokens
+            config.update(self.extra_special_tokens)
+        config.pop("chat_template", None)
+        if isinstance(self.chat_template, str):
+            chat_template_file = os.path.join(save_directory, prefix + CHAT_TEMPLATE_FILE)
+            with open(chat_template_file, "w", encoding="utf-8") as handle:
+                handle.write(self.chat_template)
+            written.append(chat_template_file)
+        elif isinstance(self.chat_template, dict):
+            config["chat_template"] = [{"name": k, "template": v} for k, v in self.chat_template.items()]
+        for key in (*_FILE_KEYS, "name_or_path", "device_map"):
+            config.pop(key, None)
+        config = _added_tokens_to_json(config, add_type_field=True)
+        config["added_tokens_decoder"] = {
+            index: token.__getstate__() for index, token in self.added_tokens_decoder.items()}
+        if self._profile.name == "PreTrainedTokenizerFast" and self._declared_tokenizer_class:
+            config["tokenizer_class"] = self._declared_tokenizer_class
+        elif self._profile.writes_slow_vocabulary:
+            config["tokenizer_class"] = self.tokenizer_class[:-4]
+        else:
+            config["tokenizer_class"] = self.tokenizer_class
+        _write_json(config_file, config)
+        _write_json(special_tokens_file, _added_tokens_to_json(self.special_tokens_map_extended, add_type_field=False))
+
+        if self._profile.writes_slow_vocabulary:
+            added_vocab = {token: index for token, index in self.added_tokens_encoder.items()
+                           if index >= self.vocab_size}
+            if added_vocab:
+                added_tokens_file = os.path.join(save_directory, prefix + ADDED_TOKENS_FILE)
+                _write_json(added_tokens_file, added_vocab)
+                written.append(added_tokens_file)
+            written += self._tokenizer.model.save(save_directory, filename_prefix)
+
+        with self._file_settings_restored():
+            self._tokenizer.save(tokenizer_file)
+        written.append(tokenizer_file)
+        return tuple(written)
+
+    @contextlib.contextmanager
+    def _file_settings_restored(self):
+        """Put tokenizer.json's own truncation/padding sections back while saving, so they round-trip."""
+        try:
+            if self._file_truncation is not None:
+                self._tokenizer.enable_truncation(**self._file_truncation)
+            if self._file_padding is not None:
+                self._tokenizer.enable_padding(**self._file_padding)
+            yield
+        finally:
+            self._tokenizer.no_truncation()
+            self._tokenizer.no_padding()
+
+    def __repr__(self) -> str:
+        return (
+            f"PreTrainedTokenizerFast(tokenizer_class='{self.tokenizer_class}', name_or_path='{self.name_or_path}', "
+            f"vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
+            f"padding_side='{self.padding_side}', truncation_side='{self.truncation_side}', "
+            f"special_tokens={self.special_tokens_map})"
+        )
+
+
+_MISSING = object()
+
+_CALL_DEFAULTS = dict(
+    add_special_tokens=True, padding=False, truncation=None, max_length=None, stride=0, is_split_into_words=False,
+    pad_to_multiple_of=None, padding_side=None, return_tensors=None, return_token_type_ids=None,
+    return_attention_mask=None, return_overflowing_tokens=False, return_special_tokens_mask=False,
+    return_offsets_mapping=False, return_length=False, verbose=True,
+)
+
+
+def _check_text_input(value, name: str, is_split_into_words: bool) -> None:
+    """Reject anything but str / list of str (/ list of pairs) with the offending row named."""
+    if isinstance(value, str):
+        return
+    if not isinstance(value, (list, tuple)):
+        hint = " (convert it with .tolist())" if hasattr(value, "tolist") else ""
+        raise ValueError(f"`{name}` must be a str or a list of str, got {type(value).__name__}{hint}.")
+    if is_split_into_words and value and not isinstance(value[0], (list, tuple)):
+        rows = [value]  # one pre-split example
+    else:
+        rows = value
+    for index, item in enumerate(rows):
+        if isinstance(item, str):
+            if is_split_into_words and rows is value:
+                raise ValueError(f"`{name}[{index}]` is a str; with is_split_into_words=True each example must be "
+                                 "a list of words.")
+            continue
+        if isinstance(item, (list, tuple)):
+            if is_split_into_words and all(isinstance(word, str) for word in item):
+                continue
+            if not is_split_into_words and len(item) == 2 and all(isinstance(part, str) for part in item):
+                continue  # a (text, text_pair) tuple inside a batch
+        raise ValueError(
+            f"`{name}[{index}]` is {type(item).__name__} ({item!r:.60}); every example must be a str"
+            + (" list of words" if is_split_into_words else " (or a (text, text_pair) pair)") + "."
+        )
+
+
+def _added_tokens_to_json(obj, add_type_field: bool):
+    """AddedToken objects -> JSON dicts (transformers' convert_added_tokens with save=True)."""
+    if isinstance(obj, AddedToken):
+        state = obj.__getstate__()
+        if add_type_field:
+            state["__type"] = "AddedToken"
+        else:
+            state.pop("special")
+        return state
+    if isinstance(obj, (list, tuple)):
+        return [_added_tokens_to_json(item, add_type_field) for item in obj]
+    if isinstance(obj, dict):
+        return {key: _added_tokens_to_json(value, add_type_field) for key, value in obj.items()}
+    return obj
+
+
+def _added_tokens_from_json(obj):
+    """JSON dicts tagged `"__type": "AddedToken"` -> AddedToken (transformers' convert_added_tokens)."""
+    if isinstance(obj, dict) and obj.get("__type") == "AddedToken":
+        obj = dict(obj)
+        obj.pop("__type")
+        return AddedToken(**obj)
+    if isinstance(obj, (list, tuple)):
+        return [_added_tokens_from_json(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: _added_tokens_from_json(value) for key, value in obj.items()}
+    return obj
+
+
+def _added_token(fields: dict, where: str) -> AddedToken:
+    """An AddedToken from its JSON fields, or an error naming the file entry that is malformed."""
+    fields = {key: value for key, value in fields.items() if key != "__type"}
+    try:
+        return AddedToken(**fields)
+    except TypeError as err:
+        raise TokenizerFormatError(f"{where} is not a valid token description ({fields!r}): {err}") from err
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TokenizerFormatError(f"{path} is not valid JSON ({err}); the {what} file is corrupt. Re-download or "
+                                   "re-save the tokenizer.") from err
+    if not isinstance(value, dict):
+        raise TokenizerFormatError(f"{path} must hold a JSON object ({what}), found {type(value).__name__}.")
+    return value
+
+
+def _read_backend(path: str) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as err:
+        raise TokenizerFormatError(
+            f"Could not read {path} as a `tokenizers` tokenizer.json ({err}). The file is corrupt or was written "
+            "by an incompatible tool; re-download it, or re-create it with transformers: "
+            "`AutoTokenizer.from_pretrained(...).save_pretrained(...)`."
+        ) from err
+
+
+# --------------------------------------------------------------------------------------------------
+# AutoTokenizer
+# --------------------------------------------------------------------------------------------------
+
+
+class AutoTokenizer:
+    """`AutoTokenizer.from_pretrained(dir_or_repo_id)` -> `PreTrainedTokenizerFast`, like transformers.
+
+    Reads tokenizer.json (required), tokenizer_config.json, special_tokens_map.json,
+    added_tokens.json and chat_template.jinja when present, from a local directory or a Hub repo id
+    (through `models.hub.resolve_file`: the huggingface_hub cache, `revision`, `HF_HUB_OFFLINE`).
+    The tokenizer class comes from tokenizer_config.json's `tokenizer_class`, else config.json's
+    `tokenizer_class` or `model_type`. Keyword overrides (`model_max_length=`, `padding_side=`,
+    `pad_token=`...) win over the files.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise OSError("AutoTokenizer is not meant to be instantiated; use AutoTokenizer.from_pretrained(...).")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, cache_dir=None, revision=None, local_files_only: bool = False,
+                        token=None, **overrides) -> PreTrainedTokenizerFast:
+        name = os.fspath(name_or_path)
+        if os.path.isfile(name):
+            raise ValueError(f"{name} is a file; pass the directory (or Hub repo id) that contains tokenizer.json.")
+        if overrides.pop("use_fast", True) is False:
+            raise ValueError("use_fast=False asks for a slow (Python) tokenizer; rayformers only has the fast "
+                             "tokenizer.json kind.")
+        for ignored in ("trust_remote_code", "_from_auto", "_commit_hash"):
+            overrides.pop(ignored, None)
+        hub_options = dict(subfolder=overrides.pop("subfolder", None) or "", cache_dir=cache_dir, revision=revision,
+                           local_files_only=local_files_only, token=token)
+
+        def resolve(filename: str) -> str | None:
+            return resolve_file(name, filename, required=False, **hub_options)
+
+        config_path = resolve(TOKENIZER_CONFIG_FILE)
+        tokenizer_config = _read_json(config_path, "tokenizer config") if config_path else None
+        tokenizer_filename = _versioned_tokenizer_file(tokenizer_config)
+        tokenizer_path = _resolve_tokenizer_file(name, tokenizer_filename, resolve, **hub_options)
+
+        class_name = overrides.pop("tokenizer_class", None)
+        if class_name is None and tokenizer_config:
+            class_name = tokenizer_config.get("tokenizer_class")
+        if class_name is None:
+            class_name = _tokenizer_class_from_model_config(resolve(MODEL_CONFIG_FILE))
+        if tokenizer_config and "auto_map" in tokenizer_config:
+            logger.warning("%s declares a custom tokenizer class (auto_map); rayformers does not run remote code and "
+                           "loads it with the rules of %r.", name, class_name or "PreTrainedTokenizerFast")
+
+        init_kwargs = _init_kwargs_from_files(
+            tokenizer_config, overrides, tokenizer_path,
+            special_tokens_map_path=resolve(SPECIAL_TOKENS_MAP_FILE),
+            added_tokens_path=resolve(ADDED_TOKENS_FILE),
+        )
+        chat_template_path = resolve(CHAT_TEMPLATE_FILE)
+        if chat_template_path is not None:
+            with open(chat_template_path, encoding="utf-8") as handle:
+                init_kwargs["chat_template"] = handle.read()
+        init_kwargs["name_or_path"] = name
+        return PreTrainedTokenizerFast(tokenizer_file=tokenizer_path, tokenizer_class=class_name or
+                                       "PreTrainedTokenizerFast", **init_kwargs)
+
+
+def _resolve_tokenizer_file(name: str, filename: str, resolve, **hub_options) -> str:
+    """The tokenizer.json path, or an error that says why there is none and how to make one."""
+    path = resolve(filename)
+    if path is not None:
+        return path
+    if os.path.isdir(os.path.join(name, hub_options.get("subfolder") or "")):
+        raise TokenizerNotFoundError(_missing_tokenizer_message(name, filename))
+    try:  # a Hub id: let the hub layer say whether the repo, the cache or the file is missing
+        return resolve_file(name, filename, required=True, **hub_options)
+    except OSError as err:
+        raise TokenizerNotFoundError(f"{err} {_missing_tokenizer_message(name, filename)}") from err
+
+
+def _missing_tokenizer_message(name: str, filename: str) -> str:
+    target = repr(name) if os.path.isdir(name) else "'<local dir>'"
+    return (
+        f"{name} has no {filename}. rayformers only supports fast tokenizers, which are stored as a single "
+        "tokenizer.json (slow-tokenizer files such as vocab.txt, spiece.model or vocab.json + merges.txt are not "
+        "converted). Produce one once with transformers (with sentencepiece installed for SentencePiece models): "
+        f"`transformers.AutoTokenizer.from_pretrained({name!r}).save_pretrained({target})`, then load that directory."
+    )
+
+
+def _versioned_tokenizer_file(tokenizer_config: dict | None) -> str:
+    """transformers' get_fast_tokenizer_file: newest tokenizer.<version>.json not newer than the reference."""
+    if not tokenizer_config or "fast_tokenizer_files" not in tokenizer_config:
+        return TOKENIZER_FILE
+    candidates = {}
+    for file_name in tokenizer_config["fast_tokenizer_files"]:
+        match = re.search(r"tokenizer\.(.*)\.json", file_name)
+        if match:
+            try:
+                version = tuple(int(part) for part in match.group(1).split(".")[:3])
+            except ValueError:
+                continue
+            candidates[version] = file_name
+    chosen = TOKENIZER_FILE
+    for version in sorted(candidates):
+        if version <= REFERENCE_TRANSFORMERS_VERSION:
+            chosen = candidates[version]
+        else:
+            break
+    return chosen
+
+
+def _tokenizer_class_from_model_config(config_path: str | None) -> str | None:
+    """config.json's `tokenizer_class`, else the class transformers maps its `model_type` to."""
+    if config_path is None:
+        return None
+    config = _read_json(config_path, "model config")
+    if config.get("tokenizer_class"):
+        return config["tokenizer_class"]
+    model_type = config.get("model_type")
+    if model_type == "encoder-decoder":  # transformers uses the encoder's tokenizer
+        model_type = (config.get("encoder") or {}).get("model_type")
+    return _MODEL_TYPE_TO_TOKENIZER.get(model_type)
+
+
+def _init_kwargs_from_files(tokenizer_config: dict | None, overrides: dict, tokenizer_path: str, *,
+                            special_tokens_map_path: str | None, added_tokens_path: str | None) -> dict:
+    """transformers' `_from_pretrained`: merge the config files and overrides into __init__ kwargs."""
+    init_kwargs = dict(tokenizer_config or {})
+    init_kwargs.pop("tokenizer_class", None)
+    init_kwargs.pop("init_inputs", None)
+    for key in _FILE_KEYS:
+        init_kwargs.pop(key, None)
+    init_kwargs.update(overrides)
+
+    added_tokens_decoder: dict[int, AddedToken] = {}
+    added_tokens_map: dict[str, AddedToken] = {}
+    if "added_tokens_decoder" in init_kwargs:
+        for index, token in init_kwargs["added_tokens_decoder"].items():
+            if isinstance(token, dict):
+                token = _added_token(token, f"tokenizer_config.json added_tokens_decoder[{index}]")
+            if not isinstance(token, AddedToken):
+                raise TokenizerFormatError(f"tokenizer_config.json added_tokens_decoder[{index}] must be an object "
+                                           f"describing a token, found {token!r}.")
+            added_tokens_decoder[int(index)] = token
+            added_tokens_map[str(token)] = token
+    else:
+        # Legacy layout: special_tokens_map.json, added_tokens.json, tokenizer.json's added_tokens.
+        if special_tokens_map_path is not None:
+            for key, value in _read_json(special_tokens_map_path, "special tokens map").items():
+                if key in overrides and overrides[key]:
+                    continue
+                if isinstance(value, dict):
+                    value = _added_token({**value, "special": True}, f"special_tokens_map.json {key}")
+                elif key == "additional_special_tokens" and isinstance(value, list):
+                    additional = init_kwargs.pop("additional_special_tokens", []) or []
+                    for token in value:
+                        if isinstance(token, dict):
+                            token = _added_token({**token, "special": True}, f"special_tokens_map.json {key}")
+                        if token not in additional:
+                            additional.append(token)
+                    value = additional
+                init_kwargs[key] = value
+        if added_tokens_path is not None:
+            special = []
+            for key in SPECIAL_TOKENS_ATTRIBUTES:
+                if init_kwargs.get(key) is not None:
+                    value = init_kwargs[key]
+                    special += [str(t) for t in value] if key == "additional_special_tokens" else [str(value)]
+            for content, index in _read_json(added_tokens_path, "added tokens").items():
+                is_special = content in special
+                added_tokens_decoder[index] = AddedToken(content, rstrip=False, lstrip=False,
+                                                         normalized=not is_special, special=is_special)
+        for serialized in _read_json(tokenizer_path, "tokenizer").get("added_tokens", []):
+            serialized = dict(serialized)
+            index = serialized.pop("id")
+            added_tokens_decoder[index] = _added_token(serialized, f"tokenizer.json added_tokens id {index}")
+            added_tokens_map[str(added_tokens_decoder[index])] = added_tokens_decoder[index]
+
+    init_kwargs["added_tokens_decoder"] = added_tokens_decoder
+    init_kwargs = _added_tokens_from_json(init_kwargs)
+    if added_tokens_map:
+        for key in SPECIAL_TOKENS_ATTRIBUTES[:-1]:
+            if init_kwargs.get(key) is not None:
+                init_kwargs[key] = added_tokens_map.get(str(init_kwargs[key]), init_kwargs[key])
+    return init_kwargs
