@@ -22,6 +22,10 @@ _EXPORTS = {
     "AutoTokenizer": "tokenization",
     "PreTrainedTokenizerFast": "tokenization",
     "GenerationConfig": "generation",
+    "T5EncoderModel": "t5",
+    "MT5EncoderModel": "t5",
+    "EncoderDecoderConfig": "encoder_decoder",
+    "EncoderDecoderModel": "encoder_decoder",
 }
 
 __all__ = sorted(_EXPORTS)
