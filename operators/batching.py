@@ -1,0 +1,89 @@
+"""Length-sorted micro-batches under a padded-token budget, with dynamic padding.
+
+Why: padding is the main waste of transformer inference on mixed-length text (HF ``pipeline`` on
+unsorted rows runs ~4x slower than the same model on sorted batches). Inside each Ray batch we
+sort rows by length and cut micro-batches so that ``rows x longest row`` stays under
+``max_tokens``: short rows travel in big batches, long rows in small ones, and almost no compute
+is spent on pad tokens. Results are scattered back to the original row order by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class MicroBatch:
+    """Row positions (into the Ray batch) and their padded tensors."""
+
+    rows: list[int]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: Optional[torch.Tensor]
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def plan_micro_batches(
+    lengths: Sequence[int], max_tokens: int, max_rows: int
+) -> list[list[int]]:
+    """Group row positions, longest first, so each group's ``len(group) * max_len <= max_tokens``.
+
+    A row longer than the budget on its own still gets a group of one (it must be scored).
+    """
+    if max_tokens < 1 or max_rows < 1:
+        raise ValueError("max_tokens and max_rows must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    current_max = 0
+    for i in order:
+        n = max(int(lengths[i]), 1)
+        longest = max(current_max, n)
+        if current and (longest * (len(current) + 1) > max_tokens or len(current) >= max_rows):
+            groups.append(current)
+            current, longest = [], n
+        current.append(i)
+        current_max = longest
+    if current:
+        groups.append(current)
+    return groups
+
+
+def pad_rows(
+    sequences: Sequence[Sequence[int]], pad_id: int, dtype: torch.dtype = torch.long
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest row only (dynamic padding); returns ids and attention mask."""
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=dtype)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for r, seq in enumerate(sequences):
+        n = len(seq)
+        if n:
+            ids[r, :n] = torch.as_tensor(seq, dtype=dtype)
+            mask[r, :n] = 1
+    return ids, mask
+
+
+def iter_micro_batches(
+    input_ids: Sequence[Sequence[int]],
+    positions: Sequence[int],
+    pad_id: int,
+    max_tokens: int,
+    max_rows: int,
+    token_type_ids: Optional[Sequence[Sequence[int]]] = None,
+) -> Iterator[MicroBatch]:
+    """Yield padded micro-batches over the rows at ``positions`` (the rows without errors)."""
+    lengths = [len(input_ids[p]) for p in positions]
+    for group in plan_micro_batches(lengths, max_tokens, max_rows):
+        rows = [positions[g] for g in group]
+        ids, mask = pad_rows([input_ids[r] for r in rows], pad_id)
+        types = None
+        if token_type_ids is not None:
+            types, _ = pad_rows([token_type_ids[r] for r in rows], 0)
+        yield MicroBatch(rows=rows, input_ids=ids, attention_mask=mask, token_type_ids=types)

@@ -1,0 +1,96 @@
+"""``embed``: sentence embeddings from a base encoder, as sentence-transformers computes them.
+
+Pooling ``mean`` (attention-masked average of the last hidden state), ``cls`` (first token) or
+``max`` (masked max), then optional L2 normalisation; written as a fixed-size list<float32>.
+Pooling runs in float32 even for a bf16/fp16 model, so precision is only lost inside the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import pyarrow as pa
+import torch
+
+from .batching import MicroBatch
+from .model_operator import ModelOperator
+
+
+def sentence_transformers_defaults(model_dir: str) -> dict:
+    """Pooling mode, normalisation and max length from a sentence-transformers checkpoint, if any."""
+    out: dict = {}
+    if not model_dir or not os.path.isdir(model_dir):
+        return out
+    modules_path = os.path.join(model_dir, "modules.json")
+    if os.path.isfile(modules_path):
+        with open(modules_path) as f:
+            modules = json.load(f)
+        out["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
+        for m in modules:
+            if m.get("type", "").endswith("Pooling"):
+                cfg_path = os.path.join(model_dir, m.get("path", ""), "config.json")
+                if os.path.isfile(cfg_path):
+                    with open(cfg_path) as f:
+                        pcfg = json.load(f)
+                    if pcfg.get("pooling_mode_cls_token"):
+                        out["pooling"] = "cls"
+                    elif pcfg.get("pooling_mode_max_tokens"):
+                        out["pooling"] = "max"
+                    elif pcfg.get("pooling_mode_mean_tokens"):
+                        out["pooling"] = "mean"
+    st_path = os.path.join(model_dir, "sentence_bert_config.json")
+    if os.path.isfile(st_path):
+        with open(st_path) as f:
+            st = json.load(f)
+        if st.get("max_seq_length"):
+            out["max_length"] = int(st["max_seq_length"])
+    return out
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Masked pooling over the sequence dimension (float32)."""
+    hidden = hidden.float()
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "max":
+        return hidden.masked_fill(m == 0, float("-inf")).max(dim=1).values
+    summed = (hidden * m).sum(dim=1)
+    return summed / m.sum(dim=1).clamp(min=1e-9)
+
+
+class EmbedOperator(ModelOperator):
+    task = "embed"
+
+    def setup(self, pooling: str = "mean", normalize: Optional[bool] = False) -> None:
+        if pooling not in ("mean", "cls", "max"):
+            raise ValueError(f"unknown pooling {pooling!r}; use mean, cls or max")
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+        self.dim = int(getattr(self.config, "hidden_size", 0) or getattr(self.config, "d_model", 0))
+
+    def predict(self, mb: MicroBatch, batch: pa.Table) -> list:
+        hidden = self.forward(mb).last_hidden_state
+        emb = pool(hidden, mb.attention_mask.to(hidden.device), self.pooling)
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+        return list(emb.cpu().numpy())
+
+    def output_fields(self) -> list[pa.Field]:
+        return [pa.field("embedding", pa.list_(pa.float32(), self.dim))]
+
+    def to_arrays(self, results: list) -> list[pa.Array]:
+        import numpy as np
+
+        n = len(results)
+        flat = np.zeros((n, self.dim), dtype=np.float32)
+        valid = np.zeros(n, dtype=bool)
+        for i, r in enumerate(results):
+            if r is not None:
+                flat[i] = r
+                valid[i] = True
+        values = pa.array(flat.reshape(-1), type=pa.float32())
+        arr = pa.FixedSizeListArray.from_arrays(values, self.dim, mask=pa.array(~valid))
+        return [arr]

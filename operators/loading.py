@@ -1,0 +1,83 @@
+"""Loading tokenizers and models inside actors, through our own model layer (``rayformers.models``).
+
+The task → Auto class mapping lives here so that the pipeline never needs to know model classes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+
+TASK_AUTO_CLASS = {
+    "classify": "AutoModelForSequenceClassification",
+    "token-classify": "AutoModelForTokenClassification",
+    "generate": "AutoModelForSeq2SeqLM",
+    "embed": "AutoModel",
+}
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> Any:
+    """Config dtype name → what ``from_pretrained(dtype=...)`` expects (``"auto"`` passes through)."""
+    if name == "auto":
+        return "auto"
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16, auto") from None
+
+
+def load_tokenizer(path: str, revision: Optional[str] = None, local_files_only: bool = False):
+    """Our HF-compatible tokenizer wrapper (``tokenizer.json`` based)."""
+    from rayformers.models import AutoTokenizer
+
+    kwargs = {}
+    if revision:
+        kwargs["revision"] = revision
+    if local_files_only:
+        kwargs["local_files_only"] = True
+    return AutoTokenizer.from_pretrained(path, **kwargs)
+
+
+def load_model(
+    task: str,
+    path: str,
+    dtype: str = "float32",
+    revision: Optional[str] = None,
+    local_files_only: bool = False,
+    device: str = "cpu",
+):
+    """``AutoModelFor<Task>.from_pretrained`` in eval mode on ``device``."""
+    import rayformers.models as models
+
+    auto = getattr(models, TASK_AUTO_CLASS[task])
+    kwargs: dict = {"dtype": torch_dtype(dtype)}
+    if revision:
+        kwargs["revision"] = revision
+    if local_files_only:
+        kwargs["local_files_only"] = True
+    model = auto.from_pretrained(path, **kwargs)
+    model.eval()
+    return model.to(device)
+
+
+def pick_device(num_gpus: float) -> str:
+    """``cuda`` when this actor was given a GPU, else ``cpu``."""
+    if num_gpus and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def configure_cpu_threads(torch_threads: Optional[int], actors: int = 1) -> int:
+    """Set torch's intra-op threads in a CPU actor.
+
+    Ray sets ``OMP_NUM_THREADS`` from an actor's (fractional) CPU reservation, which would run a
+    0.5-CPU model actor on one thread; the reservation only keeps room for reads and writes, so
+    the thread count is chosen here: the node's CPUs shared between the model actors."""
+    if torch_threads is None:
+        torch_threads = max(1, (os.cpu_count() or 1) // max(1, actors))
+    torch.set_num_threads(int(torch_threads))
+    return int(torch_threads)

@@ -1,0 +1,187 @@
+"""``token-classify``: entities with character spans, aggregated as transformers' pipeline does.
+
+Strategies ``none`` (one entry per token), ``simple`` (adjacent tokens with the same tag merged),
+``first`` / ``average`` / ``max`` (word-level agreement first, then merging). The logic mirrors
+``transformers.TokenClassificationPipeline`` (4.57) so results are comparable row for row; the
+output column ``entities`` is a list of {entity_group, score, word, start, end}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from .batching import MicroBatch
+from .model_operator import ModelOperator, label_name
+from .records import column_to_pylist
+
+ENTITY_TYPE = pa.struct(
+    [
+        pa.field("entity_group", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("word", pa.string()),
+        pa.field("start", pa.int32()),
+        pa.field("end", pa.int32()),
+    ]
+)
+
+
+def get_tag(entity_name: str) -> tuple[str, str]:
+    if entity_name.startswith("B-"):
+        return "B", entity_name[2:]
+    if entity_name.startswith("I-"):
+        return "I", entity_name[2:]
+    return "I", entity_name
+
+
+class EntityAggregator:
+    """Post-processing of per-token class probabilities into entities (no model, no Ray)."""
+
+    def __init__(self, config: Any, backend_tokenizer: Any, unk_token_id: Optional[int], strategy: str, ignore_labels):
+        self.config = config
+        self.backend = backend_tokenizer
+        self.unk_token_id = unk_token_id
+        self.strategy = strategy
+        self.ignore_labels = set(ignore_labels or [])
+        self.word_aware = bool(getattr(getattr(backend_tokenizer, "model", None), "continuing_subword_prefix", None))
+
+    def tokens_to_string(self, tokens: list[str]) -> str:
+        decoder = self.backend.decoder
+        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
+
+    def __call__(self, sentence: str, input_ids, scores: np.ndarray, starts, ends, special) -> list[dict]:
+        pre = []
+        for idx in range(len(input_ids)):
+            if special[idx]:
+                continue
+            word = self.backend.id_to_token(int(input_ids[idx]))
+            s, e = int(starts[idx]), int(ends[idx])
+            word_ref = sentence[s:e]
+            if self.word_aware:
+                is_subword = len(word) != len(word_ref)
+            else:
+                is_subword = s > 0 and " " not in sentence[s - 1 : s + 1]
+            if self.unk_token_id is not None and int(input_ids[idx]) == self.unk_token_id:
+                word = word_ref
+                is_subword = False
+            pre.append({"word": word, "scores": scores[idx], "start": s, "end": e, "index": idx, "is_subword": is_subword})
+        if self.strategy in ("none", "simple"):
+            entities = []
+            for p in pre:
+                i = int(p["scores"].argmax())
+                entities.append(
+                    {"entity": label_name(self.config, i), "score": float(p["scores"][i]), "word": p["word"], "start": p["start"], "end": p["end"]}
+                )
+        else:
+            entities = self._aggregate_words(pre)
+        if self.strategy != "none":
+            entities = self._group_entities(entities)
+        out = []
+        for ent in entities:
+            name = ent.get("entity_group", ent.get("entity"))
+            if name in self.ignore_labels:
+                continue
+            out.append({"entity_group": name, "score": float(ent["score"]), "word": ent["word"], "start": ent["start"], "end": ent["end"]})
+        return out
+
+    def _aggregate_word(self, entities: list[dict]) -> dict:
+        word = self.tokens_to_string([e["word"] for e in entities])
+        if self.strategy == "first":
+            scores = entities[0]["scores"]
+        elif self.strategy == "max":
+            scores = max(entities, key=lambda e: e["scores"].max())["scores"]
+        else:  # average
+            scores = np.nanmean(np.stack([e["scores"] for e in entities]), axis=0)
+        i = int(scores.argmax())
+        return {"entity": label_name(self.config, i), "score": float(scores[i]), "word": word, "start": entities[0]["start"], "end": entities[-1]["end"]}
+
+    def _aggregate_words(self, pre: list[dict]) -> list[dict]:
+        words, group = [], None
+        for p in pre:
+            if group is None:
+                group = [p]
+            elif p["is_subword"]:
+                group.append(p)
+            else:
+                words.append(self._aggregate_word(group))
+                group = [p]
+        if group is not None:
+            words.append(self._aggregate_word(group))
+        return words
+
+    def _group_sub_entities(self, entities: list[dict]) -> dict:
+        return {
+            "entity_group": entities[0]["entity"].split("-", 1)[-1],
+            "score": float(np.mean(np.nanmean([e["score"] for e in entities]))),
+            "word": self.tokens_to_string([e["word"] for e in entities]),
+            "start": entities[0]["start"],
+            "end": entities[-1]["end"],
+        }
+
+    def _group_entities(self, entities: list[dict]) -> list[dict]:
+        groups, current = [], []
+        for ent in entities:
+            if not current:
+                current.append(ent)
+                continue
+            bi, tag = get_tag(ent["entity"])
+            _, last_tag = get_tag(current[-1]["entity"])
+            if tag == last_tag and bi != "B":
+                current.append(ent)
+            else:
+                groups.append(self._group_sub_entities(current))
+                current = [ent]
+        if current:
+            groups.append(self._group_sub_entities(current))
+        return groups
+
+
+class TokenClassifyOperator(ModelOperator):
+    task = "token-classify"
+
+    def setup(
+        self,
+        text_column: str = "text",
+        tokenizer_path: Optional[str] = None,
+        aggregation_strategy: str = "simple",
+        ignore_labels=("O",),
+        tokenizer: Any = None,
+    ) -> None:
+        if tokenizer is None:
+            from .loading import load_tokenizer
+
+            tokenizer = load_tokenizer(tokenizer_path, self.revision, self.local_files_only)
+        self.text_column = text_column
+        self.aggregator = EntityAggregator(
+            self.config,
+            tokenizer.backend_tokenizer,
+            getattr(tokenizer, "unk_token_id", None),
+            aggregation_strategy,
+            ignore_labels,
+        )
+
+    def predict(self, mb: MicroBatch, batch: pa.Table) -> list:
+        logits = self.forward(mb).logits.float().cpu().numpy()
+        maxes = logits.max(axis=-1, keepdims=True)
+        e = np.exp(logits - maxes)
+        probs = e / e.sum(axis=-1, keepdims=True)
+        sub = batch.take(mb.rows)
+        texts = column_to_pylist(sub.column(self.text_column))
+        starts = column_to_pylist(sub.column("offset_start"))
+        ends = column_to_pylist(sub.column("offset_end"))
+        special = column_to_pylist(sub.column("special_tokens_mask"))
+        ids = mb.input_ids.tolist()
+        rows = []
+        for r in range(len(mb.rows)):
+            n = len(starts[r])
+            text = texts[r].decode("utf-8") if isinstance(texts[r], bytes) else texts[r]
+            rows.append(self.aggregator(text, ids[r][:n], probs[r, :n], starts[r], ends[r], special[r]))
+        return rows
+
+    def output_fields(self) -> list[pa.Field]:
+        return [pa.field("entities", pa.list_(ENTITY_TYPE))]
+
+    def to_arrays(self, results: list) -> list[pa.Array]:
+        return [pa.array(results, type=pa.list_(ENTITY_TYPE))]

@@ -1,0 +1,106 @@
+"""``rayformers`` command line.
+
+    rayformers run JOB.yaml [--set key.sub=value ...] [--json]   batch inference (this package)
+    rayformers train CONFIG [...]                                 Ray Train fine-tuning (rayformers.jobs.train)
+    rayformers etl CONFIG [...]                                   scheduled incremental runs (rayformers.jobs.etl)
+    rayformers describe                                           every config key with its default and meaning
+
+``train`` and ``etl`` are dispatched lazily to ``rayformers.jobs.<name>:main(argv)`` so this
+module never imports their dependencies; a new job only needs an entry in ``JOB_COMMANDS``.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad config / input (nothing ran),
+3 error budget exceeded (output staged, not published), 4 incomplete output (resume it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Optional
+
+JOB_COMMANDS = {
+    "train": ("rayformers.jobs.train", "fine-tune a model with Ray Train"),
+    "etl": ("rayformers.jobs.etl", "scheduled incremental inference runs"),
+}
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_ERROR_BUDGET, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from .commit import ErrorBudgetExceeded, IncompleteOutputError, OutputError
+    from .config import ConfigError
+    from .preflight import PreflightError
+    from .runner import run
+
+    try:
+        report = run(args.config, args.set)
+    except (ConfigError, PreflightError, OutputError) as e:
+        print(f"rayformers run: error: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except ErrorBudgetExceeded as e:
+        if e.report is not None:
+            print(e.report.format(), file=sys.stderr)
+        print(f"rayformers run: error budget exceeded: {e}", file=sys.stderr)
+        return EXIT_ERROR_BUDGET
+    except IncompleteOutputError as e:
+        print(f"rayformers run: incomplete output: {e}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str))
+    else:
+        print(report.format())
+    return EXIT_OK
+
+
+def _describe_command(args: argparse.Namespace) -> int:
+    from .config import JobConfig, describe
+
+    print("\n".join(describe(JobConfig)))
+    return EXIT_OK
+
+
+def _dispatch_job(name: str, argv: list[str]) -> int:
+    module_name, _ = JOB_COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            print(f"rayformers {name}: not available in this installation ({module_name} is missing)", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+    result = module.main(argv)
+    return int(result or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayformers", description="Batch inference and fine-tuning of HF-format text models on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run a batch inference job from a YAML config")
+    run_p.add_argument("config", help="job YAML file")
+    run_p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.dtype=bfloat16 (repeatable; values parsed as YAML)",
+    )
+    run_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    run_p.set_defaults(func=_run_command)
+    desc = sub.add_parser("describe", help="list every config key with its default and documentation")
+    desc.set_defaults(func=_describe_command)
+    for name, (_, help_text) in JOB_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Job commands own their whole argument list (including --help).
+    if argv and argv[0] in JOB_COMMANDS:
+        return _dispatch_job(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""Typed job configuration: dataclasses loaded from YAML, overridable with ``--set key.sub=value``.
+
+Why dataclasses and not a free dict: every key a user can write is declared once here, with its
+default and a docstring, so a typo (``model.pth``) fails before any work starts with a message
+naming the key and the keys that *are* accepted. The ``input``, ``model``, ``tokenizer`` and
+``compute`` sections are shared with the training and ETL jobs (``rayformers.jobs``): import them
+from here rather than redefining them.
+
+Loading is strict: unknown keys, wrong types and values outside a fixed set of choices raise
+:class:`ConfigError`. Values given with ``--set`` are parsed as YAML scalars (``3`` is an int,
+``true`` a bool, ``[a, b]`` a list, ``null`` None).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+TASKS = ("classify", "token-classify", "generate", "embed")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+OUTPUT_MODES = ("error-if-exists", "overwrite", "resume")
+POOLINGS = ("auto", "mean", "cls", "max")
+AGGREGATIONS = ("none", "simple", "first", "average", "max")
+FUNCTIONS = ("auto", "softmax", "sigmoid", "none")
+TRUNCATIONS = ("longest_first", "only_first", "only_second", "none")
+
+
+class ConfigError(ValueError):
+    """A job configuration that cannot run; the message names the offending key."""
+
+
+@dataclass
+class FilesystemConfig:
+    """Which pyarrow filesystem reads (or writes) a path; ``auto`` infers it from the URI."""
+
+    kind: str = "auto"
+    """``auto`` (from the path: ``s3://``, ``gs://``, ``hdfs://``, else local), ``local``, ``s3``,
+    ``gcs`` or ``hdfs``."""
+    options: dict = field(default_factory=dict)
+    """Keyword arguments for the pyarrow filesystem class (e.g. ``region``, ``endpoint_override``,
+    ``anonymous`` for S3). Never put secrets in a config you commit; use the environment."""
+
+
+@dataclass
+class InputConfig:
+    """Where the rows come from and which columns matter."""
+
+    path: Union[str, list] = ""
+    """Parquet file, directory (read recursively), glob (``data/*.parquet``) or a list of them;
+    local or any pyarrow URI (``s3://bucket/prefix``)."""
+    format: str = "parquet"
+    """Input format. Only ``parquet`` is supported."""
+    text_column: str = "text"
+    """Column holding the text to score."""
+    text_pair_column: Optional[str] = None
+    """Optional second text column (cross-encoders, NLI): tokenized as a pair with ``text_column``."""
+    id_column: Optional[str] = None
+    """Column with a unique row id. If unset, a stable id ``<file>:<row>`` is generated from the
+    input file's relative path and the row's position in it (stable across re-runs, so ``resume``
+    works)."""
+    passthrough_columns: list = field(default_factory=list)
+    """Input columns copied unchanged to the output (hive partition keys allowed)."""
+    partitioning: Optional[str] = "hive"
+    """Partitioning scheme of directory inputs (``hive`` reads ``key=value`` folders as columns);
+    ``null`` for none."""
+    filesystem: FilesystemConfig = field(default_factory=FilesystemConfig)
+    """Filesystem for reading the input."""
+    check_unique_ids: bool = True
+    """With ``id_column``: check before the run that ids are unique (reads that one column), since
+    ``resume`` and the exactly-once check rely on it."""
+
+
+@dataclass
+class ModelConfig:
+    """Which checkpoint runs, for which task, in which precision."""
+
+    path: str = ""
+    """Local checkpoint directory or Hugging Face Hub id (resolved offline from the cache when
+    ``HF_HUB_OFFLINE=1``)."""
+    task: str = "classify"
+    """``classify``, ``token-classify``, ``generate`` or ``embed``; picks the Auto class."""
+    dtype: str = "float32"
+    """``float32``, ``bfloat16``, ``float16`` (GPU only) or ``auto`` (the checkpoint's dtype)."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) when ``path`` is a Hub id."""
+    local_files_only: bool = False
+    """Never contact the Hub; resolve Hub ids from the local cache only."""
+
+
+@dataclass
+class TokenizerConfig:
+    """How texts become token ids."""
+
+    path: Optional[str] = None
+    """Tokenizer location; defaults to ``model.path``."""
+    max_length: Optional[int] = None
+    """Token limit per row including special tokens. Default: the sentence-transformers
+    ``max_seq_length`` when the checkpoint has one, else the tokenizer's ``model_max_length``,
+    capped by the model's ``max_position_embeddings``."""
+    truncation: str = "longest_first"
+    """``longest_first``, ``only_first``, ``only_second`` or ``none`` (rows longer than
+    ``max_length`` then become error records instead of being cut)."""
+
+
+@dataclass
+class GenerationSettings:
+    """Settings passed to ``generate`` (unset ones come from the checkpoint's generation config)."""
+
+    max_new_tokens: Optional[int] = None
+    """Maximum number of generated tokens per row."""
+    min_new_tokens: Optional[int] = None
+    """Minimum number of generated tokens per row."""
+    num_beams: Optional[int] = None
+    """Beam width (1 = greedy)."""
+    do_sample: Optional[bool] = None
+    """Sample instead of greedy/beam search."""
+    temperature: Optional[float] = None
+    """Sampling temperature."""
+    top_k: Optional[int] = None
+    """Sampling: keep the k most likely tokens."""
+    top_p: Optional[float] = None
+    """Sampling: nucleus probability mass."""
+    length_penalty: Optional[float] = None
+    """Beam search length penalty."""
+    no_repeat_ngram_size: Optional[int] = None
+    """Forbid repeating n-grams of this size."""
+    repetition_penalty: Optional[float] = None
+    """Penalty for repeated tokens."""
+    early_stopping: Optional[Union[bool, str]] = None
+    """Beam search stopping rule (``true``, ``false`` or ``never``)."""
+    max_batch_size: int = 32
+    """Continuous batching: rows decoded at once per model actor."""
+
+    def generate_kwargs(self) -> dict:
+        """The settings that were set, as ``generate`` keyword arguments."""
+        skip = {"max_batch_size"}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) is not None
+        }
+
+
+@dataclass
+class TaskConfig:
+    """Task-specific post-processing."""
+
+    top_k: int = 1
+    """classify: also return the k best labels and scores (``top_k_labels``/``top_k_scores``)."""
+    function_to_apply: str = "auto"
+    """classify: ``softmax``, ``sigmoid``, ``none`` or ``auto`` (as transformers' pipeline:
+    regression → none, multi-label or one logit → sigmoid, else softmax)."""
+    threshold: float = 0.5
+    """classify, multi-label: labels whose sigmoid score is at least this go to ``labels``."""
+    pooling: str = "auto"
+    """embed: ``mean``, ``cls``, ``max`` or ``auto`` (the checkpoint's sentence-transformers pooling
+    config, else ``mean``)."""
+    normalize: Optional[bool] = None
+    """embed: L2-normalise embeddings; default from the checkpoint's sentence-transformers
+    ``modules.json`` (a Normalize module), else false."""
+    aggregation_strategy: str = "simple"
+    """token-classify: ``none``, ``simple``, ``first``, ``average`` or ``max`` (as transformers)."""
+    ignore_labels: list = field(default_factory=lambda: ["O"])
+    """token-classify: entity labels left out of the output."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """generate: decoding settings."""
+
+
+@dataclass
+class ComputeConfig:
+    """Ray resources. Defaults fit a 2-CPU machine: actors reserve fractions of a CPU so read and
+    write tasks can always be scheduled next to them (a pool that reserves every CPU hangs)."""
+
+    tokenizer_min_actors: int = 1
+    """Tokenizer actor pool: minimum size."""
+    tokenizer_max_actors: int = 1
+    """Tokenizer actor pool: maximum size (Ray Data autoscales between min and max)."""
+    tokenizer_num_cpus: float = 0.25
+    """CPUs reserved per tokenizer actor (fractions allowed)."""
+    tokenizer_batch_size: int = 512
+    """Rows per tokenizer call where tokenization is not aligned with blocks (training data).
+    Inference tokenizes one block (``batch_size`` rows) per call so blocks map 1:1 to part files."""
+    model_min_actors: int = 1
+    """Model actor pool: minimum size."""
+    model_max_actors: int = 1
+    """Model actor pool: maximum size."""
+    model_num_gpus: float = 0.0
+    """GPUs per model actor (set 1 on GPU nodes); 0 runs the model on CPU."""
+    model_num_cpus: float = 0.5
+    """CPUs reserved per model actor. A reservation, not a thread count: see ``torch_threads``."""
+    torch_threads: Optional[int] = None
+    """Intra-op threads per CPU model actor; default: the node's CPUs divided by
+    ``model_max_actors``."""
+    batch_size: int = 256
+    """Rows per Ray block: one tokenizer call, one model call (sorted by length inside) and one
+    staged part file. Also the granularity of resume after a crash."""
+    max_tokens_per_batch: int = 8192
+    """Padded-token budget of one forward micro-batch (rows × longest row)."""
+    max_rows_per_batch: int = 128
+    """Row cap of one forward micro-batch."""
+    io_num_cpus: float = 0.5
+    """CPUs reserved per read / write task."""
+
+
+@dataclass
+class OutputConfig:
+    """Where predictions go and how an existing output is treated."""
+
+    path: str = ""
+    """Output directory (local or pyarrow URI). Published atomically with ``_manifest.json`` and
+    ``_SUCCESS``; readers should trust only those."""
+    mode: str = "error-if-exists"
+    """``error-if-exists``, ``overwrite`` or ``resume`` (continue an interrupted run: only rows
+    whose id is not yet written are scored)."""
+    max_error_fraction: float = 0.0
+    """Share of rows allowed to be error records; past it the job writes what it has to the
+    staging directory and exits non-zero."""
+    filesystem: FilesystemConfig = field(default_factory=FilesystemConfig)
+    """Filesystem for the output."""
+    compression: str = "snappy"
+    """Parquet compression codec."""
+    keep_text: bool = False
+    """Also write the input text column (handy for inspection)."""
+
+
+@dataclass
+class JobConfig:
+    """A whole inference job (``rayformers run``)."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes predictions (not compute, not output mode/path).
+
+        ``resume`` refuses to continue a staging directory written under another fingerprint,
+        so a changed model or tokenizer setting never mixes two kinds of predictions."""
+        d = self.to_dict()
+        relevant = {
+            "input": {k: v for k, v in d["input"].items() if k not in ("filesystem", "check_unique_ids")},
+            "model": d["model"],
+            "tokenizer": d["tokenizer"],
+            "task": d["task"],
+            "output": {"keep_text": d["output"]["keep_text"]},
+        }
+        blob = json.dumps(relevant, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_CHOICES = {
+    ("model", "task"): TASKS,
+    ("model", "dtype"): DTYPES,
+    ("output", "mode"): OUTPUT_MODES,
+    ("task", "pooling"): POOLINGS,
+    ("task", "aggregation_strategy"): AGGREGATIONS,
+    ("task", "function_to_apply"): FUNCTIONS,
+    ("tokenizer", "truncation"): TRUNCATIONS,
+    ("input", "format"): ("parquet",),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Building dataclasses from plain data, strictly.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp`` (with the few safe coercions YAML needs)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(
+            f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key)
+    if tp is Any:
+        return value
+    if origin is list or tp is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+    if origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a revision "1234" parsed by YAML as a number
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    return value
+
+
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a mapping; unknown keys raise a :class:`ConfigError`."""
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        return copy.deepcopy(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{where}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        full = ", ".join(f"{prefix + '.' if prefix else ''}{k}" for k in unknown)
+        raise ConfigError(
+            f"unknown config key(s): {full}. Accepted keys in '{where}': {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            key = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _coerce(data[name], hints[name], key)
+    obj = cls(**kwargs)
+    section = prefix.split(".")[-1] if prefix else ""
+    for name in names:
+        choices = _CHOICES.get((section, name))
+        if choices is not None and getattr(obj, name) not in choices:
+            key = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(
+                f"config key '{key}': {getattr(obj, name)!r} is not one of {', '.join(choices)}"
+            )
+    return obj
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """``["model.dtype=bfloat16", "compute.batch_size=64"]`` → nested dict (values parsed as YAML)."""
+    nested: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key.sub=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set expects key.sub=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Merge ``override`` into a copy of ``base`` (nested dicts merged, everything else replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and v:
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a clear error for a missing file or a non-mapping document."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must contain a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    source: str | Path | dict | JobConfig | None = None,
+    overrides: list[str] | None = None,
+    cls: type = JobConfig,
+):
+    """Build a config from a YAML file path, a dict or an existing config, plus ``--set`` items."""
+    if isinstance(source, cls):
+        data = dataclasses.asdict(source)
+    elif isinstance(source, dict):
+        data = source
+    elif source is None:
+        data = {}
+    else:
+        data = load_yaml(source)
+    data = deep_merge(data, parse_overrides(overrides))
+    return build_dataclass(cls, data)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a config dataclass (for ``rayformers run --describe``)."""
+    import ast
+    import inspect
+    import textwrap
+
+    src = textwrap.dedent(inspect.getsource(cls))
+    body = ast.parse(src).body[0].body
+    docs = {}
+    for prev, node in zip(body, body[1:]):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(getattr(node, "value", None), ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
+def describe(cls: type = JobConfig, prefix: str = "") -> list[str]:
+    """Every accepted key with its default and documentation, one line each."""
+    lines = []
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hints = typing.get_type_hints(cls)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"{key} = {default!r}  # {docs.get(f.name, '')}")
+    return lines

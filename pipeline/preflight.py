@@ -1,0 +1,292 @@
+"""Pre-flight checks: every problem we can know about before the first row is read.
+
+Missing input path, missing or mistyped columns, duplicate ids, an unknown task, a checkpoint
+that cannot be found or has no class for the task, a tokenizer that cannot load, an output that
+exists in ``error-if-exists`` mode: each gives one clear message naming the key to fix. The result
+is a :class:`ResolvedJob` holding the plain values the operators need (the operators know
+nothing of YAML).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from rayformers.operators.embed import sentence_transformers_defaults
+from rayformers.operators.loading import TASK_AUTO_CLASS
+from rayformers.operators.records import ERROR_COLUMN
+
+from .config import TASKS, ConfigError, JobConfig
+from .source import ID_COLUMN, InputError, InputFile, discover_files, file_schema, resolve_filesystem
+
+TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.null())
+
+PREDICTION_COLUMNS = {
+    "classify": ["label", "score", "top_k_labels", "top_k_scores", "labels"],
+    "token-classify": ["entities"],
+    "generate": ["generated_text", "generated_tokens"],
+    "embed": ["embedding"],
+}
+
+
+class PreflightError(ValueError):
+    """The job cannot start; the message says what to change."""
+
+
+@dataclass
+class ResolvedJob:
+    """A validated job: files, columns and the resolved model/tokenizer settings."""
+
+    config: JobConfig
+    input_fs: pafs.FileSystem
+    files: list[InputFile]
+    read_columns: list[str]
+    id_column: str
+    id_generated: bool
+    output_fs: pafs.FileSystem
+    output_path: str
+    tokenizer_path: str
+    max_length: Optional[int]
+    pad_token_id: int
+    model_type: str
+    task_options: dict = field(default_factory=dict)
+    drop_after_tokenize: list[str] = field(default_factory=list)
+    """Text columns not needed after tokenization (not kept in the output)."""
+    drop_after_model: list[str] = field(default_factory=list)
+    """Text columns the model stage still needs (token-classify) but the output does not."""
+
+    @property
+    def total_rows(self) -> int:
+        return sum(f.num_rows for f in self.files)
+
+
+def _is_text_type(t: pa.DataType) -> bool:
+    if any(t.equals(x) for x in TEXT_TYPES):
+        return True
+    is_view = getattr(pa.types, "is_string_view", None)
+    return bool(is_view and is_view(t))
+
+
+def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -> None:
+    """Every configured column exists in every file, text columns hold text."""
+    inp = cfg.input
+    for f in files:
+        schema = file_schema(fs, f)
+        names = schema.names
+        wanted = [("input.text_column", inp.text_column)]
+        if inp.text_pair_column:
+            wanted.append(("input.text_pair_column", inp.text_pair_column))
+        if inp.id_column:
+            wanted.append(("input.id_column", inp.id_column))
+        wanted += [("input.passthrough_columns", c) for c in inp.passthrough_columns]
+        for key, col in wanted:
+            if col not in names:
+                raise PreflightError(
+                    f"{key}: column {col!r} is not in input file {f.path} (its columns: {', '.join(names)})"
+                )
+        for key, col in wanted[: 2 if inp.text_pair_column else 1]:
+            t = schema.field(col).type
+            if not _is_text_type(t):
+                raise PreflightError(
+                    f"{key}: column {col!r} in {f.path} has type {t}, expected a string column "
+                    f"(string or UTF-8 binary)"
+                )
+        if inp.id_column:
+            t = schema.field(inp.id_column).type
+            if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+                raise PreflightError(f"input.id_column: column {inp.id_column!r} in {f.path} has type {t}; use an integer or string id")
+
+
+def check_unique_ids(fs: pafs.FileSystem, files: list[InputFile], id_column: str) -> None:
+    """Resume and the exactly-once check rely on unique ids: verify them (one column read)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    arrays = []
+    for f in files:
+        col = pq.read_table(f.path, columns=[id_column], filesystem=fs).column(id_column)
+        if col.null_count:
+            raise PreflightError(f"input.id_column: {col.null_count} null ids in {f.path}; every row needs an id")
+        arrays.extend(col.chunks)
+    if not arrays:
+        return
+    ids = pa.chunked_array(arrays)
+    counts = pc.value_counts(ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        examples = ", ".join(repr(v) for v in dup.field("values")[:5].to_pylist())
+        raise PreflightError(
+            f"input.id_column: {len(dup)} ids occur more than once (e.g. {examples}); ids must be unique "
+            f"(or unset input.id_column to use generated <file>:<row> ids)"
+        )
+
+
+def resolve_model(cfg: JobConfig):
+    """Load the checkpoint's config (no weights) and check the task has a class for it."""
+    import rayformers.models as models
+    from rayformers.models.auto import AutoConfig
+
+    m = cfg.model
+    if m.task not in TASKS:
+        raise PreflightError(f"model.task {m.task!r} is unknown; use one of {', '.join(TASKS)}")
+    if not m.path:
+        raise PreflightError("model.path is empty: set a checkpoint directory or Hub id")
+    kwargs: dict = {}
+    if m.revision:
+        kwargs["revision"] = m.revision
+    if m.local_files_only:
+        kwargs["local_files_only"] = True
+    try:
+        model_config = AutoConfig.from_pretrained(m.path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any loading problem is reported with the key to fix
+        raise PreflightError(f"model.path {m.path!r}: cannot load the model config ({type(e).__name__}: {e})") from e
+    auto = getattr(models, TASK_AUTO_CLASS[m.task])
+    try:
+        auto._model_class(model_config)
+    except ValueError as e:
+        raise PreflightError(f"model.task {m.task!r} is not available for model.path {m.path!r}: {e}") from e
+    if m.dtype == "float16" and cfg.compute.model_num_gpus == 0:
+        raise PreflightError("model.dtype float16 needs a GPU (compute.model_num_gpus > 0); use bfloat16 or float32 on CPU")
+    return model_config
+
+
+def resolve_max_length(cfg: JobConfig, tokenizer: Any, model_config: Any, st: dict) -> Optional[int]:
+    """Explicit ``tokenizer.max_length``, else the checkpoint's limits (see TokenizerConfig)."""
+    limit = cfg.tokenizer.max_length
+    if limit is None:
+        limit = st.get("max_length")
+    if limit is None:
+        mml = getattr(tokenizer, "model_max_length", None)
+        if isinstance(mml, int) and 0 < mml < 1_000_000:
+            limit = mml
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        if getattr(model_config, "model_type", "") in ("roberta", "camembert", "xlm-roberta"):
+            positions -= 2  # position ids start after padding_idx
+        limit = positions if limit is None else min(limit, positions)
+    if limit is not None and limit < 2:
+        raise PreflightError(f"tokenizer.max_length {limit} is too small")
+    return limit
+
+
+def preflight(cfg: JobConfig) -> ResolvedJob:
+    """Validate everything that can be validated without Ray; resolve operator settings."""
+    from rayformers.operators.loading import load_tokenizer
+
+    inp, out = cfg.input, cfg.output
+    if not out.path:
+        raise PreflightError("output.path is empty: set where predictions are written")
+    if not inp.text_column:
+        raise PreflightError("input.text_column is empty")
+    id_generated = inp.id_column is None
+    id_column = inp.id_column or ID_COLUMN
+    reserved = {ERROR_COLUMN, "num_tokens", *PREDICTION_COLUMNS[cfg.model.task]}
+    if id_generated:
+        reserved.add(ID_COLUMN)
+    clash = [c for c in inp.passthrough_columns if c in reserved]
+    if clash:
+        raise PreflightError(
+            f"input.passthrough_columns: {', '.join(clash)} would collide with output columns "
+            f"({', '.join(sorted(reserved))})"
+        )
+    try:
+        fs, files = discover_files(inp.path, inp.filesystem, inp.partitioning)
+    except InputError as e:
+        raise PreflightError(str(e)) from e
+    check_columns(cfg, fs, files)
+
+    if inp.id_column and inp.check_unique_ids:
+        check_unique_ids(fs, files, inp.id_column)
+
+    model_config = resolve_model(cfg)
+    tok_path = cfg.tokenizer.path or cfg.model.path
+    try:
+        tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only)
+    except Exception as e:  # noqa: BLE001
+        raise PreflightError(f"tokenizer {tok_path!r}: cannot load ({type(e).__name__}: {e})") from e
+    st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
+    max_length = resolve_max_length(cfg, tokenizer, model_config, st)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model_config, "pad_token_id", None) or 0
+
+    task = cfg.model.task
+    t = cfg.task
+    text_needed_by_model = task == "token-classify"
+    options: dict
+    if task == "classify":
+        options = {"top_k": t.top_k, "function_to_apply": t.function_to_apply, "threshold": t.threshold}
+    elif task == "embed":
+        pooling = st.get("pooling", "mean") if t.pooling == "auto" else t.pooling
+        normalize = st.get("normalize", False) if t.normalize is None else t.normalize
+        options = {"pooling": pooling, "normalize": normalize}
+    elif task == "token-classify":
+        if not getattr(model_config, "id2label", None):
+            raise PreflightError(f"model.path {cfg.model.path!r} has no id2label; token-classify needs label names")
+        options = {
+            "text_column": inp.text_column,
+            "tokenizer_path": tok_path,
+            "aggregation_strategy": t.aggregation_strategy,
+            "ignore_labels": list(t.ignore_labels),
+        }
+    else:
+        options = {
+            "generation": t.generation.generate_kwargs(),
+            "max_batch_size": t.generation.max_batch_size,
+            "tokenizer_path": tok_path,
+        }
+
+    read_columns: list[str] = []
+    for c in [inp.id_column, inp.text_column, inp.text_pair_column, *inp.passthrough_columns]:
+        if c and c not in read_columns:
+            read_columns.append(c)
+    keep = set(inp.passthrough_columns) | {id_column}
+    if out.keep_text:
+        keep.add(inp.text_column)
+    drop = [c for c in (inp.text_column, inp.text_pair_column) if c and c not in keep]
+
+    out_fs, out_path = resolve_filesystem(out.path, out.filesystem)
+    job = ResolvedJob(
+        config=cfg,
+        input_fs=fs,
+        files=files,
+        read_columns=read_columns,
+        id_column=id_column,
+        id_generated=id_generated,
+        output_fs=out_fs,
+        output_path=out_path,
+        tokenizer_path=tok_path,
+        max_length=max_length,
+        pad_token_id=int(pad),
+        model_type=getattr(model_config, "model_type", "?"),
+        task_options=options,
+        drop_after_tokenize=[] if text_needed_by_model else drop,
+        drop_after_model=drop if text_needed_by_model else [],
+    )
+    return job
+
+
+def check_cluster_cpus(cfg: JobConfig, total_cpus: float) -> None:
+    """Refuse a plan whose actors reserve the CPUs that read and write tasks need (it would hang)."""
+    c = cfg.compute
+    reserved = c.tokenizer_max_actors * c.tokenizer_num_cpus + c.model_max_actors * c.model_num_cpus
+    if reserved + c.io_num_cpus > total_cpus + 1e-9:
+        raise PreflightError(
+            f"compute: tokenizer actors ({c.tokenizer_max_actors} x {c.tokenizer_num_cpus} CPU) and model actors "
+            f"({c.model_max_actors} x {c.model_num_cpus} CPU) reserve {reserved:g} of the cluster's {total_cpus:g} "
+            f"CPUs, leaving less than compute.io_num_cpus={c.io_num_cpus:g} for read/write tasks, so the job "
+            f"would hang. Lower compute.model_num_cpus / *_max_actors (a reservation, not a thread count: "
+            f"compute.torch_threads sets the threads)."
+        )
+    for key in ("tokenizer_min_actors", "model_min_actors"):
+        lo = getattr(c, key)
+        hi = getattr(c, key.replace("min", "max"))
+        if lo < 1 or hi < lo:
+            raise PreflightError(f"compute.{key}={lo} and compute.{key.replace('min', 'max')}={hi}: need 1 <= min <= max")
+
+
+__all__ = ["PreflightError", "ResolvedJob", "preflight", "check_cluster_cpus", "ConfigError"]

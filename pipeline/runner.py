@@ -1,0 +1,176 @@
+"""``run(config)``: pre-flight, output mode, the Ray Data plan, the commit, the report.
+
+The order matters: everything that can fail without reading rows fails first (config, input,
+columns, model, tokenizer, output mode, CPU budget); then rows flow; then the driver checks the
+staged output (every input row exactly once), applies the error budget and publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import posixpath
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from .commit import (
+    MANIFEST,
+    ErrorBudgetExceeded,
+    collect_staged,
+    make_datasink,
+    prepare_output,
+    publish,
+    read_manifest,
+    write_failed_manifest,
+)
+from .config import JobConfig, load_config
+from .preflight import ResolvedJob, check_cluster_cpus, preflight
+from .report import JobReport
+
+logger = logging.getLogger("rayformers.pipeline")
+
+
+def ensure_ray(init_kwargs: Optional[dict] = None) -> None:
+    """Start a local Ray session unless one is running (``RAY_ADDRESS`` joins a cluster)."""
+    import ray
+
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": True}
+        kwargs.update(init_kwargs or {})
+        ray.init(**kwargs)
+
+
+def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
+    import ray
+
+    cfg = job.config
+    return {
+        "status": status,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "config_fingerprint": cfg.fingerprint(),
+        "config": cfg.to_dict(),
+        "task": cfg.model.task,
+        "model_type": job.model_type,
+        "id_column": job.id_column,
+        "id_generated": job.id_generated,
+        "input_files": [{"path": f.path, "rows": f.num_rows} for f in job.files],
+        "input_rows": job.total_rows,
+        "output_rows": counts.rows,
+        "error_rows": counts.errors,
+        "output_files": counts.files,
+        "report": report,
+        "versions": {"ray": ray.__version__, "python": platform.python_version()},
+    }
+
+
+def run(
+    config: JobConfig | dict | str | Path,
+    overrides: Optional[list[str]] = None,
+    *,
+    ray_init_kwargs: Optional[dict] = None,
+) -> JobReport:
+    """Run an inference job end to end and return its report.
+
+    Raises :class:`~rayformers.pipeline.preflight.PreflightError` /
+    :class:`~rayformers.pipeline.config.ConfigError` before any work,
+    :class:`~rayformers.pipeline.commit.ErrorBudgetExceeded` after writing when too many rows
+    failed (the staged output and its manifest stay for inspection)."""
+    import ray
+
+    start = time.perf_counter()
+    cfg = config if isinstance(config, JobConfig) and not overrides else load_config(config, overrides)
+    job = preflight(cfg)
+    fingerprint = cfg.fingerprint()
+    ensure_ray(ray_init_kwargs)
+    check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
+    state = prepare_output(
+        job.output_fs,
+        job.output_path,
+        cfg.output.mode,
+        fingerprint,
+        job.id_column,
+        {"config": cfg.to_dict(), "started_at": datetime.now(timezone.utc).isoformat()},
+    )
+    if state.already_complete:
+        m = read_manifest(job.output_fs, job.output_path) or {}
+        return JobReport(
+            status="already-complete",
+            output_path=job.output_path,
+            rows=int(m.get("output_rows", 0)),
+            errors=int(m.get("error_rows", 0)),
+            rows_scored=0,
+            rows_resumed=int(m.get("output_rows", 0)),
+            tokens=0,
+            wall_s=time.perf_counter() - start,
+            manifest_path=posixpath.join(job.output_path, MANIFEST),
+            message="output already complete for this configuration; nothing to do",
+        )
+
+
+    skip_ref = ray.put(state.done_ids) if state.done_ids is not None and len(state.done_ids) else None
+    stage: dict = {}
+    results: list = []
+    if state.resumed_rows < job.total_rows:
+        from .plan import build_dataset
+
+        ds = build_dataset(job, skip_ref)
+        sink = make_datasink(job.output_fs, state.data_dir, job.id_column, cfg.output.compression)
+        t0 = time.perf_counter()
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": cfg.compute.io_num_cpus})
+        stage["plan"] = time.perf_counter() - t0
+        results = [r for r in sink.results if r]
+    for r in results:
+        for k, v in (r.get("stages") or {}).items():
+            stage[k] = stage.get(k, 0.0) + v
+    scored = sum(r["rows"] for r in results)
+    tokens = sum(r["tokens"] for r in results)
+
+    t0 = time.perf_counter()
+    counts = collect_staged(job.output_fs, state.data_dir, job.id_column, job.total_rows)
+    wall = time.perf_counter() - start
+    report = JobReport(
+        status="succeeded",
+        output_path=job.output_path,
+        rows=counts.rows,
+        errors=counts.errors,
+        rows_scored=scored,
+        rows_resumed=state.resumed_rows,
+        tokens=tokens,
+        wall_s=wall,
+        stage_s=stage,
+        duplicates_removed=counts.duplicates_removed,
+    )
+    budget = cfg.output.max_error_fraction
+    if counts.rows and counts.errors / counts.rows > budget:
+        report.status = "error-budget-exceeded"
+        path = write_failed_manifest(state, _manifest(job, counts, report.status, report.to_dict()))
+        report.manifest_path = path
+        report.message = (
+            f"{counts.errors} of {counts.rows} rows ({100 * counts.errors / counts.rows:.2f}%) are error records, "
+            f"more than output.max_error_fraction={budget:g}. Nothing was published; the rows are staged in "
+            f"{state.data_dir} (see the 'error' column) with a manifest in {path}. Fix the input or raise "
+            f"the budget and re-run with output.mode=resume (rows already written are not scored again)."
+        )
+        raise ErrorBudgetExceeded(report.message, report)
+    stage["finalize"] = time.perf_counter() - t0
+    report.wall_s = time.perf_counter() - start
+    manifest = _manifest(job, counts, "succeeded", report.to_dict())
+    publish(state, manifest)
+    report.manifest_path = posixpath.join(job.output_path, MANIFEST)
+    return report
+
+
+def read_output(path: str, filesystem: Any = None):
+    """Read a published output as a pyarrow Table (refuses one without ``_SUCCESS``)."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    from .commit import SUCCESS
+    from .source import resolve_filesystem
+
+    fs, p = (filesystem, path) if filesystem is not None else resolve_filesystem(path)
+    if fs.get_file_info(posixpath.join(p, SUCCESS)).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{path} has no {SUCCESS}: the job did not finish (or this is not a rayformers output)")
+    return pads.dataset(p, filesystem=fs, format="parquet").to_table()

