@@ -56,10 +56,19 @@ def plan_micro_batches(
 
 
 def pad_rows(
-    sequences: Sequence[Sequence[int]], pad_id: int, dtype: torch.dtype = torch.long
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    dtype: torch.dtype = torch.long,
+    pad_to_multiple_of: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest row only (dynamic padding); returns ids and attention mask."""
+    """Right-pad to the longest row only (dynamic padding); returns ids and attention mask.
+
+    ``pad_to_multiple_of`` rounds that length up, for models that need whole chunks (chunked MEGA
+    exposes it as ``model.pad_to_multiple_of``); the extra positions are masked out.
+    """
     longest = max(len(s) for s in sequences)
+    if pad_to_multiple_of:
+        longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     ids = torch.full((len(sequences), longest), pad_id, dtype=dtype)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for r, seq in enumerate(sequences):
@@ -77,13 +86,14 @@ def iter_micro_batches(
     max_tokens: int,
     max_rows: int,
     token_type_ids: Optional[Sequence[Sequence[int]]] = None,
+    pad_to_multiple_of: Optional[int] = None,
 ) -> Iterator[MicroBatch]:
     """Yield padded micro-batches over the rows at ``positions`` (the rows without errors)."""
     lengths = [len(input_ids[p]) for p in positions]
     for group in plan_micro_batches(lengths, max_tokens, max_rows):
         rows = [positions[g] for g in group]
-        ids, mask = pad_rows([input_ids[r] for r in rows], pad_id)
+        ids, mask = pad_rows([input_ids[r] for r in rows], pad_id, pad_to_multiple_of=pad_to_multiple_of)
         types = None
         if token_type_ids is not None:
-            types, _ = pad_rows([token_type_ids[r] for r in rows], 0)
+            types, _ = pad_rows([token_type_ids[r] for r in rows], 0, pad_to_multiple_of=pad_to_multiple_of)
         yield MicroBatch(rows=rows, input_ids=ids, attention_mask=mask, token_type_ids=types)

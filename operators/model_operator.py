@@ -61,6 +61,8 @@ class ModelOperator:
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
         self.max_tokens = int(max_tokens_per_batch)
         self.max_rows = int(max_rows_per_batch)
+        # Chunked MEGA needs inputs padded to whole chunks; every other model reports None.
+        self.pad_to_multiple_of = getattr(model, "pad_to_multiple_of", None)
         self.drop_columns = tuple(drop_columns)
         self.setup(**task_options)
 
@@ -102,7 +104,8 @@ class ModelOperator:
         positions = [i for i in range(n) if errors[i] is None and ids[i]]
         results: list = [None] * n
         with torch.inference_mode():
-            for mb in iter_micro_batches(ids, positions, self.pad_token_id, self.max_tokens, self.max_rows, types):
+            for mb in iter_micro_batches(ids, positions, self.pad_token_id, self.max_tokens, self.max_rows, types,
+                                         self.pad_to_multiple_of):
                 for row, res in self._predict_isolating_failures(mb, batch, ids, types, errors):
                     results[row] = res
         out = batch.drop_columns([c for c in (*INTERNAL_COLUMNS, *self.drop_columns) if c in batch.column_names])
@@ -121,7 +124,8 @@ class ModelOperator:
                 return []
         out = []
         for row in mb.rows:
-            single = next(iter_micro_batches(ids, [row], self.pad_token_id, self.max_tokens, 1, types))
+            single = next(iter_micro_batches(ids, [row], self.pad_token_id, self.max_tokens, 1, types,
+                                             self.pad_to_multiple_of))
             out.extend(self._predict_isolating_failures(single, batch, ids, types, errors))
         return out
 

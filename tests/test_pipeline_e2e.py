@@ -393,3 +393,49 @@ def test_generate_matches_per_row_generate(ray_session, tmp_path, minilm_path):
         ref = hf.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=6, num_beams=1)
         assert want.tolist() == ref.tolist()
         assert row["generated_text"] == tok.batch_decode(want, skip_special_tokens=True)[0]
+
+
+def test_chunked_mega_classifier_scores_like_any_classifier(ray_session, tmp_path, minilm_path):
+    """A MEGA checkpoint (transformers 4.57.6 format) runs through `classify` unchanged.
+
+    Chunking is on and most rows are longer than one chunk and not a multiple of it, so this
+    also shows the operator pads micro-batches to whole chunks (`model.pad_to_multiple_of`).
+    """
+    import transformers
+
+    from rayformers.models import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = transformers.MegaConfig(
+        vocab_size=30522, hidden_size=16, num_hidden_layers=1, intermediate_size=32, ema_projection_size=4,
+        shared_representation_size=8, max_positions=64, use_chunking=True, chunk_size=8, num_labels=2,
+        pad_token_id=0,
+    )
+    model_dir = tmp_path / "mega"
+    transformers.MegaForSequenceClassification(cfg).eval().save_pretrained(model_dir)
+    with_minilm_tokenizer(model_dir, minilm_path)
+    texts = MIXED[:24]
+    inp = write_input(tmp_path / "in", texts, files=1, doc_id=[f"m{i}" for i in range(len(texts))])
+    report = run(
+        {
+            "input": {"path": str(inp), "id_column": "doc_id"},
+            "model": {"path": str(model_dir), "task": "classify"},
+            "tokenizer": {"max_length": 40},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    assert report.rows == 24 and report.errors == 0
+    rows = {r["doc_id"]: r for r in read_output(str(tmp_path / "out")).to_pylist()}
+    assert len(rows) == 24
+
+    ours = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    from rayformers.models import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for i, text in enumerate(texts):
+        enc = tok([text], truncation=True, max_length=40, padding="max_length")  # 40 = whole chunks
+        with torch.no_grad():
+            logits = ours(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])).logits
+        probs = torch.softmax(logits[0], -1)
+        assert rows[f"m{i}"]["label"] == ours.config.id2label[int(probs.argmax())]
+        assert abs(rows[f"m{i}"]["score"] - float(probs.max())) < 1e-5
