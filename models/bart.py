@@ -42,7 +42,7 @@ from torch import nn
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationConfig, GenerationMixin
 from .layers import (
-    attention,
+    attend,
     causal_additive_mask,
     combine_additive_masks,
     get_activation,
@@ -50,17 +50,24 @@ from .layers import (
     padding_mask_to_additive,
     sequence_classification_loss,
     shift_tokens_right,
+    check_input_ids,
+    check_legacy_cache,
     split_heads,
     token_cross_entropy,
+    uses_eager_attention,
 )
 from .modeling_utils import PreTrainedModel
 from .outputs import (
     BaseModelOutput,
     BaseModelOutputWithPastAndCrossAttentions,
-    ModelOutput,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
     Seq2SeqSequenceClassifierOutput,
+    as_tuple,
+    encode_unless_given,
+    seq2seq_head_output,
+    seq2seq_output,
+    with_loss,
 )
 
 # ============================================================================ architecture switches
@@ -398,28 +405,6 @@ def _embed_scale(config) -> float:
 # ============================================================================ attention
 
 
-def uses_eager_attention(config) -> bool:
-    """`attn_implementation="eager"` (from_pretrained / config) selects the explicit attention path."""
-    return getattr(config, "_attn_implementation_internal", None) == "eager"
-
-
-def attend(query, key, value, additive_mask, head_mask, dropout: float, scale: float, output_attentions: bool,
-           eager: bool = False):
-    """`layers.attention`, plus transformers' per-head mask (multiplies the probabilities).
-
-    `eager=True` (config `attn_implementation="eager"`) always takes the explicit matmul-softmax path,
-    bit-identical to transformers' eager attention; otherwise SDPA is used unless weights are needed.
-    """
-    if head_mask is None:
-        out, weights = attention(query, key, value, additive_mask, dropout_p=dropout, scale=scale,
-                                 need_weights=output_attentions or eager)
-        return out, (weights if output_attentions else None)
-    _, probs = attention(query, key, value, additive_mask, scale=scale, need_weights=True)
-    probs = probs * head_mask.view(1, -1, 1, 1)
-    output = torch.matmul(F.dropout(probs, p=dropout, training=dropout > 0), value)
-    return output, (probs if output_attentions else None)
-
-
 class BartAttention(nn.Module):
     """Multi-head attention used for encoder self-attention, decoder self- and cross-attention.
 
@@ -468,8 +453,8 @@ class BartAttention(nn.Module):
             value = split_heads(self.v_proj(key_value_states), self.num_heads)
 
         dropout = self.dropout if self.training else 0.0
-        output, weights = attend(query, key, value, attention_mask, layer_head_mask, dropout, self.scaling,
-                                 output_attentions, eager=self.eager)
+        output, weights = attend(query, key, value, attention_mask, dropout_p=dropout, scale=self.scaling,
+                                 head_mask=layer_head_mask, need_weights=output_attentions, eager=self.eager)
         return self.out_proj(merge_heads(output)), weights, (key, value)
 
 
@@ -646,25 +631,6 @@ def _state_dict_with_embedding_copies(model: nn.Module) -> dict[str, torch.Tenso
     return out
 
 
-def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None:
-    """Empty or out-of-vocabulary ids would fail deep inside torch with an index error; say what is wrong."""
-    if input_ids.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D [batch, sequence] tensor, got shape {tuple(input_ids.shape)}.")
-    if input_ids.numel() == 0:
-        raise ValueError(
-            f"{name} is empty (shape {tuple(input_ids.shape)}): every row needs at least one token. Drop empty "
-            "inputs or give them a special token (e.g. eos) before calling the model."
-        )
-    low, high = torch.aminmax(input_ids)
-    if low.item() < 0 or high.item() >= vocab_size:
-        bad = int(low) if low.item() < 0 else int(high)
-        row = int((input_ids == bad).any(dim=1).nonzero()[0])
-        raise ValueError(
-            f"{name} row {row} holds token id {bad}, outside this model's vocabulary [0, {vocab_size}). Check that the "
-            "tokenizer matches the checkpoint (and that -100 label padding is not fed as input ids)."
-        )
-
-
 def _check_positions(length: int, max_positions: int, what: str) -> None:
     if length > max_positions:
         raise ValueError(
@@ -723,7 +689,7 @@ class BartEncoder(BartPreTrainedModel):
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
         if input_ids is not None:
-            _check_input_ids(input_ids, self.embed_tokens.num_embeddings, "input_ids")
+            check_input_ids(input_ids, self.embed_tokens.num_embeddings, "input_ids")
             inputs_embeds = self.embed_tokens(input_ids)
             if not self.variant.scale_inside_embedding:
                 inputs_embeds = inputs_embeds * self.embed_scale
@@ -827,14 +793,14 @@ class BartDecoder(BartPreTrainedModel):
         use_cache = use_cache if use_cache is not None else config.use_cache
         return_dict = return_dict if return_dict is not None else config.use_return_dict
 
-        past_key_values = _as_legacy_cache(past_key_values, len(self.layers))
+        past_key_values = check_legacy_cache(past_key_values, len(self.layers))
         past_len = past_key_values[0][0].shape[2] if past_key_values is not None else 0
 
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of decoder_input_ids and decoder_inputs_embeds.")
         if input_ids is not None:
             if input_ids.dim() != 2 or input_ids.shape[1] != 1:  # single incremental steps come from generate()
-                _check_input_ids(input_ids, self.embed_tokens.num_embeddings, "decoder_input_ids")
+                check_input_ids(input_ids, self.embed_tokens.num_embeddings, "decoder_input_ids")
             inputs_embeds = self.embed_tokens(input_ids)
         if not self.variant.scale_inside_embedding:
             inputs_embeds = inputs_embeds * self.embed_scale
@@ -926,45 +892,6 @@ def _check_head_mask(head_mask, num_layers: int, name: str) -> None:
         raise ValueError(
             f"The `{name}` should be specified for {num_layers} layers, but it is for {head_mask.size(0)}."
         )
-
-
-def _as_legacy_cache(past_key_values, num_layers: int):
-    """Validate the contract cache format (tuple over layers of 2 or 4 tensors); None stays None."""
-    if past_key_values is None:
-        return None
-    if hasattr(past_key_values, "to_legacy_cache"):  # a transformers Cache object
-        past_key_values = past_key_values.to_legacy_cache()
-    if len(past_key_values) == 0:
-        return None
-    if len(past_key_values) != num_layers or any(len(entry) not in (2, 4) for entry in past_key_values):
-        raise ValueError(
-            f"past_key_values must be a tuple of {num_layers} per-layer tuples (self_k, self_v[, cross_k, cross_v]); "
-            f"got {len(past_key_values)} entries. Pass back the `past_key_values` returned by the previous call."
-        )
-    return past_key_values
-
-
-def _as_tuple(outputs) -> tuple:
-    return outputs.to_tuple() if isinstance(outputs, ModelOutput) else tuple(outputs)
-
-
-def _wrap_encoder_outputs(encoder_outputs):
-    """Accept a BaseModelOutput or a tuple (last_hidden_state, hidden_states?, attentions?)."""
-    if isinstance(encoder_outputs, BaseModelOutput):
-        return encoder_outputs
-    if isinstance(encoder_outputs, torch.Tensor):
-        return BaseModelOutput(last_hidden_state=encoder_outputs)
-    if hasattr(encoder_outputs, "last_hidden_state"):
-        return BaseModelOutput(
-            last_hidden_state=encoder_outputs.last_hidden_state,
-            hidden_states=getattr(encoder_outputs, "hidden_states", None),
-            attentions=getattr(encoder_outputs, "attentions", None),
-        )
-    return BaseModelOutput(
-        last_hidden_state=encoder_outputs[0],
-        hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
-        attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
-    )
 
 
 # ============================================================================ models
@@ -1065,20 +992,11 @@ class BartModel(BartPreTrainedModel):
         use_cache = use_cache if use_cache is not None else config.use_cache
         return_dict = return_dict if return_dict is not None else config.use_return_dict
 
-        if encoder_outputs is None:
-            encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                head_mask=head_mask,
-                inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=return_dict,
-            )
-        elif return_dict:
-            encoder_outputs = _wrap_encoder_outputs(encoder_outputs)
-        elif isinstance(encoder_outputs, torch.Tensor):
-            encoder_outputs = (encoder_outputs,)
+        encoder_outputs = encode_unless_given(
+            self.encoder, encoder_outputs, return_dict, input_ids=input_ids, attention_mask=attention_mask,
+            head_mask=head_mask, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
 
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
@@ -1097,17 +1015,9 @@ class BartModel(BartPreTrainedModel):
             position_ids=decoder_position_ids,
         )
         if not return_dict:
-            return _as_tuple(decoder_outputs) + _as_tuple(encoder_outputs)
-        return Seq2SeqModelOutput(
-            last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-        )
+            return as_tuple(decoder_outputs) + as_tuple(encoder_outputs)
+        return seq2seq_output(Seq2SeqModelOutput, decoder_outputs, encoder_outputs,
+                              last_hidden_state=decoder_outputs.last_hidden_state)
 
 
 class BartForConditionalGeneration(BartPreTrainedModel, GenerationMixin):
@@ -1222,19 +1132,8 @@ class BartForConditionalGeneration(BartPreTrainedModel, GenerationMixin):
             loss = token_cross_entropy(lm_logits, labels)
 
         if not return_dict:
-            output = (lm_logits,) + tuple(outputs[1:])
-            return ((loss,) + output) if loss is not None else output
-        return Seq2SeqLMOutput(
-            loss=loss,
-            logits=lm_logits,
-            past_key_values=outputs.past_key_values,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-        )
+            return with_loss(loss, (lm_logits,) + tuple(outputs[1:]))
+        return seq2seq_head_output(Seq2SeqLMOutput, outputs, loss=loss, logits=lm_logits)
 
 
 class BartForSequenceClassification(BartPreTrainedModel):
@@ -1298,19 +1197,8 @@ class BartForSequenceClassification(BartPreTrainedModel):
 
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
         if not return_dict:
-            output = (logits,) + tuple(outputs[1:])
-            return ((loss,) + output) if loss is not None else output
-        return Seq2SeqSequenceClassifierOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-        )
+            return with_loss(loss, (logits,) + tuple(outputs[1:]))
+        return seq2seq_head_output(Seq2SeqSequenceClassifierOutput, outputs, loss=loss, logits=logits)
 
 
 def _last_eos_states(input_ids: torch.Tensor, hidden_states: torch.Tensor, eos_token_id) -> torch.Tensor:

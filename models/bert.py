@@ -26,16 +26,25 @@ from torch import nn
 
 from .configuration_utils import PretrainedConfig
 from .layers import (
-    attention,
+    FirstTokenClassificationHead,
+    FirstTokenPooler,
+    attend,
     causal_additive_mask,
+    causal_lm_loss,
+    classifier_dropout,
     combine_additive_masks,
+    expand_head_mask,
+    expand_padding_mask,
+    flatten_choice_embeds,
+    flatten_choices,
     get_activation,
     init_linear_embedding_norm,
+    invert_mask,
     merge_heads,
-    padding_mask_to_additive,
     sequence_classification_loss,
-    span_loss,
+    span_logits_and_loss,
     split_heads,
+    to_legacy_cache,
     token_cross_entropy,
 )
 from .modeling_utils import PreTrainedModel
@@ -48,6 +57,7 @@ from .outputs import (
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
+    head_output,
 )
 
 # ============================================================================== configs
@@ -134,66 +144,6 @@ def create_position_ids_from_input_ids(input_ids: torch.Tensor, padding_idx: int
     mask = input_ids.ne(padding_idx).int()
     incremental_indices = (torch.cumsum(mask, dim=1).type_as(mask) + past_key_values_length) * mask
     return incremental_indices.long() + padding_idx
-
-
-def expand_head_mask(head_mask: torch.Tensor | None, num_layers: int, dtype: torch.dtype) -> list:
-    """transformers' `get_head_mask`: [heads] or [layers, heads] (1 keep, 0 drop) -> one mask per layer,
-    each broadcastable to the [batch, heads, query, key] attention probabilities."""
-    if head_mask is None:
-        return [None] * num_layers
-    if head_mask.dim() == 1:
-        head_mask = head_mask[None, None, :, None, None].expand(num_layers, -1, -1, -1, -1)
-    elif head_mask.dim() == 2:
-        head_mask = head_mask[:, None, :, None, None]
-    else:
-        raise ValueError(
-            f"head_mask must have shape [num_heads] or [num_layers, num_heads], got {tuple(head_mask.shape)}")
-    return list(head_mask.to(dtype))
-
-
-def attend(query, key, value, additive_mask=None, *, dropout_p=0.0, head_mask=None, need_weights=False):
-    """`layers.attention` plus transformers' `head_mask`, which scales the probabilities of each head.
-
-    The head mask forces the explicit computation (SDPA cannot scale probabilities); the returned
-    probabilities are the masked ones, as transformers returns them.
-    """
-    if head_mask is None:
-        return attention(query, key, value, additive_mask, dropout_p=dropout_p, need_weights=need_weights)
-    _, probs = attention(query, key, value, additive_mask, need_weights=True)
-    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0) * head_mask
-    return torch.matmul(probs, value), probs
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, num_items_in_batch=None,
-                   ignore_index: int = -100, **_) -> torch.Tensor:
-    """Next-token loss as transformers' `ForCausalLMLoss`: token i predicts label i+1, computed in fp32.
-
-    With `num_items_in_batch` (gradient accumulation) the summed loss is divided by that count.
-    """
-    logits = logits.float()
-    shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous().to(logits.device)
-    reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = F.cross_entropy(logits.view(-1, vocab_size), shift_labels.view(-1), ignore_index=ignore_index,
-                           reduction=reduction)
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(loss.device)
-    if num_items_in_batch is not None:
-        loss = loss / num_items_in_batch
-    return loss
-
-
-def to_legacy_cache(past_key_values):
-    """Accept our tuple cache or a transformers Cache object (converted by duck typing, its empty
-    cross-attention slots dropped); an empty cache means none."""
-    if past_key_values is None:
-        return None
-    if hasattr(past_key_values, "to_legacy_cache"):
-        past_key_values = past_key_values.to_legacy_cache()
-    return tuple(tuple(t for t in layer if t is not None) for layer in past_key_values) or None
-
-
-def _classifier_dropout(config) -> float:
-    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
 
 
 # ============================================================================== building blocks
@@ -299,7 +249,7 @@ class BertSelfAttention(nn.Module):
         if self.position_embedding_type != "absolute":
             bias = combine_additive_masks(bias, self._relative_position_bias(query, key))
         context, probs = attend(query, key, value, bias, dropout_p=self.dropout_prob if self.training else 0.0,
-                                head_mask=head_mask, need_weights=output_attentions)
+                                head_mask=head_mask, need_weights=output_attentions, head_mask_after_dropout=True)
         return merge_heads(context), probs, (key, value)
 
     def _relative_position_bias(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -436,16 +386,8 @@ class BertEncoder(nn.Module):
             attentions=all_self_attentions, cross_attentions=all_cross_attentions or None)
 
 
-class BertPooler(nn.Module):
+class BertPooler(FirstTokenPooler):
     """dense + tanh over the first token ([CLS] / <s>)."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = nn.Tanh()
-
-    def forward(self, hidden_states):
-        return self.activation(self.dense(hidden_states[:, 0]))
 
 
 # ------------------------------------------------------------------------------ heads
@@ -529,19 +471,8 @@ class RobertaLMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(features))))
 
 
-class RobertaClassificationHead(nn.Module):
+class RobertaClassificationHead(FirstTokenClassificationHead):
     """RoBERTa's sentence classifier over the first token: dropout, dense, tanh, dropout, out_proj."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, features, **kwargs):
-        x = self.dropout(features[:, 0, :])
-        x = self.dropout(torch.tanh(self.dense(x)))
-        return self.out_proj(x)
 
 
 # ============================================================================== pretrained bases
@@ -575,7 +506,15 @@ class BertPreTrainedModel(PreTrainedModel):
         setattr(self, self.base_model_prefix, self._base_model_class()(config, add_pooling_layer=add_pooling_layer))
 
     def _multiple_choice_dropout(self, config) -> float:
-        return _classifier_dropout(config)
+        return classifier_dropout(config)
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                output_attentions, output_hidden_states, **decoder_inputs):
+        """The base model's forward as the heads call it (always a ModelOutput; the head picks its form)."""
+        return self.base_model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                               position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                               output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                               return_dict=True, **decoder_inputs)
 
 
 class RobertaPreTrainedModel(BertPreTrainedModel):
@@ -675,7 +614,7 @@ class BertModel(BertPreTrainedModel):
         self_mask = self._self_attention_mask(attention_mask, seq_length, past_length, dtype, embedding_output.device)
         cross_mask = None
         if config.is_decoder and encoder_hidden_states is not None:
-            cross_mask = _expand_padding_mask(encoder_attention_mask, dtype, "encoder_attention_mask")
+            cross_mask = expand_padding_mask(encoder_attention_mask, dtype, "encoder_attention_mask")
 
         encoder_outputs = self.encoder(
             embedding_output,
@@ -710,42 +649,39 @@ class BertModel(BertPreTrainedModel):
         key_length = past_length + seq_length
         if attention_mask is not None and attention_mask.dim() == 3:
             # A caller-built [batch, query, key] mask is used as given (transformers adds no causality to it).
-            return _invert_mask(attention_mask[:, None], dtype)
+            return invert_mask(attention_mask[:, None], dtype)
         if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] != key_length:
             raise ValueError(
                 f"attention_mask has {attention_mask.shape[1]} positions but the keys are {key_length} long "
                 f"({past_length} cached + {seq_length} new); pass the mask of the whole sequence so far."
             )
-        padding = _expand_padding_mask(attention_mask, dtype, "attention_mask")
+        padding = expand_padding_mask(attention_mask, dtype, "attention_mask")
         causal = None
         if self.config.is_decoder and seq_length > 1:
             causal = causal_additive_mask(seq_length, key_length, dtype, device, past_len=past_length)
         return combine_additive_masks(padding, causal)
 
 
-def _invert_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    mask = mask.to(dtype)
-    return (1.0 - mask) * torch.finfo(dtype).min
-
-
-def _expand_padding_mask(mask, dtype, name: str):
-    """[batch, key] (or [batch, query, key]) 1/0 mask -> additive mask; None when nothing is masked,
-    so the fused kernel can run without a mask."""
-    if mask is None:
-        return None
-    if mask.dim() == 3:
-        return _invert_mask(mask[:, None], dtype)
-    if mask.dim() != 2:
-        raise ValueError(f"{name} must have shape [batch, seq] or [batch, query, key], got {tuple(mask.shape)}")
-    if bool(mask.all()):
-        return None
-    return padding_mask_to_additive(mask, dtype, tgt_len=1)
-
-
 # ============================================================================== heads
 
 
-class BertForSequenceClassification(BertPreTrainedModel):
+class _BertClassifier(BertPreTrainedModel):
+    """The forward shared by sequence and token classification: base model, `_logits`, `_loss`."""
+
+    _output_class = SequenceClassifierOutput
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        logits = self._logits(outputs)
+        loss = self._loss(logits, labels) if labels is not None else None
+        return head_output(self._output_class, outputs, return_dict, loss=loss, logits=logits)
+
+
+class BertForSequenceClassification(_BertClassifier):
     """Sentence classification / regression; the loss follows `config.problem_type`."""
 
     def __init__(self, config):
@@ -753,54 +689,39 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.num_labels = config.num_labels
         self._attach_base_model(config, add_pooling_layer=self._classify_from_pooler)
         if self._classify_from_pooler:
-            self.dropout = nn.Dropout(_classifier_dropout(config))
+            self.dropout = nn.Dropout(classifier_dropout(config))
             self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         else:
             self.classifier = RobertaClassificationHead(config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.base_model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                  position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                  return_dict=True)
+    def _logits(self, outputs):
         if self._classify_from_pooler:
-            logits = self.classifier(self.dropout(outputs.pooler_output))
-        else:
-            logits = self.classifier(outputs.last_hidden_state)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                       attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+            return self.classifier(self.dropout(outputs.pooler_output))
+        return self.classifier(outputs.last_hidden_state)
+
+    def _loss(self, logits, labels):
+        return sequence_classification_loss(logits, labels, self.config)
 
 
-class BertForTokenClassification(BertPreTrainedModel):
+class BertForTokenClassification(_BertClassifier):
     """Per-token classification (NER); labels of -100 are ignored."""
+
+    _output_class = TokenClassifierOutput
 
     def __init__(self, config):
         super().__init__(config)
         self.num_labels = config.num_labels
         self._attach_base_model(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.dropout = nn.Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.base_model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                  position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                  return_dict=True)
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        loss = token_cross_entropy(logits, labels) if labels is not None else None
-        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                    attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+    def _logits(self, outputs):
+        return self.classifier(self.dropout(outputs.last_hidden_state))
+
+    def _loss(self, logits, labels):
+        return token_cross_entropy(logits, labels)
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
@@ -817,19 +738,12 @@ class BertForQuestionAnswering(BertPreTrainedModel):
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.base_model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                  position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                  return_dict=True)
-        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
-        start_logits = start_logits.squeeze(-1).contiguous()
-        end_logits = end_logits.squeeze(-1).contiguous()
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = span_loss(start_logits, end_logits, start_positions, end_positions)
-        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        start_logits, end_logits, loss = span_logits_and_loss(
+            self.qa_outputs(outputs.last_hidden_state), start_positions, end_positions)
+        return head_output(QuestionAnsweringModelOutput, outputs, return_dict, loss=loss, start_logits=start_logits,
+                           end_logits=end_logits)
 
 
 class BertForMultipleChoice(BertPreTrainedModel):
@@ -847,21 +761,12 @@ class BertForMultipleChoice(BertPreTrainedModel):
                 return_dict=None):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
-
-        def flat(x):
-            return x.reshape(-1, x.size(-1)) if x is not None else None
-
-        inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:]) if inputs_embeds is not None else None
-        outputs = self.base_model(flat(input_ids), attention_mask=flat(attention_mask),
-                                  token_type_ids=flat(token_type_ids), position_ids=flat(position_ids),
-                                  head_mask=head_mask, inputs_embeds=inputs_embeds,
-                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                  return_dict=True)
+        outputs = self._encode(flatten_choices(input_ids), flatten_choices(attention_mask),
+                               flatten_choices(token_type_ids), flatten_choices(position_ids), head_mask,
+                               flatten_choice_embeds(inputs_embeds), output_attentions, output_hidden_states)
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
         loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
-        out = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                        attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        return head_output(MultipleChoiceModelOutput, outputs, return_dict, loss=loss, logits=logits)
 
 
 class _BertWithLMHead(BertPreTrainedModel):
@@ -896,17 +801,12 @@ class BertForMaskedLM(_BertWithLMHead):
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.base_model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                  position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                                  encoder_hidden_states=encoder_hidden_states,
-                                  encoder_attention_mask=encoder_attention_mask,
-                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                  return_dict=True)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                               output_attentions, output_hidden_states, encoder_hidden_states=encoder_hidden_states,
+                               encoder_attention_mask=encoder_attention_mask)
         logits = self.lm_head_module(outputs.last_hidden_state)
         loss = token_cross_entropy(logits, labels) if labels is not None else None
-        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                             attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        return head_output(MaskedLMOutput, outputs, return_dict, loss=loss, logits=logits)
 
 
 class BertLMHeadModel(_BertWithLMHead):
@@ -931,12 +831,10 @@ class BertLMHeadModel(_BertWithLMHead):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         if labels is not None:
             use_cache = False
-        outputs = self.base_model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                  position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                                  encoder_hidden_states=encoder_hidden_states,
-                                  encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values,
-                                  use_cache=use_cache, output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                               output_attentions, output_hidden_states, encoder_hidden_states=encoder_hidden_states,
+                               encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values,
+                               use_cache=use_cache)
         logits = self.lm_head_module(outputs.last_hidden_state)
         loss = None
         if labels is not None:

@@ -3,7 +3,7 @@
 A 6-layer BERT distilled from BERT-base, with its own parameter names (`q_lin`, `sa_layer_norm`,
 `ffn.lin1`, ...): no token types, no pooler, learned (or sinusoidal) absolute positions. The heads
 mirror transformers' DistilBert* classes. Shared pieces (attention with head masks, head-mask
-expansion, losses, masks) come from layers.py and bert.py.
+expansion, losses, masks) come from layers.py.
 """
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bert import attend, expand_head_mask
 from .configuration_utils import PretrainedConfig
 from .layers import (
+    attend,
+    expand_head_mask,
+    flatten_choice_embeds,
+    flatten_choices,
     get_activation,
     init_linear_embedding_norm,
     merge_heads,
     padding_mask_to_additive,
     sequence_classification_loss,
-    span_loss,
+    span_logits_and_loss,
     split_heads,
     token_cross_entropy,
 )
@@ -33,6 +36,7 @@ from .outputs import (
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
+    head_output,
 )
 
 
@@ -134,7 +138,7 @@ class MultiHeadSelfAttention(nn.Module):
         k = split_heads(self.k_lin(hidden_states), self.n_heads)
         v = split_heads(self.v_lin(hidden_states), self.n_heads)
         context, probs = attend(q, k, v, additive_mask, dropout_p=self.dropout_prob if self.training else 0.0,
-                                head_mask=head_mask, need_weights=output_attentions)
+                                head_mask=head_mask, need_weights=output_attentions, head_mask_after_dropout=True)
         return self.out_lin(merge_heads(context)), probs
 
 
@@ -202,6 +206,12 @@ class DistilBertPreTrainedModel(PreTrainedModel):
             with torch.no_grad():
                 module.weight.copy_(sinusoidal_position_table(*module.weight.shape).to(module.weight.dtype))
 
+    def _encode(self, input_ids, attention_mask, head_mask, inputs_embeds, output_attentions, output_hidden_states):
+        """The base model's forward as the heads call it (always a ModelOutput; the head picks its form)."""
+        return self.distilbert(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                               inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states, return_dict=True)
+
 
 class DistilBertModel(DistilBertPreTrainedModel):
     def __init__(self, config):
@@ -256,8 +266,28 @@ def _pool_first_token(pre_classifier: nn.Linear, dropout: nn.Dropout, hidden_sta
     return dropout(F.relu(pre_classifier(hidden_state[:, 0])))
 
 
-class DistilBertForMaskedLM(DistilBertPreTrainedModel):
+class _DistilBertLabelledHead(DistilBertPreTrainedModel):
+    """The forward shared by the masked-LM, sequence- and token-classification heads: base model, then
+    `_logits` of the last hidden state and `_loss`."""
+
+    _output_class = SequenceClassifierOutput
+
+    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        outputs = self._encode(input_ids, attention_mask, head_mask, inputs_embeds, output_attentions,
+                               output_hidden_states)
+        logits = self._logits(outputs.last_hidden_state)
+        loss = self._loss(logits, labels) if labels is not None else None
+        return head_output(self._output_class, outputs, return_dict, loss=loss, logits=logits)
+
+    def _loss(self, logits, labels):
+        return token_cross_entropy(logits, labels)
+
+
+class DistilBertForMaskedLM(_DistilBertLabelledHead):
     _tied_weights_keys = ["vocab_projector.weight"]
+    _output_class = MaskedLMOutput
 
     def __init__(self, config):
         super().__init__(config)
@@ -274,21 +304,11 @@ class DistilBertForMaskedLM(DistilBertPreTrainedModel):
     def set_output_embeddings(self, new_embeddings: nn.Module):
         self.vocab_projector = new_embeddings
 
-    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.distilbert(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
-                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states, return_dict=True)
-        hidden = self.vocab_layer_norm(self.activation(self.vocab_transform(outputs.last_hidden_state)))
-        logits = self.vocab_projector(hidden)
-        loss = token_cross_entropy(logits, labels) if labels is not None else None
-        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                             attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+    def _logits(self, hidden_state):
+        return self.vocab_projector(self.vocab_layer_norm(self.activation(self.vocab_transform(hidden_state))))
 
 
-class DistilBertForSequenceClassification(DistilBertPreTrainedModel):
+class DistilBertForSequenceClassification(_DistilBertLabelledHead):
     def __init__(self, config):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -298,17 +318,11 @@ class DistilBertForSequenceClassification(DistilBertPreTrainedModel):
         self.dropout = nn.Dropout(config.seq_classif_dropout)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.distilbert(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
-                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(_pool_first_token(self.pre_classifier, self.dropout, outputs.last_hidden_state))
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                       attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+    def _logits(self, hidden_state):
+        return self.classifier(_pool_first_token(self.pre_classifier, self.dropout, hidden_state))
+
+    def _loss(self, logits, labels):
+        return sequence_classification_loss(logits, labels, self.config)
 
 
 class DistilBertForQuestionAnswering(DistilBertPreTrainedModel):
@@ -324,22 +338,17 @@ class DistilBertForQuestionAnswering(DistilBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, start_positions=None,
                 end_positions=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.distilbert(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
-                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.qa_outputs(self.dropout(outputs.last_hidden_state))
-        start_logits, end_logits = logits.split(1, dim=-1)
-        start_logits = start_logits.squeeze(-1).contiguous()
-        end_logits = end_logits.squeeze(-1).contiguous()
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = span_loss(start_logits, end_logits, start_positions, end_positions)
-        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        outputs = self._encode(input_ids, attention_mask, head_mask, inputs_embeds, output_attentions,
+                               output_hidden_states)
+        start_logits, end_logits, loss = span_logits_and_loss(
+            self.qa_outputs(self.dropout(outputs.last_hidden_state)), start_positions, end_positions)
+        return head_output(QuestionAnsweringModelOutput, outputs, return_dict, loss=loss, start_logits=start_logits,
+                           end_logits=end_logits)
 
 
-class DistilBertForTokenClassification(DistilBertPreTrainedModel):
+class DistilBertForTokenClassification(_DistilBertLabelledHead):
+    _output_class = TokenClassifierOutput
+
     def __init__(self, config):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -348,17 +357,8 @@ class DistilBertForTokenClassification(DistilBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.distilbert(input_ids, attention_mask=attention_mask, head_mask=head_mask,
-                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        loss = token_cross_entropy(logits, labels) if labels is not None else None
-        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                    attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+    def _logits(self, hidden_state):
+        return self.classifier(self.dropout(hidden_state))
 
 
 class DistilBertForMultipleChoice(DistilBertPreTrainedModel):
@@ -374,18 +374,12 @@ class DistilBertForMultipleChoice(DistilBertPreTrainedModel):
                 output_attentions=None, output_hidden_states=None, return_dict=None):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
-        input_ids = input_ids.reshape(-1, input_ids.size(-1)) if input_ids is not None else None
-        attention_mask = attention_mask.reshape(-1, attention_mask.size(-1)) if attention_mask is not None else None
-        inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:]) if inputs_embeds is not None else None
-        outputs = self.distilbert(input_ids, attention_mask=attention_mask, head_mask=head_mask,
-                                  inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self._encode(flatten_choices(input_ids), flatten_choices(attention_mask), head_mask,
+                               flatten_choice_embeds(inputs_embeds), output_attentions, output_hidden_states)
         pooled = _pool_first_token(self.pre_classifier, self.dropout, outputs.last_hidden_state)
         logits = self.classifier(pooled).view(-1, num_choices)
         loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
-        out = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                        attentions=outputs.attentions)
-        return out if return_dict else out.to_tuple()
+        return head_output(MultipleChoiceModelOutput, outputs, return_dict, loss=loss, logits=logits)
 
 
 __all__ = [

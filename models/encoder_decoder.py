@@ -28,12 +28,11 @@ import torch
 from torch import nn
 
 from .auto import AutoConfig, AutoModel, AutoModelForCausalLM
-from .bart import _as_tuple, _check_input_ids
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationConfig, GenerationMixin
-from .layers import shift_tokens_right, token_cross_entropy
+from .layers import check_input_ids, shift_tokens_right, token_cross_entropy
 from .modeling_utils import PreTrainedModel
-from .outputs import BaseModelOutput, Seq2SeqLMOutput
+from .outputs import BaseModelOutput, Seq2SeqLMOutput, as_tuple, seq2seq_output, with_loss
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +295,7 @@ class EncoderDecoderModel(PreTrainedModel, GenerationMixin):
 
         if encoder_outputs is None:
             if input_ids is not None:
-                _check_input_ids(input_ids, self.config.encoder.vocab_size, "input_ids")
+                check_input_ids(input_ids, self.config.encoder.vocab_size, "input_ids")
             encoder_outputs = self.encoder(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -319,7 +318,7 @@ class EncoderDecoderModel(PreTrainedModel, GenerationMixin):
             if decoder_attention_mask is None:
                 decoder_attention_mask = (decoder_input_ids != self.config.pad_token_id).to(decoder_input_ids.dtype)
         if decoder_input_ids is not None and (decoder_input_ids.dim() != 2 or decoder_input_ids.shape[1] != 1):
-            _check_input_ids(decoder_input_ids, self.config.decoder.vocab_size, "decoder_input_ids")
+            check_input_ids(decoder_input_ids, self.config.decoder.vocab_size, "decoder_input_ids")
 
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
@@ -347,19 +346,9 @@ class EncoderDecoderModel(PreTrainedModel, GenerationMixin):
             loss = token_cross_entropy(logits.reshape(-1, self.decoder.config.vocab_size), labels.reshape(-1))
 
         if not return_dict:
-            outputs = _as_tuple(decoder_outputs) + _as_tuple(encoder_outputs)
-            return ((loss,) + outputs) if loss is not None else outputs
-        return Seq2SeqLMOutput(
-            loss=loss,
-            logits=decoder_outputs.logits,
-            past_key_values=decoder_outputs.past_key_values,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-        )
+            return with_loss(loss, as_tuple(decoder_outputs) + as_tuple(encoder_outputs))
+        return seq2seq_output(Seq2SeqLMOutput, decoder_outputs, encoder_outputs, loss=loss,
+                              logits=decoder_outputs.logits)
 
 
 __all__ = ["EncoderDecoderConfig", "EncoderDecoderModel"]

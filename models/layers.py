@@ -93,6 +93,26 @@ def combine_additive_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
     return total.clamp(min=torch.finfo(total.dtype).min)
 
 
+def invert_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """1/0 keep mask of any shape -> additive mask (0 keep, dtype-min drop)."""
+    mask = mask.to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+def expand_padding_mask(mask: torch.Tensor | None, dtype: torch.dtype, name: str) -> torch.Tensor | None:
+    """[batch, key] (or [batch, query, key]) 1/0 mask -> additive mask; None when nothing is masked,
+    so the fused kernel can run without a mask."""
+    if mask is None:
+        return None
+    if mask.dim() == 3:
+        return invert_mask(mask[:, None], dtype)
+    if mask.dim() != 2:
+        raise ValueError(f"{name} must have shape [batch, seq] or [batch, query, key], got {tuple(mask.shape)}")
+    if bool(mask.all()):
+        return None
+    return padding_mask_to_additive(mask, dtype, tgt_len=1)
+
+
 # ---------------------------------------------------------------------------------- attention
 
 
@@ -121,6 +141,65 @@ def attention(
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probs_dropped = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
     return torch.matmul(probs_dropped, value), probs
+
+
+def uses_eager_attention(config) -> bool:
+    """`attn_implementation="eager"` (from_pretrained / config) selects the explicit attention path."""
+    return getattr(config, "_attn_implementation_internal", None) == "eager"
+
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    additive_mask: torch.Tensor | None = None,
+    *,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    head_mask: torch.Tensor | None = None,
+    need_weights: bool = False,
+    eager: bool = False,
+    head_mask_after_dropout: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention entry point of every family: `attention` plus transformers' per-head mask and
+    the `attn_implementation="eager"` switch. Returns (output, probabilities if `need_weights`).
+
+    - `head_mask` ([heads] or [1, heads, 1, 1], 1 keep / 0 drop) multiplies each head's
+      probabilities; SDPA cannot do that, so it forces the explicit computation.
+    - `eager=True` always takes the explicit matmul-softmax path, bit-identical to transformers'
+      eager attention; otherwise SDPA runs unless the probabilities are needed.
+    - `head_mask_after_dropout` keeps each family's order of the two multiplications, which differs
+      in training mode only: BERT-style (dropout, then head mask; the dropped probabilities are
+      returned, as transformers' BERT returns them) or BART/T5-style (head mask, then dropout; the
+      undropped probabilities are returned).
+    """
+    if head_mask is None:
+        out, probs = attention(query, key, value, additive_mask, dropout_p=dropout_p, scale=scale,
+                               need_weights=need_weights or eager)
+        return out, (probs if need_weights else None)
+    head_mask = head_mask.view(1, -1, 1, 1)
+    _, probs = attention(query, key, value, additive_mask, scale=scale, need_weights=True)
+    if head_mask_after_dropout:
+        probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0) * head_mask
+        return torch.matmul(probs, value), (probs if need_weights else None)
+    probs = probs * head_mask
+    output = torch.matmul(F.dropout(probs, p=dropout_p, training=dropout_p > 0), value)
+    return output, (probs if need_weights else None)
+
+
+def expand_head_mask(head_mask: torch.Tensor | None, num_layers: int, dtype: torch.dtype) -> list:
+    """transformers' `get_head_mask`: [heads] or [layers, heads] (1 keep, 0 drop) -> one mask per layer,
+    each broadcastable to the [batch, heads, query, key] attention probabilities."""
+    if head_mask is None:
+        return [None] * num_layers
+    if head_mask.dim() == 1:
+        head_mask = head_mask[None, None, :, None, None].expand(num_layers, -1, -1, -1, -1)
+    elif head_mask.dim() == 2:
+        head_mask = head_mask[:, None, :, None, None]
+    else:
+        raise ValueError(
+            f"head_mask must have shape [num_heads] or [num_layers, num_heads], got {tuple(head_mask.shape)}")
+    return list(head_mask.to(dtype))
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -161,6 +240,24 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, con
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, num_items_in_batch=None,
+                   ignore_index: int = -100, **_) -> torch.Tensor:
+    """Next-token loss as transformers' `ForCausalLMLoss`: token i predicts label i+1, computed in fp32.
+
+    With `num_items_in_batch` (gradient accumulation) the summed loss is divided by that count.
+    """
+    logits = logits.float()
+    shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous().to(logits.device)
+    reduction = "sum" if num_items_in_batch is not None else "mean"
+    loss = F.cross_entropy(logits.view(-1, vocab_size), shift_labels.view(-1), ignore_index=ignore_index,
+                           reduction=reduction)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    if num_items_in_batch is not None:
+        loss = loss / num_items_in_batch
+    return loss
+
+
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over every position; label -100 is ignored (HF convention)."""
     return F.cross_entropy(logits.view(-1, logits.size(-1)), labels.to(logits.device).view(-1), ignore_index=-100)
@@ -180,6 +277,27 @@ def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch
     return (start + end) / 2
 
 
+def span_logits_and_loss(logits: torch.Tensor, start_positions=None, end_positions=None):
+    """Extractive QA head: [batch, seq, 2] logits -> (start_logits, end_logits, loss or None)."""
+    start_logits, end_logits = logits.split(1, dim=-1)
+    start_logits = start_logits.squeeze(-1).contiguous()
+    end_logits = end_logits.squeeze(-1).contiguous()
+    loss = None
+    if start_positions is not None and end_positions is not None:
+        loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+    return start_logits, end_logits, loss
+
+
+def flatten_choices(x: torch.Tensor | None) -> torch.Tensor | None:
+    """Multiple choice: [batch, choices, seq] ids / masks -> [batch * choices, seq]."""
+    return x.reshape(-1, x.size(-1)) if x is not None else None
+
+
+def flatten_choice_embeds(x: torch.Tensor | None) -> torch.Tensor | None:
+    """Multiple choice: [batch, choices, seq, hidden] embeddings -> [batch * choices, seq, hidden]."""
+    return x.reshape(-1, *x.shape[-2:]) if x is not None else None
+
+
 def shift_tokens_right(input_ids: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
     """Build decoder inputs from labels: prepend the start token, drop the last, -100 -> pad."""
     if decoder_start_token_id is None:
@@ -191,6 +309,90 @@ def shift_tokens_right(input_ids: torch.Tensor, pad_token_id: int | None, decode
     shifted[:, 0] = decoder_start_token_id
     shifted.masked_fill_(shifted == -100, pad_token_id)
     return shifted
+
+
+# ---------------------------------------------------------------------------------- KV cache
+
+
+def to_legacy_cache(past_key_values):
+    """Accept our tuple cache or a transformers Cache object (converted by duck typing, its empty
+    cross-attention slots dropped); an empty cache means none."""
+    if past_key_values is None:
+        return None
+    if hasattr(past_key_values, "to_legacy_cache"):
+        past_key_values = past_key_values.to_legacy_cache()
+    return tuple(tuple(t for t in layer if t is not None) for layer in past_key_values) or None
+
+
+def check_legacy_cache(past_key_values, num_layers: int):
+    """`to_legacy_cache`, then insist on the contract format (a tuple over layers of 2 or 4 tensors)."""
+    past_key_values = to_legacy_cache(past_key_values)
+    if past_key_values is None:
+        return None
+    if len(past_key_values) != num_layers or any(len(entry) not in (2, 4) for entry in past_key_values):
+        raise ValueError(
+            f"past_key_values must be a tuple of {num_layers} per-layer tuples (self_k, self_v[, cross_k, cross_v]); "
+            f"got {len(past_key_values)} entries. Pass back the `past_key_values` returned by the previous call."
+        )
+    return past_key_values
+
+
+# ---------------------------------------------------------------------------------- input checks
+
+
+def check_input_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None:
+    """Empty or out-of-vocabulary ids would fail deep inside torch with an index error; say what is wrong."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D [batch, sequence] tensor, got shape {tuple(input_ids.shape)}.")
+    if input_ids.numel() == 0:
+        raise ValueError(
+            f"{name} is empty (shape {tuple(input_ids.shape)}): every row needs at least one token. Drop empty "
+            "inputs or give them a special token (e.g. eos) before calling the model."
+        )
+    low, high = torch.aminmax(input_ids)
+    if low.item() < 0 or high.item() >= vocab_size:
+        bad = int(low) if low.item() < 0 else int(high)
+        row = int((input_ids == bad).any(dim=1).nonzero()[0])
+        raise ValueError(
+            f"{name} row {row} holds token id {bad}, outside this model's vocabulary [0, {vocab_size}). Check that the "
+            "tokenizer matches the checkpoint (and that -100 label padding is not fed as input ids)."
+        )
+
+
+# ---------------------------------------------------------------------------------- heads
+
+
+def classifier_dropout(config) -> float:
+    """`config.classifier_dropout`, falling back to `hidden_dropout_prob` (BERT, RoBERTa, MEGA)."""
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+class FirstTokenPooler(nn.Module):
+    """dense + tanh over the first token ([CLS] / <s>): BERT's and MEGA's `pooler`."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class FirstTokenClassificationHead(nn.Module):
+    """RoBERTa's sentence classifier over the first token: dropout, dense, tanh, dropout, out_proj
+    (also MEGA's); the dropout is `classifier_dropout(config)`."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(classifier_dropout(config))
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, features: torch.Tensor, **kwargs) -> torch.Tensor:
+        x = self.dropout(features[:, 0, :])
+        x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out_proj(x)
 
 
 # ---------------------------------------------------------------------------------- init

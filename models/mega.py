@@ -70,7 +70,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_utils import PretrainedConfig
-from .layers import ACT2FN, gelu_new, sequence_classification_loss, span_loss, token_cross_entropy
+from .layers import (
+    ACT2FN,
+    FirstTokenClassificationHead,
+    FirstTokenPooler,
+    classifier_dropout,
+    gelu_new,
+    sequence_classification_loss,
+    span_logits_and_loss,
+    token_cross_entropy,
+)
 from .modeling_utils import PreTrainedModel
 from .outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -80,6 +89,8 @@ from .outputs import (
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
+    head_output,
+    with_loss,
 )
 
 logger = logging.getLogger(__name__)
@@ -890,32 +901,12 @@ class MegaEmbeddings(nn.Module):
         return inputs_embeds + self.token_type_embeddings(token_type_ids)
 
 
-class MegaPooler(nn.Module):
+class MegaPooler(FirstTokenPooler):
     """tanh(dense(first token)), as in BERT/RoBERTa."""
 
-    def __init__(self, config: MegaConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = nn.Tanh()
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(hidden_states[:, 0]))
-
-
-class MegaClassificationHead(nn.Module):
+class MegaClassificationHead(FirstTokenClassificationHead):
     """RoBERTa-style sentence head on the first token: dropout, dense, tanh, dropout, projection."""
-
-    def __init__(self, config: MegaConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(features[:, 0, :])
-        x = self.dropout(torch.tanh(self.dense(x)))
-        return self.out_proj(x)
 
 
 # ================================================================================== models
@@ -989,6 +980,15 @@ class MegaPreTrainedModel(PreTrainedModel):
                 "attention_mask so padded positions are ignored.", pad,
             )
             self._warned_padding = True
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, inputs_embeds, output_attentions,
+                output_hidden_states, **decoder_inputs):
+        """The base model's forward as the heads call it (always a ModelOutput; the head picks its form)."""
+        return self.mega(
+            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            **decoder_inputs,
+        )
 
 
 def _tuple_tail(outputs: BaseModelOutputWithPoolingAndCrossAttentions) -> tuple:
@@ -1191,11 +1191,10 @@ class MegaForCausalLM(_MegaLMHead):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         if labels is not None:
             use_cache = False
-        outputs = self.mega(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds,
+        outputs = self._encode(
+            input_ids, attention_mask, token_type_ids, inputs_embeds, output_attentions, output_hidden_states,
             encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            past_key_values=past_key_values, use_cache=use_cache,
         )
         logits = self._prediction_scores(outputs.last_hidden_state)
         loss = None
@@ -1203,8 +1202,7 @@ class MegaForCausalLM(_MegaLMHead):
             # next-token prediction: position t predicts token t + 1
             loss = token_cross_entropy(logits[:, :-1, :].contiguous(), labels[:, 1:].contiguous())
         if not return_dict:
-            output = (logits,) + _tuple_tail(outputs)
-            return ((loss,) + output) if loss is not None else output
+            return with_loss(loss, (logits,) + _tuple_tail(outputs))
         return CausalLMOutputWithCrossAttentions(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions, cross_attentions=outputs.cross_attentions,
@@ -1253,21 +1251,35 @@ class MegaForMaskedLM(_MegaLMHead):
         return_dict=None,
     ):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.mega(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds,
+        outputs = self._encode(
+            input_ids, attention_mask, token_type_ids, inputs_embeds, output_attentions, output_hidden_states,
             encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
         logits = self._prediction_scores(outputs.last_hidden_state)
         loss = token_cross_entropy(logits, labels) if labels is not None else None
         if not return_dict:
-            output = (logits,) + _tuple_tail(outputs)
-            return ((loss,) + output) if loss is not None else output
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                              attentions=outputs.attentions)
+            return with_loss(loss, (logits,) + _tuple_tail(outputs))
+        return head_output(MaskedLMOutput, outputs, True, loss=loss, logits=logits)
 
 
-class MegaForSequenceClassification(MegaPreTrainedModel):
+class _MegaClassifier(MegaPreTrainedModel):
+    """The forward shared by sequence and token classification: base model, `_logits`, `_loss`."""
+
+    _output_class = SequenceClassifierOutput
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds, output_attentions,
+                               output_hidden_states)
+        logits = self._logits(outputs.last_hidden_state)
+        loss = self._loss(logits, labels) if labels is not None else None
+        if not return_dict:
+            return with_loss(loss, (logits,) + _tuple_tail(outputs))
+        return head_output(self._output_class, outputs, True, loss=loss, logits=logits)
+
+
+class MegaForSequenceClassification(_MegaClassifier):
     """Classification / regression on the first token; the loss follows `config.problem_type`."""
 
     def __init__(self, config: MegaConfig):
@@ -1277,20 +1289,11 @@ class MegaForSequenceClassification(MegaPreTrainedModel):
         self.classifier = MegaClassificationHead(config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.mega(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )
-        logits = self.classifier(outputs.last_hidden_state)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        if not return_dict:
-            output = (logits,) + _tuple_tail(outputs)
-            return ((loss,) + output) if loss is not None else output
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                        attentions=outputs.attentions)
+    def _logits(self, hidden_states):
+        return self.classifier(hidden_states)
+
+    def _loss(self, logits, labels):
+        return sequence_classification_loss(logits, labels, self.config)
 
 
 class MegaForMultipleChoice(MegaPreTrainedModel):
@@ -1311,44 +1314,31 @@ class MegaForMultipleChoice(MegaPreTrainedModel):
         def flat(t):
             return None if t is None else t.reshape(-1, *t.shape[2:])
 
-        outputs = self.mega(
-            flat(input_ids), token_type_ids=flat(token_type_ids), attention_mask=flat(attention_mask),
-            inputs_embeds=flat(inputs_embeds), output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-        )
+        outputs = self._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(inputs_embeds),
+                               output_attentions, output_hidden_states)
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
         loss = token_cross_entropy(logits, labels) if labels is not None else None
         if not return_dict:
-            output = (logits,) + _tuple_tail(outputs)
-            return ((loss,) + output) if loss is not None else output
-        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                         attentions=outputs.attentions)
+            return with_loss(loss, (logits,) + _tuple_tail(outputs))
+        return head_output(MultipleChoiceModelOutput, outputs, True, loss=loss, logits=logits)
 
 
-class MegaForTokenClassification(MegaPreTrainedModel):
+class MegaForTokenClassification(_MegaClassifier):
+    _output_class = TokenClassifierOutput
+
     def __init__(self, config: MegaConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.mega = MegaModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.mega(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        loss = token_cross_entropy(logits, labels) if labels is not None else None
-        if not return_dict:
-            output = (logits,) + _tuple_tail(outputs)
-            return ((loss,) + output) if loss is not None else output
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                     attentions=outputs.attentions)
+    def _logits(self, hidden_states):
+        return self.classifier(self.dropout(hidden_states))
+
+    def _loss(self, logits, labels):
+        return token_cross_entropy(logits, labels)
 
 
 class MegaForQuestionAnswering(MegaPreTrainedModel):
@@ -1363,21 +1353,14 @@ class MegaForQuestionAnswering(MegaPreTrainedModel):
                 start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        outputs = self.mega(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )
-        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
-        start_logits = start_logits.squeeze(-1).contiguous()
-        end_logits = end_logits.squeeze(-1).contiguous()
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds, output_attentions,
+                               output_hidden_states)
+        start_logits, end_logits, loss = span_logits_and_loss(
+            self.qa_outputs(outputs.last_hidden_state), start_positions, end_positions)
         if not return_dict:
-            output = (start_logits, end_logits) + _tuple_tail(outputs)
-            return ((loss,) + output) if loss is not None else output
-        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+            return with_loss(loss, (start_logits, end_logits) + _tuple_tail(outputs))
+        return head_output(QuestionAnsweringModelOutput, outputs, True, loss=loss, start_logits=start_logits,
+                           end_logits=end_logits)
 
 
 __all__ = [

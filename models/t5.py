@@ -31,19 +31,13 @@ import warnings
 import torch
 from torch import nn
 
-# Shared seq2seq plumbing (cache format, encoder-output wrapping, input checks, attention with head masks).
-from .bart import (
-    _as_legacy_cache,
-    _as_tuple,
-    _check_input_ids,
-    _wrap_encoder_outputs,
-    attend,
-    uses_eager_attention,
-)
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationConfig, GenerationMixin
 from .layers import (
+    attend,
     causal_additive_mask,
+    check_input_ids,
+    check_legacy_cache,
     combine_additive_masks,
     get_activation,
     merge_heads,
@@ -51,9 +45,18 @@ from .layers import (
     shift_tokens_right,
     split_heads,
     token_cross_entropy,
+    uses_eager_attention,
 )
 from .modeling_utils import PreTrainedModel
-from .outputs import BaseModelOutputWithPastAndCrossAttentions, Seq2SeqLMOutput, Seq2SeqModelOutput
+from .outputs import (
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+    as_tuple,
+    encode_unless_given,
+    seq2seq_output,
+    with_loss,
+)
 
 # ============================================================================ configs
 
@@ -321,8 +324,8 @@ class T5Attention(nn.Module):
         if position_bias is not None:
             position_bias = position_bias.to(query.dtype)
         dropout = self.dropout if self.training else 0.0
-        output, weights = attend(query, key, value, position_bias, layer_head_mask, dropout, 1.0, output_attentions,
-                                 eager=self.eager)
+        output, weights = attend(query, key, value, position_bias, dropout_p=dropout, scale=1.0,
+                                 head_mask=layer_head_mask, need_weights=output_attentions, eager=self.eager)
         return self.o(merge_heads(output)), weights, (key, value)
 
 
@@ -494,7 +497,7 @@ class T5Stack(T5PreTrainedModel):
             raise ValueError(f"You cannot specify both {prefix}input_ids and {prefix}inputs_embeds at the same time")
         if input_ids is not None:
             if not self.is_decoder or input_ids.dim() != 2 or input_ids.shape[1] != 1:
-                _check_input_ids(input_ids, self.embed_tokens.num_embeddings, f"{prefix}input_ids")
+                check_input_ids(input_ids, self.embed_tokens.num_embeddings, f"{prefix}input_ids")
             inputs_embeds = self.embed_tokens(input_ids)
         elif inputs_embeds is None:
             raise ValueError(f"You have to specify either {prefix}input_ids or {prefix}inputs_embeds")
@@ -505,7 +508,7 @@ class T5Stack(T5PreTrainedModel):
             raise ValueError("`use_cache` can only be set to `True` if the T5 stack is used as a decoder")
         if not self.is_decoder:
             past_key_values = None
-        past_key_values = _as_legacy_cache(past_key_values, len(self.block))
+        past_key_values = check_legacy_cache(past_key_values, len(self.block))
         past_len = past_key_values[0][0].shape[2] if past_key_values is not None else 0
         if cache_position is None:
             cache_position = torch.arange(past_len, past_len + seq_len, device=inputs_embeds.device)
@@ -651,20 +654,11 @@ class _T5EncoderDecoderMixin:
             if self.config.num_layers == self.config.num_decoder_layers:
                 warnings.warn(_HEAD_MASK_WARNING, FutureWarning)
                 decoder_head_mask = head_mask
-        if encoder_outputs is None:
-            encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                head_mask=head_mask,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=return_dict,
-            )
-        elif return_dict:
-            encoder_outputs = _wrap_encoder_outputs(encoder_outputs)
-        elif isinstance(encoder_outputs, torch.Tensor):
-            encoder_outputs = (encoder_outputs,)
+        encoder_outputs = encode_unless_given(
+            self.encoder, encoder_outputs, return_dict, input_ids=input_ids, attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds, head_mask=head_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
@@ -721,17 +715,9 @@ class T5Model(_T5EncoderDecoderMixin, T5PreTrainedModel):
             output_attentions, output_hidden_states, return_dict, cache_position,
         )
         if not return_dict:
-            return _as_tuple(decoder_outputs) + _as_tuple(encoder_outputs)
-        return Seq2SeqModelOutput(
-            last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-        )
+            return as_tuple(decoder_outputs) + as_tuple(encoder_outputs)
+        return seq2seq_output(Seq2SeqModelOutput, decoder_outputs, encoder_outputs,
+                              last_hidden_state=decoder_outputs.last_hidden_state)
 
 
 class T5ForConditionalGeneration(_T5EncoderDecoderMixin, T5PreTrainedModel, GenerationMixin):
@@ -807,19 +793,8 @@ class T5ForConditionalGeneration(_T5EncoderDecoderMixin, T5PreTrainedModel, Gene
             loss = token_cross_entropy(lm_logits, labels)
 
         if not return_dict:
-            output = (lm_logits,) + _as_tuple(decoder_outputs)[1:] + _as_tuple(encoder_outputs)
-            return ((loss,) + output) if loss is not None else output
-        return Seq2SeqLMOutput(
-            loss=loss,
-            logits=lm_logits,
-            past_key_values=decoder_outputs.past_key_values,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-        )
+            return with_loss(loss, (lm_logits,) + as_tuple(decoder_outputs)[1:] + as_tuple(encoder_outputs))
+        return seq2seq_output(Seq2SeqLMOutput, decoder_outputs, encoder_outputs, loss=loss, logits=lm_logits)
 
 
 class T5EncoderModel(T5PreTrainedModel):

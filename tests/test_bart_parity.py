@@ -14,6 +14,9 @@ import transformers
 from rayformers.models import AutoModel, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 from rayformers.models import bart as ours_bart
 
+from model_test_utils import assert_all_close as _assert_all_close
+from model_test_utils import left_padded_step_matches_row_alone as _left_padded_step_matches_row_alone
+
 ATOL = dict(rtol=0, atol=1e-5)
 
 COMMON = dict(
@@ -83,15 +86,6 @@ def _batch(config, src_vocab: int, tgt_vocab: int):
 def _vocabs(config):
     tgt = config.vocab_size if getattr(config, "share_encoder_decoder_embeddings", True) else config.decoder_vocab_size
     return config.vocab_size, tgt
-
-
-def _assert_all_close(a, b):
-    if isinstance(a, (tuple, list)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_all_close(x, y)
-    else:
-        torch.testing.assert_close(b, a, **ATOL)
 
 
 def _hf_cache(past):
@@ -350,37 +344,6 @@ def test_generation_hooks_present(checkpoints):
     assert ours.main_input_name == "input_ids" and ours.config.is_encoder_decoder
     assert ours.get_encoder() is ours.model.encoder and ours.get_decoder() is ours.model.decoder
     assert ours.generation_config is not None
-
-
-def _left_padded_step_matches_row_alone(model, pos_kwarg, src_vocab, tgt_vocab):
-    """Continuous batching: a row joins with a shorter (left-padded, masked) cache and its own positions."""
-    g = torch.Generator().manual_seed(5)
-    input_ids = torch.randint(3, src_vocab - 2, (2, 7), generator=g)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 4:] = 0
-    dec = torch.randint(3, tgt_vocab - 2, (2, 6), generator=g)
-    with torch.no_grad():
-        full = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=dec).logits
-        enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        long_cache = model(encoder_outputs=enc, attention_mask=attention_mask, decoder_input_ids=dec[:, :5],
-                           use_cache=True).past_key_values
-        short_cache = model(encoder_outputs=(enc.last_hidden_state[1:],), attention_mask=attention_mask[1:],
-                            decoder_input_ids=dec[1:, :2], use_cache=True).past_key_values
-        merged = []
-        for long_layer, short_layer in zip(long_cache, short_cache):
-            pad = short_layer[0].new_zeros(1, short_layer[0].shape[1], 3, short_layer[0].shape[3])
-            merged.append((torch.cat([long_layer[0][:1], torch.cat([pad, short_layer[0]], 2)]),
-                           torch.cat([long_layer[1][:1], torch.cat([pad, short_layer[1]], 2)]),
-                           long_layer[2], long_layer[3]))
-        decoder_attention_mask = torch.ones(2, 6, dtype=torch.long)
-        decoder_attention_mask[1, :3] = 0
-        kwargs = {"decoder_attention_mask": decoder_attention_mask}
-        if pos_kwarg is not None:
-            kwargs[pos_kwarg] = torch.tensor([[5], [2]])
-        step = model(encoder_outputs=enc, attention_mask=attention_mask, decoder_input_ids=torch.stack(
-            [dec[0, 5], dec[1, 2]])[:, None], past_key_values=tuple(merged), **kwargs).logits
-    torch.testing.assert_close(step[0, 0], full[0, 5], **ATOL)
-    torch.testing.assert_close(step[1, 0], full[1, 2], **ATOL)
 
 
 @pytest.mark.parametrize("name", ["bart", "pegasus"])

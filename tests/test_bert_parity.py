@@ -18,6 +18,8 @@ import transformers
 from rayformers.models import auto
 from rayformers.models import bert as ours
 
+from model_test_utils import assert_same_outputs, assert_tree_close, run_both, single_thread  # noqa: F401
+
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64)
 FAMILIES = ["bert", "roberta", "camembert", "xlm-roberta"]
@@ -44,27 +46,6 @@ def reference_model(model_type: str, task: str, **config_kwargs):
     config = getattr(transformers, config_name(model_type))(**TINY, **config_kwargs)
     torch.manual_seed(0)
     return getattr(transformers, class_name(model_type, task))(config).eval()
-
-
-def assert_tree_close(expected, actual, atol=ATOL, path="output"):
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor), f"{path}: expected a tensor, got {type(actual).__name__}"
-        torch.testing.assert_close(actual, expected, rtol=0, atol=atol, msg=lambda m: f"{path}: {m}")
-    elif isinstance(expected, (tuple, list)):
-        assert isinstance(actual, (tuple, list)) and len(actual) == len(expected), f"{path}: length differs"
-        for i, (e, a) in enumerate(zip(expected, actual)):
-            assert_tree_close(e, a, atol, f"{path}[{i}]")
-    else:
-        assert expected == actual, f"{path}: {expected!r} != {actual!r}"
-
-
-def assert_same_outputs(expected, actual, atol=ATOL):
-    """Same non-None fields (past_key_values compared separately: transformers returns a Cache object)."""
-    exp_keys = [k for k in expected.keys() if k != "past_key_values"]
-    act_keys = [k for k in actual.keys() if k != "past_key_values"]
-    assert exp_keys == act_keys
-    for key in exp_keys:
-        assert_tree_close(expected[key], actual[key], atol, key)
 
 
 def padded_batch(pad_token_id: int, batch: int = 3, seq: int = 9, seed: int = 0) -> dict:
@@ -101,22 +82,7 @@ def task_inputs(task: str, config) -> dict:
     return batch
 
 
-def run_both(reference, model, inputs, **flags):
-    with torch.no_grad():
-        return reference(**inputs, **flags), model(**inputs, **flags)
-
-
 FLAG_SETS = [{}, {"output_hidden_states": True, "output_attentions": True}]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine idle OpenMP workers
-    spinning for work make every forward pass up to 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

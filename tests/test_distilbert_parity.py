@@ -11,6 +11,8 @@ import transformers
 from rayformers.models import auto
 from rayformers.models import distilbert as ours
 
+from model_test_utils import assert_same_outputs, assert_tree_close, run_both, single_thread  # noqa: F401
+
 # transformers' aliases: hidden_size -> dim, num_hidden_layers -> n_layers, num_attention_heads -> n_heads.
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, hidden_dim=37,
             max_position_embeddings=64)
@@ -18,15 +20,6 @@ TASKS = ["base", "sequence_classification", "token_classification", "question_an
          "masked_lm"]
 ATOL = 1e-5
 FLAG_SETS = [{}, {"output_hidden_states": True, "output_attentions": True}]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads; spinning OpenMP workers slow a shared 2-core machine down."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def class_name(task: str) -> str:
@@ -37,23 +30,6 @@ def reference_model(task: str, **config_kwargs):
     torch.manual_seed(0)
     config = transformers.DistilBertConfig(**TINY, **config_kwargs)
     return getattr(transformers, class_name(task))(config).eval()
-
-
-def assert_tree_close(expected, actual, path="output"):
-    if isinstance(expected, torch.Tensor):
-        torch.testing.assert_close(actual, expected, rtol=0, atol=ATOL, msg=lambda m: f"{path}: {m}")
-    elif isinstance(expected, (tuple, list)):
-        assert isinstance(actual, (tuple, list)) and len(actual) == len(expected), f"{path}: length differs"
-        for i, (e, a) in enumerate(zip(expected, actual)):
-            assert_tree_close(e, a, f"{path}[{i}]")
-    else:
-        assert expected == actual, f"{path}: {expected!r} != {actual!r}"
-
-
-def assert_same_outputs(expected, actual):
-    assert list(expected.keys()) == list(actual.keys())
-    for key in expected.keys():
-        assert_tree_close(expected[key], actual[key], key)
 
 
 def padded_batch(batch: int = 3, seq: int = 9, seed: int = 0) -> dict:
@@ -82,11 +58,6 @@ def task_inputs(task: str, config) -> dict:
     elif task == "masked_lm":
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     return batch
-
-
-def run_both(reference, model, inputs, **flags):
-    with torch.no_grad():
-        return reference(**inputs, **flags), model(**inputs, **flags)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +90,7 @@ def test_every_head_matches_transformers(task, saved_references):
                 assert torch.isfinite(actual.loss)
         expected, actual = run_both(reference, model, inputs, return_dict=False, output_hidden_states=True)
         assert isinstance(actual, tuple)
-        assert_tree_close(expected, actual, "tuple")
+        assert_tree_close(expected, actual, path="tuple")
 
 
 @pytest.mark.parametrize("problem_type, num_labels, labels", [

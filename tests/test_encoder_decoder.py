@@ -18,6 +18,9 @@ from rayformers.models import AutoConfig, AutoModelForSeq2SeqLM
 from rayformers.models.bert import BertConfig, BertLMHeadModel, BertModel
 from rayformers.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderModel
 
+from model_test_utils import assert_all_close as _assert_all_close
+from model_test_utils import left_padded_step_matches_row_alone as _left_padded_step_matches_row_alone
+
 # transformers warns about its own loss / mask construction on every labelled call.
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:To copy construct:UserWarning")
 
@@ -64,15 +67,6 @@ def _batch():
     labels[1, 4:] = -100
     labels[2, 2:] = -100
     return input_ids, attention_mask, labels
-
-
-def _assert_all_close(a, b):
-    if isinstance(a, (tuple, list)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_all_close(x, y)
-    else:
-        torch.testing.assert_close(b, a, **ATOL)
 
 
 def test_from_encoder_decoder_pretrained_matches_transformers(bert2bert):
@@ -266,7 +260,6 @@ def test_generation_hooks_present(bert2bert):
 
 
 def test_left_padded_decoder_cache_with_row_positions(bert2bert):
-    from test_bart_parity import _left_padded_step_matches_row_alone
 
     _, ours = bert2bert
     assert ours._supports_left_padded_decoder and ours._decoder_position_ids_kwarg == "decoder_position_index"
@@ -275,7 +268,6 @@ def test_left_padded_decoder_cache_with_row_positions(bert2bert):
 
 def test_roberta2roberta_parity_and_row_positions(bert_checkpoints, tmp_path):
     """RoBERTa decoders count positions from pad_token_id + 1; our 0-based decoder_position_index is translated."""
-    from test_bart_parity import _left_padded_step_matches_row_alone
 
     _, _, roberta_dir = bert_checkpoints
     torch.manual_seed(0)

@@ -23,6 +23,8 @@ from rayformers.models import (
 )
 from rayformers.models import mega
 
+from model_test_utils import single_thread  # noqa: F401
+
 transformers.logging.set_verbosity_error()
 
 VOCAB = 64
@@ -54,15 +56,6 @@ VARIANTS = {
     # REFERENCE QUIRK: the simple bias is sized by chunk_size even with use_chunking=False
     "simple-bias-sized-by-chunk-size": dict(length=9, relative_positional_bias="simple", chunk_size=12),
 }
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread avoids thread-pool overhead on a shared 2-core machine (~15x faster)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 HEADS = ["MegaModel", "MegaForSequenceClassification", "MegaForTokenClassification", "MegaForQuestionAnswering",
          "MegaForMultipleChoice", "MegaForMaskedLM", "MegaForCausalLM"]

@@ -16,6 +16,9 @@ import transformers
 from rayformers.models import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 from rayformers.models import t5 as ours_t5
 
+from model_test_utils import assert_all_close as _assert_all_close
+from model_test_utils import left_padded_step_matches_row_alone as _left_padded_step_matches_row_alone
+
 ATOL = dict(rtol=0, atol=1e-5)
 
 COMMON = dict(
@@ -58,15 +61,6 @@ def _batch():
     labels[1, 10:] = -100
     labels[2, 3:] = -100
     return input_ids, attention_mask, labels
-
-
-def _assert_all_close(a, b, **tol):
-    if isinstance(a, (tuple, list)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_all_close(x, y, **tol)
-    else:
-        torch.testing.assert_close(b, a, **(tol or ATOL))
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -270,7 +264,6 @@ def test_generation_hooks_present(checkpoints):
 
 def test_left_padded_decoder_cache_needs_no_positions(checkpoints):
     """Relative buckets see only distances, so a left-padded, masked cache row decodes as if alone."""
-    from test_bart_parity import _left_padded_step_matches_row_alone
 
     _, path = checkpoints["t5"]
     ours = AutoModelForSeq2SeqLM.from_pretrained(path)

@@ -1,0 +1,92 @@
+"""Helpers shared by the model-family parity tests (BERT, DistilBERT, BART, T5, EncoderDecoder, MEGA).
+
+Import what a test module needs; `single_thread` is an autouse module fixture, so importing it into
+a test module is enough to apply it there.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+ATOL = 1e-5
+ATOL_KW = dict(rtol=0, atol=ATOL)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine idle OpenMP workers
+    spinning for work make every forward pass up to 100x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def run_both(reference, model, inputs, **flags):
+    """The reference's and our outputs on the same inputs, without gradients."""
+    with torch.no_grad():
+        return reference(**inputs, **flags), model(**inputs, **flags)
+
+
+def assert_tree_close(expected, actual, atol=ATOL, path="output"):
+    """Nested tuples/lists of tensors equal within `atol` (rtol 0); `path` names the failing leaf."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), f"{path}: expected a tensor, got {type(actual).__name__}"
+        torch.testing.assert_close(actual, expected, rtol=0, atol=atol, msg=lambda m: f"{path}: {m}")
+    elif isinstance(expected, (tuple, list)):
+        assert isinstance(actual, (tuple, list)) and len(actual) == len(expected), f"{path}: length differs"
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            assert_tree_close(e, a, atol, f"{path}[{i}]")
+    else:
+        assert expected == actual, f"{path}: {expected!r} != {actual!r}"
+
+
+def assert_same_outputs(expected, actual, atol=ATOL):
+    """Same non-None fields (past_key_values compared separately: transformers returns a Cache object)."""
+    exp_keys = [k for k in expected.keys() if k != "past_key_values"]
+    act_keys = [k for k in actual.keys() if k != "past_key_values"]
+    assert exp_keys == act_keys
+    for key in exp_keys:
+        assert_tree_close(expected[key], actual[key], atol, key)
+
+
+def assert_all_close(a, b, **tol):
+    """`b` (ours) equals `a` (the reference), leaf by leaf through nested tuples; rtol 0, atol 1e-5 by default."""
+    if isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_all_close(x, y, **tol)
+    else:
+        torch.testing.assert_close(b, a, **(tol or ATOL_KW))
+
+
+def left_padded_step_matches_row_alone(model, pos_kwarg, src_vocab, tgt_vocab):
+    """Continuous batching: a row joins with a shorter (left-padded, masked) cache and its own positions."""
+    g = torch.Generator().manual_seed(5)
+    input_ids = torch.randint(3, src_vocab - 2, (2, 7), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 4:] = 0
+    dec = torch.randint(3, tgt_vocab - 2, (2, 6), generator=g)
+    with torch.no_grad():
+        full = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=dec).logits
+        enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        long_cache = model(encoder_outputs=enc, attention_mask=attention_mask, decoder_input_ids=dec[:, :5],
+                           use_cache=True).past_key_values
+        short_cache = model(encoder_outputs=(enc.last_hidden_state[1:],), attention_mask=attention_mask[1:],
+                            decoder_input_ids=dec[1:, :2], use_cache=True).past_key_values
+        merged = []
+        for long_layer, short_layer in zip(long_cache, short_cache):
+            pad = short_layer[0].new_zeros(1, short_layer[0].shape[1], 3, short_layer[0].shape[3])
+            merged.append((torch.cat([long_layer[0][:1], torch.cat([pad, short_layer[0]], 2)]),
+                           torch.cat([long_layer[1][:1], torch.cat([pad, short_layer[1]], 2)]),
+                           long_layer[2], long_layer[3]))
+        decoder_attention_mask = torch.ones(2, 6, dtype=torch.long)
+        decoder_attention_mask[1, :3] = 0
+        kwargs = {"decoder_attention_mask": decoder_attention_mask}
+        if pos_kwarg is not None:
+            kwargs[pos_kwarg] = torch.tensor([[5], [2]])
+        step = model(encoder_outputs=enc, attention_mask=attention_mask, decoder_input_ids=torch.stack(
+            [dec[0, 5], dec[1, 2]])[:, None], past_key_values=tuple(merged), **kwargs).logits
+    torch.testing.assert_close(step[0, 0], full[0, 5], **ATOL_KW)
+    torch.testing.assert_close(step[1, 0], full[1, 2], **ATOL_KW)
