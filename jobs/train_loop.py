@@ -1,0 +1,444 @@
+"""The per-worker training loop that Ray Train's ``TorchTrainer`` runs on every rank.
+
+One function, :func:`train_loop_per_worker`, reading a plain :class:`WorkerSpec`. It knows
+nothing of YAML or Parquet: batches arrive tokenized from ``get_dataset_shard("train")`` and are
+only padded here. What it does, in order:
+
+* build the model (``AutoModelFor…`` from the base checkpoint with the run's label space, or from
+  ``ray.train.get_checkpoint()`` when resuming) and wrap it for DDP (gloo on CPU, NCCL on GPU);
+* AdamW (no decay on biases/LayerNorm), warmup + linear/cosine/constant schedule, gradient
+  accumulation with ``no_sync``, global-norm clipping, optional bf16 autocast;
+* loss normalisation that makes the result independent of the worker count: classification
+  averages a fixed number of rows per step; seq2seq divides the summed token loss by the number
+  of target tokens of the whole global batch (one all-reduce), so 1 worker and W workers compute
+  the same gradient for the same rows;
+* evaluation sharded over workers with additive statistics (:mod:`.metrics`);
+* ``ray.train.report`` every ``log_every`` steps (metrics) and every checkpoint step (metrics +
+  an HF-format checkpoint written by rank 0, RNG state by every rank, see :mod:`.checkpoints`).
+
+A resumed worker skips micro-batches older than its checkpoint (normally none: the data stream
+is rebuilt to start at the checkpoint's step), and checks every batch carries the expected
+micro-batch index, so a data/plan mismatch stops the run instead of silently training on the
+wrong rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import checkpoints as ckpt
+from .metrics import MetricState, format_metrics
+from .train_data import MICRO_COLUMN, make_collate_fn
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs, as plain values (pickled to every rank)."""
+
+    task: str
+    model_path: str
+    tokenizer_path: str
+    revision: Optional[str]
+    local_files_only: bool
+    label_kwargs: dict
+    metric_kind: str
+    num_labels: int
+    ignore_mismatched_sizes: bool
+    pad_token_id: int
+    batch_size: int
+    accumulation: int
+    world_size: int
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+    checkpoint_every: int
+    log_every: int
+    learning_rate: float
+    weight_decay: float
+    adam_epsilon: float
+    lr_scheduler: str
+    warmup_steps: int
+    max_grad_norm: Optional[float]
+    bf16: bool
+    seed: int
+    has_eval: bool
+    eval_generate: bool
+    generation_kwargs: dict
+    eval_batch_size: int
+    best_metric: str
+    best_metric_order: str
+    torch_threads: Optional[int]
+    data_fingerprint: str
+    config_snapshot: dict = field(default_factory=dict)
+    on_step_end: Optional[Callable[[int, int], None]] = None
+    """Called after every optimizer step as ``on_step_end(step, rank)`` (tests, custom logging)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Model, optimizer, schedule.
+
+
+def load_model(spec: WorkerSpec, checkpoint_dir: Optional[str]):
+    """The model to train: from a resumed checkpoint, or the base checkpoint with the run's labels."""
+    import rayformers.models as models
+
+    auto = models.AutoModelForSequenceClassification if spec.task == "classify" else models.AutoModelForSeq2SeqLM
+    if checkpoint_dir is not None:
+        model = auto.from_pretrained(checkpoint_dir, dtype=torch.float32)
+        return model
+    kwargs: dict = {"dtype": torch.float32}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    if spec.local_files_only:
+        kwargs["local_files_only"] = True
+    if spec.task == "classify":
+        kwargs.update(spec.label_kwargs)
+        kwargs["ignore_mismatched_sizes"] = spec.ignore_mismatched_sizes
+    model, info = auto.from_pretrained(spec.model_path, output_loading_info=True, **kwargs)
+    if info.get("mismatched_keys"):
+        shapes = ", ".join(f"{k} {a}->{b}" for k, a, b in info["mismatched_keys"])
+        _log(0, f"new head: checkpoint weights with another shape re-initialised ({shapes})")
+    if info.get("missing_keys"):
+        _log(0, f"newly initialised weights: {', '.join(info['missing_keys'][:8])}"
+                + (" ..." if len(info["missing_keys"]) > 8 else ""))
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, spec: WorkerSpec) -> torch.optim.Optimizer:
+    """AdamW; biases and normalisation weights (1-d parameters) are not decayed (as transformers)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": spec.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=spec.learning_rate, eps=spec.adam_epsilon)
+
+
+def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate after ``step`` scheduler steps (transformers' shapes)."""
+
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return step / max(1, warmup)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "cosine":
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return fn
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss.
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if _world() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != MICRO_COLUMN}
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross entropy over target tokens (labels of -100 are ignored)."""
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+EVAL_CACHE_ROWS = 50_000
+"""Eval shards up to this many rows per worker are kept in memory after the first evaluation, so
+later evaluations do not read and tokenize the eval data again."""
+
+
+class EvalBatches:
+    """This worker's eval batches: streamed from Ray Data the first time, then from memory."""
+
+    def __init__(self, spec: WorkerSpec, device: torch.device):
+        self.spec, self.device = spec, device
+        self.cached: Optional[list] = None
+
+    def __iter__(self):
+        if self.cached is not None:
+            yield from self.cached
+            return
+        import ray.train
+
+        shard = ray.train.get_dataset_shard("eval")
+        keep: Optional[list] = []
+        rows = 0
+        for batch in shard.iter_torch_batches(
+            batch_size=self.spec.eval_batch_size, collate_fn=make_collate_fn(self.spec.pad_token_id), device=self.device
+        ):
+            rows += batch["input_ids"].shape[0]
+            if keep is not None and rows <= EVAL_CACHE_ROWS:
+                keep.append(batch)
+            else:
+                keep = None
+            yield batch
+        self.cached = keep
+
+
+def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: EvalBatches,
+             device: torch.device) -> dict:
+    """Loss and task metrics over this worker's eval shard, summed over all workers."""
+    state = MetricState(spec.metric_kind, spec.num_labels)
+    was_training = model.training
+    model.eval()
+    autocast = _autocast(spec, device)
+    with torch.no_grad():
+        for batch in batches:
+            inputs = _model_inputs(batch)
+            with autocast:
+                out = model(**inputs)
+            labels = inputs["labels"]
+            if spec.task == "generate":
+                tokens = int((labels != -100).sum())
+                state.add_loss(float(token_loss_sum(out.logits, labels)), tokens)
+                if spec.eval_generate:
+                    generated = model.generate(
+                        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **spec.generation_kwargs
+                    )
+                    predictions = tokenizer.batch_decode(generated.tolist(), skip_special_tokens=True)
+                    references = tokenizer.batch_decode(
+                        [[t for t in row if t != -100] for row in labels.tolist()], skip_special_tokens=True
+                    )
+                    state.add_generations(predictions, references)
+                else:
+                    state.head[2] += labels.shape[0]
+            else:
+                n = labels.shape[0]
+                state.add_loss(float(out.loss) * n, n)
+                state.add_classification(out.logits, labels)
+    state.all_reduce()
+    if was_training:
+        model.train()
+    return state.totals("eval_")
+
+
+def _autocast(spec: WorkerSpec, device: torch.device):
+    if not spec.bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop.
+
+
+def _log(rank: int, message: str) -> None:
+    if rank == 0:
+        print(f"[rayformers train {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _schedule_hits(step: int, every: int, total: int) -> bool:
+    return step == total or (every > 0 and step % every == 0)
+
+
+def train_loop_per_worker(spec: WorkerSpec) -> None:
+    """Ray Train entry point (``TorchTrainer(train_loop_per_worker, train_loop_config=spec)``)."""
+    import ray.train
+    import ray.train.torch
+
+    from rayformers.models import AutoTokenizer
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if spec.torch_threads:
+        torch.set_num_threads(int(spec.torch_threads))
+    device = ray.train.torch.get_device()
+    torch.manual_seed(spec.seed)  # the same new head on every rank (DDP also broadcasts rank 0's)
+
+    checkpoint = ray.train.get_checkpoint()
+    resume_dir = None
+    state: dict = {}
+    checkpoint_ctx = checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext()
+    with checkpoint_ctx as resume_dir:
+        model = load_model(spec, resume_dir)
+        model.to(device)
+        model.train()
+        optimizer = make_optimizer(model, spec)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(spec.lr_scheduler, spec.warmup_steps, spec.total_steps)
+        )
+        if resume_dir is not None:
+            state = ckpt.load_training_state(resume_dir, rank=rank, optimizer=optimizer, scheduler=scheduler)
+            if state.get("data_fingerprint") != spec.data_fingerprint:
+                raise RuntimeError(
+                    f"checkpoint {resume_dir} was written with another data plan or batch configuration; "
+                    "resume it with the original config or start a new run (train.name)"
+                )
+    tokenizer = AutoTokenizer.from_pretrained(
+        spec.tokenizer_path, revision=spec.revision, local_files_only=spec.local_files_only
+    )
+
+    step = int(state.get("global_step", 0))
+    log_history: list = list(state.get("log_history", []))
+    if step >= spec.total_steps:
+        _log(rank, f"run already complete at step {step}")
+        return
+    if resume_dir is not None:
+        _log(rank, f"resuming from step {step} ({resume_dir})")
+        log_history.append({"step": step, "resumed_from_step": step})
+    else:
+        _log(rank, f"starting: {spec.total_steps} steps")
+
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    unwrapped = model
+    autocast = _autocast(spec, device)
+    shard = ray.train.get_dataset_shard("train")
+    batches = shard.iter_torch_batches(
+        batch_size=spec.batch_size, collate_fn=make_collate_fn(spec.pad_token_id), device=device, prefetch_batches=2
+    )
+
+    eval_batches = EvalBatches(spec, device)
+    pending: list = []
+    window_loss, window_steps, window_rows = 0.0, 0, 0
+    window_start = time.perf_counter()
+    last_eval: dict = {}
+    for batch in batches:
+        micro = batch[MICRO_COLUMN]
+        first = int(micro[0])
+        if first < step * spec.accumulation:
+            continue  # consumed before the checkpoint we resumed from
+        expected = step * spec.accumulation + len(pending)
+        if first != expected or int(micro[-1]) != expected or micro.shape[0] != spec.batch_size:
+            raise RuntimeError(
+                f"rank {rank}: data stream out of step: got micro-batch {first}..{int(micro[-1])} of "
+                f"{micro.shape[0]} rows, expected micro-batch {expected} of {spec.batch_size} rows"
+            )
+        pending.append(_model_inputs(batch))
+        if len(pending) < spec.accumulation:
+            continue
+
+        step_loss = _optimizer_step(ddp_model, unwrapped, optimizer, scheduler, pending, spec, autocast, world)
+        pending = []
+        step += 1
+        window_loss += step_loss
+        window_steps += 1
+        window_rows += spec.batch_size * spec.accumulation * world
+        log_history.append({"step": step, "loss": step_loss, "learning_rate": scheduler.get_last_lr()[0]})
+        if spec.on_step_end is not None:
+            spec.on_step_end(step, rank)
+
+        do_eval = spec.has_eval and _schedule_hits(step, spec.eval_every, spec.total_steps)
+        do_checkpoint = _schedule_hits(step, spec.checkpoint_every, spec.total_steps)
+        do_eval = do_eval or (do_checkpoint and spec.has_eval)
+        do_log = do_checkpoint or do_eval or step % spec.log_every == 0
+        if not do_log:
+            continue
+        elapsed = max(time.perf_counter() - window_start, 1e-9)
+        metrics = {
+            "step": step,
+            "epoch": step / max(1, spec.steps_per_epoch),
+            "train_loss": window_loss / max(1, window_steps),
+            "learning_rate": scheduler.get_last_lr()[0],
+            "samples_per_s": window_rows / elapsed,
+        }
+        if do_eval:
+            last_eval = evaluate(unwrapped, spec, tokenizer, eval_batches, device)
+            log_history.append({"step": step, **last_eval})
+        metrics.update(last_eval)
+        _log(rank, f"step {step}/{spec.total_steps} " + format_metrics(metrics, [k for k in metrics if k != "step"]))
+        if do_checkpoint:
+            _report_with_checkpoint(unwrapped, tokenizer, optimizer, scheduler, spec, rank, step, metrics, log_history)
+        else:
+            ray.train.report(metrics)
+        window_loss, window_steps, window_rows = 0.0, 0, 0
+        window_start = time.perf_counter()
+    if step < spec.total_steps:
+        raise RuntimeError(
+            f"rank {rank}: the training data ended at step {step} of {spec.total_steps}; the data plan and the "
+            "stream disagree (were input files modified during the run?)"
+        )
+
+
+def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec, autocast, world) -> float:
+    """Forward/backward over the accumulated micro-batches, then one optimizer step; returns the
+    step's loss averaged over the whole global batch (all workers)."""
+    seq2seq = spec.task == "generate"
+    if seq2seq:
+        tokens = torch.tensor(float(sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)))
+        global_tokens = float(_all_reduce(tokens))
+    loss_total = torch.zeros((), dtype=torch.float64)
+    for i, mb in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if (last or world == 1) else ddp_model.no_sync()
+        with sync:
+            with autocast:
+                out = ddp_model(**mb)
+            if seq2seq:
+                summed = token_loss_sum(out.logits, mb["labels"])
+                loss = summed * world / max(global_tokens, 1.0)
+                loss_total += float(summed.detach()) / max(global_tokens, 1.0)
+            else:
+                loss = out.loss.float() / len(micro_batches)
+                loss_total += float(loss.detach()) / world
+            loss.backward()
+    if spec.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(_all_reduce(loss_total))
+
+
+def _report_with_checkpoint(model, tokenizer, optimizer, scheduler, spec, rank, step, metrics, log_history):
+    import ray.train
+
+    state = {
+        "global_step": step,
+        "total_steps": spec.total_steps,
+        "epoch": step / max(1, spec.steps_per_epoch),
+        "metrics": metrics,
+        "best_metric": spec.best_metric,
+        "best_metric_order": spec.best_metric_order,
+        "world_size": spec.world_size,
+        "global_batch_size": spec.batch_size * spec.world_size * spec.accumulation,
+        "data_fingerprint": spec.data_fingerprint,
+        "log_history": log_history,
+        "config": spec.config_snapshot,
+    }
+    with tempfile.TemporaryDirectory(prefix="rayformers-ckpt-") as tmp:
+        if rank == 0:
+            ckpt.save_model_checkpoint(tmp, model, tokenizer)
+        ckpt.save_training_state(
+            tmp, state, rank=rank, optimizer=optimizer if rank == 0 else None, scheduler=scheduler if rank == 0 else None
+        )
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=ckpt.checkpoint_dir_name(step),
+        )
+
+
+__all__ = ["WorkerSpec", "evaluate", "lr_lambda", "make_optimizer", "train_loop_per_worker"]
