@@ -210,6 +210,12 @@ class ComputeConfig:
     """Row cap of one forward micro-batch."""
     io_num_cpus: float = 0.5
     """CPUs reserved per read / write task."""
+    tokenizer_resources: dict = field(default_factory=dict)
+    """Custom Ray resources each tokenizer actor requires, e.g. ``{cpu_node: 0.001}`` to keep
+    tokenization on the CPU nodes of cluster.yaml."""
+    model_resources: dict = field(default_factory=dict)
+    """Custom Ray resources each model actor requires, e.g. ``{gpu_node: 0.001}`` to place model
+    actors on the GPU nodes of cluster.yaml."""
 
 
 @dataclass

@@ -49,6 +49,7 @@ def build_dataset(job: ResolvedJob, skip_ids_ref: Any = None):
         ),
         compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
         num_cpus=c.tokenizer_num_cpus,
+        resources=c.tokenizer_resources or None,
         batch_size=None,  # one read block per call: blocks stay aligned with part files
         batch_format="pyarrow",
         zero_copy_batch=True,
@@ -73,6 +74,7 @@ def build_dataset(job: ResolvedJob, skip_ids_ref: Any = None):
         compute=ActorPoolStrategy(min_size=c.model_min_actors, max_size=c.model_max_actors),
         num_cpus=c.model_num_cpus,
         num_gpus=c.model_num_gpus or None,
+        resources=c.model_resources or None,
         batch_size=None,
         batch_format="pyarrow",
         zero_copy_batch=True,

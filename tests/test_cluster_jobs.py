@@ -127,6 +127,19 @@ def write_job(workdir: Path, name: str) -> str:
     return str(out)
 
 
+def submit(client: JobSubmissionClient, **kwargs) -> str:
+    """Submit, retrying while the head's job agent is still starting (it comes up after the
+    HTTP server that answered ``list_jobs``)."""
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def wait(client: JobSubmissionClient, job_id: str, timeout: float = 420) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -149,7 +162,8 @@ def shipped_package(dest: Path) -> Path:
 
 def test_submit_with_the_project_installed_on_the_cluster(head, workdir):
     out = write_job(workdir, "installed")
-    job_id = head.submit_job(
+    job_id = submit(
+        head,
         entrypoint="rayformers run installed.yaml",
         runtime_env={"working_dir": str(workdir / "code"), "env_vars": {"HF_HUB_OFFLINE": "1"}},
     )
@@ -164,7 +178,8 @@ def test_submit_with_the_project_installed_on_the_cluster(head, workdir):
 def test_submit_with_the_project_shipped_in_the_runtime_env(head, workdir, tmp_path):
     out = write_job(workdir, "shipped")
     pkg = shipped_package(tmp_path)
-    job_id = head.submit_job(
+    job_id = submit(
+        head,
         entrypoint=(
             "python -c 'import rayformers.pipeline as p; print(\"RAYFORMERS_FROM\", p.__file__)' && "
             "python -m rayformers.pipeline.cli run shipped.yaml"

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray")
+import ray.data  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from rayformers.pipeline import read_output, run  # noqa: E402
@@ -144,6 +145,10 @@ def test_actors_run_on_both_nodes_and_killing_the_worker_mid_run_loses_nothing(c
     before = set(model_actor_nodes())
     cfg = job(tmp_path, tiny_classifier, rows=3000, files=6)
     result: dict = {}
+    # Start the model stage only when both model actors are up: a fresh node needs far longer to
+    # import torch than an actor on the warm head, which would otherwise finish the work alone.
+    ctx = ray.data.DataContext.get_current()
+    saved_wait, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 600
 
     def drive():
         try:
@@ -185,6 +190,7 @@ def test_actors_run_on_both_nodes_and_killing_the_worker_mid_run_loses_nothing(c
             time.sleep(0.5)
     finally:
         thread.join(timeout=600)  # never leave a driver thread behind the cluster's shutdown
+        ctx.wait_for_min_actors_s = saved_wait
     assert not thread.is_alive(), "the run did not finish after the worker node died"
     assert "error" not in result, result.get("error")
     report = result["report"]
