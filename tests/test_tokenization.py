@@ -517,7 +517,8 @@ def test_truncation_without_max_length_uses_model_max_length_silently(dirs, capl
     with caplog.at_level("WARNING"):
         mine = ours(long_texts, truncation=True)
         fast = ours.encode_batch_for_model(long_texts)
-    assert not caplog.records
+    # Only our records count: background threads of an earlier Ray session in this process may log too.
+    assert not [r for r in caplog.records if r.name.startswith("rayformers")]
     assert len(mine["input_ids"][0]) == ours.model_max_length == 512
     assert mine["input_ids"] == fast == ref(long_texts, truncation=True)["input_ids"]
     with caplog.at_level("WARNING"):  # without truncation the too-long warning comes, once, as in transformers

@@ -297,7 +297,7 @@ def seq2seq_run(ray_session, tmp_path_factory):
         "compute": {"torch_threads": 2},
         "train": {
             "name": "reverse", "storage_path": str(root / "runs"), "eval_path": str(root / "eval.parquet"),
-            "max_steps": 150, "eval_every": 50, "batch_size_per_worker": 16, "learning_rate": 3e-3,
+            "max_steps": 120, "eval_every": 40, "batch_size_per_worker": 16, "learning_rate": 6e-3,
             "lr_scheduler": "constant", "max_target_length": 8, "best_metric": "eval_rougeL",
         },
         "task": {"generation": {"max_new_tokens": 7}},
@@ -307,7 +307,7 @@ def seq2seq_run(ray_session, tmp_path_factory):
 
 def test_seq2seq_learns_to_reverse_and_generations_improve(seq2seq_run):
     evals = [h for h in seq2seq_run.log_history if "eval_rougeL" in h]
-    assert [h["step"] for h in evals] == [50, 100, 150]
+    assert [h["step"] for h in evals] == [40, 80, 120]
     assert evals[-1]["eval_rougeL"] >= 0.8
     assert evals[-1]["eval_rougeL"] > evals[0]["eval_rougeL"] + 0.2
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
