@@ -325,7 +325,9 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
     window_loss, window_steps, window_rows = 0.0, 0, 0
     window_start = time.perf_counter()
     last_eval: dict = {}
-    for batch in batches:
+    timed = _TimedIterator(batches)
+    waited_before = 0.0
+    for batch in timed:
         micro = batch[MICRO_COLUMN]
         first = int(micro[0])
         if first < step * spec.accumulation:
@@ -363,7 +365,9 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
             "train_loss": window_loss / max(1, window_steps),
             "learning_rate": scheduler.get_last_lr()[0],
             "samples_per_s": window_rows / elapsed,
+            "data_wait_fraction": min(1.0, (timed.waited - waited_before) / elapsed),
         }
+        log_history.append({k: metrics[k] for k in ("step", "samples_per_s", "data_wait_fraction")})
         if do_eval:
             last_eval = evaluate(unwrapped, spec, tokenizer, eval_batches, device)
             log_history.append({"step": step, **last_eval})
@@ -374,12 +378,32 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
         else:
             ray.train.report(metrics)
         window_loss, window_steps, window_rows = 0.0, 0, 0
+        waited_before = timed.waited
         window_start = time.perf_counter()
     if step < spec.total_steps:
         raise RuntimeError(
             f"rank {rank}: the training data ended at step {step} of {spec.total_steps}; the data plan and the "
             "stream disagree (were input files modified during the run?)"
         )
+
+
+class _TimedIterator:
+    """Counts the seconds the loop waits for its next batch (``data_wait_fraction`` in the
+    metrics: near 0 means the data pipeline keeps up; near 1 means training is input-bound)."""
+
+    def __init__(self, iterable):
+        self.iterator = iter(iterable)
+        self.waited = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self.iterator)
+        finally:
+            self.waited += time.perf_counter() - start
 
 
 def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec, autocast, world) -> float:

@@ -178,6 +178,14 @@ def preflight(cfg: JobConfig) -> ResolvedJob:
     from rayformers.operators.loading import load_tokenizer
 
     inp, out = cfg.input, cfg.output
+    if "@" in cfg.model.path:
+        # `runs/<name>@best` / `@latest` / `@step-N`: a checkpoint of a `rayformers train` run.
+        from rayformers.jobs.checkpoints import resolve_model_reference
+
+        try:
+            cfg.model.path = resolve_model_reference(cfg.model.path)
+        except Exception as e:  # noqa: BLE001 - any failure is a config problem to report
+            raise PreflightError(f"model.path {cfg.model.path!r}: {e}") from e
     if not out.path:
         raise PreflightError("output.path is empty: set where predictions are written")
     if not inp.text_column:

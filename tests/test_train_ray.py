@@ -262,10 +262,9 @@ def test_pipeline_scores_parquet_with_the_best_checkpoint(minilm_run):
     root, result = minilm_run
     rows = sentiment_rows(80, 13)
     write_parquet(root / "score.parquet", [{"text": r["text"]} for r in rows])
-    model = resolve_model_reference(f"{result['run_dir']}@best")
-    assert model == result["best_checkpoint"]
+    assert resolve_model_reference(f"{result['run_dir']}@best") == result["best_checkpoint"]
     report = run({
-        "model": {"path": model, "task": "classify"},
+        "model": {"path": f"{result['run_dir']}@best", "task": "classify"},  # resolved by the pipeline
         "input": {"path": str(root / "score.parquet")},
         "tokenizer": {"max_length": 32},
         "output": {"path": str(root / "scored")},
