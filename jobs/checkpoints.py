@@ -77,7 +77,9 @@ def capture_rng_state() -> dict:
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"python": list(random.getstate()), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -87,8 +89,10 @@ def restore_rng_state(state: dict) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -138,6 +142,9 @@ def read_training_state(directory: str) -> dict:
 def load_training_state(directory: str, *, rank: int, optimizer: Any = None, scheduler: Any = None) -> dict:
     """Restore optimizer, scheduler and this rank's RNG from a checkpoint; return its JSON state.
 
+    Everything is read with ``torch.load(weights_only=True)`` (tensors and plain data only), so a
+    checkpoint from elsewhere cannot run code when resumed.
+
     A rank without its own RNG file (the run was restarted with more workers) keeps a fresh,
     seeded RNG."""
     import torch
@@ -145,12 +152,12 @@ def load_training_state(directory: str, *, rank: int, optimizer: Any = None, sch
     folder = os.path.join(directory, TRAINER_STATE_DIR)
     state = read_training_state(directory)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE), weights_only=False))
+        optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE), weights_only=True))
     if scheduler is not None:
-        scheduler.load_state_dict(torch.load(os.path.join(folder, SCHEDULER_FILE), weights_only=False))
+        scheduler.load_state_dict(torch.load(os.path.join(folder, SCHEDULER_FILE), weights_only=True))
     rng = os.path.join(folder, f"rng_rank{rank}.pt")
     if os.path.isfile(rng):
-        restore_rng_state(torch.load(rng, weights_only=False))
+        restore_rng_state(torch.load(rng, weights_only=True))
     return state
 
 

@@ -245,6 +245,7 @@ def train(
 
     cfg = load_train_config(config, overrides)
     t = cfg.train
+
     def say(message: str) -> None:
         if verbose:
             print(f"[rayformers train {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -258,7 +259,7 @@ def train(
     tok, pad = _tokenizer_settings(cfg, model_path, model_config)
     data = prepare_data(cfg, t.num_workers, getattr(model_config, "id2label", None))
     for report in data.reports:
-        say(f"{report.format()}")
+        say(report.format())
     spec = _worker_spec(cfg, data, model_path, tok, pad, on_step_end)
 
     run_dir = run_directory(t.storage_path, t.name)

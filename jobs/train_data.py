@@ -582,7 +582,8 @@ def train_read_fn(plan: TrainPlan, task: tuple, rank: int, start_step: int):
             f"expected {src.usable[u]}. Do not modify training files during a run."
         )
     idx, micro = plan.rank_rows(epoch, u, offset, len(selected), rank, start_step)
-    assert len(idx) == expected, (len(idx), expected)
+    if len(idx) != expected:
+        raise DataError(f"{unit.path}: planned {expected} rows for worker {rank}, selected {len(idx)} (a bug)")
     out = _rank_table(table, selected[idx], src.columns)
     out = out.append_column(MICRO_COLUMN, pa.array(micro, type=pa.int64()))
     for start in range(0, out.num_rows, SLICE_ROWS):
@@ -600,28 +601,26 @@ def eval_read_fn(plan: EvalPlan, u: int, offset: int, rank: int):
         yield out.slice(start, SLICE_ROWS)
 
 
-class _PlannedSource:
-    """A Ray Data ``Datasource`` over a list of (read_fn, num_rows, files) read tasks."""
+def planned_datasource(name: str, tasks: list):
+    """A Ray Data ``Datasource`` whose read tasks are the given ``(read_fn, num_rows, path)``, in
+    order (Ray is imported lazily: the planning code above runs without it)."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
 
-    def __new__(cls, name: str, tasks: list):
-        from ray.data.block import BlockMetadata
-        from ray.data.datasource import Datasource, ReadTask
+    class PlannedDatasource(Datasource):
+        def estimate_inmemory_data_size(self):
+            return None
 
-        class PlannedDatasource(Datasource):
-            def estimate_inmemory_data_size(self):
-                return None
+        def get_name(self):
+            return name
 
-            def get_name(self):
-                return name
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            return [
+                ReadTask(fn, BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=[path]))
+                for fn, rows, path in tasks
+            ]
 
-            def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-                out = []
-                for fn, rows, path in tasks:
-                    meta = BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=[path])
-                    out.append(ReadTask(fn, meta))
-                return out
-
-        return PlannedDatasource()
+    return PlannedDatasource()
 
 
 _TOKENIZERS: dict = {}
@@ -636,14 +635,19 @@ def _tokenizer(tok: Tokenization):
     return _TOKENIZERS[key]
 
 
+def _texts(batch: pa.Table, column: str) -> list:
+    """The column's strings (UTF-8 binary decoded); rows reaching this stage passed the checks."""
+    return [text_problem(v, column)[0] for v in batch.column(column).to_pylist()]
+
+
 def tokenize_batch(batch: pa.Table, tok: Tokenization, columns: Columns, spec: LabelSpec) -> pa.Table:
     """Ray Data stage: texts → ``input_ids`` (+ ``token_type_ids`` for pairs), labels → tensors.
 
     Labels: single-label → int64 id; multi-label → float32 multi-hot list; regression → float32
     (list when several outputs); seq2seq → target token ids (list<int32>)."""
     tokenizer = _tokenizer(tok)
-    texts = batch.column(columns.text).to_pylist()
-    pairs = batch.column(columns.pair).to_pylist() if columns.pair else None
+    texts = _texts(batch, columns.text)
+    pairs = _texts(batch, columns.pair) if columns.pair else None
     truncation: Any = True if tok.truncation == "longest_first" else tok.truncation
     enc = tokenizer(texts, text_pair=pairs, truncation=truncation, max_length=tok.max_length)
     out = {"input_ids": pa.array(enc["input_ids"], type=pa.list_(pa.int32()))}
@@ -651,7 +655,7 @@ def tokenize_batch(batch: pa.Table, tok: Tokenization, columns: Columns, spec: L
         out["token_type_ids"] = pa.array(enc["token_type_ids"], type=pa.list_(pa.int8()))
     values = batch.column(columns.label).to_pylist()
     if spec.task == "generate":
-        targets = tokenizer(text_target=values, truncation=True, max_length=tok.max_target_length)
+        targets = tokenizer(text_target=_texts(batch, columns.label), truncation=True, max_length=tok.max_target_length)
         out["labels"] = pa.array(targets["input_ids"], type=pa.list_(pa.int32()))
     elif spec.problem_type == "regression":
         if spec.num_outputs == 1:
@@ -680,7 +684,7 @@ def build_stream(name: str, tasks: list, tok: Tokenization, columns: Columns, sp
     """read (planned tasks) → tokenize (map_batches tasks), order preserved."""
     import ray
 
-    source = _PlannedSource(name, tasks)
+    source = planned_datasource(name, tasks)
     ds = ray.data.read_datasource(source, num_cpus=io_num_cpus)
     ds = ds.map_batches(
         tokenize_batch,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -79,7 +78,8 @@ class WorkerSpec:
     data_fingerprint: str
     config_snapshot: dict = field(default_factory=dict)
     on_step_end: Optional[Callable[[int, int], None]] = None
-    """Called after every optimizer step as ``on_step_end(step, rank)`` (tests, custom logging)."""
+    """Called after every optimizer step as ``on_step_end(step, rank)``, before that step's
+    evaluation and checkpoint (tests, custom logging)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -380,6 +380,8 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
         window_loss, window_steps, window_rows = 0.0, 0, 0
         waited_before = timed.waited
         window_start = time.perf_counter()
+        if step >= spec.total_steps:
+            break
     if step < spec.total_steps:
         raise RuntimeError(
             f"rank {rank}: the training data ended at step {step} of {spec.total_steps}; the data plan and the "

@@ -200,6 +200,13 @@ def test_no_parameter_left_on_meta_and_missing_keys_initialised(tmp_path):
     assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     bias = model.cls.predictions.bias
     assert torch.all(bias == 0)  # missing head bias initialised like transformers (zeros)
+    # the random init skipped while building on meta is back afterwards, also after a failed load
+    assert float(model.cls.predictions.transform.dense.weight.std()) > 0
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        BertForSequenceClassification.from_pretrained(tmp_path, vocab_size=TINY["vocab_size"] + 1)
+    fresh = BertModel(BertConfig(**TINY))
+    assert 0.01 < float(fresh.encoder.layer[0].intermediate.dense.weight.std()) < 0.03  # std 0.02 init
+    assert float(torch.nn.Linear(8, 8).weight.abs().sum()) > 0
 
 
 def test_hub_id_offline_from_cache_with_revision(tmp_path, ref_classifier, hub_cache):

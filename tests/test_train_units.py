@@ -8,8 +8,6 @@ Everything runs in-process on real files (Parquet, safetensors, JSON); the Ray T
 from __future__ import annotations
 
 import json
-import os
-import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -305,30 +303,30 @@ def test_eval_split_is_stable_disjoint_and_dealt_to_every_worker(sentiment_files
 
 def test_label_space_from_data_model_or_config(tmp_path):
     model = tiny_bert(tmp_path / "model")
-    rows = [{"text": "x y", "label": lab} for lab in ["b", "a", "c", "a"]]
-    write_parquet(tmp_path / "d.parquet", rows)
-    cfg = lambda **t: load_train_config(classify_config(model, str(tmp_path / "d.parquet"), str(tmp_path), "r",
-                                                        batch_size_per_worker=2, **t))
-    assert prepare_data(cfg(), 1, None).spec.names == ["a", "b", "c"]
-    named = {0: "c", 1: "b", 2: "a", 3: "d"}
-    assert prepare_data(cfg(), 1, named).spec.names == ["c", "b", "a", "d"]
-    assert prepare_data(cfg(labels=["c", "a", "b"]), 1, None).spec.label2id == {"c": 0, "a": 1, "b": 2}
 
-    write_parquet(tmp_path / "ids.parquet", [{"text": "x", "label": i} for i in (0, 3, 1, 2)])
-    spec = prepare_data(cfg(), 1, None).spec if False else None  # noqa: F841
-    c = load_train_config(classify_config(model, str(tmp_path / "ids.parquet"), str(tmp_path), "r", batch_size_per_worker=2))
-    assert prepare_data(c, 1, None).spec.names == ["LABEL_0", "LABEL_1", "LABEL_2", "LABEL_3"]
+    def plan(rows, model_id2label=None, **train):
+        path = write_parquet(tmp_path / "d.parquet", rows)
+        cfg = load_train_config(classify_config(model, path, str(tmp_path), "r", batch_size_per_worker=2, **train))
+        return prepare_data(cfg, 1, model_id2label).spec
 
-    write_parquet(tmp_path / "multi.parquet", [{"text": "x", "label": v} for v in (["a"], ["a", "b"], [], ["c"])])
-    c = load_train_config(classify_config(model, str(tmp_path / "multi.parquet"), str(tmp_path), "r", batch_size_per_worker=2))
-    spec = prepare_data(c, 1, None).spec
-    assert spec.problem_type == "multi_label_classification" and spec.names == ["a", "b", "c"]
+    names = [{"text": "x y", "label": lab} for lab in ["b", "a", "c", "a"]]
+    assert plan(names).names == ["a", "b", "c"]
+    # a model with named labels covering the data keeps its order; placeholders do not count
+    assert plan(names, {0: "c", 1: "b", 2: "a", 3: "d"}).names == ["c", "b", "a", "d"]
+    assert plan(names, {0: "LABEL_0", 1: "LABEL_1"}).names == ["a", "b", "c"]
+    assert plan(names, labels=["c", "a", "b"]).label2id == {"c": 0, "a": 1, "b": 2}
 
-    write_parquet(tmp_path / "reg.parquet", [{"text": "x", "label": v} for v in (0.5, 1.5, 2.0, -1.0)])
-    c = load_train_config(classify_config(model, str(tmp_path / "reg.parquet"), str(tmp_path), "r", batch_size_per_worker=2))
-    spec = prepare_data(c, 1, None).spec
-    assert spec.problem_type == "regression" and spec.num_outputs == 1
-    assert spec.model_kwargs()["num_labels"] == 1
+    ids = [{"text": "x", "label": i} for i in (0, 3, 1, 2)]
+    assert plan(ids).names == ["LABEL_0", "LABEL_1", "LABEL_2", "LABEL_3"]
+
+    multi = plan([{"text": "x", "label": v} for v in (["a"], ["a", "b"], [], ["c"])])
+    assert multi.problem_type == "multi_label_classification" and multi.names == ["a", "b", "c"]
+
+    regression = plan([{"text": "x", "label": v} for v in (0.5, 1.5, 2.0, -1.0)])
+    assert regression.problem_type == "regression" and regression.num_outputs == 1
+    assert regression.model_kwargs()["num_labels"] == 1
+    with pytest.raises(DataError, match="needs a list label column"):
+        plan(names, problem_type="multi_label_classification")
 
 
 def _bad_data(tmp_path):
@@ -537,3 +535,15 @@ def test_mega_classifier_and_encoder_decoder_train_through_auto_classes(tmp_path
         out = ed(**batches[0])
         expected = float(token_loss_sum(out.logits, labels)) / int((labels != -100).sum())
     assert float(out.loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_rng_state_round_trip_covers_python_numpy_and_torch(tmp_path):
+    import random
+
+    ckpt.save_training_state(str(tmp_path), {"global_step": 1}, rank=0)
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    ckpt.save_training_state(str(tmp_path), {}, rank=3)  # other ranks write only their RNG
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    ckpt.load_training_state(str(tmp_path), rank=3)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
