@@ -44,9 +44,7 @@ Between any two steps a crash leaves either the old committed state plus a pendi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import inspect
 import logging
 import os
 import posixpath
@@ -54,7 +52,7 @@ import re
 import sys
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -148,28 +146,6 @@ def _crash_point(name: str) -> None:
         if os.environ.get(CRASH_ENV + "_MODE") == "exit":
             os._exit(70)
         raise InjectedCrash(name)
-
-
-@contextlib.contextmanager
-def _crash_before_publish() -> Iterator[None]:
-    """``before-publish`` sits inside the pipeline's run, between the staged write and publish:
-    wrap the pipeline's ``publish`` for the duration of the run (tests only)."""
-    if os.environ.get(CRASH_ENV) != "before-publish":
-        yield
-        return
-    from rayformers.pipeline import runner
-
-    original = runner.publish
-
-    def crashing_publish(*args, **kwargs):
-        _crash_point("before-publish")
-        return original(*args, **kwargs)
-
-    runner.publish = crashing_publish
-    try:
-        yield
-    finally:
-        runner.publish = original
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,30 +270,17 @@ def _check_ids_unique_across_runs(out_fs, root: str, state: EtlState, retract: d
             )
 
 
-def _literal_glob(f: FileVersion) -> str:
-    """A glob matching only ``f`` whose fixed prefix is ``f.base``: the pipeline then computes the
-    same relpath (generated ids, hive partitions) as for the whole input. Stopgap until
-    ``pipeline.run`` accepts an explicit file list (see :func:`_run_pipeline`)."""
-    first, sep, rest = f.relpath.partition("/")
-
-    def lit(s: str) -> str:
-        return "".join(f"[{c}]" if c in "*?[" else c for c in s)
-
-    i = next((k for k, c in enumerate(first) if c not in "!]"), None)
-    if i is None:
-        raise EtlError(f"input file {f.path}: cannot address a path component made of '!' and ']' only")
-    first_glob = lit(first[:i]) + f"[{first[i]}]" + lit(first[i + 1 :])
-    return posixpath.join(f.base, first_glob + sep + lit(rest))
-
-
 def _run_pipeline(run_cfg: JobConfig, files: list[FileVersion], ray_init_kwargs: Optional[dict]):
-    """Score exactly ``files`` with the pipeline; returns its report."""
+    """Score exactly ``files`` with the pipeline (same ids and hive columns as a whole-input run);
+    the ``before-publish`` fault point sits between the staged write and the publish."""
     from rayformers.pipeline import run as pipeline_run
 
-    if "input_files" in inspect.signature(pipeline_run).parameters:
-        return pipeline_run(run_cfg, input_files=[f.path for f in files], ray_init_kwargs=ray_init_kwargs)
-    run_cfg.input.path = [_literal_glob(f) for f in files]
-    return pipeline_run(run_cfg, ray_init_kwargs=ray_init_kwargs)
+    return pipeline_run(
+        run_cfg,
+        input_files=[f.path for f in files],
+        before_publish=lambda report: _crash_point("before-publish"),
+        ray_init_kwargs=ray_init_kwargs,
+    )
 
 
 def _run_config(cfg: EtlJobConfig, root_uri: str, run_id: str) -> JobConfig:
@@ -457,8 +420,7 @@ def _finish_pending(
     assert pending is not None
     files = pending.file_versions()
     run_cfg = _run_config(cfg, root_uri, pending.run_id)
-    with _crash_before_publish():
-        report = _run_pipeline(run_cfg, files, ray_init_kwargs)
+    report = _run_pipeline(run_cfg, files, ray_init_kwargs)
     _crash_point("after-publish")
     run_dir = posixpath.join(root, pending.run_id)
     manifest = read_manifest(out_fs, run_dir)

@@ -30,6 +30,10 @@ class ModelOperator:
     with the Auto class of ``task``."""
 
     task: str = ""
+    default_token_budget = {"cpu": 2048, "cuda": 16384}
+    """Padded-token budget per forward when the config leaves it unset. On CPU, small micro-batches
+    are faster per token (their activations stay in cache): all-MiniLM-L6 on 2 threads runs
+    146 rows/s at 2,048 tokens, 111 at 8,192, 98 at 16,384; GPUs want large batches."""
 
     def __init__(
         self,
@@ -40,7 +44,7 @@ class ModelOperator:
         num_gpus: float = 0.0,
         torch_threads: Optional[int] = None,
         model_actors: int = 1,
-        max_tokens_per_batch: int = 8192,
+        max_tokens_per_batch: Optional[int] = None,
         max_rows_per_batch: int = 128,
         pad_token_id: Optional[int] = None,
         drop_columns: tuple = (),
@@ -59,6 +63,8 @@ class ModelOperator:
         if pad_token_id is None:
             pad_token_id = getattr(self.config, "pad_token_id", None)
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
+        if max_tokens_per_batch is None:
+            max_tokens_per_batch = self.default_token_budget["cpu" if self.device == "cpu" else "cuda"]
         self.max_tokens = int(max_tokens_per_batch)
         self.max_rows = int(max_rows_per_batch)
         # Chunked MEGA needs inputs padded to whole chunks; every other model reports None.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -173,8 +173,10 @@ def resolve_max_length(cfg: JobConfig, tokenizer: Any, model_config: Any, st: di
     return limit
 
 
-def preflight(cfg: JobConfig) -> ResolvedJob:
-    """Validate everything that can be validated without Ray; resolve operator settings."""
+def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> ResolvedJob:
+    """Validate everything that can be validated without Ray; resolve operator settings.
+
+    ``input_files`` restricts the job to those files of ``input.path`` (see ``discover_files``)."""
     from rayformers.operators.loading import load_tokenizer
 
     inp, out = cfg.input, cfg.output
@@ -202,7 +204,7 @@ def preflight(cfg: JobConfig) -> ResolvedJob:
             f"({', '.join(sorted(reserved))})"
         )
     try:
-        fs, files = discover_files(inp.path, inp.filesystem, inp.partitioning)
+        fs, files = discover_files(inp.path, inp.filesystem, inp.partitioning, only=input_files)
     except InputError as e:
         raise PreflightError(str(e)) from e
     check_columns(cfg, fs, files)

@@ -13,7 +13,7 @@ import posixpath
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .commit import (
     MANIFEST,
@@ -70,8 +70,16 @@ def run(
     overrides: Optional[list[str]] = None,
     *,
     ray_init_kwargs: Optional[dict] = None,
+    input_files: Optional[list[str]] = None,
+    before_publish: Optional[Callable[[JobReport], None]] = None,
 ) -> JobReport:
     """Run an inference job end to end and return its report.
+
+    ``input_files``: score only these files of ``input.path`` (as its listing names them), with
+    the ids and partition columns they have in the whole input: how the incremental ETL hands
+    over the new files of one run. ``before_publish(report)`` runs after every row is staged and
+    counted, right before the atomic publish (a raise there leaves the output unpublished and
+    resumable; the ETL's fault-injection tests use it).
 
     Raises :class:`~rayformers.pipeline.preflight.PreflightError` /
     :class:`~rayformers.pipeline.config.ConfigError` before any work,
@@ -81,7 +89,7 @@ def run(
 
     start = time.perf_counter()
     cfg = config if isinstance(config, JobConfig) and not overrides else load_config(config, overrides)
-    job = preflight(cfg)
+    job = preflight(cfg, input_files)
     fingerprint = cfg.fingerprint()
     ensure_ray(ray_init_kwargs)
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
@@ -157,6 +165,8 @@ def run(
     stage["finalize"] = time.perf_counter() - t0
     report.wall_s = time.perf_counter() - start
     manifest = _manifest(job, counts, "succeeded", report.to_dict())
+    if before_publish is not None:
+        before_publish(report)
     publish(state, manifest)
     report.manifest_path = posixpath.join(job.output_path, MANIFEST)
     return report

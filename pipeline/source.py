@@ -14,7 +14,7 @@ import fnmatch
 import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Collection, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -81,17 +81,26 @@ def _is_hidden(relpath: str) -> bool:
 
 
 def discover_files(
-    paths: str | list, fs_config: Optional[FilesystemConfig] = None, partitioning: Optional[str] = "hive"
+    paths: str | list,
+    fs_config: Optional[FilesystemConfig] = None,
+    partitioning: Optional[str] = "hive",
+    only: Optional[Collection[str]] = None,
 ) -> tuple[pafs.FileSystem, list[InputFile]]:
     """Expand files, directories (recursive) and globs; read each footer once.
 
-    Raises :class:`InputError` naming the path that does not exist or holds no Parquet files."""
+    ``only`` keeps just those files (as listed, e.g. by the incremental ETL) out of the expansion,
+    before any footer is read: each keeps the relpath it has within the whole input, so generated
+    ids and hive columns are the same as when the whole input is scored.
+
+    Raises :class:`InputError` naming the path that does not exist or holds no Parquet files, or a
+    file of ``only`` that ``paths`` does not cover."""
     if isinstance(paths, str):
         paths = [paths]
     if not paths or not all(isinstance(p, str) and p for p in paths):
         raise InputError("input.path is empty: set it to a Parquet file, directory or glob")
     fs = None
     files: list[InputFile] = []
+    wanted = set(only) if only is not None else set()
     for raw in paths:
         fs_i, path = resolve_filesystem(raw, fs_config)
         fs = fs or fs_i
@@ -122,6 +131,8 @@ def discover_files(
                         found.append((child.path, rel))
                 if not found:
                     raise InputError(f"input.path {raw!r} is a directory without Parquet files")
+        if only is not None:
+            found = [(p, rel) for p, rel in found if p in wanted]
         for p, rel in sorted(found):
             try:
                 meta = pq.ParquetFile(p, filesystem=fs_i).metadata
@@ -136,6 +147,12 @@ def discover_files(
                     row_group_rows=rg,
                     partition=_hive_partition(rel) if partitioning == "hive" else {},
                 )
+            )
+    if only is not None:
+        missing = sorted(wanted - {f.path for f in files})
+        if missing:
+            raise InputError(
+                f"input file {missing[0]} (one of {len(missing)} requested) is not covered by input.path {paths!r}"
             )
     return fs, files
 

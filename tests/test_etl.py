@@ -286,9 +286,8 @@ def test_a_run_in_progress_holds_off_a_second_one(tmp_path):
 def test_listing_and_per_file_selection_match_the_pipelines_discovery(tmp_path, pattern):
     """The ETL lists inputs without opening them and hands the pipeline one file at a time; both
     must see the same files with the same relpaths (ids ``<relpath>:<row>``, hive columns)."""
-    from rayformers.jobs.etl import _literal_glob
     from rayformers.jobs.etl_state import list_input_files
-    from rayformers.pipeline.source import discover_files
+    from rayformers.pipeline.source import InputError, discover_files
 
     root = tmp_path / "in"
     for rel in ("day=1/a.parquet", "day=1/[x]*?.parquet", "!bang/b.parquet", "day=2/c d.parquet", "_hidden/z.parquet"):
@@ -299,7 +298,9 @@ def test_listing_and_per_file_selection_match_the_pipelines_discovery(tmp_path, 
     assert [(f.path, f.relpath) for f in listed] == [(f.path, f.relpath) for f in discovered]
     assert len(listed) == (4 if pattern is None else 5)  # as the pipeline: globs do not skip _hidden
     for f in listed:
-        _, one = discover_files(_literal_glob(f))
+        _, one = discover_files(raw, only=[f.path])
         assert [(g.path, g.relpath, g.partition) for g in one] == [
             (d.path, d.relpath, d.partition) for d in discovered if d.path == f.path
         ]
+    with pytest.raises(InputError, match="is not covered by input.path"):
+        discover_files(raw, only=[str(tmp_path / "elsewhere.parquet")])

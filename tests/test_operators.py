@@ -255,3 +255,20 @@ def test_token_classify_aggregations_match_transformers(tmp_path, strategy):
             (w[key], w["word"], w["start"], w["end"]) for w in want
         ]
         np.testing.assert_allclose([e["score"] for e in entities], [float(w["score"]) for w in want], atol=1e-5)
+
+
+def test_default_token_budget_depends_on_task_and_device_and_half_precision_cpu_warns(caplog):
+    from rayformers.operators.generate import GenerateOperator
+    from rayformers.operators.loading import cpu_has_native_bf16, warn_slow_cpu_dtype
+
+    assert EmbedOperator(model=TinyEncoder(), pooling="mean").max_tokens == 2048  # CPU default
+    assert EmbedOperator(model=TinyEncoder(), pooling="mean", max_tokens_per_batch=64).max_tokens == 64
+    assert GenerateOperator.default_token_budget["cpu"] > EmbedOperator.default_token_budget["cpu"]
+
+    assert warn_slow_cpu_dtype(torch.float32, "cpu") is None
+    assert warn_slow_cpu_dtype(torch.bfloat16, "cuda") is None
+    with caplog.at_level("WARNING", logger="rayformers.operators.loading"):
+        message = warn_slow_cpu_dtype(torch.float16, "cpu")
+    assert "float16" in message and "slower than float32" in message
+    assert any(r.name == "rayformers.operators.loading" for r in caplog.records)
+    assert (warn_slow_cpu_dtype(torch.bfloat16, "cpu") is None) == cpu_has_native_bf16()
