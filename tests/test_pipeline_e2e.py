@@ -140,6 +140,37 @@ def test_classify_poison_rows_budget_then_resume_publishes(ray_session, tmp_path
         assert ordered[i]["num_tokens"] == min(len(hf_tok(texts[i])["input_ids"]), 64)
 
 
+def test_text_pairs_cross_encoder_matches_transformers(ray_session, tmp_path, minilm_path):
+    """``input.text_pair_column``: (query, passage) rows scored as pairs with token type ids, the
+    way a cross-encoder (or NLI model) is run; a row with a null passage is an error record."""
+    import transformers
+
+    model_dir = tiny_bert(tmp_path / "xenc", minilm_path, "BertForSequenceClassification", num_labels=1, type_vocab_size=2)
+    queries = ["what is ray", "capital of france", "long query " * 30, "emoji 🙂 query", "no passage"]
+    passages = ["Ray is a framework for scaling Python.", "Paris is the capital.", "short", "漢字 passage " * 20, None]
+    inp = write_input(tmp_path / "in", queries, files=1, passage=passages)
+    report = run(
+        {
+            "input": {"path": str(inp), "text_pair_column": "passage"},
+            "model": {"path": str(model_dir), "task": "classify"},
+            "output": {"path": str(tmp_path / "out"), "max_error_fraction": 0.5},
+        }
+    )
+    assert report.rows == 5 and report.errors == 1
+    rows = {r["id"]: r for r in read_output(str(tmp_path / "out")).to_pylist()}
+    assert rows["part0.parquet:4"]["error"] == "passage: text is null"
+
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    for i in range(4):
+        enc = tok(queries[i], passages[i], truncation=True, max_length=64, return_tensors="pt")
+        with torch.no_grad():
+            want = torch.sigmoid(ref(**enc).logits[0, 0]).item()  # one logit: sigmoid, as transformers' pipeline
+        got = rows[f"part0.parquet:{i}"]
+        assert got["error"] is None and got["num_tokens"] == enc["input_ids"].shape[1]
+        assert got["score"] == pytest.approx(want, abs=1e-5)
+
+
 def test_embed_minilm_equals_sentence_transformers_with_default_compute_on_2_cpus(ray_session, tmp_path, minilm_path):
     assert ray_session.cluster_resources()["CPU"] == 2.0  # default compute must not hang here
     from sentence_transformers import SentenceTransformer
