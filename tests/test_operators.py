@@ -82,6 +82,34 @@ def test_micro_batches_respect_token_budget_and_cover_every_row_once():
         assert [lengths[i] for i in g] == sorted((lengths[i] for i in g), reverse=True)
 
 
+def test_micro_batch_cuts_minimise_padding_plus_per_call_cost():
+    import itertools
+
+    def plan_cost(groups, lengths, per_call):
+        return sum(max(lengths[i] for i in g) * len(g) + per_call for g in groups)
+
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        lengths = [int(x) for x in rng.lognormal(3.3, 0.9, size=10).clip(1, 256)]
+        per_call = [0, 16, 64][trial % 3]
+        got = plan_micro_batches(lengths, max_tokens=256, max_rows=6, batch_cost_tokens=per_call)
+        order = sorted(range(10), key=lambda i: (-lengths[i], i))
+        best = None
+        for cuts in itertools.product([0, 1], repeat=9):  # every split of the sorted rows
+            groups, current = [], [order[0]]
+            for k, cut in enumerate(cuts):
+                if cut:
+                    groups.append(current)
+                    current = []
+                current.append(order[k + 1])
+            groups.append(current)
+            longest_ok = all(len(g) == 1 or max(lengths[i] for i in g) * len(g) <= 256 for g in groups)
+            if longest_ok and all(len(g) <= 6 for g in groups):
+                c = plan_cost(groups, lengths, per_call)
+                best = c if best is None else min(best, c)
+        assert plan_cost(got, lengths, per_call) == best
+
+
 def test_micro_batch_larger_than_budget_still_scored_alone():
     assert plan_micro_batches([5000, 3], max_tokens=100, max_rows=8) == [[0], [1]]
 
