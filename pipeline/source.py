@@ -98,6 +98,8 @@ def discover_files(
         paths = [paths]
     if not paths or not all(isinstance(p, str) and p for p in paths):
         raise InputError("input.path is empty: set it to a Parquet file, directory or glob")
+    if only is not None and not only:
+        raise InputError("the list of input files to score is empty: nothing to do")
     fs = None
     files: list[InputFile] = []
     wanted = set(only) if only is not None else set()

@@ -304,3 +304,5 @@ def test_listing_and_per_file_selection_match_the_pipelines_discovery(tmp_path, 
         ]
     with pytest.raises(InputError, match="is not covered by input.path"):
         discover_files(raw, only=[str(tmp_path / "elsewhere.parquet")])
+    with pytest.raises(InputError, match="nothing to do"):
+        discover_files(raw, only=[])
