@@ -202,3 +202,13 @@ def test_retried_write_is_idempotent_and_overlaps_are_deduplicated(tmp_path):
     ids = pq.read_table(st.data_dir).column("id").to_pylist()
     assert sorted(ids) == ["a", "b", "c"]
     assert part_name(pa.array(["a"])) != part_name(pa.array(["b"]))
+
+    # integer ids, several overlapping parts, errors counted once per kept row
+    st = prepare_output(fs, str(tmp_path / "n"), "overwrite", "fp", "id", {})
+    write_part(fs, st.data_dir, part([1, 2], ["bad", None]), "id", "snappy")
+    write_part(fs, st.data_dir, part([2, 3]), "id", "snappy")
+    write_part(fs, st.data_dir, part([4]), "id", "snappy")
+    write_part(fs, st.data_dir, part([1, 3, 5], ["bad", None, None]), "id", "snappy")
+    counts = collect_staged(fs, st.data_dir, "id", expected_rows=5)
+    assert (counts.rows, counts.duplicates_removed, counts.errors, counts.tokens) == (5, 3, 1, 15)
+    assert sorted(pq.read_table(st.data_dir).column("id").to_pylist()) == [1, 2, 3, 4, 5]
