@@ -14,7 +14,6 @@ holds the last holder's pid/host/time for messages only).
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import logging
@@ -29,13 +28,13 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
+from rayformers.pipeline.source import list_input_path
+
 logger = logging.getLogger("rayformers.etl")
 
 STATE_FILE = "_etl_state.json"
 LOCK_FILE = "_etl.lock"
 STATE_FORMAT = "rayformers-etl/1"
-
-_GLOB_CHARS = set("*?[")
 
 
 def utc_now() -> str:
@@ -72,10 +71,6 @@ class FileVersion:
         return cls(d["path"], d["base"], d["relpath"], int(d["size"]), int(d["mtime_ns"]))
 
 
-def _hidden(relpath: str) -> bool:
-    return any(p.startswith((".", "_")) for p in relpath.split("/"))
-
-
 def _mtime_ns(info: pafs.FileInfo) -> int:
     ns = getattr(info, "mtime_ns", None)
     if ns is not None:
@@ -84,39 +79,17 @@ def _mtime_ns(info: pafs.FileInfo) -> int:
 
 
 def list_input_files(fs: pafs.FileSystem, roots: list[tuple[str, str]]) -> list[FileVersion]:
-    """List ``(raw, path)`` input roots the way ``pipeline.source.discover_files`` expands them
-    (file → itself; directory → every non-hidden file below it; glob → matches under its fixed
-    prefix), but from the listing alone: no footers are read, so a tick over a large, mostly
-    unchanged dataset costs one listing. Errors name the configured path."""
+    """List ``(raw, path)`` input roots with the pipeline's own expansion (``list_input_path``),
+    from the listing alone: no footers are read, so a tick over a large, mostly unchanged dataset
+    costs one listing. Errors name the configured path."""
     out: dict[str, FileVersion] = {}
     for raw, path in roots:
-        if any(c in path for c in _GLOB_CHARS):
-            base = path
-            while any(c in base for c in _GLOB_CHARS):
-                base = posixpath.dirname(base)
-            try:
-                infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-            except (FileNotFoundError, OSError):
-                infos = []
-            found = [
-                FileVersion(i.path, base, posixpath.relpath(i.path, base), int(i.size), _mtime_ns(i))
-                for i in infos
-                if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)
-            ]
-        else:
-            info = fs.get_file_info(path)
-            if info.type == pafs.FileType.NotFound:
-                raise FileNotFoundError(f"input.path {raw!r} does not exist")
-            if info.type == pafs.FileType.File:
-                found = [FileVersion(path, posixpath.dirname(path), posixpath.basename(path), int(info.size), _mtime_ns(info))]
-            else:
-                found = []
-                for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-                    rel = posixpath.relpath(i.path, path)
-                    if i.type == pafs.FileType.File and not _hidden(rel):
-                        found.append(FileVersion(i.path, path, rel, int(i.size), _mtime_ns(i)))
-        for f in found:
-            out.setdefault(f.path, f)
+        try:
+            listed = list_input_path(fs, path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"input.path {raw!r} does not exist") from None
+        for info, base, rel in listed:
+            out.setdefault(info.path, FileVersion(info.path, base, rel, int(info.size), _mtime_ns(info)))
     return sorted(out.values(), key=lambda f: f.path)
 
 

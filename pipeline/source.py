@@ -80,6 +80,43 @@ def _is_hidden(relpath: str) -> bool:
     return any(p.startswith((".", "_")) for p in relpath.split("/"))
 
 
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in _GLOB_CHARS)
+
+
+def list_input_path(fs: pafs.FileSystem, path: str) -> list[tuple[pafs.FileInfo, str, str]]:
+    """The files one input path names, as ``(info, base, relpath)``, from a listing alone (no
+    footer is read): a file is itself (base: its folder); a directory gives every non-hidden file
+    below it (base: the directory); a glob gives its matches below its fixed prefix (base: that
+    prefix; hidden names included, since the pattern names them). ``relpath`` under ``base`` is
+    what generated ids and hive columns are made of, so the pipeline and the incremental ETL both
+    list through here. Raises ``FileNotFoundError`` for a plain path that does not exist."""
+    if _is_glob(path):
+        base = path
+        while _is_glob(base):
+            base = posixpath.dirname(base)
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        except (FileNotFoundError, OSError):
+            infos = []
+        return [
+            (i, base, posixpath.relpath(i.path, base))
+            for i in infos
+            if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)
+        ]
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    if info.type == pafs.FileType.File:
+        return [(info, posixpath.dirname(path), posixpath.basename(path))]
+    listed = []
+    for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        rel = posixpath.relpath(i.path, path)
+        if i.type == pafs.FileType.File and not _is_hidden(rel):
+            listed.append((i, path, rel))
+    return listed
+
+
 def discover_files(
     paths: str | list,
     fs_config: Optional[FilesystemConfig] = None,
@@ -106,33 +143,14 @@ def discover_files(
     for raw in paths:
         fs_i, path = resolve_filesystem(raw, fs_config)
         fs = fs or fs_i
-        found: list[tuple[str, str]] = []  # (path, relpath)
-        if any(c in path for c in _GLOB_CHARS):
-            base = path
-            while any(c in base for c in _GLOB_CHARS):
-                base = posixpath.dirname(base)
-            try:
-                infos = fs_i.get_file_info(pafs.FileSelector(base, recursive=True))
-            except (FileNotFoundError, OSError):
-                infos = []
-            for info in infos:
-                if info.type == pafs.FileType.File and fnmatch.fnmatch(info.path, path):
-                    found.append((info.path, posixpath.relpath(info.path, base)))
-            if not found:
-                raise InputError(f"input.path {raw!r}: the glob matches no files")
-        else:
-            info = fs_i.get_file_info(path)
-            if info.type == pafs.FileType.NotFound:
-                raise InputError(f"input.path {raw!r} does not exist")
-            if info.type == pafs.FileType.File:
-                found.append((path, posixpath.basename(path)))
-            else:
-                for child in fs_i.get_file_info(pafs.FileSelector(path, recursive=True)):
-                    rel = posixpath.relpath(child.path, path)
-                    if child.type == pafs.FileType.File and not _is_hidden(rel):
-                        found.append((child.path, rel))
-                if not found:
-                    raise InputError(f"input.path {raw!r} is a directory without Parquet files")
+        try:
+            listed = list_input_path(fs_i, path)
+        except FileNotFoundError:
+            raise InputError(f"input.path {raw!r} does not exist") from None
+        if not listed:
+            what = ": the glob matches no files" if _is_glob(path) else " is a directory without Parquet files"
+            raise InputError(f"input.path {raw!r}{what}")
+        found = [(info.path, rel) for info, _, rel in listed]
         if only is not None:
             found = [(p, rel) for p, rel in found if p in wanted]
         for p, rel in sorted(found):
