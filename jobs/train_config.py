@@ -21,13 +21,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from rayformers.pipeline.config import (
-    ComputeConfig,
     ConfigError,
-    InputConfig,
-    ModelConfig,
-    OutputConfig,
-    TaskConfig,
-    TokenizerConfig,
+    JobConfig,
     build_dataclass,
     deep_merge,
     describe,
@@ -142,20 +137,11 @@ class TrainConfig:
 
 
 @dataclass
-class TrainJobConfig:
-    """A whole fine-tuning job (``rayformers train``). ``output`` is accepted (and unused) so one
-    YAML can serve ``rayformers run`` as well."""
+class TrainJobConfig(JobConfig):
+    """A whole fine-tuning job (``rayformers train``): the inference job's sections plus
+    ``train``. ``output`` is accepted (and unused) so one YAML can serve ``rayformers run`` too."""
 
-    input: InputConfig = field(default_factory=InputConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 _TRAIN_CHOICES = {
