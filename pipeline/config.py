@@ -76,8 +76,11 @@ class InputConfig:
     filesystem: FilesystemConfig = field(default_factory=FilesystemConfig)
     """Filesystem for reading the input."""
     check_unique_ids: bool = True
-    """With ``id_column``: check before the run that ids are unique (reads that one column), since
-    ``resume`` and the exactly-once check rely on it."""
+    """With ``id_column``: check before the run that ids are unique (reads that one column). Up
+    to ``unique_ids_driver_rows`` rows the driver counts them in memory; above, a Ray Data
+    ``groupby(id).count()`` does it across the cluster, so driver memory does not grow with rows."""
+    unique_ids_driver_rows: int = 5_000_000
+    """Largest input whose id check runs in driver memory (~100 bytes per id)."""
 
 
 @dataclass
@@ -202,8 +205,12 @@ class ComputeConfig:
     """Intra-op threads per CPU model actor; default: the node's CPUs divided by
     ``model_max_actors``."""
     batch_size: int = 256
-    """Rows per Ray block: one tokenizer call, one model call (sorted by length inside) and one
-    staged part file. Also the granularity of resume after a crash."""
+    """Rows per Ray block, whatever the input's row groups (a 1M-row group is read in slices and
+    kept as blocks of this size end to end): one tokenizer call and one model call (sorted by
+    length inside). The unit of work and retry; staged files gather ``output.stage_rows``."""
+    read_rows_per_task: int = 65536
+    """Rows per read task (consecutive row groups of one file; a bigger row group is one task,
+    streamed in ``batch_size`` slices)."""
     max_tokens_per_batch: Optional[int] = None
     """Padded-token budget of one forward micro-batch (rows × longest row). Default: 2,048 on CPU
     for classify/embed/token-classify (small batches keep activations in cache: measured fastest),
@@ -239,6 +246,16 @@ class OutputConfig:
     """Parquet compression codec."""
     keep_text: bool = False
     """Also write the input text column (handy for inspection)."""
+    stage_rows: int = 16384
+    """Rows per staged file: a write task waits for this many rows. What a crash can lose per
+    write in flight (resume skips everything staged)."""
+    target_file_mb: int = 256
+    """Published file size: staged files under half of this are merged into files of about this
+    size before publishing (what Spark, Trino and DuckDB read best: 64-512 MB)."""
+    lock_ttl_s: float = 300.0
+    """Object stores: seconds a run's lease on its output lasts without renewal (renewed every
+    third of it). A killed driver's lease blocks other runs this long; local outputs use a kernel
+    lock, released at once when its holder dies."""
 
 
 @dataclass

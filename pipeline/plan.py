@@ -1,21 +1,31 @@
 """The Ray Data plan of an inference job, built from a :class:`ResolvedJob`.
 
-read (row-group tasks) → tokenize (CPU actor pool) → model (actor pool, GPU or CPU) → staged
-write. Every stage reserves a fraction of a CPU chosen by ``compute``, so on a small machine the
-read and write tasks always find room next to the actors.
+read (row-group tasks, streamed in slices) → blocks of ``compute.batch_size`` rows → tokenize
+(CPU actor pool) → model (actor pool, GPU or CPU) → staged write. Every stage reserves a fraction
+of a CPU chosen by ``compute``, so on a small machine the read and write tasks always find room
+next to the actors.
+
+Why ``repartition(target_num_rows_per_block=...)`` after the read: a read task's yields are
+coalesced by Ray into blocks of up to ``DataContext.target_max_block_size`` (128 MiB), so a
+Parquet file with one 250k-row row group would flow as one 250k-row block: one tokenizer call,
+one model call, nothing staged until all of it is done. Ray's streaming repartition cuts blocks
+back to ``batch_size`` rows without a shuffle; they stay that size through the actor stages
+(one block per call), and each row carries its place in the input, so block boundaries never
+matter for correctness, only for latency and memory.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Optional
 
 from rayformers.operators import OPERATOR_FOR_TASK, TokenizeOperator
 
 from .preflight import ResolvedJob
 
 
-def build_dataset(job: ResolvedJob, skip_ids_ref: Any = None):
-    """The lazy dataset up to (not including) the write."""
+def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
+    """The lazy dataset up to (not including) the write; ``done`` (unit key → row ranges staged
+    by an interrupted attempt) is skipped by the read."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -28,12 +38,14 @@ def build_dataset(job: ResolvedJob, skip_ids_ref: Any = None):
         job.files,
         job.read_columns,
         cfg.input.id_column,
-        skip_ids_ref=skip_ids_ref,
+        done=done,
         block_rows=c.batch_size,
+        rows_per_task=c.read_rows_per_task,
     )
-    # One block per read unit: without this Ray splits small inputs into ~200 tiny blocks, and
-    # every block costs a scheduling round trip through each stage.
+    # One read task per planned unit: without this Ray splits small inputs into ~200 tiny blocks,
+    # and every block costs a scheduling round trip through each stage.
     ds = ray.data.read_datasource(source, num_cpus=c.io_num_cpus, override_num_blocks=max(1, source.num_units))
+    ds = ds.repartition(target_num_rows_per_block=c.batch_size)
     ds = ds.map_batches(
         TokenizeOperator,
         fn_constructor_kwargs=dict(
@@ -50,7 +62,7 @@ def build_dataset(job: ResolvedJob, skip_ids_ref: Any = None):
         compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
         num_cpus=c.tokenizer_num_cpus,
         resources=c.tokenizer_resources or None,
-        batch_size=None,  # one read block per call: blocks stay aligned with part files
+        batch_size=None,  # one block (compute.batch_size rows) per call
         batch_format="pyarrow",
         zero_copy_batch=True,
     )

@@ -20,7 +20,10 @@ from rayformers.operators.embed import sentence_transformers_defaults
 from rayformers.operators.loading import TASK_AUTO_CLASS
 from rayformers.operators.records import ERROR_COLUMN
 
+from .commit import staging_path
 from .config import TASKS, ConfigError, JobConfig
+from .locks import lock_path_for
+from .output_safety import UnsafeOutputError, check_disjoint, location
 from .source import ID_COLUMN, InputError, InputFile, discover_files, file_schema, resolve_filesystem
 
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.null())
@@ -58,6 +61,9 @@ class ResolvedJob:
     """Text columns not needed after tokenization (not kept in the output)."""
     drop_after_model: list[str] = field(default_factory=list)
     """Text columns the model stage still needs (token-classify) but the output does not."""
+
+    id_check_deferred: bool = False
+    """The input is too large for the driver-side id check: run the distributed one with Ray."""
 
     @property
     def total_rows(self) -> int:
@@ -101,8 +107,17 @@ def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -
                 raise PreflightError(f"input.id_column: column {inp.id_column!r} in {f.path} has type {t}; use an integer or string id")
 
 
+def _duplicate_error(n_dup: int, examples: list) -> PreflightError:
+    shown = ", ".join(repr(v) for v in examples[:5])
+    return PreflightError(
+        f"input.id_column: {n_dup} ids occur more than once (e.g. {shown}); ids must be unique "
+        f"(or unset input.id_column to use generated <file>:<row> ids)"
+    )
+
+
 def check_unique_ids(fs: pafs.FileSystem, files: list[InputFile], id_column: str) -> None:
-    """Resume and the exactly-once check rely on unique ids: verify them (one column read)."""
+    """Resume and the exactly-once check rely on unique ids: verify them in driver memory (one
+    column read; for inputs up to ``input.unique_ids_driver_rows`` rows)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -118,11 +133,41 @@ def check_unique_ids(fs: pafs.FileSystem, files: list[InputFile], id_column: str
     counts = pc.value_counts(ids)
     dup = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(dup):
-        examples = ", ".join(repr(v) for v in dup.field("values")[:5].to_pylist())
-        raise PreflightError(
-            f"input.id_column: {len(dup)} ids occur more than once (e.g. {examples}); ids must be unique "
-            f"(or unset input.id_column to use generated <file>:<row> ids)"
-        )
+        raise _duplicate_error(len(dup), dup.field("values")[:5].to_pylist())
+
+
+def check_unique_ids_distributed(fs: pafs.FileSystem, files: list[InputFile], id_column: str) -> None:
+    """The same check as a Ray Data hash aggregation (``groupby(id).count()``): ids are shuffled
+    across the cluster's workers, and only the duplicates (at most a few) reach the driver, so
+    its memory does not grow with the row count."""
+    import ray
+
+    ds = ray.data.read_parquet([f.path for f in files], filesystem=fs, columns=[id_column])
+    counts = ds.groupby(id_column).count()
+    dup = counts.filter(lambda row: row["count()"] > 1 or row[id_column] is None)
+    found = dup.take(6)
+    if found:
+        if any(r[id_column] is None for r in found):
+            raise PreflightError("input.id_column: null ids in the input; every row needs an id")
+        raise _duplicate_error(dup.count(), [r[id_column] for r in found])
+
+
+def check_output_location(cfg: JobConfig, out_fs: pafs.FileSystem, out_path: str) -> None:
+    """Inputs and outputs never overlap, in any mode (see :mod:`.output_safety`)."""
+    paths = cfg.input.path if isinstance(cfg.input.path, list) else [cfg.input.path]
+    inputs = []
+    for raw in paths:
+        fs_i, p = resolve_filesystem(raw, cfg.input.filesystem)
+        inputs.append(location(fs_i, p, shown=raw))
+    outputs = [
+        ("output.path", location(out_fs, out_path, shown=cfg.output.path)),
+        ("the output's staging directory", location(out_fs, staging_path(out_path))),
+        ("the output's lock", location(out_fs, lock_path_for(out_path, "lock"))),
+    ]
+    try:
+        check_disjoint(inputs, outputs)
+    except UnsafeOutputError as e:
+        raise PreflightError(str(e)) from e
 
 
 def resolve_model(cfg: JobConfig):
@@ -190,6 +235,17 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
             raise PreflightError(f"model.path {cfg.model.path!r}: {e}") from e
     if not out.path:
         raise PreflightError("output.path is empty: set where predictions are written")
+    for key, value in (
+        ("compute.batch_size", cfg.compute.batch_size),
+        ("compute.read_rows_per_task", cfg.compute.read_rows_per_task),
+        ("output.stage_rows", out.stage_rows),
+        ("output.target_file_mb", out.target_file_mb),
+        ("output.lock_ttl_s", out.lock_ttl_s),
+    ):
+        if not value > 0:
+            raise PreflightError(f"{key} must be positive, got {value}")
+    out_fs, out_path = resolve_filesystem(out.path, out.filesystem)
+    check_output_location(cfg, out_fs, out_path)
     if not inp.text_column:
         raise PreflightError("input.text_column is empty")
     id_generated = inp.id_column is None
@@ -209,8 +265,12 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         raise PreflightError(str(e)) from e
     check_columns(cfg, fs, files)
 
+    id_check_deferred = False
     if inp.id_column and inp.check_unique_ids:
-        check_unique_ids(fs, files, inp.id_column)
+        if sum(f.num_rows for f in files) <= inp.unique_ids_driver_rows:
+            check_unique_ids(fs, files, inp.id_column)
+        else:
+            id_check_deferred = True  # run() checks with Ray once it is up, before any scoring
 
     model_config = resolve_model(cfg)
     tok_path = cfg.tokenizer.path or cfg.model.path
@@ -259,7 +319,6 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         keep.add(inp.text_column)
     drop = [c for c in (inp.text_column, inp.text_pair_column) if c and c not in keep]
 
-    out_fs, out_path = resolve_filesystem(out.path, out.filesystem)
     job = ResolvedJob(
         config=cfg,
         input_fs=fs,
@@ -276,6 +335,7 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         task_options=options,
         drop_after_tokenize=[] if text_needed_by_model else drop,
         drop_after_model=drop if text_needed_by_model else [],
+        id_check_deferred=id_check_deferred,
     )
     return job
 
