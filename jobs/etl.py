@@ -5,9 +5,10 @@ Supports: the same YAML as ``rayformers run`` (plus an optional ``etl:`` section
 ``--every 15m`` / ``--cron '*/15 * * * *'`` loop; exactly-once output across crashes; refusal to
 mix outputs of different configurations unless ``--reprocess``.
 Does not support: input formats other than Parquet (as the pipeline); removing the rows of input
-files that were deleted (they stay, and each run logs them); several machines scheduling the same
-output (the lock is per machine for object-store outputs: use the external scheduler's
-no-overlap policy, e.g. a Kubernetes CronJob with ``concurrencyPolicy: Forbid``).
+files that were deleted (they stay, and each run logs them). Runs on one root exclude each other
+through the pipeline's per-output lock (kernel lock locally, a renewed lease object on object
+stores); an external scheduler's no-overlap policy (a Kubernetes CronJob with
+``concurrencyPolicy: Forbid``) still saves the refused start.
 
 Output layout under ``output.path`` (the *root*)::
 
@@ -18,7 +19,7 @@ Output layout under ``output.path`` (the *root*)::
     run-000002/                  _manifest.json, _SUCCESS), written by the pipeline's commit
     run-000001-v2/               protocol; "-vN": rows of a since-changed input file removed
     _etl/ids/run-000001.parquet  lineage: (input file, row id) of every row a run scored
-    _etl.lock                    the lock (local outputs)
+    _etl.lock                    the lock (local outputs; object stores: ../.<root>.rayformers-lease)
 
 Readers trust only the runs listed in ``_etl_state.json`` (:func:`committed_run_paths`,
 :func:`read_etl_output`): each input row is in exactly one of them.

@@ -498,7 +498,9 @@ def collect_staged(
                 continue
         for unit, a, b in f.ranges:
             cov.add(unit, a, b)
-        kept.append(f)
+        # Only the first range is kept (file order for compaction): the driver's memory is the
+        # merged coverage, O(row groups), plus O(files), however fragmented the files are.
+        kept.append(StagedFile(f.path, f.rows, f.errors, f.tokens, f.size, f.ranges[:1]))
     rows = sum(f.rows for f in kept)
     if units is not None:
         done = cov.done()
@@ -535,8 +537,8 @@ def collect_staged(
 def _merge_files(fs: pafs.FileSystem, data_dir: str, sources: list[StagedFile], compression: str) -> StagedFile:
     """One file holding ``sources`` (in order), written atomically; the sources are then deleted."""
     tables = [pq.read_table(s.path, filesystem=fs) for s in sources]
+    ranges = [r for t in tables for r in json.loads(t.schema.metadata[FOOTER_KEY].decode())["ranges"]]
     table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
-    ranges = [r for s in sources for r in s.ranges]
     name = "part-" + hashlib.sha1("\x1f".join(s.name for s in sources).encode()).hexdigest()[:24] + ".parquet"
     info = {"ranges": ranges, "rows": table.num_rows, "errors": sum(s.errors for s in sources), "tokens": sum(s.tokens for s in sources)}
     _write_file(fs, data_dir, name, table, info, compression)

@@ -140,11 +140,16 @@ def check_unique_ids_distributed(fs: pafs.FileSystem, files: list[InputFile], id
     """The same check as a Ray Data hash aggregation (``groupby(id).count()``): ids are shuffled
     across the cluster's workers, and only the duplicates (at most a few) reach the driver, so
     its memory does not grow with the row count."""
+    import pyarrow.compute as pc
     import ray
 
     ds = ray.data.read_parquet([f.path for f in files], filesystem=fs, columns=[id_column])
     counts = ds.groupby(id_column).count()
-    dup = counts.filter(lambda row: row["count()"] > 1 or row[id_column] is None)
+
+    def suspicious(t: pa.Table) -> pa.Table:
+        return t.filter(pc.or_kleene(pc.greater(t["count()"], 1), pc.is_null(t[id_column])))
+
+    dup = counts.map_batches(suspicious, batch_format="pyarrow", batch_size=None).materialize()  # only duplicates
     found = dup.take(6)
     if found:
         if any(r[id_column] is None for r in found):
