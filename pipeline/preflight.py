@@ -232,7 +232,7 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
     inp, out = cfg.input, cfg.output
     if "@" in cfg.model.path:
         # `runs/<name>@best` / `@latest` / `@step-N`: a checkpoint of a `rayformers train` run.
-        from rayformers.jobs.checkpoints import resolve_model_reference
+        from rayformers.models.checkpoint_refs import resolve_model_reference
 
         try:
             cfg.model.path = resolve_model_reference(cfg.model.path)
