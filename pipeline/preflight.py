@@ -223,21 +223,98 @@ def resolve_max_length(cfg: JobConfig, tokenizer: Any, model_config: Any, st: di
     return limit
 
 
+@dataclass
+class ProcessingSpec:
+    """What the tokenizer and model stages need, resolved from the config alone (no input path):
+    shared by :func:`preflight` (whole jobs) and ``build_processor`` (any Ray Dataset)."""
+
+    config: JobConfig
+    tokenizer_path: str
+    max_length: Optional[int]
+    pad_token_id: int
+    model_type: str
+    task_options: dict = field(default_factory=dict)
+    drop_after_tokenize: list[str] = field(default_factory=list)
+    drop_after_model: list[str] = field(default_factory=list)
+
+
+def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Collection[str] = ()) -> ProcessingSpec:
+    """Model, tokenizer and task settings checked and resolved (clear errors, nothing read yet)."""
+    from rayformers.operators.loading import load_tokenizer
+
+    inp = cfg.input
+    model_config = resolve_model(cfg)
+    tok_path = cfg.tokenizer.path or cfg.model.path
+    try:
+        tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only)
+    except Exception as e:  # noqa: BLE001
+        raise PreflightError(f"tokenizer {tok_path!r}: cannot load ({type(e).__name__}: {e})") from e
+    st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
+    max_length = resolve_max_length(cfg, tokenizer, model_config, st)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model_config, "pad_token_id", None) or 0
+
+    task = cfg.model.task
+    t = cfg.task
+    text_needed_by_model = task == "token-classify"
+    options: dict
+    if task == "classify":
+        options = {"top_k": t.top_k, "function_to_apply": t.function_to_apply, "threshold": t.threshold}
+    elif task == "embed":
+        pooling = st.get("pooling", "mean") if t.pooling == "auto" else t.pooling
+        normalize = st.get("normalize", False) if t.normalize is None else t.normalize
+        options = {"pooling": pooling, "normalize": normalize}
+    elif task == "token-classify":
+        if not getattr(model_config, "id2label", None):
+            raise PreflightError(f"model.path {cfg.model.path!r} has no id2label; token-classify needs label names")
+        options = {
+            "text_column": inp.text_column,
+            "tokenizer_path": tok_path,
+            "aggregation_strategy": t.aggregation_strategy,
+            "ignore_labels": list(t.ignore_labels),
+        }
+    else:
+        options = {
+            "generation": t.generation.generate_kwargs(),
+            "max_batch_size": t.generation.max_batch_size,
+            "tokenizer_path": tok_path,
+        }
+
+    keep = set(keep_columns)
+    if keep_text:
+        keep.add(inp.text_column)
+    drop = [c for c in (inp.text_column, inp.text_pair_column) if c and c not in keep]
+    return ProcessingSpec(
+        config=cfg,
+        tokenizer_path=tok_path,
+        max_length=max_length,
+        pad_token_id=int(pad),
+        model_type=getattr(model_config, "model_type", "?"),
+        task_options=options,
+        drop_after_tokenize=[] if text_needed_by_model else drop,
+        drop_after_model=drop if text_needed_by_model else [],
+    )
+
+
+def resolve_model_reference_in_config(cfg: JobConfig) -> None:
+    """`runs/<name>@best` / `@latest` / `@step-N`: a checkpoint of a `rayformers train` run."""
+    if "@" not in cfg.model.path:
+        return
+    from rayformers.models.checkpoint_refs import resolve_model_reference
+
+    try:
+        cfg.model.path = resolve_model_reference(cfg.model.path)
+    except Exception as e:  # noqa: BLE001 - any failure is a config problem to report
+        raise PreflightError(f"model.path {cfg.model.path!r}: {e}") from e
+
+
 def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> ResolvedJob:
     """Validate everything that can be validated without Ray; resolve operator settings.
 
     ``input_files`` restricts the job to those files of ``input.path`` (see ``discover_files``)."""
-    from rayformers.operators.loading import load_tokenizer
-
     inp, out = cfg.input, cfg.output
-    if "@" in cfg.model.path:
-        # `runs/<name>@best` / `@latest` / `@step-N`: a checkpoint of a `rayformers train` run.
-        from rayformers.models.checkpoint_refs import resolve_model_reference
-
-        try:
-            cfg.model.path = resolve_model_reference(cfg.model.path)
-        except Exception as e:  # noqa: BLE001 - any failure is a config problem to report
-            raise PreflightError(f"model.path {cfg.model.path!r}: {e}") from e
+    resolve_model_reference_in_config(cfg)
     if not out.path:
         raise PreflightError("output.path is empty: set where predictions are written")
     for key, value in (
@@ -277,53 +354,12 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         else:
             id_check_deferred = True  # run() checks with Ray once it is up, before any scoring
 
-    model_config = resolve_model(cfg)
-    tok_path = cfg.tokenizer.path or cfg.model.path
-    try:
-        tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only)
-    except Exception as e:  # noqa: BLE001
-        raise PreflightError(f"tokenizer {tok_path!r}: cannot load ({type(e).__name__}: {e})") from e
-    st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
-    max_length = resolve_max_length(cfg, tokenizer, model_config, st)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(model_config, "pad_token_id", None) or 0
-
-    task = cfg.model.task
-    t = cfg.task
-    text_needed_by_model = task == "token-classify"
-    options: dict
-    if task == "classify":
-        options = {"top_k": t.top_k, "function_to_apply": t.function_to_apply, "threshold": t.threshold}
-    elif task == "embed":
-        pooling = st.get("pooling", "mean") if t.pooling == "auto" else t.pooling
-        normalize = st.get("normalize", False) if t.normalize is None else t.normalize
-        options = {"pooling": pooling, "normalize": normalize}
-    elif task == "token-classify":
-        if not getattr(model_config, "id2label", None):
-            raise PreflightError(f"model.path {cfg.model.path!r} has no id2label; token-classify needs label names")
-        options = {
-            "text_column": inp.text_column,
-            "tokenizer_path": tok_path,
-            "aggregation_strategy": t.aggregation_strategy,
-            "ignore_labels": list(t.ignore_labels),
-        }
-    else:
-        options = {
-            "generation": t.generation.generate_kwargs(),
-            "max_batch_size": t.generation.max_batch_size,
-            "tokenizer_path": tok_path,
-        }
+    spec = resolve_processing(cfg, keep_text=out.keep_text, keep_columns=(id_column, *inp.passthrough_columns))
 
     read_columns: list[str] = []
     for c in [inp.id_column, inp.text_column, inp.text_pair_column, *inp.passthrough_columns]:
         if c and c not in read_columns:
             read_columns.append(c)
-    keep = set(inp.passthrough_columns) | {id_column}
-    if out.keep_text:
-        keep.add(inp.text_column)
-    drop = [c for c in (inp.text_column, inp.text_pair_column) if c and c not in keep]
-
     job = ResolvedJob(
         config=cfg,
         input_fs=fs,
@@ -333,13 +369,13 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         id_generated=id_generated,
         output_fs=out_fs,
         output_path=out_path,
-        tokenizer_path=tok_path,
-        max_length=max_length,
-        pad_token_id=int(pad),
-        model_type=getattr(model_config, "model_type", "?"),
-        task_options=options,
-        drop_after_tokenize=[] if text_needed_by_model else drop,
-        drop_after_model=drop if text_needed_by_model else [],
+        tokenizer_path=spec.tokenizer_path,
+        max_length=spec.max_length,
+        pad_token_id=spec.pad_token_id,
+        model_type=spec.model_type,
+        task_options=spec.task_options,
+        drop_after_tokenize=spec.drop_after_tokenize,
+        drop_after_model=spec.drop_after_model,
         id_check_deferred=id_check_deferred,
     )
     return job

@@ -132,7 +132,7 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish) -> JobRepo
     stage: dict = {}
     results: list = []
     if state.resumed_rows < job.total_rows:
-        from .plan import build_dataset
+        from .dataflow import build_dataset
 
         ds = build_dataset(job, state.done)
         sink = make_datasink(job.output_fs, state.data_dir, cfg.output.compression, cfg.output.stage_rows)

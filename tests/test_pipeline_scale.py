@@ -40,7 +40,7 @@ def spark_like_input(path: Path, rows: int, **extra) -> Path:
 
 
 def test_one_big_row_group_flows_as_blocks_of_batch_size(ray_session, tmp_path, classifier):
-    from rayformers.pipeline.plan import build_dataset
+    from rayformers.pipeline.dataflow import build_dataset
 
     inp = spark_like_input(tmp_path / "in", 2000)
     cfg = load_config({
@@ -83,3 +83,59 @@ def test_duplicate_ids_are_found_without_a_driver_side_set(ray_session, tmp_path
     with pytest.raises(PreflightError, match=r"2 ids occur more than once \(e.g. (7, 42|42, 7)\)"):
         run(job)
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.rayformers-staging").exists()
+
+
+# --- Dataset in, Dataset out; a measured estimate before a big job --------------------------------
+
+
+def test_processor_on_any_dataset_equals_run(ray_session, tmp_path, classifier):
+    import pandas as pd
+    import ray
+
+    from rayformers.pipeline import build_processor
+
+    texts = [f"review {i}: " + "great " * (i % 9) for i in range(60)] + [None, "   "]
+    df = pd.DataFrame({"doc": range(len(texts)), "text": texts, "shop": ["a", "b"] * (len(texts) // 2)})
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), inp / "p.parquet")
+    config = {
+        "input": {"path": str(inp), "id_column": "doc", "passthrough_columns": ["shop"]},
+        "model": {"path": str(classifier), "task": "classify"},
+        "output": {"path": str(tmp_path / "out"), "max_error_fraction": 0.5},
+    }
+    expected = {r["doc"]: r for r in read_output(run(config).output_path).to_pylist()}
+
+    processor = build_processor({k: v for k, v in config.items() if k != "output"})
+    rows = processor(ray.data.from_pandas(df)).take_all()
+    assert len(rows) == len(texts) and set(rows[0]) == {"doc", "shop", "num_tokens", "label", "score", "error"}
+    for r in rows:
+        e = expected[r["doc"]]
+        assert (r["label"], r["error"], r["shop"]) == (e["label"], e["error"], e["shop"])
+        if r["error"] is None:
+            assert r["score"] == pytest.approx(e["score"], abs=1e-6)
+    assert sum(r["error"] is not None for r in rows) == 2
+    with pytest.raises(PreflightError, match="no column 'text'"):
+        processor(ray.data.from_pandas(df.rename(columns={"text": "body"})))
+
+
+def test_plan_estimates_within_2x_of_a_real_run_and_writes_nothing(ray_session, tmp_path, classifier, capsys):
+    from rayformers.pipeline import cli
+
+    inp = spark_like_input(tmp_path / "in", 3000)
+    out = tmp_path / "out"
+    job = {"input": {"path": str(inp)}, "model": {"path": str(classifier), "task": "classify"},
+           "output": {"path": str(out)}}
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(job))
+    assert cli.main(["plan", str(path), "--target", "10m", "--sample-rows", "384", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not out.exists() and not (tmp_path / ".out.rayformers-staging").exists(), "plan writes nothing"
+    assert est["input_rows"] == 3000 and est["input_files"] == 1 and est["sample_rows"] == 384
+    assert est["tokens_per_row"] > 2 and est["estimated_tokens"] == pytest.approx(3000 * est["tokens_per_row"], rel=1e-3)
+    assert est["model_actors_for_target"] >= 1 and est["estimated_wall_s"] > est["startup_s"]
+
+    report = run(job)
+    measured = report.rows / report.stage_s["model"]
+    assert 0.5 < est["model_rows_per_s_per_actor"] / measured < 2.0, (est["model_rows_per_s_per_actor"], measured)
+    assert cli.main(["plan", str(path), "--target", "soon"]) == 2

@@ -20,14 +20,13 @@ from typing import Optional
 
 from rayformers.operators import OPERATOR_FOR_TASK, TokenizeOperator
 
-from .preflight import ResolvedJob
+from .preflight import ProcessingSpec, ResolvedJob
 
 
 def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
     """The lazy dataset up to (not including) the write; ``done`` (unit key → row ranges staged
     by an interrupted attempt) is skipped by the read."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     from .source import make_datasource
 
@@ -45,19 +44,29 @@ def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
     # One read task per planned unit: without this Ray splits small inputs into ~200 tiny blocks,
     # and every block costs a scheduling round trip through each stage.
     ds = ray.data.read_datasource(source, num_cpus=c.io_num_cpus, override_num_blocks=max(1, source.num_units))
+    return processing_stages(ds, job)
+
+
+def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
+    """Blocks of ``compute.batch_size`` rows → tokenizer actor pool → model actor pool: the one
+    plan behind both ``run()`` and ``build_processor()``."""
+    from ray.data import ActorPoolStrategy
+
+    cfg = spec.config
+    c = cfg.compute
     ds = ds.repartition(target_num_rows_per_block=c.batch_size)
     ds = ds.map_batches(
         TokenizeOperator,
         fn_constructor_kwargs=dict(
-            tokenizer_path=job.tokenizer_path,
+            tokenizer_path=spec.tokenizer_path,
             text_column=cfg.input.text_column,
             text_pair_column=cfg.input.text_pair_column,
-            max_length=job.max_length,
+            max_length=spec.max_length,
             truncation=cfg.tokenizer.truncation,
             with_offsets=cfg.model.task == "token-classify",
             revision=cfg.model.revision,
             local_files_only=cfg.model.local_files_only,
-            drop_columns=tuple(job.drop_after_tokenize),
+            drop_columns=tuple(spec.drop_after_tokenize),
         ),
         compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
         num_cpus=c.tokenizer_num_cpus,
@@ -79,9 +88,9 @@ def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
             model_actors=c.model_max_actors,
             max_tokens_per_batch=c.max_tokens_per_batch,
             max_rows_per_batch=c.max_rows_per_batch,
-            pad_token_id=job.pad_token_id,
-            drop_columns=tuple(job.drop_after_model),
-            **job.task_options,
+            pad_token_id=spec.pad_token_id,
+            drop_columns=tuple(spec.drop_after_model),
+            **spec.task_options,
         ),
         compute=ActorPoolStrategy(min_size=c.model_min_actors, max_size=c.model_max_actors),
         num_cpus=c.model_num_cpus,
