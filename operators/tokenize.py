@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+import numpy as np
 import pyarrow as pa
 
 from .records import ERROR_COLUMN, column_to_pylist, merge_errors, text_problem
@@ -30,8 +31,7 @@ def add_stage_time(table: pa.Table, stage: str, seconds: float) -> pa.Table:
     """Spread a batch's wall time over its rows (summed again by the sink)."""
     n = table.num_rows
     name = f"{STAGE_TIME_PREFIX}{stage}_s"
-    per_row = seconds / n if n else 0.0
-    col = pa.array([per_row] * n, type=pa.float64())
+    col = pa.array(np.full(n, seconds / n if n else 0.0, dtype=np.float64))
     if name in table.column_names:
         return table.set_column(table.column_names.index(name), name, col)
     return table.append_column(name, col)
