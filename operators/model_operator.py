@@ -142,9 +142,16 @@ class ModelOperator:
         while current is not None:
             launched = self._predict_isolating_failures(current, batch, tokens, types, failures)
             following = self._to_device(next(host_batches, None))
-            chunks.extend((rows, to_host(result)) for rows, result in launched)
+            chunks.extend((rows, self._to_host(result)) for rows, result in launched)
             current = following
         return chunks
+
+    @staticmethod
+    def _to_host(result: Any) -> Any:
+        """A ``predict`` result with its tensors as numpy arrays (waits for the device)."""
+        if isinstance(result, dict):
+            return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+        return result
 
     def _to_device(self, mb: Optional[MicroBatch]) -> Optional[MicroBatch]:
         if mb is None or self.device == "cpu":
@@ -170,13 +177,6 @@ class ModelOperator:
         ids, mask = pad_flat(tokens, rows, self.pad_token_id, self.pad_to_multiple_of)
         type_ids = None if types is None else pad_flat(types, rows, 0, self.pad_to_multiple_of)[0]
         return self._to_device(MicroBatch([row], ids, mask, type_ids))
-
-
-def to_host(result: Any) -> Any:
-    """A ``predict`` result with its tensors as numpy arrays (waits for the device)."""
-    if isinstance(result, dict):
-        return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
-    return result
 
 
 def scatter(chunks: list[Chunk], key: str, num_rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -349,3 +349,52 @@ def test_default_token_budget_depends_on_task_and_device_and_half_precision_cpu_
     assert "float16" in message and "slower than float32" in message
     assert any(r.name == "rayformers.operators.loading" for r in caplog.records)
     assert (warn_slow_cpu_dtype(torch.bfloat16, "cpu") is None) == cpu_has_native_bf16()
+
+
+# --- accelerator overlap and precision ------------------------------------------------------------
+
+
+def test_next_micro_batch_is_queued_before_the_current_results_are_fetched():
+    events = []
+
+    class Logged(ClassifyOperator):
+        def _to_device(self, mb):
+            events.append(("to_device", None if mb is None else tuple(mb.rows)))
+            return super()._to_device(mb)
+
+        def predict(self, mb, batch):
+            events.append(("predict", tuple(mb.rows)))
+            return super().predict(mb, batch)
+
+        def _to_host(self, result):
+            events.append(("to_host", None))
+            return super()._to_host(result)
+
+    op = Logged(model=TinyEncoder(), max_tokens_per_batch=40, max_rows_per_batch=2)
+    assert op.pin_memory is False  # CPU actor: page-locked memory would only cost
+    batch = tokenized(TEXTS)
+    out = op(batch)
+    plain = ClassifyOperator(model=TinyEncoder(), max_tokens_per_batch=40, max_rows_per_batch=2)(batch)
+    assert out.column("label").equals(plain.column("label")) and out.column("score").equals(plain.column("score"))
+    batches = [rows for kind, rows in events if kind == "predict"]
+    assert len(batches) >= 2
+    # queue micro-batch 0; then for each k: predict k, queue k+1 (None after the last), fetch k
+    want = [("to_device", batches[0])]
+    for k, rows in enumerate(batches):
+        want += [("predict", rows), ("to_device", batches[k + 1] if k + 1 < len(batches) else None), ("to_host", None)]
+    assert events == want
+
+
+def test_auto_dtype_picks_native_precision_per_device(tmp_path):
+    from model_test_utils import tiny_bert
+
+    from rayformers.operators.loading import auto_dtype, cpu_has_native_bf16, load_model
+
+    assert auto_dtype("cuda", cuda_bf16=True) == torch.bfloat16  # Ampere and later
+    assert auto_dtype("cuda", cuda_bf16=False) == torch.float16  # Volta / Turing
+    assert auto_dtype("cuda", "t5", cuda_bf16=False) == torch.float32  # T5 overflows float16
+    assert auto_dtype("cpu", cpu_bf16=True) == torch.bfloat16  # AVX512-BF16 / AMX
+    assert auto_dtype("cpu", cpu_bf16=False) == torch.float32  # emulated half precision: never
+    path = tiny_bert(tmp_path / "m", hidden=16)
+    model = load_model("embed", str(path), "auto", device="cpu")
+    assert model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
