@@ -99,12 +99,13 @@ class DocsPipelineEmbedder:
     actor, called on the batch's list of texts (the pipeline's default batch size of 1), then
     mean pooling and L2 normalisation of the returned token features."""
 
-    def __init__(self, model_path: str, dtype: str):
+    def __init__(self, model_path: str, dtype: str, device=None):
         import torch
         from transformers import pipeline
 
-        torch.set_num_threads(2)
-        self.pipe = pipeline("feature-extraction", model=model_path, dtype=getattr(torch, dtype),
+        if device is None:  # CPU arm; a GPU arm passes device=0
+            torch.set_num_threads(2)
+        self.pipe = pipeline("feature-extraction", model=model_path, dtype=getattr(torch, dtype), device=device,
                              tokenize_kwargs={"truncation": True, "max_length": 256})
 
     def __call__(self, batch: dict) -> dict:

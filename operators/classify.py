@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
 from .batching import MicroBatch
-from .model_operator import ModelOperator, label_name
+from .model_operator import ModelOperator, label_names, scatter
 
 
 def resolve_function(config: Any, requested: str = "auto") -> str:
@@ -51,21 +52,16 @@ class ClassifyOperator(ModelOperator):
         self.multi_label = getattr(self.config, "problem_type", None) == "multi_label_classification"
         self.num_labels = int(getattr(self.config, "num_labels", 0) or 0)
 
-    def predict(self, mb: MicroBatch, batch: pa.Table) -> list:
-        scores = apply_function(self.forward(mb).logits, self.function).cpu()
+    def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
+        scores = apply_function(self.forward(mb).logits, self.function)
         k = min(self.top_k, scores.shape[-1])
         top_scores, top_idx = torch.topk(scores, k, dim=-1)
-        rows = []
-        for r in range(scores.shape[0]):
-            idx = top_idx[r].tolist()
-            vals = top_scores[r].tolist()
-            labels = [label_name(self.config, i) for i in idx]
-            row = {"label": labels[0], "score": vals[0], "top_k_labels": labels, "top_k_scores": vals}
-            if self.multi_label:
-                order = torch.argsort(scores[r], descending=True).tolist()
-                row["labels"] = [label_name(self.config, i) for i in order if scores[r, i] >= self.threshold]
-            rows.append(row)
-        return rows
+        result = {"top_idx": top_idx, "top_scores": top_scores, "num_classes": scores.shape[-1]}
+        if self.multi_label:
+            ordered = torch.argsort(scores, dim=-1, descending=True)
+            result["ordered_idx"] = ordered
+            result["ordered_scores"] = torch.gather(scores, -1, ordered)
+        return result
 
     def output_fields(self) -> list[pa.Field]:
         fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
@@ -78,8 +74,28 @@ class ClassifyOperator(ModelOperator):
             fields.append(pa.field("labels", pa.list_(pa.string())))
         return fields
 
-    def to_arrays(self, results: list) -> list[pa.Array]:
-        arrays = []
-        for f in self.output_fields():
-            arrays.append(pa.array([None if r is None else r[f.name] for r in results], type=f.type))
-        return arrays
+    def to_arrays(self, chunks: list, num_rows: int) -> list[pa.Array]:
+        """Label indices → names by one ``take`` on the label-name array; scores straight from
+        the float32 results; top-k lists as offsets over the valid rows' values."""
+        top_idx, has = scatter(chunks, "top_idx", num_rows)
+        top_scores, _ = scatter(chunks, "top_scores", num_rows)
+        missing = pa.array(~has)
+        names = label_names(self.config, max([res["num_classes"] for _, res in chunks], default=0))
+        best = pa.array(top_idx[:, 0] if top_idx.ndim == 2 else top_idx, type=pa.int64(), mask=~has)
+        arrays = {"label": names.take(best), "score": pa.array(top_scores[:, 0] if top_scores.ndim == 2
+                                                               else top_scores, type=pa.float32(), mask=~has)}
+        if self.top_k > 1:
+            k = top_idx.shape[1] if top_idx.ndim == 2 else 0
+            offsets = pa.array(np.concatenate(([0], np.cumsum(has * k))).astype(np.int32))
+            arrays["top_k_labels"] = pa.ListArray.from_arrays(
+                offsets, names.take(pa.array(top_idx[has].reshape(-1), type=pa.int64())), mask=missing)
+            arrays["top_k_scores"] = pa.ListArray.from_arrays(
+                offsets, pa.array(top_scores[has].reshape(-1), type=pa.float32()), mask=missing)
+        if self.multi_label:
+            ordered, _ = scatter(chunks, "ordered_idx", num_rows)
+            ordered_scores, _ = scatter(chunks, "ordered_scores", num_rows)
+            keep = (ordered_scores >= self.threshold) & has[:, None]
+            offsets = pa.array(np.concatenate(([0], np.cumsum(keep.sum(axis=1)))).astype(np.int32))
+            arrays["labels"] = pa.ListArray.from_arrays(
+                offsets, names.take(pa.array(ordered[keep], type=pa.int64())), mask=missing)
+        return [arrays[f.name] for f in self.output_fields()]

@@ -11,11 +11,12 @@ import json
 import os
 from typing import Optional
 
+import numpy as np
 import pyarrow as pa
 import torch
 
 from .batching import MicroBatch
-from .model_operator import ModelOperator
+from .model_operator import ModelOperator, scatter
 
 
 def sentence_transformers_defaults(model_dir: str) -> dict:
@@ -71,26 +72,21 @@ class EmbedOperator(ModelOperator):
         self.normalize = bool(normalize)
         self.dim = int(getattr(self.config, "hidden_size", 0) or getattr(self.config, "d_model", 0))
 
-    def predict(self, mb: MicroBatch, batch: pa.Table) -> list:
+    def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
         hidden = self.forward(mb).last_hidden_state
         emb = pool(hidden, mb.attention_mask.to(hidden.device), self.pooling)
         if self.normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=1)
-        return list(emb.cpu().numpy())
+        return {"embedding": emb}
 
     def output_fields(self) -> list[pa.Field]:
         return [pa.field("embedding", pa.list_(pa.float32(), self.dim))]
 
-    def to_arrays(self, results: list) -> list[pa.Array]:
-        import numpy as np
-
-        n = len(results)
-        flat = np.zeros((n, self.dim), dtype=np.float32)
-        valid = np.zeros(n, dtype=bool)
-        for i, r in enumerate(results):
-            if r is not None:
-                flat[i] = r
-                valid[i] = True
-        values = pa.array(flat.reshape(-1), type=pa.float32())
-        arr = pa.FixedSizeListArray.from_arrays(values, self.dim, mask=pa.array(~valid))
-        return [arr]
+    def to_arrays(self, chunks: list, num_rows: int) -> list[pa.Array]:
+        """One float32 buffer of ``rows x dim`` in row order, viewed as a fixed-size list column."""
+        if not chunks:
+            flat, has = np.zeros((num_rows, self.dim), dtype=np.float32), np.zeros(num_rows, dtype=bool)
+        else:
+            flat, has = scatter(chunks, "embedding", num_rows)
+        values = pa.array(flat.astype(np.float32, copy=False).reshape(-1), type=pa.float32())
+        return [pa.FixedSizeListArray.from_arrays(values, self.dim, mask=pa.array(~has))]

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
 import torch
 
-from .batching import MicroBatch, iter_micro_batches
+from .batching import MicroBatch, TokenLists, iter_micro_batches
 from .model_operator import ModelOperator
-from .records import column_to_pylist
+from .records import ERROR_COLUMN, valid_rows
 
 
 def load_stream_generate():
@@ -50,28 +51,41 @@ class GenerateOperator(ModelOperator):
         self.settings = dict(generation or {})
         self.max_batch_size = int(max_batch_size)
         self.stream_generate = load_stream_generate() if use_continuous_batching else None
+        self.special_ids = sorted(set(getattr(tokenizer, "all_special_ids", []) or []))
 
     def output_fields(self) -> list[pa.Field]:
         return [pa.field("generated_text", pa.string()), pa.field("generated_tokens", pa.int32())]
 
-    def to_arrays(self, results: list) -> list[pa.Array]:
-        texts = [None if r is None else r[0] for r in results]
-        counts = [None if r is None else r[1] for r in results]
-        return [pa.array(texts, type=pa.string()), pa.array(counts, type=pa.int32())]
+    def to_arrays(self, chunks: list, num_rows: int) -> list[pa.Array]:
+        """Texts in row order by one ``take``; token counts by one scatter."""
+        if not chunks:
+            return [pa.nulls(num_rows, pa.string()), pa.nulls(num_rows, pa.int32())]
+        rows = np.concatenate([r for r, _ in chunks])
+        where = np.full(num_rows, -1, dtype=np.int64)
+        where[rows] = np.arange(len(rows))
+        index = pa.array(where, mask=where < 0)
+        texts = pa.array([t for _, res in chunks for t in res["texts"]], type=pa.string())
+        counts = pa.array(np.concatenate([res["counts"] for _, res in chunks]).astype(np.int32))
+        return [texts.take(index), counts.take(index)]
 
-    def _decoded(self, token_lists: list[list[int]]) -> list[tuple[str, int]]:
+    def _decoded(self, token_lists: list[list[int]]) -> dict:
+        """Texts without special tokens, and how many non-special tokens each row generated."""
         texts = self.tokenizer.batch_decode(token_lists, skip_special_tokens=True)
-        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
-        return [(t, sum(1 for x in ids if x not in special)) for t, ids in zip(texts, token_lists)]
+        flat = np.fromiter((x for ids in token_lists for x in ids), dtype=np.int64)
+        lengths = np.fromiter((len(ids) for ids in token_lists), dtype=np.int64, count=len(token_lists))
+        plain = ~np.isin(flat, np.fromiter(self.special_ids, dtype=np.int64))
+        segment = np.repeat(np.arange(len(token_lists)), lengths)
+        counts = np.bincount(segment, weights=plain, minlength=len(token_lists)).astype(np.int64)
+        return {"texts": texts, "counts": counts}
 
-    def predict(self, mb: MicroBatch, batch: pa.Table) -> list:
+    def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
         out = self.model.generate(
             input_ids=mb.input_ids.to(self.device),
             attention_mask=mb.attention_mask.to(self.device),
             **self.settings,
         )
         sequences = out.sequences if hasattr(out, "sequences") else out
-        return self._decoded([row.tolist() for row in sequences.cpu()])
+        return self._decoded(sequences.cpu().tolist())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.stream_generate is None:
@@ -81,43 +95,37 @@ class GenerateOperator(ModelOperator):
     def _call_streaming(self, batch: pa.Table) -> pa.Table:
         import time
 
-        from .model_operator import INTERNAL_COLUMNS
-        from .records import ERROR_COLUMN
-        from .tokenize import add_stage_time, set_column
-
         start = time.perf_counter()
-        errors = column_to_pylist(batch.column(ERROR_COLUMN))
-        ids = column_to_pylist(batch.column("input_ids"))
-        positions = [i for i in range(batch.num_rows) if errors[i] is None and ids[i]]
+        tokens = TokenLists.from_arrow(batch.column("input_ids"))
+        errors = batch.column(ERROR_COLUMN)
+        positions = np.flatnonzero(valid_rows(errors) & (tokens.lengths > 0))
         # Longest first: long inputs start early, short ones fill the slots they free.
-        positions.sort(key=lambda i: -len(ids[i]))
-        results: list = [None] * batch.num_rows
+        positions = positions[np.argsort(-tokens.lengths[positions], kind="stable")]
+        failures: dict[int, str] = {}
         finished: dict[int, list[int]] = {}
+        values = tokens.values
         try:
             with torch.inference_mode():
-                for key, tokens in self.stream_generate(
+                for key, generated in self.stream_generate(
                     self.model,
-                    ((i, ids[i]) for i in positions),
+                    ((i, values[s : s + n].tolist()) for i, s, n in
+                     zip(positions.tolist(), tokens.starts[positions].tolist(), tokens.lengths[positions].tolist())),
                     max_batch_size=self.max_batch_size,
                     max_batch_tokens=self.max_tokens,
                     **self.settings,
                 ):
-                    finished[key] = list(tokens)
+                    finished[key] = list(generated)
         except Exception:  # noqa: BLE001 - fall back to per-micro-batch generate with row isolation
             finished = {}
             with torch.inference_mode():
-                for mb in iter_micro_batches(ids, positions, self.pad_token_id, self.max_tokens, self.max_rows):
-                    for row, res in self._predict_isolating_failures(mb, batch, ids, None, errors):
-                        results[row] = res
-        if finished:
+                host = iter_micro_batches(tokens, positions, self.pad_token_id, self.max_tokens, self.max_rows)
+                chunks = self._run(host, batch, tokens, None, failures)
+        else:
             keys = list(finished)
-            for key, res in zip(keys, self._decoded([finished[k] for k in keys])):
-                results[key] = res
-        for i in positions:
-            if results[i] is None and errors[i] is None:
-                errors[i] = "generation produced no output for this row"
-        out = batch.drop_columns([c for c in (*INTERNAL_COLUMNS, *self.drop_columns) if c in batch.column_names])
-        for f, arr in zip(self.output_fields(), self.to_arrays(results)):
-            out = set_column(out, f.name, arr)
-        out = set_column(out, ERROR_COLUMN, pa.array(errors, type=pa.string()))
-        return add_stage_time(out, "model", time.perf_counter() - start)
+            chunks = [(np.asarray(keys, dtype=np.int64), self._decoded([finished[k] for k in keys]))] if keys else []
+        done = np.zeros(batch.num_rows, dtype=bool)
+        for rows, _ in chunks:
+            done[rows] = True
+        for i in positions[~done[positions]].tolist():
+            failures.setdefault(i, "generation produced no output for this row")
+        return self._output(batch, chunks, errors, failures, start)

@@ -23,14 +23,40 @@ TASK_AUTO_CLASS = {
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def torch_dtype(name: str) -> Any:
-    """Config dtype name → what ``from_pretrained(dtype=...)`` expects (``"auto"`` passes through)."""
+FLOAT16_OVERFLOW_MODEL_TYPES = ("t5", "mt5", "umt5")
+"""Families whose activations overflow float16's range (T5's feed-forward outputs reach ~1e5):
+``auto`` keeps them in float32 where bfloat16 is not available."""
+
+
+def torch_dtype(name: str, device: str = "cpu", model_type: str = "") -> torch.dtype:
+    """Config dtype name → torch dtype; ``auto`` becomes :func:`auto_dtype` for ``device``."""
     if name == "auto":
-        return "auto"
+        return auto_dtype(device, model_type)
     try:
         return _DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16, auto") from None
+
+
+def auto_dtype(device: str, model_type: str = "", cuda_bf16: Optional[bool] = None,
+               cpu_bf16: Optional[bool] = None) -> torch.dtype:
+    """The fastest precision this device computes natively, never an emulated one.
+
+    * CUDA with bfloat16 (Ampere and later): bfloat16 (float32's range, so no overflow).
+    * older CUDA GPUs (Volta, Turing): float16, whose tensor cores they have; float32 for the
+      families known to overflow in float16 (:data:`FLOAT16_OVERFLOW_MODEL_TYPES`).
+    * CPU with native bfloat16 (AVX512-BF16 / AMX): bfloat16; any other CPU: float32 (half
+      precision is emulated there and runs several times slower).
+    ``cuda_bf16`` / ``cpu_bf16`` override the hardware probes (tests)."""
+    if device != "cpu":
+        if cuda_bf16 is None:
+            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if cuda_bf16:
+            return torch.bfloat16
+        return torch.float32 if model_type in FLOAT16_OVERFLOW_MODEL_TYPES else torch.float16
+    if cpu_bf16 is None:
+        cpu_bf16 = cpu_has_native_bf16()
+    return torch.bfloat16 if cpu_bf16 else torch.float32
 
 
 def load_tokenizer(path: str, revision: Optional[str] = None, local_files_only: bool = False):
@@ -57,12 +83,14 @@ def load_model(
     import rayformers.models as models
 
     auto = getattr(models, TASK_AUTO_CLASS[task])
-    kwargs: dict = {"dtype": torch_dtype(dtype)}
+    kwargs: dict = {"dtype": torch.float32 if dtype == "auto" else torch_dtype(dtype)}
     if revision:
         kwargs["revision"] = revision
     if local_files_only:
         kwargs["local_files_only"] = True
     model = auto.from_pretrained(path, **kwargs)
+    if dtype == "auto":  # chosen for this device (and family), whatever the checkpoint was saved in
+        model = model.to(torch_dtype("auto", device, getattr(model.config, "model_type", "")))
     model.eval()
     warn_slow_cpu_dtype(model.dtype, device)
     return model.to(device)

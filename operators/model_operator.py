@@ -1,26 +1,34 @@
 """Base class of the model actors: load once, length-sorted micro-batches, errors as data.
 
-A subclass says how one padded micro-batch becomes per-row results (``predict``) and how those
-results become output columns (``output_fields`` / ``to_arrays``). Everything else (choosing rows
-without errors, the padded-token budget, restoring row order, isolating a row that makes the
-model fail, timing) lives here once.
+A subclass says how one padded micro-batch becomes results (``predict``: tensors, or per-row
+lists where the task is per-row by nature) and how the micro-batches' results become output
+columns (``output_fields`` / ``to_arrays``). Everything else (choosing rows without errors, the
+padded-token budget, restoring row order, isolating a row that makes the model fail, moving
+micro-batches to the accelerator one ahead, timing) lives here once.
+
+The host path has no per-row Python when no row fails: token ids go from the Arrow column's
+buffers to padded tensors through numpy (``batching``), results come back as arrays and are
+scattered to row order by index, and the error column passes through untouched.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+import numpy as np
 import pyarrow as pa
 import torch
 
-from .batching import MicroBatch, iter_micro_batches
+from .batching import MicroBatch, TokenLists, iter_micro_batches, pad_flat
 from .loading import configure_cpu_threads, load_model, pick_device
-from .records import ERROR_COLUMN, column_to_pylist
+from .records import ERROR_COLUMN, error_column, valid_rows
 from .tokenize import add_stage_time, set_column
 
 INTERNAL_COLUMNS = ("input_ids", "token_type_ids", "offset_start", "offset_end", "special_tokens_mask")
 """Columns the tokenizer adds for the model; dropped from the output."""
+
+Chunk = tuple  # (rows: np.ndarray of batch positions, result of ``predict`` for those rows)
 
 
 class ModelOperator:
@@ -70,6 +78,8 @@ class ModelOperator:
         # Chunked MEGA needs inputs padded to whole chunks; every other model reports None.
         self.pad_to_multiple_of = getattr(model, "pad_to_multiple_of", None)
         self.drop_columns = tuple(drop_columns)
+        # Page-locked host tensors make the host-to-GPU copy asynchronous; on CPU they only cost.
+        self.pin_memory = self.device != "cpu" and torch.cuda.is_available()
         self.setup(**task_options)
 
     # -- for subclasses --------------------------------------------------------------------------
@@ -78,62 +88,118 @@ class ModelOperator:
         if task_options:
             raise TypeError(f"{type(self).__name__} got unknown options: {sorted(task_options)}")
 
-    def predict(self, mb: MicroBatch, batch: pa.Table) -> list:
-        """Per-row results for one micro-batch, in ``mb.rows`` order."""
+    def predict(self, mb: MicroBatch, batch: pa.Table) -> Any:
+        """Results for one micro-batch, in ``mb.rows`` order: a dict of tensors with one row per
+        micro-batch row (left on the device: the base class copies them to the host after queuing
+        the next micro-batch), or a list with one entry per row."""
         raise NotImplementedError
 
     def output_fields(self) -> list[pa.Field]:
         """Prediction columns (fixed, so an all-error block has the same schema)."""
         raise NotImplementedError
 
-    def to_arrays(self, results: list) -> list[pa.Array]:
-        """Per-row results (None for error rows) → one array per output field."""
+    def to_arrays(self, chunks: list[Chunk], num_rows: int) -> list[pa.Array]:
+        """``(rows, result)`` per micro-batch (results on the host) → one array per output field,
+        ``num_rows`` long, null where a row has no result."""
         raise NotImplementedError
 
     # -- the shared loop ---------------------------------------------------------------------------
     def forward(self, mb: MicroBatch) -> Any:
         """Run the model on a padded micro-batch (on this actor's device)."""
-        kwargs = {
-            "input_ids": mb.input_ids.to(self.device),
-            "attention_mask": mb.attention_mask.to(self.device),
-        }
+        kwargs = {"input_ids": mb.input_ids.to(self.device), "attention_mask": mb.attention_mask.to(self.device)}
         if mb.token_type_ids is not None:
             kwargs["token_type_ids"] = mb.token_type_ids.to(self.device)
         return self.model(**kwargs)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
-        n = batch.num_rows
-        errors = column_to_pylist(batch.column(ERROR_COLUMN))
-        ids = column_to_pylist(batch.column("input_ids"))
-        types = column_to_pylist(batch.column("token_type_ids")) if "token_type_ids" in batch.column_names else None
-        positions = [i for i in range(n) if errors[i] is None and ids[i]]
-        results: list = [None] * n
+        tokens = TokenLists.from_arrow(batch.column("input_ids"))
+        types = TokenLists.from_arrow(batch.column("token_type_ids")) if "token_type_ids" in batch.column_names else None
+        errors = batch.column(ERROR_COLUMN)
+        positions = np.flatnonzero(valid_rows(errors) & (tokens.lengths > 0))
+        failures: dict[int, str] = {}
         with torch.inference_mode():
-            for mb in iter_micro_batches(ids, positions, self.pad_token_id, self.max_tokens, self.max_rows, types,
-                                         self.pad_to_multiple_of):
-                for row, res in self._predict_isolating_failures(mb, batch, ids, types, errors):
-                    results[row] = res
+            host_batches = iter_micro_batches(tokens, positions, self.pad_token_id, self.max_tokens, self.max_rows,
+                                              types, self.pad_to_multiple_of, self.pin_memory)
+            chunks = self._run(host_batches, batch, tokens, types, failures)
+        return self._output(batch, chunks, errors, failures, start)
+
+    def _output(self, batch: pa.Table, chunks: list[Chunk], errors, failures: dict, start: float) -> pa.Table:
         out = batch.drop_columns([c for c in (*INTERNAL_COLUMNS, *self.drop_columns) if c in batch.column_names])
-        for f, arr in zip(self.output_fields(), self.to_arrays(results)):
+        for f, arr in zip(self.output_fields(), self.to_arrays(chunks, batch.num_rows)):
             out = set_column(out, f.name, arr.cast(f.type) if arr.type != f.type else arr)
-        out = set_column(out, ERROR_COLUMN, pa.array(errors, type=pa.string()))
+        out = set_column(out, ERROR_COLUMN, error_column(errors, failures))
         return add_stage_time(out, "model", time.perf_counter() - start)
 
-    def _predict_isolating_failures(self, mb, batch, ids, types, errors):
+    def _run(self, host_batches: Iterator[MicroBatch], batch, tokens, types, failures) -> list[Chunk]:
+        """Predict every micro-batch, one ahead on an accelerator.
+
+        CUDA kernels run asynchronously: while micro-batch k runs, the host pads micro-batch k+1
+        and queues its (pinned, non-blocking) copy; only then are k's results copied back, which
+        waits for k. On CPU the same loop simply runs k to completion first."""
+        chunks: list[Chunk] = []
+        current = self._to_device(next(host_batches, None))
+        while current is not None:
+            launched = self._predict_isolating_failures(current, batch, tokens, types, failures)
+            following = self._to_device(next(host_batches, None))
+            chunks.extend((rows, self._to_host(result)) for rows, result in launched)
+            current = following
+        return chunks
+
+    @staticmethod
+    def _to_host(result: Any) -> Any:
+        """A ``predict`` result with its tensors as numpy arrays (waits for the device)."""
+        if isinstance(result, dict):
+            return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+        return result
+
+    def _to_device(self, mb: Optional[MicroBatch]) -> Optional[MicroBatch]:
+        if mb is None or self.device == "cpu":
+            return mb
+        move = lambda t: None if t is None else t.to(self.device, non_blocking=self.pin_memory)  # noqa: E731
+        return MicroBatch(mb.rows, move(mb.input_ids), move(mb.attention_mask), move(mb.token_type_ids))
+
+    def _predict_isolating_failures(self, mb, batch, tokens, types, failures) -> list[Chunk]:
         """Predict a micro-batch; if the model raises, retry row by row so only the culprit fails."""
         try:
-            return list(zip(mb.rows, self.predict(mb, batch)))
+            return [(np.asarray(mb.rows, dtype=np.int64), self.predict(mb, batch))]
         except Exception as exc:  # noqa: BLE001 - any model failure becomes a row error below
             if len(mb.rows) == 1:
-                errors[mb.rows[0]] = f"model failed on this row: {type(exc).__name__}: {exc}"[:1000]
+                failures[mb.rows[0]] = f"model failed on this row: {type(exc).__name__}: {exc}"[:1000]
                 return []
-        out = []
+        out: list[Chunk] = []
         for row in mb.rows:
-            single = next(iter_micro_batches(ids, [row], self.pad_token_id, self.max_tokens, 1, types,
-                                             self.pad_to_multiple_of))
-            out.extend(self._predict_isolating_failures(single, batch, ids, types, errors))
+            out.extend(self._predict_isolating_failures(self._single(row, tokens, types), batch, tokens, types, failures))
         return out
+
+    def _single(self, row: int, tokens: TokenLists, types: Optional[TokenLists]) -> MicroBatch:
+        rows = np.array([row])
+        ids, mask = pad_flat(tokens, rows, self.pad_token_id, self.pad_to_multiple_of)
+        type_ids = None if types is None else pad_flat(types, rows, 0, self.pad_to_multiple_of)[0]
+        return self._to_device(MicroBatch([row], ids, mask, type_ids))
+
+
+def scatter(chunks: list[Chunk], key: str, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """One row-aligned result of every micro-batch in batch row order: ``(values, has_result)``,
+    zeros where a row has none."""
+    if not chunks:
+        return np.zeros((num_rows,), dtype=np.float32), np.zeros(num_rows, dtype=bool)
+    rows = np.concatenate([r for r, _ in chunks])
+    parts = np.concatenate([res[key] for _, res in chunks])
+    values = np.zeros((num_rows, *parts.shape[1:]), dtype=parts.dtype)
+    values[rows] = parts
+    has = np.zeros(num_rows, dtype=bool)
+    has[rows] = True
+    return values, has
+
+
+def rows_in_order(chunks: list[Chunk], num_rows: int) -> list:
+    """Per-row list results of every micro-batch as one list in batch row order (None if none)."""
+    out: list = [None] * num_rows
+    for rows, results in chunks:
+        for row, res in zip(rows.tolist(), results):
+            out[row] = res
+    return out
 
 
 def label_name(config: Any, index: int) -> str:
@@ -144,3 +210,8 @@ def label_name(config: Any, index: int) -> str:
     if str(index) in id2label:
         return str(id2label[str(index)])
     return f"LABEL_{index}"
+
+
+def label_names(config: Any, count: int) -> pa.Array:
+    """The label names of indices ``0..count-1`` as one Arrow array, to ``take`` from."""
+    return pa.array([label_name(config, i) for i in range(count)], type=pa.string())

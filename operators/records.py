@@ -48,3 +48,25 @@ def column_to_pylist(column: Any) -> list:
 def merge_errors(first: list[Optional[str]], second: list[Optional[str]]) -> list[Optional[str]]:
     """Keep the first reason a row failed; later stages never overwrite an earlier error."""
     return [a if a is not None else b for a, b in zip(first, second)]
+
+
+def valid_rows(errors: Any) -> "np.ndarray":
+    """Boolean mask of the rows whose error column is null (the rows to score)."""
+    import numpy as np
+
+    if isinstance(errors, (pa.Array, pa.ChunkedArray)):
+        return np.asarray(errors.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return np.array([e is None for e in column_to_pylist(errors)], dtype=bool)
+
+
+def error_column(errors: Any, failures: dict[int, str]) -> pa.Array:
+    """The output error column: the input's, as string, plus the reasons rows failed in the model.
+
+    Without failures (the common case) the input column passes through as it is; the per-row
+    list is only built when some row needs a new reason."""
+    if not failures and isinstance(errors, (pa.Array, pa.ChunkedArray)):
+        return errors if errors.type == pa.string() else errors.cast(pa.string())
+    merged = column_to_pylist(errors)
+    for row, reason in failures.items():
+        merged[row] = reason
+    return pa.array(merged, type=pa.string())

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from .batching import MicroBatch
-from .model_operator import ModelOperator, label_name
+from .model_operator import ModelOperator, label_name, rows_in_order
 from .records import column_to_pylist
 
 ENTITY_TYPE = pa.struct(
@@ -183,5 +183,6 @@ class TokenClassifyOperator(ModelOperator):
     def output_fields(self) -> list[pa.Field]:
         return [pa.field("entities", pa.list_(ENTITY_TYPE))]
 
-    def to_arrays(self, results: list) -> list[pa.Array]:
-        return [pa.array(results, type=pa.list_(ENTITY_TYPE))]
+    def to_arrays(self, chunks: list, num_rows: int) -> list[pa.Array]:
+        # Entities are per-row Python by nature (transformers' aggregation walks the tokens).
+        return [pa.array(rows_in_order(chunks, num_rows), type=pa.list_(ENTITY_TYPE))]

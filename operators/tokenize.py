@@ -13,8 +13,10 @@ the plan carries. Output: the same columns plus ``input_ids`` (list<int32>), ``n
 from __future__ import annotations
 
 import time
+from itertools import chain
 from typing import Optional
 
+import numpy as np
 import pyarrow as pa
 
 from .records import ERROR_COLUMN, column_to_pylist, merge_errors, text_problem
@@ -30,8 +32,7 @@ def add_stage_time(table: pa.Table, stage: str, seconds: float) -> pa.Table:
     """Spread a batch's wall time over its rows (summed again by the sink)."""
     n = table.num_rows
     name = f"{STAGE_TIME_PREFIX}{stage}_s"
-    per_row = seconds / n if n else 0.0
-    col = pa.array([per_row] * n, type=pa.float64())
+    col = pa.array(np.full(n, seconds / n if n else 0.0, dtype=np.float64))
     if name in table.column_names:
         return table.set_column(table.column_names.index(name), name, col)
     return table.append_column(name, col)
@@ -95,58 +96,56 @@ class TokenizeOperator:
         if not isinstance(batch, pa.Table):
             batch = pa.Table.from_pandas(batch, preserve_index=False) if hasattr(batch, "columns") else pa.table(batch)
         n = batch.num_rows
-        texts, errors = self._validated(batch, self.text_column)
+        good, texts, reasons = validated_texts(batch.column(self.text_column), self.text_column)
         pairs = None
         if self.text_pair_column:
-            pairs, pair_errors = self._validated(batch, self.text_pair_column)
-            errors = merge_errors(errors, pair_errors)
-
-        good = [i for i in range(n) if errors[i] is None]
+            pair_good, pairs, pair_reasons = validated_texts(batch.column(self.text_pair_column), self.text_pair_column)
+            reasons = {**pair_reasons, **reasons}  # the text column's reason wins
+            good &= pair_good
+        rows = np.flatnonzero(good)
         if pairs is None:
-            encodings = self._encode_singles([texts[i] for i in good]) if good else []
+            encodings = self._encode_singles([texts[i] for i in rows]) if len(rows) else []
         else:
-            encodings = self.backend.encode_batch([(texts[i], pairs[i]) for i in good]) if good else []
+            encodings = self.backend.encode_batch([(texts[i], pairs[i]) for i in rows]) if len(rows) else []
 
-        input_ids: list = [None] * n
-        type_ids: list = [None] * n
-        starts: list = [None] * n
-        ends: list = [None] * n
-        specials: list = [None] * n
-        num_tokens = [0] * n
-        for i, enc in zip(good, encodings):
-            ids = enc.ids
-            mask = enc.special_tokens_mask
-            if not any(m == 0 for m in mask):
-                errors[i] = f"{self.text_column}: text tokenizes to no tokens"
-                continue
-            if self.truncation == "none" and self.max_length is not None and len(ids) > self.max_length:
-                errors[i] = (
-                    f"{self.text_column}: text has {len(ids)} tokens, more than max_length "
+        ids_lists = [enc.ids for enc in encodings]
+        lengths = np.fromiter(map(len, ids_lists), dtype=np.int64, count=len(ids_lists))
+        keep = np.ones(len(rows), dtype=bool)
+        # Only a row no longer than the template's own tokens can be all special tokens.
+        specials_only = self.backend.num_special_tokens_to_add(pairs is not None)
+        for k in np.flatnonzero(lengths <= specials_only).tolist():
+            if not any(m == 0 for m in encodings[k].special_tokens_mask):
+                reasons[int(rows[k])] = f"{self.text_column}: text tokenizes to no tokens"
+                keep[k] = False
+        if self.truncation == "none" and self.max_length is not None:
+            for k in np.flatnonzero(keep & (lengths > self.max_length)).tolist():
+                reasons[int(rows[k])] = (
+                    f"{self.text_column}: text has {int(lengths[k])} tokens, more than max_length "
                     f"{self.max_length} (tokenizer.truncation is none)"
                 )
-                continue
-            input_ids[i] = ids
-            num_tokens[i] = len(ids)
-            if pairs is not None:
-                type_ids[i] = enc.type_ids
-            if self.with_offsets:
-                starts[i] = [o[0] for o in enc.offsets]
-                ends[i] = [o[1] for o in enc.offsets]
-                specials[i] = mask
+                keep[k] = False
+
+        kept = None if keep.all() else np.flatnonzero(keep).tolist()
+        row_lengths = np.zeros(n, dtype=np.int64)
+        row_lengths[rows[keep]] = lengths[keep]
+
+        def list_column(per_encoding: list, value_type: pa.DataType) -> pa.Array:
+            lists = per_encoding if kept is None else [per_encoding[k] for k in kept]
+            return token_list_column(lists, row_lengths, value_type)
 
         out = batch
-        out = set_column(out, "input_ids", pa.array(input_ids, type=pa.list_(pa.int32())))
-        out = set_column(out, "num_tokens", pa.array(num_tokens, type=pa.int32()))
+        out = set_column(out, "input_ids", list_column(ids_lists, pa.int32()))
+        out = set_column(out, "num_tokens", pa.array(row_lengths.astype(np.int32)))
         if pairs is not None:
-            out = set_column(out, "token_type_ids", pa.array(type_ids, type=pa.list_(pa.int8())))
+            out = set_column(out, "token_type_ids", list_column([e.type_ids for e in encodings], pa.int8()))
         if self.with_offsets:
-            out = set_column(out, "offset_start", pa.array(starts, type=pa.list_(pa.int32())))
-            out = set_column(out, "offset_end", pa.array(ends, type=pa.list_(pa.int32())))
-            out = set_column(out, "special_tokens_mask", pa.array(specials, type=pa.list_(pa.int8())))
-        previous = (
-            column_to_pylist(batch.column(ERROR_COLUMN)) if ERROR_COLUMN in batch.column_names else [None] * n
-        )
-        out = set_column(out, ERROR_COLUMN, pa.array(merge_errors(previous, errors), type=pa.string()))
+            spans = [e.offsets for e in encodings]
+            out = set_column(out, "offset_start", list_column([[o[0] for o in s] for s in spans], pa.int32()))
+            out = set_column(out, "offset_end", list_column([[o[1] for o in s] for s in spans], pa.int32()))
+            out = set_column(out, "special_tokens_mask",
+                             list_column([e.special_tokens_mask for e in encodings], pa.int8()))
+        previous = batch.column(ERROR_COLUMN) if ERROR_COLUMN in batch.column_names else None
+        out = set_column(out, ERROR_COLUMN, merged_error_column(previous, reasons, n))
         out = out.drop_columns([c for c in self.drop_columns if c in out.column_names])
         return add_stage_time(out, "tokenize", time.perf_counter() - start)
 
@@ -176,12 +175,58 @@ class TokenizeOperator:
                 encodings[k] = enc
         return encodings
 
-    @staticmethod
-    def _validated(batch: pa.Table, column: str) -> tuple[list, list]:
-        values = column_to_pylist(batch.column(column))
-        texts, errors = [], []
-        for v in values:
-            text, err = text_problem(v, column)
-            texts.append(text)
-            errors.append(err)
-        return texts, errors
+
+
+def token_list_column(lists: list, row_lengths: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """``list<value_type>`` over all rows from the kept rows' lists (in row order): one flat
+    buffer and offsets, null where a row has none (``row_lengths`` 0 and no list)."""
+    offsets = np.zeros(len(row_lengths) + 1, dtype=np.int32)
+    np.cumsum(row_lengths, out=offsets[1:])
+    flat = np.fromiter(chain.from_iterable(lists), dtype=value_type.to_pandas_dtype(), count=int(offsets[-1]))
+    has = np.zeros(len(row_lengths), dtype=bool)
+    has[np.flatnonzero(row_lengths)] = True
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=value_type), mask=pa.array(~has))
+
+
+def validated_texts(column, name: str) -> tuple[np.ndarray, list, dict[int, str]]:
+    """``(usable, texts, reasons)``: a mask of the rows with usable text, the column as Python
+    strings (``texts[i]`` is only meaningful where usable) and a reason per unusable row.
+
+    A string column is checked by Arrow kernels (null, empty, whitespace only: ``utf8_is_space``
+    agrees with ``str.isspace`` on every code point); other types (binary text, numbers) go
+    through :func:`text_problem` row by row."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(column, pa.Array) and column.type in (pa.string(), pa.large_string()):
+        import pyarrow.compute as pc
+
+        null = column.is_null().to_numpy(zero_copy_only=False)
+        empty = pc.fill_null(pc.equal(pc.binary_length(column), 0), False).to_numpy(zero_copy_only=False)
+        blank = pc.fill_null(pc.utf8_is_space(column), False).to_numpy(zero_copy_only=False)
+        reasons = {}
+        for i in np.flatnonzero(null | empty | blank).tolist():
+            reasons[i] = text_problem(column[i].as_py(), name)[1]
+        return ~(null | empty | blank), column.to_pylist(), reasons
+    texts, reasons = [], {}
+    for i, v in enumerate(column_to_pylist(column)):
+        text, err = text_problem(v, name)
+        texts.append(text)
+        if err is not None:
+            reasons[i] = err
+    usable = np.ones(len(texts), dtype=bool)
+    usable[list(reasons)] = False
+    return usable, texts, reasons
+
+
+def merged_error_column(previous, reasons: dict[int, str], num_rows: int) -> pa.Array:
+    """The stage's error column: an earlier stage's reason first, then this stage's."""
+    if not reasons:
+        if previous is None:
+            return pa.nulls(num_rows, pa.string())
+        return previous if previous.type == pa.string() else previous.cast(pa.string())
+    mine = [None] * num_rows
+    for row, reason in reasons.items():
+        mine[row] = reason
+    if previous is None:
+        return pa.array(mine, type=pa.string())
+    return pa.array(merge_errors(column_to_pylist(previous), mine), type=pa.string())

@@ -93,7 +93,8 @@ class ModelConfig:
     task: str = "classify"
     """``classify``, ``token-classify``, ``generate`` or ``embed``; picks the Auto class."""
     dtype: str = "float32"
-    """``float32``, ``bfloat16``, ``float16`` (GPU only) or ``auto`` (the checkpoint's dtype)."""
+    """``float32``, ``bfloat16``, ``float16`` (GPU only) or ``auto``: bfloat16 on GPUs and CPUs that
+    compute it natively, float16 on older GPUs, float32 elsewhere (``operators.loading.auto_dtype``)."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) when ``path`` is a Hub id."""
     local_files_only: bool = False

