@@ -187,8 +187,12 @@ class ComputeConfig:
 
     tokenizer_min_actors: int = 1
     """Tokenizer actor pool: minimum size."""
-    tokenizer_max_actors: int = 1
-    """Tokenizer actor pool: maximum size (Ray Data autoscales between min and max)."""
+    tokenizer_max_actors: Optional[int] = None
+    """Tokenizer actor pool: maximum size (Ray Data autoscales between min and max). Default
+    (unset): sized to the model pool so model actors never wait on tokenization: one per CPU
+    model actor (the model is ~100x slower per row than tokenization there), four per GPU model
+    actor (a GPU actor scores tens of thousands of short rows/s, one tokenizer thread ~17k),
+    never more than the CPUs the other stages leave free."""
     tokenizer_num_cpus: float = 0.25
     """CPUs reserved per tokenizer actor (fractions allowed)."""
     tokenizer_batch_size: int = 512

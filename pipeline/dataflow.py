@@ -20,7 +20,7 @@ from typing import Optional
 
 from rayformers.operators import OPERATOR_FOR_TASK, TokenizeOperator
 
-from .preflight import ProcessingSpec, ResolvedJob
+from .preflight import ProcessingSpec, ResolvedJob, size_tokenizer_pool
 
 
 def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
@@ -52,8 +52,12 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
     plan behind both ``run()`` and ``build_processor()``."""
     from ray.data import ActorPoolStrategy
 
+    import ray
+
     cfg = spec.config
     c = cfg.compute
+    if c.tokenizer_max_actors is None:
+        size_tokenizer_pool(cfg, float(ray.cluster_resources().get("CPU", 0)))
     ds = ds.repartition(target_num_rows_per_block=c.batch_size)
     ds = ds.map_batches(
         TokenizeOperator,

@@ -381,9 +381,26 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
     return job
 
 
+TOKENIZERS_PER_MODEL_ACTOR = {"cpu": 1, "gpu": 4}
+"""Default tokenizer actors per model actor (see ``compute.tokenizer_max_actors``)."""
+
+
+def size_tokenizer_pool(cfg: JobConfig, total_cpus: float) -> int:
+    """Fill in ``compute.tokenizer_max_actors`` when unset: sized to the model pool, within the
+    CPUs left once model actors and one read/write task have theirs."""
+    c = cfg.compute
+    if c.tokenizer_max_actors is None:
+        per = TOKENIZERS_PER_MODEL_ACTOR["gpu" if c.model_num_gpus else "cpu"]
+        free = total_cpus - c.model_max_actors * c.model_num_cpus - c.io_num_cpus
+        fits = int(free // c.tokenizer_num_cpus) if c.tokenizer_num_cpus > 0 else per * c.model_max_actors
+        c.tokenizer_max_actors = max(c.tokenizer_min_actors, min(per * c.model_max_actors, fits))
+    return c.tokenizer_max_actors
+
+
 def check_cluster_cpus(cfg: JobConfig, total_cpus: float) -> None:
     """Refuse a plan whose actors reserve the CPUs that read and write tasks need (it would hang)."""
     c = cfg.compute
+    size_tokenizer_pool(cfg, total_cpus)
     reserved = c.tokenizer_max_actors * c.tokenizer_num_cpus + c.model_max_actors * c.model_num_cpus
     if reserved + c.io_num_cpus > total_cpus + 1e-9:
         raise PreflightError(

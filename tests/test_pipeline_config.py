@@ -273,3 +273,16 @@ def test_compaction_merges_small_files_and_survives_a_crash_midway(tmp_path):
     counts = collect_staged(fs, st.data_dir, {U1: 40})
     assert counts.rows == 40 and counts.duplicates_removed == 4
     assert sorted(pq.read_table(st.data_dir).column("id").to_pylist()) == list(range(40))
+
+
+def test_tokenizer_pool_is_sized_to_the_model_pool_within_free_cpus():
+    from rayformers.pipeline.preflight import size_tokenizer_pool
+
+    def sized(cpus, **compute):
+        return size_tokenizer_pool(load_config({"compute": compute}), cpus)
+
+    assert sized(2) == 1                                   # this machine: one CPU model actor
+    assert sized(16, model_max_actors=3) == 3              # CPU: one per model actor
+    assert sized(8, model_num_gpus=1, model_max_actors=1) == 4    # a GPU node: 8 CPUs + 1 GPU
+    assert sized(2, model_num_gpus=1, model_max_actors=2) == 2    # capped by the free CPUs
+    assert sized(8, model_num_gpus=1, tokenizer_max_actors=6) == 6  # explicit wins
