@@ -10,10 +10,17 @@ backend when it loads (BERT's normalizer flags, RoBERTa's post-processor, T5's s
 Token ids that differ from what transformers produces on the same files silently change model
 outputs, so every such rule is mirrored here from transformers 4.57.6 and tested against it.
 
-What is supported: checkpoints that ship a `tokenizer.json` (every "fast" tokenizer). What is not:
-building a tokenizer from slow-tokenizer files alone (`vocab.txt`, `spiece.model`, `vocab.json` +
-`merges.txt`) -- transformers converts those in Python and that conversion is not copied here; the
-error message says how to produce a `tokenizer.json` once with transformers.
+What loads: a `tokenizer.json` (every "fast" tokenizer), or the slow-tokenizer files alone, which
+are converted at load exactly as transformers' `convert_slow_tokenizer` does (`converters.py`):
+BERT `vocab.txt`, GPT-2/RoBERTa/BART `vocab.json` + `merges.txt`, and SentencePiece models (T5,
+Pegasus, ALBERT, XLM-R, CamemBERT, DeBERTa-v2, NLLB, mBART, mBART-50) read with our own protobuf
+schema (`sentencepiece_model.py`). Marian and M2M100, which transformers only has as slow classes,
+are rebuilt on the same wrapper (`translation.py`), as are the language codes (`src_lang` /
+`tgt_lang`) of NLLB, mBART, mBART-50 and M2M100.
+
+Modules: `fast.py` (the wrapper), `profiles.py` (per-class rules), `auto.py` (finding the files),
+`converters.py` + `sentencepiece_model.py` (slow files -> backend), `translation.py` (language
+codes, Marian, M2M100), `batch_encoding.py`, `files.py` (names, errors, JSON helpers).
 
 Class-specific behaviour is described by a `TokenizerProfile` per transformers class name
 (`BertTokenizerFast`, `RobertaTokenizerFast`, `T5TokenizerFast`, ...). A checkpoint naming a class
@@ -28,15 +35,21 @@ from .auto import AutoTokenizer
 from .batch_encoding import BatchEncoding
 from .fast import PreTrainedTokenizerFast
 from .files import TokenizerFormatError, TokenizerNotFoundError
+from .language_codes import UnknownLanguageCodeError
 from .profiles import TokenizerProfile
+from .translation import LanguageCodeTokenizerFast, M2M100Tokenizer, MarianTokenizer
 
 __all__ = [
     "AddedToken",
     "AutoTokenizer",
     "BatchEncoding",
+    "LanguageCodeTokenizerFast",
+    "M2M100Tokenizer",
+    "MarianTokenizer",
     "PreTrainedTokenizerFast",
     "TokenizerFormatError",
     "TokenizerNotFoundError",
     "TokenizerProfile",
+    "UnknownLanguageCodeError",
 ]
 

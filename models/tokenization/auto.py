@@ -13,9 +13,11 @@ from .fast import PreTrainedTokenizerFast
 from .files import (
     _FILE_KEYS, ADDED_TOKENS_FILE, CHAT_TEMPLATE_FILE, MODEL_CONFIG_FILE, REFERENCE_TRANSFORMERS_VERSION,
     SPECIAL_TOKENS_ATTRIBUTES, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
-    TokenizerFormatError, TokenizerNotFoundError, _added_token, _added_tokens_from_json, _read_json,
+    SLOW_FILES_KWARG, TokenizerFormatError, TokenizerNotFoundError, _added_token, _added_tokens_from_json, _read_json,
 )
-from .profiles import _MODEL_TYPE_TO_TOKENIZER
+from .converters import SLOW_FILE_CONVERTERS, slow_file_names
+from .profiles import _MODEL_TYPE_TO_TOKENIZER, known_profile_name
+from .translation import LanguageCodeTokenizerFast, M2M100Tokenizer, MarianTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +25,9 @@ logger = logging.getLogger(__name__)
 class AutoTokenizer:
     """`AutoTokenizer.from_pretrained(dir_or_repo_id)` -> `PreTrainedTokenizerFast`, like transformers.
 
-    Reads tokenizer.json (required), tokenizer_config.json, special_tokens_map.json,
-    added_tokens.json and chat_template.jinja when present, from a local directory or a Hub repo id
+    Reads tokenizer.json -- or, without it, the slow-tokenizer files of the class (converted as
+    transformers does; see `converters.py` and `translation.py`) -- plus tokenizer_config.json,
+    special_tokens_map.json, added_tokens.json and chat_template.jinja when present, from a local directory or a Hub repo id
     (through `models.hub.resolve_file`: the huggingface_hub cache, `revision`, `HF_HUB_OFFLINE`).
     The tokenizer class comes from tokenizer_config.json's `tokenizer_class`, else config.json's
     `tokenizer_class` or `model_type`. Keyword overrides (`model_max_length=`, `padding_side=`,
@@ -41,8 +44,8 @@ class AutoTokenizer:
         if os.path.isfile(name):
             raise ValueError(f"{name} is a file; pass the directory (or Hub repo id) that contains tokenizer.json.")
         if overrides.pop("use_fast", True) is False:
-            raise ValueError("use_fast=False asks for a slow (Python) tokenizer; rayformers only has the fast "
-                             "tokenizer.json kind.")
+            raise ValueError("use_fast=False asks for a slow (Python) tokenizer; rayformers builds every tokenizer on "
+                             "the fast `tokenizers` backend (slow-tokenizer files are converted at load).")
         for ignored in ("trust_remote_code", "_from_auto", "_commit_hash"):
             overrides.pop(ignored, None)
         hub_options = dict(subfolder=overrides.pop("subfolder", None) or "", cache_dir=cache_dir, revision=revision,
@@ -53,9 +56,6 @@ class AutoTokenizer:
 
         config_path = resolve(TOKENIZER_CONFIG_FILE)
         tokenizer_config = _read_json(config_path, "tokenizer config") if config_path else None
-        tokenizer_filename = _versioned_tokenizer_file(tokenizer_config)
-        tokenizer_path = _resolve_tokenizer_file(name, tokenizer_filename, resolve, **hub_options)
-
         class_name = overrides.pop("tokenizer_class", None)
         if class_name is None and tokenizer_config:
             class_name = tokenizer_config.get("tokenizer_class")
@@ -64,41 +64,108 @@ class AutoTokenizer:
         if tokenizer_config and "auto_map" in tokenizer_config:
             logger.warning("%s declares a custom tokenizer class (auto_map); rayformers does not run remote code and "
                            "loads it with the rules of %r.", name, class_name or "PreTrainedTokenizerFast")
+        profile_name = known_profile_name(class_name)
+        tokenizer_class = _TOKENIZER_CLASSES.get(profile_name, PreTrainedTokenizerFast)
+
+        # As transformers does, every file the class can be built from is resolved and handed to it:
+        # tokenizer.json wins for fast classes, the slow files are converted when it is missing (or
+        # when the class must rebuild from them, e.g. T5 with add_prefix_space).
+        slow_files = {key: resolve(filename) for key, filename in _slow_file_names(profile_name).items()}
+        slow_files = {key: path for key, path in slow_files.items() if path is not None}
+        tokenizer_path = None
+        if tokenizer_class is PreTrainedTokenizerFast or tokenizer_class is LanguageCodeTokenizerFast:
+            tokenizer_path = resolve(_versioned_tokenizer_file(tokenizer_config))
+        if tokenizer_path is None and not _enough_slow_files(profile_name, slow_files):
+            _raise_no_tokenizer_files(name, class_name, profile_name, slow_files, hub_options)
 
         init_kwargs = _init_kwargs_from_files(
             tokenizer_config, overrides, tokenizer_path,
             special_tokens_map_path=resolve(SPECIAL_TOKENS_MAP_FILE),
             added_tokens_path=resolve(ADDED_TOKENS_FILE),
         )
+        if tokenizer_path is None:
+            for key, path in slow_files.items():
+                init_kwargs.setdefault(key, path)
+        elif slow_files:
+            # Only used when the class must rebuild from them (from_slow); not part of init_kwargs then.
+            init_kwargs[SLOW_FILES_KWARG] = slow_files
         chat_template_path = resolve(CHAT_TEMPLATE_FILE)
         if chat_template_path is not None:
             with open(chat_template_path, encoding="utf-8") as handle:
                 init_kwargs["chat_template"] = handle.read()
         init_kwargs["name_or_path"] = name
-        return PreTrainedTokenizerFast(tokenizer_file=tokenizer_path, tokenizer_class=class_name or
-                                       "PreTrainedTokenizerFast", **init_kwargs)
+        if tokenizer_class in (MarianTokenizer, M2M100Tokenizer):
+            return tokenizer_class(**init_kwargs)
+        return tokenizer_class(tokenizer_file=tokenizer_path, tokenizer_class=class_name or "PreTrainedTokenizerFast",
+                               **init_kwargs)
 
 
-def _resolve_tokenizer_file(name: str, filename: str, resolve, **hub_options) -> str:
-    """The tokenizer.json path, or an error that says why there is none and how to make one."""
-    path = resolve(filename)
-    if path is not None:
-        return path
-    if os.path.isdir(os.path.join(name, hub_options.get("subfolder") or "")):
-        raise TokenizerNotFoundError(_missing_tokenizer_message(name, filename))
-    try:  # a Hub id: let the hub layer say whether the repo, the cache or the file is missing
-        return resolve_file(name, filename, required=True, **hub_options)
-    except OSError as err:
-        raise TokenizerNotFoundError(f"{err} {_missing_tokenizer_message(name, filename)}") from err
+# transformers classes that need more than the generic wrapper (language tokens, two SentencePiece models).
+_TOKENIZER_CLASSES = {
+    "NllbTokenizerFast": LanguageCodeTokenizerFast,
+    "MBartTokenizerFast": LanguageCodeTokenizerFast,
+    "MBart50TokenizerFast": LanguageCodeTokenizerFast,
+    "MarianTokenizer": MarianTokenizer,
+    "M2M100Tokenizer": M2M100Tokenizer,
+}
+
+# Slow-only classes: init kwarg -> file, and which of them are required.
+_SLOW_ONLY_FILES = {
+    "MarianTokenizer": ({"source_spm": "source.spm", "target_spm": "target.spm", "vocab": "vocab.json",
+                         "target_vocab_file": "target_vocab.json"}, ("source_spm", "target_spm", "vocab")),
+    "M2M100Tokenizer": ({"vocab_file": "vocab.json", "spm_file": "sentencepiece.bpe.model"}, ("vocab_file", "spm_file")),
+}
 
 
-def _missing_tokenizer_message(name: str, filename: str) -> str:
+def _slow_file_names(profile_name: str | None) -> dict[str, str]:
+    if profile_name in _SLOW_ONLY_FILES:
+        return dict(_SLOW_ONLY_FILES[profile_name][0])
+    return slow_file_names(profile_name) if profile_name else {}
+
+
+def _enough_slow_files(profile_name: str | None, found: dict[str, str]) -> bool:
+    if profile_name in _SLOW_ONLY_FILES:
+        return all(key in found for key in _SLOW_ONLY_FILES[profile_name][1])
+    names = _slow_file_names(profile_name)
+    return bool(names) and all(key in found for key in names)
+
+
+def _raise_no_tokenizer_files(name: str, class_name: str | None, profile_name: str | None, found: dict[str, str],
+                              hub_options: dict) -> None:
+    """No tokenizer.json and not (all) the slow files of the class: say what was looked for."""
+    wanted = _slow_file_names(profile_name)
+    if profile_name in _SLOW_ONLY_FILES:
+        required = _SLOW_ONLY_FILES[profile_name][1]
+        missing = [wanted[key] for key in required if key not in found]
+        detail = f"{class_name} is built from {', '.join(wanted[key] for key in required)}; missing: {', '.join(missing)}."
+    elif wanted:
+        missing = [filename for key, filename in wanted.items() if key not in found]
+        detail = (f"{class_name} loads from {TOKENIZER_FILE}, or from {' + '.join(wanted.values())}; missing: "
+                  f"{TOKENIZER_FILE}, {', '.join(missing)}.")
+    elif class_name:
+        detail = (f"{class_name} can only be loaded from {TOKENIZER_FILE} here; slow-tokenizer files are converted "
+                  f"for: {', '.join(sorted(SLOW_FILE_CONVERTERS) + sorted(_SLOW_ONLY_FILES))}.")
+    else:
+        detail = (f"Without {TOKENIZER_FILE}, the tokenizer class must be known to pick the slow files to convert, "
+                  f"but neither {TOKENIZER_CONFIG_FILE} (tokenizer_class) nor {MODEL_CONFIG_FILE} (model_type) "
+                  "names one.")
+    if not os.path.isdir(os.path.join(name, hub_options.get("subfolder") or "")):
+        try:  # a Hub id: let the hub layer say whether the repo, the cache or the file is missing
+            resolve_file(name, TOKENIZER_FILE, required=True, **hub_options)
+        except OSError as err:
+            raise TokenizerNotFoundError(f"{err} {_missing_tokenizer_message(name, detail)}") from err
+    raise TokenizerNotFoundError(_missing_tokenizer_message(name, detail))
+
+
+def _missing_tokenizer_message(name: str, detail: str) -> str:
     target = repr(name) if os.path.isdir(name) else "'<local dir>'"
     return (
-        f"{name} has no {filename}. rayformers only supports fast tokenizers, which are stored as a single "
-        "tokenizer.json (slow-tokenizer files such as vocab.txt, spiece.model or vocab.json + merges.txt are not "
-        "converted). Produce one once with transformers (with sentencepiece installed for SentencePiece models): "
-        f"`transformers.AutoTokenizer.from_pretrained({name!r}).save_pretrained({target})`, then load that directory."
+        f"{name} has no usable tokenizer files. {detail} Loadable layouts: tokenizer.json (any fast tokenizer); "
+        "vocab.txt (BERT); vocab.json + merges.txt (GPT-2, RoBERTa, BART); a SentencePiece model (T5 spiece.model, "
+        "Pegasus, ALBERT, XLM-R / CamemBERT / NLLB / mBART sentencepiece.bpe.model, DeBERTa-v2 spm.model); Marian "
+        "source.spm + target.spm + vocab.json; M2M100 vocab.json + sentencepiece.bpe.model. For other layouts, save "
+        f"the tokenizer once with transformers: `transformers.AutoTokenizer.from_pretrained({name!r})"
+        f".save_pretrained({target})`, then load that directory."
     )
 
 
@@ -137,7 +204,7 @@ def _tokenizer_class_from_model_config(config_path: str | None) -> str | None:
     return _MODEL_TYPE_TO_TOKENIZER.get(model_type)
 
 
-def _init_kwargs_from_files(tokenizer_config: dict | None, overrides: dict, tokenizer_path: str, *,
+def _init_kwargs_from_files(tokenizer_config: dict | None, overrides: dict, tokenizer_path: str | None, *,
                             special_tokens_map_path: str | None, added_tokens_path: str | None) -> dict:
     """transformers' `_from_pretrained`: merge the config files and overrides into __init__ kwargs."""
     init_kwargs = dict(tokenizer_config or {})
@@ -185,7 +252,8 @@ def _init_kwargs_from_files(tokenizer_config: dict | None, overrides: dict, toke
                 is_special = content in special
                 added_tokens_decoder[index] = AddedToken(content, rstrip=False, lstrip=False,
                                                          normalized=not is_special, special=is_special)
-        for serialized in _read_json(tokenizer_path, "tokenizer").get("added_tokens", []):
+        serialized_tokens = _read_json(tokenizer_path, "tokenizer").get("added_tokens", []) if tokenizer_path else []
+        for serialized in serialized_tokens:
             serialized = dict(serialized)
             index = serialized.pop("id")
             added_tokens_decoder[index] = _added_token(serialized, f"tokenizer.json added_tokens id {index}")

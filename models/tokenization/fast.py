@@ -17,9 +17,10 @@ from tokenizers import pre_tokenizers as backend_pre_tokenizers
 from .batch_encoding import BatchEncoding, _to_py_obj
 from .files import (
     _FILE_KEYS, ADDED_TOKENS_FILE, CHAT_TEMPLATE_FILE, LARGE_INTEGER, PADDING_STRATEGIES, SPECIAL_TOKENS_ATTRIBUTES,
-    SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TRUNCATION_STRATEGIES, VERY_LARGE_INTEGER,
+    SLOW_FILES_KWARG, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TRUNCATION_STRATEGIES, VERY_LARGE_INTEGER,
     _added_tokens_to_json, _read_backend, _write_json,
 )
+from .converters import backend_from_slow_files, slow_class_defaults, slow_file_names
 from .profiles import TokenizerProfile, tokenizer_profile
 
 logger = logging.getLogger(__name__)
@@ -71,11 +72,11 @@ class PreTrainedTokenizerFast:
         self._declared_tokenizer_class = tokenizer_class
         kwargs = self._apply_class_defaults(profile, kwargs)
 
-        if kwargs.pop("from_slow", False):
-            raise ValueError(
-                "from_slow=True asks to rebuild the tokenizer from slow-tokenizer files; rayformers only reads "
-                "tokenizer.json. Save the tokenizer once with transformers and load that directory."
-            )
+        from_slow = kwargs.pop("from_slow", False)
+        if from_slow:
+            for key, path in kwargs.get(SLOW_FILES_KWARG, {}).items():
+                kwargs.setdefault(key, path)
+        kwargs.pop(SLOW_FILES_KWARG, None)
         for unused in ("__slow_tokenizer", "gguf_file"):
             kwargs.pop(unused, None)
         added_tokens_decoder = kwargs.pop("added_tokens_decoder", {})
@@ -83,11 +84,22 @@ class PreTrainedTokenizerFast:
 
         if tokenizer_object is not None:
             backend = Tokenizer.from_str(tokenizer_object.to_str())
-        elif tokenizer_file is not None:
+        elif tokenizer_file is not None and not from_slow:
             backend = _read_backend(tokenizer_file)
+        elif slow_file_names(profile.name) and any(kwargs.get(key) for key in slow_file_names(profile.name)):
+            # transformers builds the slow tokenizer from these files and converts it (convert_slow_tokenizer).
+            backend = backend_from_slow_files(profile.name, kwargs)
+            for key, value in slow_class_defaults(profile.name).items():
+                kwargs.setdefault(key, value)
+        elif from_slow:
+            raise ValueError(
+                f"from_slow=True asks to rebuild the tokenizer from slow-tokenizer files, but no "
+                f"{' / '.join(slow_file_names(profile.name).values()) or 'slow-tokenizer file'} was given for "
+                f"{profile.name}. Load the checkpoint directory that holds them, or drop from_slow."
+            )
         else:
-            raise ValueError("PreTrainedTokenizerFast needs a tokenizers.Tokenizer (tokenizer_object=) or a "
-                             "tokenizer.json path (tokenizer_file=).")
+            raise ValueError("PreTrainedTokenizerFast needs a tokenizers.Tokenizer (tokenizer_object=), a "
+                             "tokenizer.json path (tokenizer_file=) or slow-tokenizer files (vocab_file=...).")
         self._tokenizer = backend
 
         # tokenizer.json may carry truncation/padding settings; transformers turns them into init kwargs
@@ -565,14 +577,27 @@ class PreTrainedTokenizerFast:
         )
         if text is None and text_target is None:
             raise ValueError("Pass the texts to tokenize as `text` (or targets as `text_target`).")
-        encodings = self._call_one(text, text_pair, **options) if text is not None else None
+        encodings = None
+        if text is not None:
+            self._switch_to_input_mode()
+            encodings = self._call_one(text, text_pair, **options)
         if text_target is None:
             return encodings
-        targets = self._call_one(text_target, text_pair_target, **options)
+        self._switch_to_target_mode()
+        try:
+            targets = self._call_one(text_target, text_pair_target, **options)
+        finally:
+            self._switch_to_input_mode()
         if encodings is None:
             return targets
         encodings["labels"] = targets["input_ids"]
         return encodings
+
+    def _switch_to_input_mode(self) -> None:
+        """Hook for tokenizers that encode targets differently (language tokens, Marian's target model)."""
+
+    def _switch_to_target_mode(self) -> None:
+        """Hook: set the tokenizer up for `text_target` (undone by `_switch_to_input_mode`)."""
 
     def _call_one(self, text, text_pair, *, is_split_into_words: bool, **options) -> BatchEncoding:
         _check_text_input(text, "text", is_split_into_words)

@@ -40,12 +40,16 @@ SPECIAL_TOKENS_ATTRIBUTES = (
     "additional_special_tokens",
 )
 
+# Slow-tokenizer files found next to a tokenizer.json: used only to rebuild from them (from_slow).
+SLOW_FILES_KWARG = "__slow_files"
+
 # Keys of tokenizer_config.json that name files; they are never written back (transformers pops them).
-_FILE_KEYS = ("tokenizer_file", "vocab_file", "merges_file", "special_tokens_map_file")
+_FILE_KEYS = ("tokenizer_file", "vocab_file", "merges_file", "special_tokens_map_file", "source_spm", "target_spm", "vocab",
+              "target_vocab_file", "spm_file")
 
 
 class TokenizerNotFoundError(OSError):
-    """The checkpoint has no `tokenizer.json` (only fast tokenizers are supported)."""
+    """The checkpoint has neither a `tokenizer.json` nor the slow-tokenizer files of its class."""
 
 
 class TokenizerFormatError(ValueError):

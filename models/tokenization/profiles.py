@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from tokenizers import normalizers as backend_normalizers
 from tokenizers import processors as backend_processors
 
+from .files import SLOW_FILES_KWARG
+from .language_codes import FAIRSEQ_MBART50_CODES, FAIRSEQ_MBART_CODES, FAIRSEQ_NLLB_CODES
+
 if TYPE_CHECKING:
     from .fast import PreTrainedTokenizerFast
 
@@ -88,6 +91,10 @@ def _sync_roberta_post_processor(tokenizer: PreTrainedTokenizerFast, kwargs: dic
         tokenizer.backend_tokenizer.post_processor = processor_class(**state)
 
 
+def _has_slow_vocabulary(kwargs: dict) -> bool:
+    return bool(kwargs.get("vocab_file") or kwargs.get(SLOW_FILES_KWARG, {}).get("vocab_file"))
+
+
 def _prepare_t5(kwargs: dict) -> None:
     """T5TokenizerFast: `extra_ids` sentinel tokens (<extra_id_0>...) become additional special tokens."""
     extra_ids = kwargs["extra_ids"]
@@ -105,18 +112,21 @@ def _prepare_t5(kwargs: dict) -> None:
         additional = [f"<extra_id_{i}>" for i in range(extra_ids)]
     kwargs["additional_special_tokens"] = additional
     if kwargs.get("add_prefix_space") is not None:
-        raise ValueError(
-            "T5TokenizerFast with add_prefix_space set must be rebuilt from the slow SentencePiece tokenizer "
-            "(transformers does that with sentencepiece installed); rayformers only reads tokenizer.json. "
-            "Remove add_prefix_space, or save the tokenizer once with transformers and load that directory."
-        )
+        if not _has_slow_vocabulary(kwargs):
+            raise ValueError(
+                "T5TokenizerFast with add_prefix_space set is rebuilt from the slow SentencePiece model (spiece.model) "
+                "by transformers, and this checkpoint has none. Remove add_prefix_space, or load a directory that "
+                "holds spiece.model."
+            )
+        kwargs["from_slow"] = True
 
 
 def _prepare_pegasus(kwargs: dict) -> None:
     """PegasusTokenizerFast: <mask_1> and <unk_2>..<unk_{offset-1}> fill the additional special tokens.
 
-    Like transformers it ignores tokenizer_config.json's added_tokens_decoder, and it would rebuild
-    from the slow SentencePiece model when pad/eos/unk are not the standard ones -- which we cannot.
+    Like transformers it ignores tokenizer_config.json's added_tokens_decoder, and it rebuilds from the
+    slow SentencePiece model (spiece.model must then be in the checkpoint) when pad/eos/unk are not the
+    standard ones.
     """
     offset, mask_token_sent = kwargs["offset"], kwargs["mask_token_sent"]
     additional = kwargs.get("additional_special_tokens")
@@ -136,15 +146,37 @@ def _prepare_pegasus(kwargs: dict) -> None:
     kwargs["additional_special_tokens"] = additional
     standard = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
     if any(str(kwargs[key]) != value for key, value in standard.items()):
-        raise ValueError(
-            "PegasusTokenizerFast with non-standard pad/eos/unk tokens is rebuilt from the slow SentencePiece model "
-            "by transformers; rayformers only reads tokenizer.json and cannot do that."
-        )
+        if not _has_slow_vocabulary(kwargs):
+            raise ValueError(
+                "PegasusTokenizerFast with non-standard pad/eos/unk tokens is rebuilt from the slow SentencePiece "
+                "model (spiece.model) by transformers, and this checkpoint has none. Load a directory that holds it."
+            )
+        kwargs["from_slow"] = True
     kwargs.pop("added_tokens_decoder", None)
 
 
 def _set_gpt2_attributes(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
     tokenizer.add_bos_token = kwargs.get("add_bos_token", False)
+
+
+def _prepare_nllb(kwargs: dict) -> None:
+    """NllbTokenizerFast: without additional special tokens, the 202 language codes are the additional ones."""
+    if kwargs.get("additional_special_tokens") is None:
+        kwargs["additional_special_tokens"] = list(FAIRSEQ_NLLB_CODES)
+
+
+def _prepare_mbart(kwargs: dict) -> None:
+    """MBartTokenizerFast: the 25 language codes first, then any other additional special tokens."""
+    additional = list(FAIRSEQ_MBART_CODES)
+    additional += [token for token in kwargs.get("additional_special_tokens") or [] if token not in additional]
+    kwargs["additional_special_tokens"] = additional
+
+
+def _prepare_mbart50(kwargs: dict) -> None:
+    """MBart50TokenizerFast: the given additional special tokens, then the 52 language codes not among them."""
+    additional = list(kwargs.get("additional_special_tokens") or [])
+    additional += [code for code in FAIRSEQ_MBART50_CODES if code not in additional]
+    kwargs["additional_special_tokens"] = additional
 
 
 _BERT_DEFAULTS = {
@@ -238,6 +270,42 @@ _PROFILES: dict[str, TokenizerProfile] = {
             writes_slow_vocabulary=True, requires_prefix_space_for_words=True, finish=_set_gpt2_attributes,
         ),
         TokenizerProfile(
+            name="DebertaV2TokenizerFast",
+            defaults={"do_lower_case": False, "split_by_punct": False, "bos_token": "[CLS]", "eos_token": "[SEP]",
+                      "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                      "mask_token": "[MASK]"},
+            attributes=("do_lower_case", "split_by_punct"),
+        ),
+        TokenizerProfile(
+            name="NllbTokenizerFast", model_input_names=_TWO_INPUTS,
+            defaults={**_ROBERTA_TOKENS, "src_lang": None, "tgt_lang": None, "additional_special_tokens": None,
+                      "legacy_behaviour": False},
+            mask_token_options={"normalized": True, "lstrip": True, "special": True},
+            attributes=("legacy_behaviour",), prepare=_prepare_nllb,
+        ),
+        TokenizerProfile(
+            name="MBartTokenizerFast", model_input_names=_TWO_INPUTS,
+            defaults={**_ROBERTA_TOKENS, "src_lang": None, "tgt_lang": None, "additional_special_tokens": None},
+            mask_token_options={"lstrip": True, "rstrip": False}, prepare=_prepare_mbart,
+        ),
+        TokenizerProfile(
+            name="MBart50TokenizerFast", model_input_names=_TWO_INPUTS,
+            defaults={key: value for key, value in {**_ROBERTA_TOKENS, "src_lang": None, "tgt_lang": None}.items()
+                      if key != "bos_token"},
+            mask_token_options={"lstrip": True, "rstrip": False}, prepare=_prepare_mbart50,
+        ),
+        # transformers has only slow classes for these two; ours are built on the fast wrapper (translation.py).
+        TokenizerProfile(
+            name="MarianTokenizer", model_input_names=_TWO_INPUTS,
+            defaults={"source_lang": None, "target_lang": None, "unk_token": "<unk>", "eos_token": "</s>",
+                      "pad_token": "<pad>", "model_max_length": 512, "separate_vocabs": False},
+        ),
+        TokenizerProfile(
+            name="M2M100Tokenizer", model_input_names=_TWO_INPUTS,
+            defaults={"src_lang": None, "tgt_lang": None, "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+                      "pad_token": "<pad>", "unk_token": "<unk>", "language_codes": "m2m100", "num_madeup_words": 8},
+        ),
+        TokenizerProfile(
             name="AlbertTokenizerFast",
             defaults={"do_lower_case": True, "remove_space": True, "keep_accents": False, "bos_token": "[CLS]",
                       "eos_token": "[SEP]", "unk_token": "<unk>", "sep_token": "[SEP]", "pad_token": "<pad>",
@@ -255,10 +323,14 @@ _MODEL_TYPE_TO_TOKENIZER = {
     "bart": "BartTokenizerFast",
     "bert": "BertTokenizerFast",
     "camembert": "CamembertTokenizerFast",
+    "deberta-v2": "DebertaV2TokenizerFast",
     "distilbert": "DistilBertTokenizerFast",
     "electra": "ElectraTokenizerFast",
     "gpt2": "GPT2TokenizerFast",
     "longformer": "LongformerTokenizerFast",
+    "m2m_100": "M2M100Tokenizer",
+    "marian": "MarianTokenizer",
+    "mbart": "MBartTokenizerFast",
     "mega": "RobertaTokenizerFast",
     "modernbert": "PreTrainedTokenizerFast",
     "mpnet": "MPNetTokenizerFast",
@@ -269,6 +341,17 @@ _MODEL_TYPE_TO_TOKENIZER = {
     "umt5": "T5TokenizerFast",
     "xlm-roberta": "XLMRobertaTokenizerFast",
 }
+
+
+def known_profile_name(class_name: str | None) -> str | None:
+    """The profile name for a class name ("BertTokenizer" -> "BertTokenizerFast"), None when unknown."""
+    if not class_name:
+        return None
+    fast_name = class_name if class_name.endswith("Fast") else f"{class_name}Fast"
+    for candidate in (fast_name, class_name):
+        if candidate in _PROFILES:
+            return candidate
+    return None
 
 
 def tokenizer_profile(class_name: str | None) -> TokenizerProfile:
