@@ -262,9 +262,9 @@ class SpmConverter:
             tokenizer.post_processor = post_processor
         return tokenizer
 
-    def _cls_sep_template(self, cls: str, sep: str, pair_separator: str = ""):
+    def _cls_sep_template(self, cls: str, sep: str):
         return processors.TemplateProcessing(
-            single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 {pair_separator}$B:1 {sep}:1",
+            single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
             special_tokens=[(cls, self.token_id(cls)), (sep, self.token_id(sep))],
         )
 
@@ -282,7 +282,22 @@ def _fairseq_vocab(proto, appended: list[str] = ()) -> list[tuple[str, float]]:
     return vocab + [(token, 0.0) for token in appended]
 
 
-class AlbertConverter(SpmConverter):
+def _then_charsmap_and_single_spaces(proto, steps: list):
+    """ALBERT / DeBERTa-v2 normalizers end with the model's character map and collapsed spaces."""
+    if proto.normalizer_spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap))
+    steps.append(normalizers.Replace(Regex(" {2,}"), " "))
+    return normalizers.Sequence(steps)
+
+
+class CLSSEPConverter(SpmConverter):
+    """[CLS] A [SEP] (B [SEP]) around the text, with type ids (ALBERT, DeBERTa-v2)."""
+
+    def post_processor(self):
+        return self._cls_sep_template("[CLS]", "[SEP]")
+
+
+class AlbertConverter(CLSSEPConverter):
     def vocab(self, proto):
         return [(p.piece, p.score) if _check_number_comma(p.piece) else (p.piece, p.score - 100) for p in proto.pieces]
 
@@ -292,13 +307,7 @@ class AlbertConverter(SpmConverter):
             steps += [normalizers.NFKD(), normalizers.StripAccents()]
         if self.kwargs.get("do_lower_case", True):
             steps.append(normalizers.Lowercase())
-        if proto.normalizer_spec.precompiled_charsmap:
-            steps.append(normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap))
-        steps.append(normalizers.Replace(Regex(" {2,}"), " "))
-        return normalizers.Sequence(steps)
-
-    def post_processor(self):
-        return self._cls_sep_template("[CLS]", "[SEP]")
+        return _then_charsmap_and_single_spaces(proto, steps)
 
 
 class CamembertConverter(SpmConverter):
@@ -314,7 +323,7 @@ class CamembertConverter(SpmConverter):
         return self._roberta_template()
 
 
-class DebertaV2Converter(SpmConverter):
+class DebertaV2Converter(CLSSEPConverter):
     def pre_tokenizer(self, replacement, add_prefix_space):
         steps = []
         if self.kwargs.get("split_by_punct", False):
@@ -325,13 +334,7 @@ class DebertaV2Converter(SpmConverter):
     def normalizer(self, proto):
         steps = [normalizers.Lowercase()] if self.kwargs.get("do_lower_case", False) else []
         steps.append(normalizers.Strip())
-        if proto.normalizer_spec.precompiled_charsmap:
-            steps.append(normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap))
-        steps.append(normalizers.Replace(Regex(" {2,}"), " "))
-        return normalizers.Sequence(steps)
-
-    def post_processor(self):
-        return self._cls_sep_template("[CLS]", "[SEP]")
+        return _then_charsmap_and_single_spaces(proto, steps)
 
 
 class XLMRobertaConverter(SpmConverter):
