@@ -76,11 +76,12 @@ class TokenizeOperator:
         local_files_only: bool = False,
         drop_columns: tuple = (),
         tokenizer=None,
+        source_language: Optional[str] = None,
     ):
         if tokenizer is None:
             from .loading import load_tokenizer
 
-            tokenizer = load_tokenizer(tokenizer_path, revision, local_files_only)
+            tokenizer = load_tokenizer(tokenizer_path, revision, local_files_only, source_language)
         self.text_column = text_column
         self.text_pair_column = text_pair_column
         self.max_length = max_length

@@ -78,6 +78,9 @@ class InputConfig:
     check_unique_ids: bool = True
     """With ``id_column``: check before the run that ids are unique (reads that one column), since
     ``resume`` and the exactly-once check rely on it."""
+    source_language: Optional[str] = None
+    """Translation tokenizers with language codes (NLLB ``eng_Latn``, mBART ``en_XX``, M2M100
+    ``en``): the language of ``text_column``; its language token is added to every row."""
 
 
 @dataclass
@@ -174,6 +177,9 @@ class TaskConfig:
     """token-classify: entity labels left out of the output."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """generate: decoding settings."""
+    target_language: Optional[str] = None
+    """generate with a translation tokenizer (NLLB, mBART-50, M2M100, mBART): the output language;
+    its language token is forced as the first generated token (``forced_bos_token_id``)."""
 
 
 @dataclass

@@ -46,6 +46,7 @@ def build_dataset(job: ResolvedJob, skip_ids_ref: Any = None):
             revision=cfg.model.revision,
             local_files_only=cfg.model.local_files_only,
             drop_columns=tuple(job.drop_after_tokenize),
+            source_language=cfg.input.source_language,
         ),
         compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
         num_cpus=c.tokenizer_num_cpus,

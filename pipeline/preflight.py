@@ -215,9 +215,15 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
     model_config = resolve_model(cfg)
     tok_path = cfg.tokenizer.path or cfg.model.path
     try:
-        tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only)
+        tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only, inp.source_language)
     except Exception as e:  # noqa: BLE001
-        raise PreflightError(f"tokenizer {tok_path!r}: cannot load ({type(e).__name__}: {e})") from e
+        what = "input.source_language" if type(e).__name__ == "UnknownLanguageCodeError" else "cannot load"
+        raise PreflightError(f"tokenizer {tok_path!r}: {what} ({type(e).__name__}: {e})") from e
+    if inp.source_language and not hasattr(tokenizer, "src_lang"):
+        raise PreflightError(
+            f"input.source_language={inp.source_language!r}, but the tokenizer of {tok_path!r} has no language codes "
+            "(they exist for NLLB, mBART, mBART-50 and M2M100 checkpoints); remove it."
+        )
     st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
     max_length = resolve_max_length(cfg, tokenizer, model_config, st)
     pad = getattr(tokenizer, "pad_token_id", None)
@@ -249,6 +255,15 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
             "max_batch_size": t.generation.max_batch_size,
             "tokenizer_path": tok_path,
         }
+        if t.target_language:
+            from rayformers.operators.loading import forced_target_language_id
+
+            try:
+                options["generation"]["forced_bos_token_id"] = forced_target_language_id(tokenizer, t.target_language)
+            except ValueError as e:
+                raise PreflightError(f"task.target_language: {e}") from e
+    if t.target_language and task != "generate":
+        raise PreflightError(f"task.target_language is for model.task generate, not {task}")
 
     read_columns: list[str] = []
     for c in [inp.id_column, inp.text_column, inp.text_pair_column, *inp.passthrough_columns]:
