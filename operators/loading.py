@@ -18,6 +18,7 @@ TASK_AUTO_CLASS = {
     "token-classify": "AutoModelForTokenClassification",
     "generate": "AutoModelForSeq2SeqLM",
     "embed": "AutoModel",
+    "zero-shot-classify": "AutoModelForSequenceClassification",
 }
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

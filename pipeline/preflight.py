@@ -9,6 +9,7 @@ nothing of YAML).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Collection, Optional
@@ -23,6 +24,8 @@ from rayformers.operators.records import ERROR_COLUMN
 from .config import TASKS, ConfigError, JobConfig
 from .source import ID_COLUMN, InputError, InputFile, discover_files, file_schema, resolve_filesystem
 
+logger = logging.getLogger(__name__)
+
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.null())
 
 PREDICTION_COLUMNS = {
@@ -30,6 +33,7 @@ PREDICTION_COLUMNS = {
     "token-classify": ["entities"],
     "generate": ["generated_text", "generated_tokens"],
     "embed": ["embedding"],
+    "zero-shot-classify": ["labels", "scores"],
 }
 
 
@@ -232,7 +236,7 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
 
     task = cfg.model.task
     t = cfg.task
-    text_needed_by_model = task == "token-classify"
+    text_needed_by_model = task in ("token-classify", "zero-shot-classify")
     options: dict
     if task == "classify":
         options = {"top_k": t.top_k, "function_to_apply": t.function_to_apply, "threshold": t.threshold}
@@ -249,6 +253,8 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
             "aggregation_strategy": t.aggregation_strategy,
             "ignore_labels": list(t.ignore_labels),
         }
+    elif task == "zero-shot-classify":
+        options = zero_shot_options(cfg, model_config, tok_path, max_length)
     else:
         options = {
             "generation": t.generation.generate_kwargs(),
@@ -293,6 +299,35 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         drop_after_model=drop if text_needed_by_model else [],
     )
     return job
+
+
+def zero_shot_options(cfg: JobConfig, model_config, tok_path: str, max_length: Optional[int]) -> dict:
+    """Validate the zero-shot settings against the NLI checkpoint (before any row is read)."""
+    t = cfg.task
+    labels = t.candidate_labels
+    if not labels or not all(isinstance(label, str) and label.strip() for label in labels):
+        raise PreflightError(f"task.candidate_labels must be a non-empty list of label names for zero-shot-classify, "
+                             f"got {labels!r}")
+    if t.hypothesis_template.format(labels[0]) == t.hypothesis_template:
+        raise PreflightError(f"task.hypothesis_template {t.hypothesis_template!r} has no {{}} where the label goes")
+    if cfg.input.text_pair_column:
+        raise PreflightError("input.text_pair_column cannot be used with zero-shot-classify: the second text of each "
+                             "pair is the hypothesis built from task.hypothesis_template")
+    id2label = getattr(model_config, "id2label", None) or {}
+    if len(id2label) < 2:
+        raise PreflightError(f"model.path {cfg.model.path!r} has {len(id2label)} labels; zero-shot-classify needs an NLI "
+                             "checkpoint (entailment / neutral / contradiction)")
+    if not any(str(name).lower().startswith("entail") for name in id2label.values()):
+        logger.warning("model.path %r has no label starting with 'entail' (%s); as transformers, the last label is "
+                       "taken as entailment", cfg.model.path, sorted(map(str, id2label.values())))
+    return {
+        "candidate_labels": list(labels),
+        "hypothesis_template": t.hypothesis_template,
+        "multi_label": t.multi_label,
+        "text_column": cfg.input.text_column,
+        "tokenizer_path": tok_path,
+        "max_length": max_length,
+    }
 
 
 def check_cluster_cpus(cfg: JobConfig, total_cpus: float) -> None:
