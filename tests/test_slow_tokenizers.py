@@ -226,6 +226,21 @@ def test_vocabulary_checkpoints_match_transformers(vocab_dirs, case):
     _assert_same_decoding(ours, ref)
 
 
+@pytest.mark.parametrize("case", ["t5-unigram", "camembert-bpe", "deberta-v2", "nllb-unigram", "mbart-50-bpe",
+                                  "bert-cased", "roberta"])
+def test_directories_saved_by_transformers_slow_classes_match(spm_dirs, vocab_dirs, tmp_path, case):
+    """The Hub's usual slow layout: what a slow class's save_pretrained writes (added_tokens.json,
+    special_tokens_map.json, tokenizer_config.json with added_tokens_decoder) next to the vocabulary."""
+    source = spm_dirs.get(case) or vocab_dirs[case]
+    transformers.AutoTokenizer.from_pretrained(source, use_fast=False).save_pretrained(tmp_path)
+    assert not (tmp_path / "tokenizer.json").exists()
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = AutoTokenizer.from_pretrained(tmp_path)
+    _assert_same_vocabulary(ours, ref)
+    _assert_same_encodings(ours, ref)
+    _assert_same_decoding(ours, ref)
+
+
 @pytest.mark.parametrize("case", ["t5-unigram", "xlm-roberta-bpe", "deberta-v2", "nllb-unigram"])
 def test_converted_tokenizer_saves_a_tokenizer_json_transformers_loads(spm_dirs, tmp_path, case):
     ours = AutoTokenizer.from_pretrained(spm_dirs[case])
