@@ -77,11 +77,15 @@ class TokenizeOperator:
         drop_columns: tuple = (),
         tokenizer=None,
         source_language: Optional[str] = None,
+        source_language_column: Optional[str] = None,
     ):
         if tokenizer is None:
             from .loading import load_tokenizer
 
             tokenizer = load_tokenizer(tokenizer_path, revision, local_files_only, source_language)
+        self.tokenizer = tokenizer
+        self.source_language_column = source_language_column
+        self._language_backends: dict = {}
         self.text_column = text_column
         self.text_pair_column = text_pair_column
         self.max_length = max_length
@@ -102,11 +106,11 @@ class TokenizeOperator:
             pairs, pair_errors = self._validated(batch, self.text_pair_column)
             errors = merge_errors(errors, pair_errors)
 
-        good = [i for i in range(n) if errors[i] is None]
-        if pairs is None:
-            encodings = self._encode_singles([texts[i] for i in good]) if good else []
+        if self.source_language_column:
+            good, encodings = self._encode_by_language(batch, texts, pairs, errors)
         else:
-            encodings = self.backend.encode_batch([(texts[i], pairs[i]) for i in good]) if good else []
+            good = [i for i in range(n) if errors[i] is None]
+            encodings = self._encode(good, texts, pairs, self.backend)
 
         input_ids: list = [None] * n
         type_ids: list = [None] * n
@@ -151,7 +155,47 @@ class TokenizeOperator:
         out = out.drop_columns([c for c in self.drop_columns if c in out.column_names])
         return add_stage_time(out, "tokenize", time.perf_counter() - start)
 
-    def _encode_singles(self, texts: list[str]) -> list:
+    def _encode(self, rows: list, texts: list, pairs: Optional[list], backend) -> list:
+        if not rows:
+            return []
+        if pairs is None:
+            return self._encode_singles([texts[i] for i in rows], backend)
+        return backend.encode_batch([(texts[i], pairs[i]) for i in rows])
+
+    def _encode_by_language(self, batch: pa.Table, texts: list, pairs: Optional[list], errors: list):
+        """Rows grouped by their source language, each group with that language's tokens."""
+        column = self.source_language_column
+        languages = column_to_pylist(batch.column(column))
+        groups: dict = {}
+        for i, code in enumerate(languages):
+            if errors[i] is not None:
+                continue
+            backend = self._backend_for_language(code)
+            if isinstance(backend, str):
+                errors[i] = f"{column}: {backend}"
+                continue
+            groups.setdefault(code, []).append(i)
+        rows, encodings = [], []
+        for code, members in groups.items():
+            rows += members
+            encodings += self._encode(members, texts, pairs, self._language_backends[code])
+        return rows, encodings
+
+    def _backend_for_language(self, code):
+        """The configured backend for source language ``code``, or the reason it has none."""
+        if code in self._language_backends:
+            return self._language_backends[code]
+        if not isinstance(code, str) or not code:
+            return f"no source language code ({code!r})"
+        try:
+            self.tokenizer.src_lang = code
+        except ValueError as err:  # UnknownLanguageCodeError: names the code and the accepted ones
+            return str(err)[:1000]
+        backend = configured_backend(self.tokenizer, self.max_length, self.truncation)
+        self._language_backends[code] = backend
+        return backend
+
+    def _encode_singles(self, texts: list[str], backend=None) -> list:
         """``encode_batch``, without tokenizing megabytes that truncation would throw away.
 
         A text much longer than ``max_length`` tokens could need is first cut at a whitespace
@@ -170,10 +214,11 @@ class TokenizeOperator:
                     if end > 0:
                         cut[k] = True
                         inputs[k] = t[:end]
-        encodings = self.backend.encode_batch(inputs)
+        backend = self.backend if backend is None else backend
+        encodings = backend.encode_batch(inputs)
         redo = [k for k in cut if not encodings[k].overflowing]
         if redo:
-            for k, enc in zip(redo, self.backend.encode_batch([texts[k] for k in redo])):
+            for k, enc in zip(redo, backend.encode_batch([texts[k] for k in redo])):
                 encodings[k] = enc
         return encodings
 

@@ -81,6 +81,9 @@ class InputConfig:
     source_language: Optional[str] = None
     """Translation tokenizers with language codes (NLLB ``eng_Latn``, mBART ``en_XX``, M2M100
     ``en``): the language of ``text_column``; its language token is added to every row."""
+    source_language_column: Optional[str] = None
+    """Like ``source_language``, per row: a column holding each row's language code (rows are
+    tokenized in groups of one language; a null or unknown code is an error record for that row)."""
 
 
 @dataclass

@@ -87,6 +87,8 @@ def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -
         if inp.id_column:
             wanted.append(("input.id_column", inp.id_column))
         wanted += [("input.passthrough_columns", c) for c in inp.passthrough_columns]
+        if inp.source_language_column:
+            wanted.append(("input.source_language_column", inp.source_language_column))
         for key, col in wanted:
             if col not in names:
                 raise PreflightError(
@@ -223,11 +225,15 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
     except Exception as e:  # noqa: BLE001
         what = "input.source_language" if type(e).__name__ == "UnknownLanguageCodeError" else "cannot load"
         raise PreflightError(f"tokenizer {tok_path!r}: {what} ({type(e).__name__}: {e})") from e
-    if inp.source_language and not hasattr(tokenizer, "src_lang"):
-        raise PreflightError(
-            f"input.source_language={inp.source_language!r}, but the tokenizer of {tok_path!r} has no language codes "
-            "(they exist for NLLB, mBART, mBART-50 and M2M100 checkpoints); remove it."
-        )
+    for key in ("source_language", "source_language_column"):
+        if getattr(inp, key) and not hasattr(tokenizer, "src_lang"):
+            raise PreflightError(
+                f"input.{key}={getattr(inp, key)!r}, but the tokenizer of {tok_path!r} has no language codes "
+                "(they exist for NLLB, mBART, mBART-50 and M2M100 checkpoints); remove it."
+            )
+    if inp.source_language and inp.source_language_column:
+        raise PreflightError("set input.source_language (one language for every row) or input.source_language_column "
+                             "(per row), not both")
     st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
     max_length = resolve_max_length(cfg, tokenizer, model_config, st)
     pad = getattr(tokenizer, "pad_token_id", None)
@@ -272,13 +278,14 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         raise PreflightError(f"task.target_language is for model.task generate, not {task}")
 
     read_columns: list[str] = []
-    for c in [inp.id_column, inp.text_column, inp.text_pair_column, *inp.passthrough_columns]:
+    for c in [inp.id_column, inp.text_column, inp.text_pair_column, inp.source_language_column,
+              *inp.passthrough_columns]:
         if c and c not in read_columns:
             read_columns.append(c)
     keep = set(inp.passthrough_columns) | {id_column}
     if out.keep_text:
         keep.add(inp.text_column)
-    drop = [c for c in (inp.text_column, inp.text_pair_column) if c and c not in keep]
+    drop = [c for c in (inp.text_column, inp.text_pair_column, inp.source_language_column) if c and c not in keep]
 
     out_fs, out_path = resolve_filesystem(out.path, out.filesystem)
     job = ResolvedJob(

@@ -27,6 +27,7 @@ transformers.logging.set_verbosity_error()
 CORPUS = ["The quick brown fox jumps over the lazy dog.", "Hello world, this is a tiny corpus.",
           "Translation models read one sentence and write another one."] * 30
 TEXTS = ["Hello world", "the lazy dog jumps", "one sentence and another one, quick!", "x"]
+LANGUAGES = ["fr_XX", "de_DE", "fr_XX", "ja_XX"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def mbart50_dir(tmp_path_factory) -> Path:
 
 def _write_input(path: Path) -> Path:
     path.mkdir()
-    pq.write_table(pa.table({"text": TEXTS}), path / "part0.parquet")
+    pq.write_table(pa.table({"text": TEXTS, "lang": LANGUAGES}), path / "part0.parquet")
     return path
 
 
@@ -77,25 +78,44 @@ def _config(model_dir, tmp_path, **sections):
 
 
 def test_translation_languages_match_transformers(ray_session, mbart50_dir, tmp_path):
+    """A per-row source language (input.source_language_column) and one target language."""
     _write_input(tmp_path / "in")
-    report = run(_config(mbart50_dir, tmp_path))
+    report = run(_config(mbart50_dir, tmp_path, input={"source_language": None, "source_language_column": "lang"}))
     assert report.rows == len(TEXTS) and report.errors == 0
     rows = {r["id"]: r for r in read_output(str(tmp_path / "out")).to_pylist()}
 
-    tok = transformers.AutoTokenizer.from_pretrained(mbart50_dir, src_lang="fr_XX")
     hf = transformers.MBartForConditionalGeneration.from_pretrained(mbart50_dir).eval()
-    forced = tok.convert_tokens_to_ids("de_DE")
-    for i, text in enumerate(TEXTS):
+    for i, (text, language) in enumerate(zip(TEXTS, LANGUAGES)):
+        tok = transformers.AutoTokenizer.from_pretrained(mbart50_dir, src_lang=language)
+        forced = tok.convert_tokens_to_ids("de_DE")
         enc = tok([text], return_tensors="pt")
-        assert enc["input_ids"][0, 0].item() == tok.convert_tokens_to_ids("fr_XX")
+        assert enc["input_ids"][0, 0].item() == tok.convert_tokens_to_ids(language)
         out = hf.generate(**enc, max_new_tokens=5, num_beams=1, forced_bos_token_id=forced)
         assert out[0, 1].item() == forced
         assert rows[f"part0.parquet:{i}"]["generated_text"] == tok.batch_decode(out, skip_special_tokens=True)[0]
 
 
+def test_tokenize_operator_source_languages(mbart50_dir):
+    from rayformers.operators import TokenizeOperator
+
+    table = pa.table({"text": ["Hello world", "the lazy dog", "x", "y"], "lang": ["de_DE", None, "xx_XX", "fr_XX"]})
+    per_row = TokenizeOperator(str(mbart50_dir), "text", max_length=32, source_language_column="lang")(table)
+    ids, errors = per_row.column("input_ids").to_pylist(), per_row.column("error").to_pylist()
+    for i, language in ((0, "de_DE"), (3, "fr_XX")):
+        ref = transformers.AutoTokenizer.from_pretrained(mbart50_dir, src_lang=language)
+        assert ids[i] == ref(table.column("text")[i].as_py())["input_ids"] and errors[i] is None
+    assert "no source language code" in errors[1] and ids[1] is None
+    assert "'xx_XX'" in errors[2] and "fr_XX" in errors[2]
+    fixed = TokenizeOperator(str(mbart50_dir), "text", max_length=32, source_language="ja_XX")(table)
+    ref = transformers.AutoTokenizer.from_pretrained(mbart50_dir, src_lang="ja_XX")
+    assert fixed.column("input_ids").to_pylist() == ref(table.column("text").to_pylist())["input_ids"]
+
+
 @pytest.mark.parametrize("sections,message", [
     ({"input": {"source_language": "xx_XX"}}, r"input.source_language.*'xx_XX'.*fr_XX"),
     ({"task": {"target_language": "german"}}, r"task.target_language.*'german'.*de_DE"),
+    ({"input": {"source_language_column": "language"}}, r"input.source_language_column: column 'language'"),
+    ({"input": {"source_language_column": "lang"}}, r"not both"),
 ])
 def test_unknown_language_codes_fail_before_any_row_is_read(mbart50_dir, tmp_path, sections, message):
     _write_input(tmp_path / "in")
