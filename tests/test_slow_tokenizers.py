@@ -362,6 +362,10 @@ def test_marian_matches_transformers(marian_dir, tmp_path):
     labels = want["labels"]
     assert ours.batch_decode(labels, skip_special_tokens=True) == ref.batch_decode(labels, skip_special_tokens=True)
     assert ours.get_vocab() == ref.get_vocab() and len(ours) == len(ref)
+    vocab_tokens = list(ref.get_vocab())
+    assert ours.convert_tokens_to_ids(vocab_tokens + ["never-seen"]) == ref.convert_tokens_to_ids(
+        vocab_tokens + ["never-seen"])
+    assert [ours.convert_ids_to_tokens(row) for row in labels] == [ref.convert_ids_to_tokens(row) for row in labels]
     ours.save_pretrained(tmp_path)
     reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded(texts, text_target=targets, padding=True)["labels"] == labels

@@ -25,6 +25,7 @@ import warnings
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, Unigram
 
+from .batch_encoding import _to_py_obj
 from .converters import generate_merges, load_json_vocab
 from .fast import PreTrainedTokenizerFast
 from .files import TokenizerFormatError
@@ -294,14 +295,14 @@ class MarianTokenizer(_SlowOnlyClass, PreTrainedTokenizerFast):
         source = backend_from_spm_and_vocab(source_spm, vocab, source_vocab, keep=specials)
         target = backend_from_spm_and_vocab(target_spm, target_vocab_file if separate_vocabs else vocab, target_vocab,
                                             keep=specials)
+        self._vocab = source_vocab
+        self._decoder_vocab = {index: token for token, index in target_vocab.items()}
         super().__init__(tokenizer_object=source, tokenizer_class="MarianTokenizer", source_spm=source_spm,
                          target_spm=target_spm, vocab=vocab, target_vocab_file=target_vocab_file, **kwargs)
         self._source_backend = self._tokenizer
         # The target model knows the same added/special tokens, at the same ids.
         target.add_tokens([token for _, token in sorted(self.added_tokens_decoder.items())])
         self._target_backend = target
-        self._vocab = source_vocab
-        self._decoder_vocab = {index: token for token, index in target_vocab.items()}
         self.supported_language_codes = codes
         for backend in (self._tokenizer, target):
             self._set_eos_template(backend)
@@ -321,7 +322,21 @@ class MarianTokenizer(_SlowOnlyClass, PreTrainedTokenizerFast):
     def get_vocab(self) -> dict[str, int]:
         return {**self._vocab, **self.added_tokens_encoder}
 
+    def convert_tokens_to_ids(self, tokens):
+        """Through vocab.json (the backends only know the pieces of their own SentencePiece model)."""
+        unk = self._vocab.get(self.unk_token)
+        if isinstance(tokens, str):
+            return self._token_id(tokens, unk)
+        return [self._token_id(token, unk) for token in tokens]
+
+    def _token_id(self, token: str, unk: int) -> int:
+        index = self._vocab.get(token)
+        if index is None:
+            index = self.added_tokens_encoder.get(token, unk)
+        return index
+
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        ids = _to_py_obj(ids)
         if isinstance(ids, int):
             return self._decoder_vocab.get(ids, self.unk_token)
         special = set(self.all_special_ids) if skip_special_tokens else set()
