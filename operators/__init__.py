@@ -1,5 +1,5 @@
 """Callable classes that run inside Ray actors: tokenize, classify, token-classify, generate,
-embed; length-sorted micro-batching; error records. Plain Python: no YAML, no CLI, unit-testable
+embed, zero-shot-classify; length-sorted micro-batching; error records. Plain Python: no YAML, no CLI, unit-testable
 without Ray, mapped by the pipeline with ``map_batches(..., compute=ActorPoolStrategy(...))``."""
 
 from .batching import MicroBatch, iter_micro_batches, pad_rows, plan_micro_batches
@@ -10,12 +10,14 @@ from .model_operator import ModelOperator
 from .records import ERROR_COLUMN, text_problem
 from .token_classify import TokenClassifyOperator
 from .tokenize import TokenizeOperator
+from .zero_shot import ZeroShotClassifyOperator
 
 OPERATOR_FOR_TASK = {
     "classify": ClassifyOperator,
     "token-classify": TokenClassifyOperator,
     "generate": GenerateOperator,
     "embed": EmbedOperator,
+    "zero-shot-classify": ZeroShotClassifyOperator,
 }
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "ModelOperator",
     "TokenClassifyOperator",
     "TokenizeOperator",
+    "ZeroShotClassifyOperator",
     "iter_micro_batches",
     "pad_rows",
     "plan_micro_batches",

@@ -26,7 +26,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-TASKS = ("classify", "token-classify", "generate", "embed")
+TASKS = ("classify", "token-classify", "generate", "embed", "zero-shot-classify")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 OUTPUT_MODES = ("error-if-exists", "overwrite", "resume")
 POOLINGS = ("auto", "mean", "cls", "max")
@@ -81,6 +81,12 @@ class InputConfig:
     ``groupby(id).count()`` does it across the cluster, so driver memory does not grow with rows."""
     unique_ids_driver_rows: int = 5_000_000
     """Largest input whose id check runs in driver memory (~100 bytes per id)."""
+    source_language: Optional[str] = None
+    """Translation tokenizers with language codes (NLLB ``eng_Latn``, mBART ``en_XX``, M2M100
+    ``en``): the language of ``text_column``; its language token is added to every row."""
+    source_language_column: Optional[str] = None
+    """Like ``source_language``, per row: a column holding each row's language code (rows are
+    tokenized in groups of one language; a null or unknown code is an error record for that row)."""
 
 
 @dataclass
@@ -91,7 +97,8 @@ class ModelConfig:
     """Local checkpoint directory or Hugging Face Hub id (resolved offline from the cache when
     ``HF_HUB_OFFLINE=1``)."""
     task: str = "classify"
-    """``classify``, ``token-classify``, ``generate`` or ``embed``; picks the Auto class."""
+    """``classify``, ``token-classify``, ``generate``, ``embed`` or ``zero-shot-classify`` (an NLI
+    checkpoint scoring ``task.candidate_labels``); picks the Auto class."""
     dtype: str = "float32"
     """``float32``, ``bfloat16``, ``float16`` (GPU only) or ``auto``: bfloat16 on GPUs and CPUs that
     compute it natively, float16 on older GPUs, float32 elsewhere (``operators.loading.auto_dtype``)."""
@@ -178,6 +185,16 @@ class TaskConfig:
     """token-classify: entity labels left out of the output."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """generate: decoding settings."""
+    candidate_labels: list = field(default_factory=list)
+    """zero-shot-classify: the labels to score each text against (one NLI pair per label)."""
+    hypothesis_template: str = "This example is {}."
+    """zero-shot-classify: the hypothesis paired with the text; ``{}`` is replaced by the label."""
+    multi_label: bool = False
+    """zero-shot-classify: score every label on its own (entailment vs contradiction) instead of a
+    softmax over the labels."""
+    target_language: Optional[str] = None
+    """generate with a translation tokenizer (NLLB, mBART-50, M2M100, mBART): the output language;
+    its language token is forced as the first generated token (``forced_bos_token_id``)."""
 
 
 @dataclass

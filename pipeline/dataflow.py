@@ -71,6 +71,8 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             revision=cfg.model.revision,
             local_files_only=cfg.model.local_files_only,
             drop_columns=tuple(spec.drop_after_tokenize),
+            source_language=cfg.input.source_language,
+            source_language_column=cfg.input.source_language_column,
         ),
         compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
         num_cpus=c.tokenizer_num_cpus,

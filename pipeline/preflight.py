@@ -9,6 +9,7 @@ nothing of YAML).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Collection, Optional
@@ -26,6 +27,8 @@ from .locks import lock_path_for
 from .output_safety import UnsafeOutputError, check_disjoint, location
 from .source import ID_COLUMN, InputError, InputFile, discover_files, file_schema, resolve_filesystem
 
+logger = logging.getLogger(__name__)
+
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.null())
 
 PREDICTION_COLUMNS = {
@@ -33,6 +36,7 @@ PREDICTION_COLUMNS = {
     "token-classify": ["entities"],
     "generate": ["generated_text", "generated_tokens"],
     "embed": ["embedding"],
+    "zero-shot-classify": ["labels", "scores"],
 }
 
 
@@ -89,6 +93,8 @@ def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -
         if inp.id_column:
             wanted.append(("input.id_column", inp.id_column))
         wanted += [("input.passthrough_columns", c) for c in inp.passthrough_columns]
+        if inp.source_language_column:
+            wanted.append(("input.source_language_column", inp.source_language_column))
         for key, col in wanted:
             if col not in names:
                 raise PreflightError(
@@ -246,9 +252,19 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
     model_config = resolve_model(cfg)
     tok_path = cfg.tokenizer.path or cfg.model.path
     try:
-        tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only)
+        tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only, inp.source_language)
     except Exception as e:  # noqa: BLE001
-        raise PreflightError(f"tokenizer {tok_path!r}: cannot load ({type(e).__name__}: {e})") from e
+        what = "input.source_language" if type(e).__name__ == "UnknownLanguageCodeError" else "cannot load"
+        raise PreflightError(f"tokenizer {tok_path!r}: {what} ({type(e).__name__}: {e})") from e
+    for key in ("source_language", "source_language_column"):
+        if getattr(inp, key) and not hasattr(tokenizer, "src_lang"):
+            raise PreflightError(
+                f"input.{key}={getattr(inp, key)!r}, but the tokenizer of {tok_path!r} has no language codes "
+                "(they exist for NLLB, mBART, mBART-50 and M2M100 checkpoints); remove it."
+            )
+    if inp.source_language and inp.source_language_column:
+        raise PreflightError("set input.source_language (one language for every row) or input.source_language_column "
+                             "(per row), not both")
     st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
     max_length = resolve_max_length(cfg, tokenizer, model_config, st)
     pad = getattr(tokenizer, "pad_token_id", None)
@@ -257,7 +273,7 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
 
     task = cfg.model.task
     t = cfg.task
-    text_needed_by_model = task == "token-classify"
+    text_needed_by_model = task in ("token-classify", "zero-shot-classify")
     options: dict
     if task == "classify":
         options = {"top_k": t.top_k, "function_to_apply": t.function_to_apply, "threshold": t.threshold}
@@ -274,17 +290,28 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
             "aggregation_strategy": t.aggregation_strategy,
             "ignore_labels": list(t.ignore_labels),
         }
+    elif task == "zero-shot-classify":
+        options = zero_shot_options(cfg, model_config, tok_path, max_length)
     else:
         options = {
             "generation": t.generation.generate_kwargs(),
             "max_batch_size": t.generation.max_batch_size,
             "tokenizer_path": tok_path,
         }
+        if t.target_language:
+            from rayformers.operators.loading import forced_target_language_id
+
+            try:
+                options["generation"]["forced_bos_token_id"] = forced_target_language_id(tokenizer, t.target_language)
+            except ValueError as e:
+                raise PreflightError(f"task.target_language: {e}") from e
+    if t.target_language and task != "generate":
+        raise PreflightError(f"task.target_language is for model.task generate, not {task}")
 
     keep = set(keep_columns)
     if keep_text:
         keep.add(inp.text_column)
-    drop = [c for c in (inp.text_column, inp.text_pair_column) if c and c not in keep]
+    drop = [c for c in (inp.text_column, inp.text_pair_column, inp.source_language_column) if c and c not in keep]
     return ProcessingSpec(
         config=cfg,
         tokenizer_path=tok_path,
@@ -357,7 +384,8 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
     spec = resolve_processing(cfg, keep_text=out.keep_text, keep_columns=(id_column, *inp.passthrough_columns))
 
     read_columns: list[str] = []
-    for c in [inp.id_column, inp.text_column, inp.text_pair_column, *inp.passthrough_columns]:
+    for c in [inp.id_column, inp.text_column, inp.text_pair_column, inp.source_language_column,
+              *inp.passthrough_columns]:
         if c and c not in read_columns:
             read_columns.append(c)
     job = ResolvedJob(
@@ -395,6 +423,35 @@ def size_tokenizer_pool(cfg: JobConfig, total_cpus: float) -> int:
         fits = int(free // c.tokenizer_num_cpus) if c.tokenizer_num_cpus > 0 else per * c.model_max_actors
         c.tokenizer_max_actors = max(c.tokenizer_min_actors, min(per * c.model_max_actors, fits))
     return c.tokenizer_max_actors
+
+
+def zero_shot_options(cfg: JobConfig, model_config, tok_path: str, max_length: Optional[int]) -> dict:
+    """Validate the zero-shot settings against the NLI checkpoint (before any row is read)."""
+    t = cfg.task
+    labels = t.candidate_labels
+    if not labels or not all(isinstance(label, str) and label.strip() for label in labels):
+        raise PreflightError(f"task.candidate_labels must be a non-empty list of label names for zero-shot-classify, "
+                             f"got {labels!r}")
+    if t.hypothesis_template.format(labels[0]) == t.hypothesis_template:
+        raise PreflightError(f"task.hypothesis_template {t.hypothesis_template!r} has no {{}} where the label goes")
+    if cfg.input.text_pair_column:
+        raise PreflightError("input.text_pair_column cannot be used with zero-shot-classify: the second text of each "
+                             "pair is the hypothesis built from task.hypothesis_template")
+    id2label = getattr(model_config, "id2label", None) or {}
+    if len(id2label) < 2:
+        raise PreflightError(f"model.path {cfg.model.path!r} has {len(id2label)} labels; zero-shot-classify needs an NLI "
+                             "checkpoint (entailment / neutral / contradiction)")
+    if not any(str(name).lower().startswith("entail") for name in id2label.values()):
+        logger.warning("model.path %r has no label starting with 'entail' (%s); as transformers, the last label is "
+                       "taken as entailment", cfg.model.path, sorted(map(str, id2label.values())))
+    return {
+        "candidate_labels": list(labels),
+        "hypothesis_template": t.hypothesis_template,
+        "multi_label": t.multi_label,
+        "text_column": cfg.input.text_column,
+        "tokenizer_path": tok_path,
+        "max_length": max_length,
+    }
 
 
 def check_cluster_cpus(cfg: JobConfig, total_cpus: float) -> None:
