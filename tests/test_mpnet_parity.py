@@ -9,7 +9,13 @@ import transformers
 from rayformers.models import auto
 from rayformers.models import mpnet as ours
 
-from model_test_utils import assert_same_outputs, assert_tree_close, run_both, single_thread  # noqa: F401
+from model_test_utils import (  # noqa: F401
+    assert_same_outputs,
+    assert_tree_close,
+    head_inputs,
+    run_both,
+    single_thread,
+)
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -42,21 +48,7 @@ def padded_batch(batch: int = 3, seq: int = 40, seed: int = 0) -> dict:
 
 
 def task_inputs(task: str, config) -> dict:
-    batch = padded_batch()
-    if task == "multiple_choice":
-        other = padded_batch(seed=1)
-        batch = {k: torch.stack([batch[k], other[k]], dim=1) for k in batch}
-        batch["labels"] = torch.tensor([1, 0, 1])
-    elif task == "sequence_classification":
-        batch["labels"] = torch.tensor([0, 1, 1])
-    elif task == "token_classification":
-        batch["labels"] = (batch["input_ids"] % config.num_labels).masked_fill(batch["attention_mask"] == 0, -100)
-    elif task == "question_answering":
-        batch["start_positions"] = torch.tensor([1, 3, 50])
-        batch["end_positions"] = torch.tensor([2, 5, 0])
-    elif task == "masked_lm":
-        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    return batch
+    return head_inputs(task, padded_batch, config.num_labels)
 
 
 def assert_loads_cleanly(info):
