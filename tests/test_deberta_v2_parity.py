@@ -200,3 +200,19 @@ def test_bad_inputs_are_named():
         model(input_ids=ids, attention_mask=torch.ones(2, 5, 5))
     with pytest.raises(ValueError, match="pos_att_type"):
         ours.DebertaV2Model(ours.DebertaV2Config(**TINY, relative_attention=True, pos_att_type="c2p|p2p"))
+
+
+def test_unused_absolute_position_table_in_a_v3_checkpoint_is_ignored(tmp_path):
+    """v3 checkpoints (position_biased_input=False) may still carry the absolute table; transformers
+    ignores it on load, and so do we."""
+    from safetensors.torch import load_file, save_file
+
+    reference = reference_model("base", "v3")
+    reference.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["embeddings.position_embeddings.weight"] = torch.randn(64, 32)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model, info = auto.AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert_loads_cleanly(info)
+    assert model.embeddings.position_embeddings is None
+    assert_same_outputs(*run_both(reference, model, padded_batch(reference.config)))
