@@ -22,6 +22,7 @@ masks (transformers' embeddings break on them as well), `head_mask` (transformer
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +143,36 @@ def build_relative_position(query_size: int, key_size: int, bucket_size: int, ma
     return rel_pos_ids.to(torch.long)
 
 
+class RelativePositions(NamedTuple):
+    """What every layer needs of the relative positions, built once per forward by the encoder.
+
+    Only the window of the embedding table that this sequence length can reach is kept: a
+    128-token batch touches 255 of DeBERTa-v3's 512 rows, a 32-token one 63, and the position
+    projections and position scores shrink with it (transformers projects and scores all rows in
+    every layer, then gathers). Indices point into that window."""
+
+    embeddings: torch.Tensor  # [window, hidden] rows of rel_embeddings (LayerNorm'ed if configured)
+    c2p_index: torch.Tensor  # [query, key] row of query i's score for key j
+    p2c_index: torch.Tensor  # [key, query] row of key i's score for query j (transposed after the gather)
+
+
+def relative_positions(rel_embeddings: torch.Tensor, seq_length: int, position_buckets: int,
+                       max_relative_positions: int) -> RelativePositions:
+    """The c2p / p2c gather indices of transformers (`clamp(+-rel + span, 0, 2*span - 1)`) and the
+    embedding rows between their extremes. Bucketing is odd-symmetric and monotonic, so the
+    extremes are the buckets of +-(seq_length - 1), computed on the CPU without a device sync."""
+    span = rel_embeddings.shape[0] // 2
+    relative_pos = build_relative_position(seq_length, seq_length, position_buckets, max_relative_positions,
+                                           rel_embeddings.device)
+    reach = seq_length - 1
+    if position_buckets > 0 and max_relative_positions > 0:
+        reach = int(make_log_bucket_position(torch.tensor([reach]), position_buckets, max_relative_positions))
+    low, high = max(span - reach, 0), min(span + reach, 2 * span - 1)
+    c2p_index = torch.clamp(relative_pos + span, 0, 2 * span - 1) - low
+    p2c_index = torch.clamp(-relative_pos + span, 0, 2 * span - 1) - low
+    return RelativePositions(rel_embeddings[low: high + 1], c2p_index, p2c_index)
+
+
 def _relative_settings(config) -> tuple[int, int]:
     """(position_buckets, max_relative_positions) with transformers' fallbacks."""
     max_relative_positions = getattr(config, "max_relative_positions", -1)
@@ -220,8 +251,6 @@ class DisentangledSelfAttention(nn.Module):
             raise ValueError(f"pos_att_type {sorted(unknown)} not understood; use 'c2p', 'p2c' or both.")
         self.relative_attention = getattr(config, "relative_attention", False)
         if self.relative_attention:
-            position_buckets, max_relative_positions = _relative_settings(config)
-            self.pos_ebd_size = position_buckets if position_buckets > 0 else max_relative_positions
             self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
             if not self.share_att_key:
                 if "c2p" in self.pos_att_type:
@@ -233,7 +262,7 @@ class DisentangledSelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
         self.eager = uses_eager_attention(config)
 
-    def forward(self, hidden_states, keep_mask=None, relative_pos=None, rel_embeddings=None,
+    def forward(self, hidden_states, keep_mask=None, positions: RelativePositions | None = None,
                 output_attentions=False):
         """`keep_mask`: [batch, 1, query, key] bool (True = attend) or None; returns (context, probs)."""
         query = split_heads(self.query_proj(hidden_states), self.num_attention_heads)
@@ -242,49 +271,44 @@ class DisentangledSelfAttention(nn.Module):
         scale = math.sqrt(query.size(-1) * self.scale_factor)
         bias = None
         if self.relative_attention and self.pos_att_type:
-            bias = self._disentangled_bias(query, key, relative_pos, self.pos_dropout(rel_embeddings), scale)
+            bias = self._disentangled_bias(query, key, positions, scale)
         if keep_mask is not None:
             # Scores are *replaced* (not shifted) by the minimum, as transformers' masked_fill: a padded
             # query row then attends uniformly to all keys and its output matches.
             minimum = torch.finfo(query.dtype).min
             if bias is None:
                 bias = torch.zeros(keep_mask.shape, dtype=query.dtype, device=query.device)
-            bias = bias.masked_fill(~keep_mask, minimum)
+            bias = bias.masked_fill_(~keep_mask, minimum)
         context, probs = attend(query, key, value, bias, scale=1.0 / scale,
                                 dropout_p=self.dropout_prob if self.training else 0.0,
                                 need_weights=output_attentions, eager=self.eager)
         return merge_heads(context), probs
 
-    def _disentangled_bias(self, query, key, relative_pos, rel_embeddings, scale: float) -> torch.Tensor:
+    def _disentangled_bias(self, query, key, positions: RelativePositions, scale: float) -> torch.Tensor:
         """[batch, heads, query, key] c2p + p2c scores, already divided by `scale`.
 
-        Position projections are [1, heads, 2*span, dim] and broadcast over the batch (transformers
-        repeats them per row); the scores against all 2*span positions are gathered at each pair's
-        relative distance."""
-        span = self.pos_ebd_size
-        rel_embeddings = rel_embeddings[: span * 2].unsqueeze(0)
+        Position projections are [1, heads, window, dim] and broadcast over the batch (transformers
+        repeats them per row); each pair's score is gathered from the scores against the window."""
+        rel_embeddings = self.pos_dropout(positions.embeddings).unsqueeze(0)
         heads = self.num_attention_heads
         if self.share_att_key:
-            pos_query = split_heads(self.query_proj(rel_embeddings), heads)
-            pos_key = split_heads(self.key_proj(rel_embeddings), heads)
+            pos_query = split_heads(self.query_proj(rel_embeddings), heads) if "p2c" in self.pos_att_type else None
+            pos_key = split_heads(self.key_proj(rel_embeddings), heads) if "c2p" in self.pos_att_type else None
         else:
             pos_key = split_heads(self.pos_key_proj(rel_embeddings), heads) if "c2p" in self.pos_att_type else None
             pos_query = (split_heads(self.pos_query_proj(rel_embeddings), heads)
                          if "p2c" in self.pos_att_type else None)
         batch, _, q_len, _ = query.shape
         k_len = key.shape[2]
-        score = 0
-        if "c2p" in self.pos_att_type:
-            c2p_pos = torch.clamp(relative_pos + span, 0, span * 2 - 1)
+        score = None
+        if pos_key is not None:
             c2p = torch.matmul(query, pos_key.transpose(-1, -2))
-            c2p = torch.gather(c2p, -1, c2p_pos.expand(batch, heads, q_len, k_len))
-            score = score + c2p / scale
-        if "p2c" in self.pos_att_type:
-            p2c_pos = torch.clamp(-relative_pos + span, 0, span * 2 - 1)
+            score = torch.gather(c2p, -1, positions.c2p_index.expand(batch, heads, q_len, k_len))
+        if pos_query is not None:
             p2c = torch.matmul(key, pos_query.transpose(-1, -2))
-            p2c = torch.gather(p2c, -1, p2c_pos.expand(batch, heads, k_len, k_len)).transpose(-1, -2)
-            score = score + p2c / scale
-        return score
+            p2c = torch.gather(p2c, -1, positions.p2c_index.expand(batch, heads, k_len, k_len)).transpose(-1, -2)
+            score = p2c.contiguous() if score is None else score.add_(p2c)
+        return score.div_(scale)  # in place: the gathered scores are fresh tensors owned here
 
 
 class DebertaV2Attention(nn.Module):
@@ -293,9 +317,8 @@ class DebertaV2Attention(nn.Module):
         self.self = DisentangledSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden_states, keep_mask=None, relative_pos=None, rel_embeddings=None,
-                output_attentions=False):
-        context, probs = self.self(hidden_states, keep_mask, relative_pos, rel_embeddings, output_attentions)
+    def forward(self, hidden_states, keep_mask=None, positions=None, output_attentions=False):
+        context, probs = self.self(hidden_states, keep_mask, positions, output_attentions)
         return self.output(context, hidden_states), probs
 
 
@@ -308,10 +331,8 @@ class DebertaV2Layer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden_states, keep_mask=None, relative_pos=None, rel_embeddings=None,
-                output_attentions=False):
-        attention_output, probs = self.attention(hidden_states, keep_mask, relative_pos, rel_embeddings,
-                                                 output_attentions)
+    def forward(self, hidden_states, keep_mask=None, positions=None, output_attentions=False):
+        attention_output, probs = self.attention(hidden_states, keep_mask, positions, output_attentions)
         return self.output(self.intermediate(attention_output), attention_output), probs
 
 
@@ -369,18 +390,15 @@ class DebertaV2Encoder(nn.Module):
         if input_mask is not None:
             keep = input_mask.bool()
             keep_mask = keep[:, None, None, :] & keep[:, None, :, None]
-        relative_pos = None
+        positions = None
         if self.relative_attention:
-            seq = hidden_states.shape[1]
-            relative_pos = build_relative_position(seq, seq, self.position_buckets, self.max_relative_positions,
-                                                   hidden_states.device)
-        rel_embeddings = self.get_rel_embedding()
+            positions = relative_positions(self.get_rel_embedding(), hidden_states.shape[1], self.position_buckets,
+                                           self.max_relative_positions)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         output_states = hidden_states
         for i, layer_module in enumerate(self.layer):
-            output_states, probs = layer_module(output_states, keep_mask, relative_pos, rel_embeddings,
-                                                output_attentions)
+            output_states, probs = layer_module(output_states, keep_mask, positions, output_attentions)
             if i == 0 and self.conv is not None:
                 output_states = self.conv(hidden_states, output_states, input_mask)
             if output_hidden_states:
@@ -658,5 +676,5 @@ class DebertaV2ForMultipleChoice(DebertaV2PreTrainedModel):
 __all__ = [
     "DebertaV2Config", "DebertaV2Model", "DebertaV2PreTrainedModel", "DebertaV2ForSequenceClassification",
     "DebertaV2ForTokenClassification", "DebertaV2ForQuestionAnswering", "DebertaV2ForMultipleChoice",
-    "DebertaV2ForMaskedLM", "build_relative_position", "make_log_bucket_position",
+    "DebertaV2ForMaskedLM", "build_relative_position", "make_log_bucket_position", "relative_positions",
 ]

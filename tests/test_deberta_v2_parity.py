@@ -216,3 +216,18 @@ def test_unused_absolute_position_table_in_a_v3_checkpoint_is_ignored(tmp_path):
     assert_loads_cleanly(info)
     assert model.embeddings.position_embeddings is None
     assert_same_outputs(*run_both(reference, model, padded_batch(reference.config)))
+
+
+@pytest.mark.parametrize("variant", ["v2", "v3", "p2c-conv-gelu"])
+@pytest.mark.parametrize("seq", [1, 2, 40, 64])
+def test_sequences_shorter_and_longer_than_the_relative_span_match(variant, seq, tmp_path):
+    """Only the window of relative embeddings a length can reach is projected: check lengths from
+    one token to past `max_relative_positions` (16 for v2, 32 for v3) and the position table."""
+    reference = reference_model("base", variant)
+    reference.save_pretrained(tmp_path)
+    model = auto.AutoModel.from_pretrained(tmp_path)
+    input_ids = torch.randint(1, TINY["vocab_size"], (2, seq), generator=torch.Generator().manual_seed(seq))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, seq // 2 + 1:] = 0
+    assert_same_outputs(*run_both(reference, model, {"input_ids": input_ids, "attention_mask": attention_mask},
+                                  output_hidden_states=True))
