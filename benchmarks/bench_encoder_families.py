@@ -107,7 +107,7 @@ def main() -> None:
     print(f"{'family':18} {'ours tok/s':>11} {'transformers':>13} {'ours/ref':>9} {'max |diff|':>11}")
     for name in args.families:
         ours_tps, ref_tps, diff = bench_family(name, args)
-        print(f"{name:18} {ours_tps:11.0f} {ref_tps:13.0f} {ours_tps / ref_tps:8.2f}x {diff:11.2e}")
+        print(f"{name:18} {ours_tps:11.0f} {ref_tps:13.0f} {ours_tps / ref_tps:8.2f}x {diff:11.2e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -312,6 +312,23 @@ class BertOutput(nn.Module):
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
 
 
+class FeedForwardAfterAttention(nn.Module):
+    """An encoder layer around any self-attention block: `attention(hidden_states, *args,
+    output_attentions)` returning (attention output with its residual LayerNorm, probabilities),
+    then BERT's post-LayerNorm feed-forward (`intermediate`, `output`). DeBERTa-v2 and MPNet
+    layers are this with their own attention."""
+
+    def __init__(self, config, attention: nn.Module):
+        super().__init__()
+        self.attention = attention
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden_states, *attention_args, output_attentions=False):
+        attention_output, probs = self.attention(hidden_states, *attention_args, output_attentions=output_attentions)
+        return self.output(self.intermediate(attention_output), attention_output), probs
+
+
 class BertLayer(nn.Module):
     """Self-attention, optional cross-attention (decoders), feed-forward; post-LayerNorm residuals."""
 

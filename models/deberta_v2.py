@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bert import BertIntermediate, BertLMPredictionHead, BertOnlyMLMHead, BertOutput, BertSelfOutput
+from .bert import BertLMPredictionHead, BertOnlyMLMHead, BertSelfOutput, FeedForwardAfterAttention
 from .configuration_utils import PretrainedConfig
 from .layers import (
     attend,
@@ -322,18 +322,11 @@ class DebertaV2Attention(nn.Module):
         return self.output(context, hidden_states), probs
 
 
-class DebertaV2Layer(nn.Module):
-    """Attention then BERT's feed-forward, post-LayerNorm residuals."""
+class DebertaV2Layer(FeedForwardAfterAttention):
+    """Disentangled attention then BERT's feed-forward; called as (hidden, keep_mask, positions)."""
 
     def __init__(self, config):
-        super().__init__()
-        self.attention = DebertaV2Attention(config)
-        self.intermediate = BertIntermediate(config)
-        self.output = BertOutput(config)
-
-    def forward(self, hidden_states, keep_mask=None, positions=None, output_attentions=False):
-        attention_output, probs = self.attention(hidden_states, keep_mask, positions, output_attentions)
-        return self.output(self.intermediate(attention_output), attention_output), probs
+        super().__init__(config, DebertaV2Attention(config))
 
 
 class ConvLayer(nn.Module):
@@ -398,7 +391,8 @@ class DebertaV2Encoder(nn.Module):
         all_attentions = () if output_attentions else None
         output_states = hidden_states
         for i, layer_module in enumerate(self.layer):
-            output_states, probs = layer_module(output_states, keep_mask, positions, output_attentions)
+            output_states, probs = layer_module(output_states, keep_mask, positions,
+                                                output_attentions=output_attentions)
             if i == 0 and self.conv is not None:
                 output_states = self.conv(hidden_states, output_states, input_mask)
             if output_hidden_states:

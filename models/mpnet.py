@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bert import BertIntermediate, BertOutput, RobertaLMHead, create_position_ids_from_input_ids
+from .bert import FeedForwardAfterAttention, RobertaLMHead, create_position_ids_from_input_ids
 from .configuration_utils import PretrainedConfig
 from .layers import (
     FirstTokenClassificationHead,
@@ -180,16 +180,11 @@ class MPNetAttention(nn.Module):
         return self.LayerNorm(self.dropout(context) + hidden_states), probs
 
 
-class MPNetLayer(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.attention = MPNetAttention(config)
-        self.intermediate = BertIntermediate(config)
-        self.output = BertOutput(config)
+class MPNetLayer(FeedForwardAfterAttention):
+    """MPNet's attention then BERT's feed-forward; called as (hidden, bias, head_mask)."""
 
-    def forward(self, hidden_states, bias=None, head_mask=None, output_attentions=False):
-        attention_output, probs = self.attention(hidden_states, bias, head_mask, output_attentions)
-        return self.output(self.intermediate(attention_output), attention_output), probs
+    def __init__(self, config):
+        super().__init__(config, MPNetAttention(config))
 
 
 class MPNetEncoder(nn.Module):
@@ -215,7 +210,7 @@ class MPNetEncoder(nn.Module):
         for i, layer_module in enumerate(self.layer):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states, probs = layer_module(hidden_states, bias, head_mask[i], output_attentions)
+            hidden_states, probs = layer_module(hidden_states, bias, head_mask[i], output_attentions=output_attentions)
             if output_attentions:
                 all_attentions += (probs,)
         if output_hidden_states:

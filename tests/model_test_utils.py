@@ -153,3 +153,19 @@ def head_inputs(task: str, make_batch, num_labels: int) -> dict:
     elif task == "masked_lm":
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     return batch
+
+
+def saved_reference_cache(tmp_path_factory, family: str, build):
+    """`get(task) -> (reference model, its saved directory)`: each head built by `build(task)` and
+    saved by transformers once per test module."""
+    cache = {}
+
+    def get(task: str):
+        if task not in cache:
+            reference = build(task)
+            path = tmp_path_factory.mktemp(f"{family}-{task}")
+            reference.save_pretrained(path)
+            cache[task] = (reference, path)
+        return cache[task]
+
+    return get

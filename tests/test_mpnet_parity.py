@@ -14,6 +14,7 @@ from model_test_utils import (  # noqa: F401
     assert_tree_close,
     head_inputs,
     run_both,
+    saved_reference_cache,
     single_thread,
 )
 
@@ -57,17 +58,7 @@ def assert_loads_cleanly(info):
 
 @pytest.fixture(scope="module")
 def saved_references(tmp_path_factory):
-    cache = {}
-
-    def get(task: str):
-        if task not in cache:
-            reference = reference_model(task)
-            path = tmp_path_factory.mktemp(f"mpnet-{task}")
-            reference.save_pretrained(path)
-            cache[task] = (reference, path)
-        return cache[task]
-
-    return get
+    return saved_reference_cache(tmp_path_factory, "mpnet", reference_model)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -117,7 +108,8 @@ def test_inputs_embeds_head_mask_position_ids_and_eager_match(saved_references, 
     batch = padded_batch()
     embeds = reference.get_input_embeddings()(batch["input_ids"]).detach()
     head_mask = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.5, 1.0]])
-    for model in (ours.MPNetModel.from_pretrained(path), ours.MPNetModel.from_pretrained(path, attn_implementation="eager")):
+    for model in (ours.MPNetModel.from_pretrained(path),
+                  ours.MPNetModel.from_pretrained(path, attn_implementation="eager")):
         for inputs in ({"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]},
                        {**batch, "head_mask": head_mask}, {"input_ids": batch["input_ids"]},
                        {**batch, "position_ids": torch.arange(2, 42).expand(3, 40)}):
