@@ -169,3 +169,15 @@ def saved_reference_cache(tmp_path_factory, family: str, build):
         return cache[task]
 
     return get
+
+
+def assert_same_gradients(reference, model, inputs, atol=ATOL):
+    """One training-mode backward of the loss in each; every parameter's gradient agrees (dropout
+    must be off in both configs)."""
+    reference.train(), model.train()
+    reference(**inputs).loss.backward()
+    model(**inputs).loss.backward()
+    theirs = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"{name}: no gradient"
+        torch.testing.assert_close(param.grad, theirs[name].grad, rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")

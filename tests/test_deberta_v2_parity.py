@@ -12,6 +12,7 @@ from rayformers.models import auto
 from rayformers.models import deberta_v2 as ours
 
 from model_test_utils import (  # noqa: F401
+    assert_same_gradients,
     assert_same_outputs,
     assert_tree_close,
     head_inputs,
@@ -231,3 +232,12 @@ def test_sequences_shorter_and_longer_than_the_relative_span_match(variant, seq,
     attention_mask[1, seq // 2 + 1:] = 0
     assert_same_outputs(*run_both(reference, model, {"input_ids": input_ids, "attention_mask": attention_mask},
                                   output_hidden_states=True))
+
+
+@pytest.mark.parametrize("variant", ["v2", "v3"])
+def test_fine_tuning_gradients_match_transformers(variant, tmp_path):
+    """The relative-position bias needs gradients through the fused attention kernel."""
+    reference = reference_model("sequence_classification", variant)
+    reference.save_pretrained(tmp_path)
+    model = auto.AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert_same_gradients(reference, model, task_inputs("sequence_classification", reference.config))

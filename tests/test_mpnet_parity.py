@@ -10,6 +10,7 @@ from rayformers.models import auto
 from rayformers.models import mpnet as ours
 
 from model_test_utils import (  # noqa: F401
+    assert_same_gradients,
     assert_same_outputs,
     assert_tree_close,
     head_inputs,
@@ -148,3 +149,11 @@ def test_masked_lm_decoder_is_tied_to_word_embeddings(saved_references):
     model = auto.AutoModelForMaskedLM.from_pretrained(path)
     assert model.lm_head.decoder.weight is model.mpnet.embeddings.word_embeddings.weight
     assert model.lm_head.decoder.bias is model.lm_head.bias
+
+
+def test_fine_tuning_gradients_match_transformers(tmp_path):
+    """Including the relative-position bias table, trained through the fused attention kernel."""
+    reference = reference_model("sequence_classification")
+    reference.save_pretrained(tmp_path)
+    model = auto.AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert_same_gradients(reference, model, task_inputs("sequence_classification", reference.config))
