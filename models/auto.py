@@ -27,6 +27,8 @@ MODEL_TYPE_TO_MODULE: dict[str, str] = OrderedDict(
         ("t5", "t5"),
         ("mt5", "t5"),
         ("mega", "mega"),
+        ("deberta-v2", "deberta_v2"),
+        ("mpnet", "mpnet"),
         ("encoder-decoder", "encoder_decoder"),
     ]
 )
@@ -44,6 +46,8 @@ CONFIG_MAPPING_NAMES: dict[str, str] = {
     "t5": "T5Config",
     "mt5": "MT5Config",
     "mega": "MegaConfig",
+    "deberta-v2": "DebertaV2Config",
+    "mpnet": "MPNetConfig",
     "encoder-decoder": "EncoderDecoderConfig",
 }
 
@@ -75,6 +79,8 @@ MODEL_NAMES: dict[str, dict[str, str]] = {
     "t5": {"base": "T5Model", "seq2seq_lm": "T5ForConditionalGeneration"},
     "mt5": {"base": "MT5Model", "seq2seq_lm": "MT5ForConditionalGeneration"},
     "mega": _bert_like("Mega"),
+    "deberta-v2": {k: v for k, v in _bert_like("DebertaV2").items() if k != "causal_lm"},
+    "mpnet": {k: v for k, v in _bert_like("MPNet").items() if k != "causal_lm"},
     "encoder-decoder": {"seq2seq_lm": "EncoderDecoderModel"},
 }
 

@@ -381,12 +381,13 @@ class FirstTokenPooler(nn.Module):
 
 class FirstTokenClassificationHead(nn.Module):
     """RoBERTa's sentence classifier over the first token: dropout, dense, tanh, dropout, out_proj
-    (also MEGA's); the dropout is `classifier_dropout(config)`."""
+    (also MEGA's and MPNet's); the dropout is `classifier_dropout(config)` unless `dropout` is given
+    (MPNet always drops with `hidden_dropout_prob`)."""
 
-    def __init__(self, config):
+    def __init__(self, config, dropout: float | None = None):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(classifier_dropout(config))
+        self.dropout = nn.Dropout(classifier_dropout(config) if dropout is None else dropout)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, features: torch.Tensor, **kwargs) -> torch.Tensor:
