@@ -97,6 +97,10 @@ class BartVariant:
     padding_aware_positions: bool = False
     # A `final_logits_bias` buffer added to the LM logits (every family here but M2M100).
     final_logits_bias: bool = True
+    # M2M100's reference draws its LayerDrop coin (`torch.rand([])`, global generator) for every layer
+    # in eval mode too. Seeded sampling reads the same generator, so we draw as well to stay
+    # token-identical; the coin only skips layers in training.
+    layerdrop_draws_in_eval: bool = False
 
 
 BART_VARIANT = BartVariant(pre_norm=False, learned_positions=True, embedding_norm=True, final_norm=False,
@@ -787,7 +791,7 @@ class BartEncoder(BartPreTrainedModel):
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            if self.training and torch.rand([]) < self.layerdrop:
+            if _layer_dropped(self):
                 layer_attn = None
             else:
                 hidden_states, layer_attn = layer(
@@ -897,7 +901,7 @@ class BartDecoder(BartPreTrainedModel):
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            if self.training and torch.rand([]) < self.layerdrop:
+            if _layer_dropped(self):
                 continue
             hidden_states, self_attn, cross_attn, present = layer(
                 hidden_states,
@@ -932,6 +936,14 @@ class BartDecoder(BartPreTrainedModel):
             attentions=all_self_attns,
             cross_attentions=all_cross_attentions,
         )
+
+
+def _layer_dropped(stack) -> bool:
+    """LayerDrop: skip this layer (training only); the coin is drawn whenever the reference draws it."""
+    if not (stack.training or stack.variant.layerdrop_draws_in_eval):
+        return False
+    coin = torch.rand([])
+    return bool(stack.training and coin < stack.layerdrop)
 
 
 def _decoder_self_attention_mask(attention_mask, batch_size, seq_len, past_len, hidden_states):

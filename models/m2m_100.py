@@ -32,7 +32,8 @@ from .bart import (
 from .configuration_utils import PretrainedConfig
 
 M2M100_VARIANT = BartVariant(pre_norm=True, learned_positions=False, embedding_norm=False, final_norm=True,
-                             scale_inside_embedding=True, padding_aware_positions=True, final_logits_bias=False)
+                             scale_inside_embedding=True, padding_aware_positions=True, final_logits_bias=False,
+                             layerdrop_draws_in_eval=True)
 
 
 class M2M100Config(PretrainedConfig):
@@ -92,6 +93,13 @@ class M2M100Model(BartModel):
 class M2M100ForConditionalGeneration(BartForConditionalGeneration):
     config_class = M2M100Config
     _keys_to_ignore_on_load_missing = None
+
+    @property
+    def global_rng_draws_per_forward(self) -> tuple[int, int]:
+        """(per encoder pass, per decoder step) scalar draws the forward takes from torch's global
+        generator (the LayerDrop coins, drawn in eval too). Continuous batching replays them on each
+        input's own generator so its samples equal `generate` on that input alone."""
+        return self.config.encoder_layers, self.config.decoder_layers
 
 
 __all__ = ["M2M100Config", "M2M100PreTrainedModel", "M2M100Model", "M2M100ForConditionalGeneration",
