@@ -13,9 +13,13 @@ Parameter names are transformers 4.57's (`model.shared`, `model.encoder.layers.0
 `model.encoder.layer_norm`, `lm_head`); the position table (`embed_positions.weights`) is computed,
 never stored, as in transformers.
 
+LayerDrop skips layers in training only; in eval its coins are still drawn from torch's global
+generator, as transformers does, so seeded sampling is token-identical (see
+`BartVariant.layerdrop_draws_in_eval` and `global_rng_draws_per_forward` below).
+
 Not supported: NLLB-MoE (`model_type: "nllb-moe"`), inputs longer than `max_position_embeddings`
 (transformers silently grows the sinusoid table; we raise, since the checkpoints were never trained
-on longer inputs), LayerDrop at training time is honoured but ignored in eval, as in transformers.
+on longer inputs).
 """
 
 from __future__ import annotations

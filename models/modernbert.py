@@ -291,18 +291,14 @@ class ModernBertPredictionHead(nn.Module):
 # ============================================================================ masks
 
 
-def attention_masks(attention_mask: torch.Tensor, local_attention: int, dtype: torch.dtype,
-                    sliding_window_mask: torch.Tensor | None = None):
+def attention_masks(attention_mask: torch.Tensor, local_attention: int, dtype: torch.dtype):
     """(global, sliding-window) additive masks for a [batch, seq] 1/0 padding mask.
 
     The global mask is [batch, 1, 1, seq] (None without padding, so SDPA may take its unmasked
     kernel); the window mask adds |i - j| > local_attention // 2 -> dtype min, [batch, 1, seq, seq].
-    A caller's own `sliding_window_mask` (transformers' argument) replaces the computed one.
     """
     seq_len = attention_mask.shape[1]
     padding = None if bool(attention_mask.all()) else padding_mask_to_additive(attention_mask, dtype, tgt_len=1)
-    if sliding_window_mask is not None:
-        return padding, sliding_window_mask
     positions = torch.arange(seq_len, device=attention_mask.device)
     outside = (positions[None, :] - positions[:, None]).abs() > local_attention // 2
     window = torch.zeros((seq_len, seq_len), dtype=dtype, device=attention_mask.device)
@@ -416,8 +412,9 @@ class ModernBertModel(ModernBertPreTrainedModel):
             position_ids = torch.arange(seq_len, device=device).unsqueeze(0)
 
         hidden_states = self.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
-        global_mask, window_mask = attention_masks(attention_mask, config.local_attention, hidden_states.dtype,
-                                                   sliding_window_mask)
+        # A caller's `sliding_window_mask` is ignored, as transformers' eager / sdpa paths ignore it
+        # (they rebuild it from attention_mask); the argument exists for signature compatibility.
+        global_mask, window_mask = attention_masks(attention_mask, config.local_attention, hidden_states.dtype)
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
