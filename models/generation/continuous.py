@@ -221,6 +221,15 @@ def _beam_chunks(model, cfg, special, reader: _InputReader, max_batch_size, max_
 # ---------------------------------------------------------------------------------- greedy / sample
 
 
+def _replay_global_draws(generator: torch.Generator, count: int) -> None:
+    """Advance `generator` as `count` `torch.rand([])` calls advance the CPU global generator (a CUDA
+    generator is untouched by them, so it is not advanced)."""
+    if generator.device.type != "cpu":
+        return
+    for _ in range(count):
+        torch.rand([], generator=generator)
+
+
 class _Engine:
     """The running batch for greedy search / sampling with refill (or waves)."""
 
@@ -247,6 +256,9 @@ class _Engine:
         self.rows: list[tuple[_Input, int]] = []  # (input, sample number)
         self.source_tokens = 0
         self.generators: dict[int, torch.Generator] = {}
+        # Scalar draws a forward takes from torch's (CPU) global generator (M2M100's LayerDrop coins);
+        # replayed on each input's generator so its samples equal generate() on that input alone.
+        self.rng_draws = getattr(model, "global_rng_draws_per_forward", (0, 0))
 
     # -- admission
     def _admit(self, reader: _InputReader) -> torch.Tensor | None:
@@ -277,6 +289,7 @@ class _Engine:
             if self.cfg.do_sample:
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed(self.seed + item.index)
+                _replay_global_draws(generator, self.rng_draws[0])
                 self.generators[item.index] = generator
             self.rows.extend((item, sample) for sample in range(self.nrs))
 
@@ -310,6 +323,7 @@ class _Engine:
         for row, (item, _) in enumerate(self.rows):
             by_input.setdefault(item.index, []).append(row)
         for index, rows in by_input.items():
+            _replay_global_draws(self.generators[index], self.rng_draws[1])
             draw = torch.empty((self.nrs, probs.shape[-1]), dtype=probs.dtype, device=probs.device)
             draw.exponential_(1, generator=self.generators[index])
             samples = torch.tensor([self.rows[r][1] for r in rows], device=probs.device)
