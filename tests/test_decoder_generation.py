@@ -10,8 +10,8 @@ vocabulary (with enough beams, beam search keeps every hypothesis).
 
 from __future__ import annotations
 
-import itertools
 import logging
+import random
 
 import pytest
 import torch
@@ -21,6 +21,7 @@ from rayformers.models import AutoModelForCausalLM
 from rayformers.models.bert import BertLMHeadModel, RobertaForCausalLM
 from rayformers.models.generation import stream_generate
 from rayformers.models.generation.continuous import _cut_after_eos
+from rayformers.models.generation.continuous_causal import _continuation
 from rayformers.models.mega import MegaForCausalLM
 
 from model_test_utils import single_thread  # noqa: F401  (autouse: one thread per test module)
@@ -292,3 +293,62 @@ def test_mega_refuses_what_it_cannot_decode_with_a_cache(tmp_path):
     _, ours = _mega(tmp_path / "ok")
     with pytest.raises(ValueError, match=r"rows \[1, 2, 3\] are not left-padded"):
         ours.generate(input_ids.flip(1), attention_mask=mask.flip(1), max_new_tokens=2)
+
+
+# ---------------------------------------------------------------------------------- stream_generate
+
+
+def _stream_prompts(n=13, seed=0):
+    rng = random.Random(seed)
+    return [(f"doc-{i}", [rng.randrange(17, VOCAB) for _ in range(rng.randrange(1, 12))]) for i in range(n)]
+
+
+STREAM_SETTINGS = [
+    dict(max_new_tokens=12, eos_token_id=EOS_LIST, no_repeat_ngram_size=2, repetition_penalty=1.4, min_new_tokens=2),
+    dict(max_new_tokens=10, eos_token_id=EOS_LIST, do_sample=True, top_k=12, num_return_sequences=2),
+    dict(max_length=16, min_length=9, forced_eos_token_id=5, eos_token_id=EOS_LIST),  # limits include the prompt
+    dict(max_new_tokens=8, eos_token_id=EOS_LIST, num_beams=3),  # batched generate per prompt length
+]
+
+
+def _assert_stream_equals_generate(model, inputs, settings, **stream_kwargs):
+    out = list(stream_generate(model, iter(inputs), seed=100, **stream_kwargs, **settings))
+    assert sorted(k for k, _ in out) == sorted(k for k, _ in inputs), "every key exactly once"
+    got = dict(out)
+    lengths = set()
+    for index, (key, ids) in enumerate(inputs):
+        if settings.get("do_sample"):
+            torch.manual_seed(100 + index)
+        rows = model.generate(torch.tensor([ids]), **settings).tolist()
+        expected = [_continuation(row, len(ids), EOS_LIST) for row in rows]  # the prompt is not repeated
+        value = got[key] if settings.get("num_return_sequences", 1) > 1 else [got[key]]
+        assert value == expected, f"{settings} {key}: {value} != {expected}"
+        lengths.update(len(v) for v in value)
+    return lengths
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta"])
+def test_stream_generate_yields_continuations_equal_to_generate(heads, name):
+    _, ours = heads[name]
+    inputs = _stream_prompts()
+    for settings in STREAM_SETTINGS:
+        lengths = _assert_stream_equals_generate(ours, inputs, settings, max_batch_size=5, max_batch_tokens=80)
+        if not settings.get("do_sample") and settings.get("num_beams", 1) == 1:
+            assert len(lengths) > 1  # rows finished at different steps: slots were freed and refilled
+
+
+@pytest.mark.parametrize("variant", ["rotary-scalenorm", "chunk1-rmsnorm"])
+def test_mega_stream_generate_equals_generate(variant, tmp_path):
+    _, ours = _mega(tmp_path, **MEGA_VARIANTS[variant])
+    lengths = _assert_stream_equals_generate(ours, _stream_prompts(), dict(max_new_tokens=10, eos_token_id=EOS_LIST),
+                                             max_batch_size=5)
+    if variant == "rotary-scalenorm":
+        assert len(lengths) > 1
+
+
+def test_stream_generate_names_prompts_that_leave_no_room(heads):
+    _, ours = heads["bert"]
+    with pytest.raises(ValueError, match=r"input 'long' \(9 prompt tokens\).*max_length"):
+        list(stream_generate(ours, [("short", [20, 21]), ("long", [20] * 9)], max_length=9))
+    with pytest.raises(ValueError, match=r"input 'long' \(40 prompt tokens\).*max_position_embeddings=64"):
+        list(stream_generate(ours, [("long", [20] * 40)], max_new_tokens=30))
