@@ -124,6 +124,21 @@ def test_rows_stop_at_different_steps_and_defaults_match(heads):
     assert torch.equal(ours.generate(input_ids[:1], max_new_tokens=6), hf.generate(input_ids[:1], max_new_tokens=6))
 
 
+def test_token_type_ids_extend_like_transformers(heads):
+    """Generated tokens take the prompt's last token type (what `generate(**tokenizer(...))` passes)."""
+    hf, ours = heads["bert"]
+    input_ids, mask = _prompts()
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 4:] = 1
+    token_type_ids[1, 5:] = 0
+    for setting in ("greedy", "beam4-lp2-nrs2"):
+        kwargs = SETTINGS[setting]
+        expected = hf.generate(input_ids, attention_mask=mask, token_type_ids=token_type_ids, **kwargs)
+        got = ours.generate(input_ids, attention_mask=mask, token_type_ids=token_type_ids, **kwargs)
+        assert torch.equal(got, expected), setting
+        assert not torch.equal(got, ours.generate(input_ids, attention_mask=mask, **kwargs))
+
+
 def test_left_padded_row_equals_the_row_alone(heads):
     _, ours = heads["roberta"]
     input_ids, mask = _prompts()

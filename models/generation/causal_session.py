@@ -40,9 +40,12 @@ def _map_cache(past, fn):
 
 
 class CausalSession:
-    def __init__(self, model, attention_mask: torch.Tensor):
+    def __init__(self, model, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None):
         self.model = model
         self.attention_mask = attention_mask.long()
+        # Optional prompt token types; generated tokens take the prompt's last type (as transformers).
+        self.token_type_ids = token_type_ids
+        self.next_token_type = None if token_type_ids is None else token_type_ids[:, -1:]
         self.past_key_values = None
         self.sequence_dims = tuple(getattr(model, "_cache_sequence_dims", (2, 2)))
         self.uses_positions = bool(getattr(model, "_generation_position_ids", False))
@@ -52,7 +55,9 @@ class CausalSession:
     def num_rows(self) -> int:
         return self.attention_mask.shape[0]
 
-    def _forward(self, input_ids, attention_mask, past, **kwargs) -> tuple[torch.Tensor, tuple]:
+    def _forward(self, input_ids, attention_mask, past, token_type_ids=None, **kwargs) -> tuple[torch.Tensor, tuple]:
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
         if self.uses_positions:
             kwargs["position_ids"] = _positions(attention_mask)[:, -input_ids.shape[1]:]
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past,
@@ -72,11 +77,12 @@ class CausalSession:
                 raise ValueError("the first step of a CausalSession must feed the whole prompt")
             if getattr(self.model, "_generation_prefill_unpadded", False):
                 return self._prefill_by_length(input_ids)
-            logits, self.past_key_values = self._forward(input_ids, self.attention_mask, None)
+            logits, self.past_key_values = self._forward(input_ids, self.attention_mask, None, self.token_type_ids)
             return logits
         ones = self.attention_mask.new_ones(input_ids.shape)
         self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
-        logits, self.past_key_values = self._forward(input_ids, self.attention_mask, self.past_key_values,
+        types = None if self.next_token_type is None else self.next_token_type.expand(-1, input_ids.shape[1])
+        logits, self.past_key_values = self._forward(input_ids, self.attention_mask, self.past_key_values, types,
                                                      **self.step_kwargs)
         return logits
 
@@ -96,7 +102,8 @@ class CausalSession:
         for length in sorted(set(lengths.tolist()), reverse=True):
             rows = (lengths == length).nonzero().flatten()
             tokens = input_ids.index_select(0, rows)[:, width - length:]
-            group_logits, past = self._forward(tokens, torch.ones_like(tokens), None)
+            types = None if self.token_type_ids is None else self.token_type_ids.index_select(0, rows)[:, width - length:]
+            group_logits, past = self._forward(tokens, torch.ones_like(tokens), None, types)
             if logits is None:
                 logits = group_logits.new_empty((input_ids.shape[0], group_logits.shape[1]))
             logits[rows] = group_logits
@@ -128,6 +135,8 @@ class CausalSession:
         """Keep only `rows`; `self_attention_rows` (beam search) takes the cache from other beams of the same input."""
         cache_rows = rows if self_attention_rows is None else self_attention_rows
         self.attention_mask = self.attention_mask.index_select(0, rows)
+        if self.next_token_type is not None:
+            self.next_token_type = self.next_token_type.index_select(0, rows)
         self.past_key_values = _map_cache(self.past_key_values, lambda t, _: t.index_select(0, cache_rows))
 
     def repeat(self, n: int) -> None:
@@ -135,6 +144,8 @@ class CausalSession:
         if n == 1:
             return
         self.attention_mask = self.attention_mask.repeat_interleave(n, dim=0)
+        if self.next_token_type is not None:
+            self.next_token_type = self.next_token_type.repeat_interleave(n, dim=0)
         self.past_key_values = _map_cache(self.past_key_values, lambda t, _: t.repeat_interleave(n, dim=0))
 
     def reorder_self_attention(self, rows: torch.Tensor) -> None:
@@ -168,6 +179,10 @@ class CausalSession:
     def append(self, other: "CausalSession") -> None:
         """Concatenate another session's rows after ours (both padded to the same length first)."""
         self.attention_mask = torch.cat([self.attention_mask, other.attention_mask], dim=0)
+        if (self.next_token_type is None) != (other.next_token_type is None):
+            raise ValueError("cannot merge sessions with and without token_type_ids")
+        if self.next_token_type is not None:
+            self.next_token_type = torch.cat([self.next_token_type, other.next_token_type], dim=0)
         self.past_key_values = tuple(
             tuple(None if a is None else torch.cat([a, b], dim=0) for a, b in zip(mine, theirs))
             for mine, theirs in zip(self.past_key_values, other.past_key_values)

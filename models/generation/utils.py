@@ -125,7 +125,7 @@ class GenerationMixin:
             encoder_hidden = self._encode(plan["input_ids"], plan["attention_mask"], plan["encoder_outputs"])
             session = DecoderSession(self, encoder_hidden, plan["attention_mask"])
         else:  # decoder-only: the prompt is the decoder input
-            session = CausalSession(self, plan["attention_mask"])
+            session = CausalSession(self, plan["attention_mask"], plan.get("token_type_ids"))
         processors = build_processors(cfg, decoder_prompt_length=plan["decoder_input_ids"].shape[1], eos_token_ids=eos)
         settings = _decode_settings(cfg, eos, plan["pad"], plan["device"])
         if cfg.num_beams > 1:
@@ -237,7 +237,7 @@ def _check_decoder_only_model(model) -> None:
 
 def _plan_decoder_only(model, cfg, model_kwargs, special, input_ids, attention_mask, kwargs) -> dict:
     """Decoder-only inputs: the (left-padded) prompt starts the output; `max_length` counts it."""
-    unknown = sorted(k for k in model_kwargs if k != "input_ids")
+    unknown = sorted(k for k in model_kwargs if k not in ("input_ids", "token_type_ids"))
     if unknown:
         hint = ""
         if any(k in unknown for k in ("decoder_input_ids", "encoder_outputs")):
@@ -259,6 +259,14 @@ def _plan_decoder_only(model, cfg, model_kwargs, special, input_ids, attention_m
             "A decoder-only architecture is being used, but right-padding was detected! For correct generation "
             "results, please set `padding_side='left'` when initializing the tokenizer."
         )
+    token_type_ids = model_kwargs.get("token_type_ids")
+    if token_type_ids is not None:
+        token_type_ids = token_type_ids.to(input_ids.device).long()
+        if tuple(token_type_ids.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"token_type_ids has shape {tuple(token_type_ids.shape)} but input_ids has {tuple(input_ids.shape)}; "
+                "pass the token_type_ids returned by the tokenizer for the same batch."
+            )
     prompt_len = input_ids.shape[1]
     try:
         _resolve_lengths(model, cfg, prompt_len, kwargs)
@@ -276,7 +284,18 @@ def _plan_decoder_only(model, cfg, model_kwargs, special, input_ids, attention_m
     return {
         "config": cfg, "input_ids": input_ids, "attention_mask": attention_mask, "encoder_outputs": None,
         "decoder_input_ids": input_ids, "eos": special["eos"], "pad": special["pad"], "device": input_ids.device,
+        "token_type_ids": token_type_ids,
     }
+
+
+def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each right-padded row's tokens to the right end (decoder-only prompts must be left-padded).
+
+    Each row is rotated by its number of padding positions, so pad tokens end up in front."""
+    width = input_ids.shape[1]
+    shift = width - attention_mask.long().sum(dim=1, keepdim=True)
+    index = (torch.arange(width, device=input_ids.device)[None, :] - shift) % width
+    return input_ids.gather(1, index), attention_mask.gather(1, index)
 
 
 def _version_at_least(version: str | None, minimum: tuple[int, int]) -> bool:
