@@ -241,7 +241,7 @@ class _Engine:
         self.device = device
         self.eos = special["eos"]
         self.pad_id = special["pad"] if special["pad"] is not None else 0
-        self.start = int(special["decoder_start"])
+        self.start = None if special["decoder_start"] is None else int(special["decoder_start"])  # None: decoder-only
         self.settings = _decode_settings(cfg, self.eos, special["pad"], device)
         self.processors = build_processors(cfg, decoder_prompt_length=1, eos_token_ids=self.eos)
         self.nrs = cfg.num_return_sequences if cfg.do_sample else 1

@@ -22,8 +22,7 @@ import torch
 
 from .causal_session import CausalSession
 from .continuous import _Engine, _Input, _InputReader
-from .logits_process import build_processors
-from .utils import _decode_settings, _max_target_positions, _resolve_lengths
+from .utils import _resolve_lengths
 
 
 class _RowLimits:
@@ -32,7 +31,6 @@ class _RowLimits:
     def __init__(self, model, cfg, kwargs):
         self.model, self.cfg, self.kwargs = model, cfg, kwargs
         self.cache: dict[int, tuple[int, int]] = {}
-        self.max_positions = _max_target_positions(model)
 
     def __call__(self, item: _Input) -> tuple[int, int]:
         length = len(item.ids)
@@ -105,30 +103,15 @@ class _CausalEngine(_Engine):
     `history` [rows, width] holds every row's tokens so far, left-padded with the row's own first
     token (repetition penalty then sees only the row's tokens); `lengths` its real length;
     `prompt_lengths`, `max_lengths`, `min_lengths` its limits. The session's mask covers the same
-    `width` positions.
+    `width` positions. `source_tokens` counts the full lengths (prompt + new tokens) budgeted for
+    the running rows.
     """
 
     def __init__(self, model, cfg, special, device, max_batch_size, max_batch_tokens, seed, refill, limits):
-        self.model = model
-        self.cfg = cfg
-        self.device = device
-        self.eos = special["eos"]
-        self.pad_id = special["pad"] if special["pad"] is not None else 0
-        self.settings = _decode_settings(cfg, self.eos, special["pad"], device)
-        self.processors = build_processors(cfg, decoder_prompt_length=1, eos_token_ids=self.eos)
-        self.nrs = cfg.num_return_sequences if cfg.do_sample else 1
-        self.max_rows = max_batch_size
-        self.max_tokens = max_batch_tokens
-        self.seed = seed
-        self.refill = refill
+        super().__init__(model, cfg, special, device, max_batch_size, max_batch_tokens, seed, refill)
         self.limits = limits
         self.session: CausalSession | None = None
-        self.history = torch.empty((0, 0), dtype=torch.long, device=device)
-        empty = torch.empty((0,), dtype=torch.long, device=device)
-        self.lengths, self.prompt_lengths, self.max_lengths, self.min_lengths = empty, empty, empty, empty
-        self.rows: list[tuple[_Input, int]] = []
-        self.source_tokens = 0  # tokens held by running rows (prompts + continuations budgeted up front)
-        self.generators: dict[int, torch.Generator] = {}
+        self.prompt_lengths, self.max_lengths, self.min_lengths = self.lengths, self.lengths, self.lengths
 
     def _row_tensors(self):
         return ("history", "lengths", "prompt_lengths", "max_lengths", "min_lengths")
