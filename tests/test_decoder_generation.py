@@ -173,6 +173,17 @@ def test_relative_position_decoders_equal_uncached_full_forward(position_embeddi
         assert out[row, :len(expected)].tolist() == expected, row
 
 
+def test_left_pad_moves_right_padded_prompts_to_the_right_end(heads):
+    """The pipeline's micro-batch fallback pads on the right; prompts are moved before generate."""
+    from rayformers.models.generation.utils import left_pad
+
+    input_ids, mask = _prompts()
+    right_ids = torch.stack([torch.cat([r[m == 1], r[m == 0]]) for r, m in zip(input_ids, mask)])
+    right_mask = mask.sort(dim=1, descending=True).values
+    ids, moved_mask = left_pad(right_ids, right_mask)
+    assert torch.equal(ids, input_ids) and torch.equal(moved_mask, mask)
+
+
 def test_decoder_only_errors_are_clear(heads, tmp_path, caplog):
     _, ours = heads["bert"]
     input_ids, mask = _prompts()
