@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_utils import PretrainedConfig
+from .generation import GenerationConfig, GenerationMixin
 from .layers import (
     FirstTokenClassificationHead,
     FirstTokenPooler,
@@ -830,19 +831,25 @@ class BertForMaskedLM(_BertWithLMHead):
         return head_output(MaskedLMOutput, outputs, return_dict, loss=loss, logits=logits)
 
 
-class BertLMHeadModel(_BertWithLMHead):
+class BertLMHeadModel(_BertWithLMHead, GenerationMixin):
     """Left-to-right LM (`config.is_decoder=True`); the decoder half of BERT2BERT encoder-decoders.
 
     With `use_cache=True` it returns `past_key_values`; feed them back with only the new tokens (and
-    the attention mask of the whole sequence so far) to decode incrementally.
+    the attention mask of the whole sequence so far) to decode incrementally. `generate()` continues
+    left-padded prompts (see rayformers.models.generation), token-identical to transformers.
     """
 
     _tied_weights_keys = ["cls.predictions.decoder.bias", "cls.predictions.decoder.weight"]
+    # Decoder-only generation contract (generation/causal_session.py): positions from the attention
+    # mask as transformers' generate passes them, cache tensors [rows, heads, seq, head_dim].
+    _generation_position_ids = True
+    _cache_sequence_dims = (2, 2)
 
     def __init__(self, config):
         super().__init__(config)
         self._attach_base_model(config, add_pooling_layer=False)
         self._attach_lm_head(config)
+        self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,

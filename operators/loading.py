@@ -21,6 +21,18 @@ TASK_AUTO_CLASS = {
     "zero-shot-classify": "AutoModelForSequenceClassification",
 }
 
+
+def auto_class_name(task: str, model_config: Any = None) -> str:
+    """The Auto class for ``task``; ``generate`` on a decoder-only checkpoint (config ``is_decoder``
+    without ``is_encoder_decoder``: BERT-family causal heads, MEGA) continues prompts with
+    ``AutoModelForCausalLM`` instead of ``AutoModelForSeq2SeqLM``."""
+    name = TASK_AUTO_CLASS[task]
+    if (task == "generate" and model_config is not None and getattr(model_config, "is_decoder", False)
+            and not getattr(model_config, "is_encoder_decoder", False)):
+        return "AutoModelForCausalLM"
+    return name
+
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -99,13 +111,14 @@ def load_model(
     """``AutoModelFor<Task>.from_pretrained`` in eval mode on ``device``."""
     import rayformers.models as models
 
-    auto = getattr(models, TASK_AUTO_CLASS[task])
-    kwargs: dict = {"dtype": torch.float32 if dtype == "auto" else torch_dtype(dtype)}
+    kwargs: dict = {}
     if revision:
         kwargs["revision"] = revision
     if local_files_only:
         kwargs["local_files_only"] = True
-    model = auto.from_pretrained(path, **kwargs)
+    model_config = models.AutoConfig.from_pretrained(path, **kwargs) if task == "generate" else None
+    auto = getattr(models, auto_class_name(task, model_config))
+    model = auto.from_pretrained(path, dtype=torch.float32 if dtype == "auto" else torch_dtype(dtype), **kwargs)
     if dtype == "auto":  # chosen for this device (and family), whatever the checkpoint was saved in
         model = model.to(torch_dtype("auto", device, getattr(model.config, "model_type", "")))
     model.eval()

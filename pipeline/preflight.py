@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rayformers.operators.embed import sentence_transformers_defaults
-from rayformers.operators.loading import TASK_AUTO_CLASS
+from rayformers.operators.loading import auto_class_name
 from rayformers.operators.records import ERROR_COLUMN
 
 from .commit import staging_path
@@ -200,7 +200,7 @@ def resolve_model(cfg: JobConfig):
         model_config = AutoConfig.from_pretrained(m.path, **kwargs)
     except Exception as e:  # noqa: BLE001 - any loading problem is reported with the key to fix
         raise PreflightError(f"model.path {m.path!r}: cannot load the model config ({type(e).__name__}: {e})") from e
-    auto = getattr(models, TASK_AUTO_CLASS[m.task])
+    auto = getattr(models, auto_class_name(m.task, model_config))
     try:
         auto._model_class(model_config)
     except ValueError as e:
@@ -224,6 +224,10 @@ def resolve_max_length(cfg: JobConfig, tokenizer: Any, model_config: Any, st: di
         if getattr(model_config, "model_type", "") in ("roberta", "camembert", "xlm-roberta"):
             positions -= 2  # position ids start after padding_idx
         limit = positions if limit is None else min(limit, positions)
+        new_tokens = cfg.task.generation.max_new_tokens
+        if cfg.model.task == "generate" and auto_class_name("generate", model_config) == "AutoModelForCausalLM" \
+                and new_tokens:
+            limit = min(limit, positions - new_tokens)  # a decoder-only prompt shares the positions with its continuation
     if limit is not None and limit < 2:
         raise PreflightError(f"tokenizer.max_length {limit} is too small")
     return limit

@@ -70,7 +70,9 @@ def stream_generate(
     """Yield `(key, token_ids)` for every `(key, input_ids)` of `inputs`, each as soon as it is done.
 
     `token_ids` is the list of decoder tokens (starting with the decoder start token, ending with eos
-    unless max_length was reached); with `num_return_sequences > 1` it is a list of such lists.
+    unless max_length was reached); with `num_return_sequences > 1` it is a list of such lists. For
+    decoder-only models `input_ids` is the prompt and `token_ids` its continuation only
+    (continuous_causal.py).
     `max_batch_size` caps the decoder rows decoded together, `max_batch_tokens` the source tokens held
     by them (encoder states and cross-attention cache grow with it); `lookahead` (default
     4 * max_batch_size) inputs are read ahead and sorted by length. `refill` (default: whether the model
@@ -86,12 +88,21 @@ def stream_generate(
         raise ValueError(f"stream_generate got unknown arguments {sorted(model_kwargs)}; inputs come from `inputs`.")
     if isinstance(special["decoder_start"], (list, tuple)):
         raise ValueError("stream_generate needs a single decoder_start_token_id (one per row is not supported).")
-    _resolve_lengths(model, cfg, 1, kwargs)
+    decoder_only = not getattr(model.config, "is_encoder_decoder", False)
+    if not decoder_only:
+        _resolve_lengths(model, cfg, 1, kwargs)
     if cfg.do_sample and seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     lookahead = lookahead or 4 * max_batch_size
     device = next(model.parameters()).device
     reader = _InputReader(model, inputs, lookahead, max_batch_tokens)
+    if decoder_only:  # prompts in, continuations out (continuous_causal.py)
+        from .continuous_causal import stream_generate_causal
+
+        yield from stream_generate_causal(model, cfg, special, reader, kwargs, max_batch_size=max_batch_size,
+                                          max_batch_tokens=max_batch_tokens, seed=seed,
+                                          refill=True if refill is None else refill, device=device)
+        return
     if cfg.num_beams > 1:
         yield from _beam_chunks(model, cfg, special, reader, max_batch_size, max_batch_tokens, device)
         return
@@ -239,7 +250,7 @@ class _Engine:
         self.device = device
         self.eos = special["eos"]
         self.pad_id = special["pad"] if special["pad"] is not None else 0
-        self.start = int(special["decoder_start"])
+        self.start = None if special["decoder_start"] is None else int(special["decoder_start"])  # None: decoder-only
         self.settings = _decode_settings(cfg, self.eos, special["pad"], device)
         self.processors = build_processors(cfg, decoder_prompt_length=1, eos_token_ids=self.eos)
         self.nrs = cfg.num_return_sequences if cfg.do_sample else 1
