@@ -38,7 +38,7 @@ def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
         job.read_columns,
         cfg.input.id_column,
         done=done,
-        block_rows=c.batch_size,
+        block_rows=c.block_rows(),
         rows_per_task=c.read_rows_per_task,
     )
     # One read task per planned unit: without this Ray splits small inputs into ~200 tiny blocks,
@@ -58,7 +58,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
     c = cfg.compute
     if c.tokenizer_max_actors is None:
         size_tokenizer_pool(cfg, float(ray.cluster_resources().get("CPU", 0)))
-    ds = ds.repartition(target_num_rows_per_block=c.batch_size)
+    ds = ds.repartition(target_num_rows_per_block=c.block_rows())
     ds = ds.map_batches(
         TokenizeOperator,
         fn_constructor_kwargs=dict(

@@ -349,7 +349,7 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
     if not out.path:
         raise PreflightError("output.path is empty: set where predictions are written")
     for key, value in (
-        ("compute.batch_size", cfg.compute.batch_size),
+        ("compute.batch_size", cfg.compute.block_rows()),
         ("compute.read_rows_per_task", cfg.compute.read_rows_per_task),
         ("output.stage_rows", out.stage_rows),
         ("output.target_file_mb", out.target_file_mb),

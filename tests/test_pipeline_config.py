@@ -286,3 +286,9 @@ def test_tokenizer_pool_is_sized_to_the_model_pool_within_free_cpus():
     assert sized(8, model_num_gpus=1, model_max_actors=1) == 4    # a GPU node: 8 CPUs + 1 GPU
     assert sized(2, model_num_gpus=1, model_max_actors=2) == 2    # capped by the free CPUs
     assert sized(8, model_num_gpus=1, tokenizer_max_actors=6) == 6  # explicit wins
+
+
+def test_block_rows_default_by_device_and_explicit_value_wins():
+    assert load_config({}).compute.block_rows() == 256
+    assert load_config({"compute": {"model_num_gpus": 1}}).compute.block_rows() == 4096
+    assert load_config({"compute": {"model_num_gpus": 1, "batch_size": 512}}).compute.block_rows() == 512
