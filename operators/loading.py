@@ -19,6 +19,7 @@ TASK_AUTO_CLASS = {
     "generate": "AutoModelForSeq2SeqLM",
     "embed": "AutoModel",
     "zero-shot-classify": "AutoModelForSequenceClassification",
+    "sparse-embed": "AutoModelForMaskedLM",
 }
 
 

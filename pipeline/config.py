@@ -26,7 +26,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-TASKS = ("classify", "token-classify", "generate", "embed", "zero-shot-classify")
+TASKS = ("classify", "token-classify", "generate", "embed", "zero-shot-classify", "sparse-embed")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 OUTPUT_MODES = ("error-if-exists", "overwrite", "resume")
 POOLINGS = ("auto", "mean", "cls", "max")
@@ -185,6 +185,13 @@ class TaskConfig:
     """token-classify: entity labels left out of the output."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """generate: decoding settings."""
+    sparse_threshold: float = 0.0
+    """sparse-embed: keep vocabulary weights above this (SPLADE weights are >= 0)."""
+    sparse_top_k: Optional[int] = None
+    """sparse-embed: keep at most this many weights per row (the largest); unset keeps all above
+    the threshold."""
+    sparse_tokens: bool = False
+    """sparse-embed: also write each kept entry's token string."""
     candidate_labels: list = field(default_factory=list)
     """zero-shot-classify: the labels to score each text against (one NLI pair per label)."""
     hypothesis_template: str = "This example is {}."

@@ -37,6 +37,7 @@ PREDICTION_COLUMNS = {
     "generate": ["generated_text", "generated_tokens"],
     "embed": ["embedding"],
     "zero-shot-classify": ["labels", "scores"],
+    "sparse-embed": ["sparse_embedding", "sparse_nnz"],
 }
 
 
@@ -296,6 +297,11 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
         }
     elif task == "zero-shot-classify":
         options = zero_shot_options(cfg, model_config, tok_path, max_length)
+    elif task == "sparse-embed":
+        if t.sparse_top_k is not None and t.sparse_top_k < 1:
+            raise PreflightError(f"task.sparse_top_k must be at least 1 (or unset), got {t.sparse_top_k}")
+        options = {"threshold": t.sparse_threshold, "top_k": t.sparse_top_k, "with_tokens": t.sparse_tokens,
+                   "tokenizer_path": tok_path}
     else:
         options = {
             "generation": t.generation.generate_kwargs(),
