@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 
 from .batching import MicroBatch
+from .embedding_outputs import CALIBRATED, PRECISIONS, output_type, quantize
 from .model_operator import ModelOperator, scatter
 
 
@@ -65,22 +66,35 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
 class EmbedOperator(ModelOperator):
     task = "embed"
 
-    def setup(self, pooling: str = "mean", normalize: Optional[bool] = False) -> None:
+    def setup(self, pooling: str = "mean", normalize: Optional[bool] = False, truncate_dim: Optional[int] = None,
+              precision: str = "float32", ranges: Optional[list] = None) -> None:
         if pooling not in ("mean", "cls", "max"):
             raise ValueError(f"unknown pooling {pooling!r}; use mean, cls or max")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown embedding precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.pooling = pooling
         self.normalize = bool(normalize)
-        self.dim = int(getattr(self.config, "hidden_size", 0) or getattr(self.config, "d_model", 0))
+        full = int(getattr(self.config, "hidden_size", 0) or getattr(self.config, "d_model", 0))
+        if truncate_dim is not None and not 0 < int(truncate_dim) <= full:
+            raise ValueError(f"truncate_dim {truncate_dim} must be between 1 and the model's {full} dimensions")
+        self.truncate_dim = None if truncate_dim is None else int(truncate_dim)
+        self.dim = self.truncate_dim or full
+        self.precision = precision
+        self.ranges = None if ranges is None else np.asarray(ranges, dtype=np.float32)
+        if precision in CALIBRATED and self.ranges is None:
+            raise ValueError(f"embedding precision {precision} needs calibration ranges ([min, max] per dimension)")
 
     def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
         hidden = self.forward(mb).last_hidden_state
         emb = pool(hidden, mb.attention_mask.to(hidden.device), self.pooling)
+        if self.truncate_dim is not None:  # Matryoshka: cut first, then normalise what is kept
+            emb = emb[:, : self.truncate_dim]
         if self.normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=1)
         return {"embedding": emb}
 
     def output_fields(self) -> list[pa.Field]:
-        return [pa.field("embedding", pa.list_(pa.float32(), self.dim))]
+        return [pa.field("embedding", output_type(self.precision, self.dim))]
 
     def to_arrays(self, chunks: list, num_rows: int) -> list[pa.Array]:
         """One float32 buffer of ``rows x dim`` in row order, viewed as a fixed-size list column."""
@@ -88,5 +102,6 @@ class EmbedOperator(ModelOperator):
             flat, has = np.zeros((num_rows, self.dim), dtype=np.float32), np.zeros(num_rows, dtype=bool)
         else:
             flat, has = scatter(chunks, "embedding", num_rows)
-        values = pa.array(flat.astype(np.float32, copy=False).reshape(-1), type=pa.float32())
-        return [pa.FixedSizeListArray.from_arrays(values, self.dim, mask=pa.array(~has))]
+        stored = quantize(flat.astype(np.float32, copy=False), self.precision, self.ranges)
+        values = pa.array(stored.reshape(-1))
+        return [pa.FixedSizeListArray.from_arrays(values, stored.shape[1], mask=pa.array(~has))]

@@ -79,6 +79,7 @@ class TokenizeOperator:
         tokenizer=None,
         source_language: Optional[str] = None,
         source_language_column: Optional[str] = None,
+        text_prefix: str = "",
     ):
         if tokenizer is None:
             from .loading import load_tokenizer
@@ -93,6 +94,8 @@ class TokenizeOperator:
         self.truncation = truncation
         self.with_offsets = with_offsets
         self.drop_columns = tuple(drop_columns)
+        self.text_prefix = text_prefix or ""
+        """Prepended to every valid text (an embedding model's prompt, e.g. E5's ``query: ``)."""
         self.backend = configured_backend(tokenizer, max_length, truncation)
         self.special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
 
@@ -102,6 +105,8 @@ class TokenizeOperator:
             batch = pa.Table.from_pandas(batch, preserve_index=False) if hasattr(batch, "columns") else pa.table(batch)
         n = batch.num_rows
         good, texts, reasons = validated_texts(batch.column(self.text_column), self.text_column)
+        if self.text_prefix:  # after validation: an empty text stays an error, prompt or not
+            texts = [None if t is None else self.text_prefix + t for t in texts]
         pairs = None
         if self.text_pair_column:
             pair_good, pairs, pair_reasons = validated_texts(batch.column(self.text_pair_column), self.text_pair_column)

@@ -185,6 +185,20 @@ class TaskConfig:
     """token-classify: entity labels left out of the output."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """generate: decoding settings."""
+    truncate_dim: Optional[int] = None
+    """embed: keep the first N dimensions (Matryoshka models), then normalise again if the job
+    normalises."""
+    embedding_precision: str = "float32"
+    """embed: ``float32``, ``float16``, ``int8``, ``uint8``, ``binary`` or ``ubinary``, with
+    sentence-transformers' ``quantize_embeddings`` rules; ``int8``/``uint8`` map each dimension's
+    [min, max] over a calibration sample of the input onto 256 steps (ranges in the manifest)."""
+    calibration_rows: int = 1024
+    """embed, int8/uint8: rows of the input embedded to find each dimension's range."""
+    prompt_name: Optional[str] = None
+    """embed: the checkpoint's prompt to prepend (``config_sentence_transformers.json``
+    ``prompts``); default: its ``default_prompt_name`` if it has one."""
+    prompt: Optional[str] = None
+    """embed: a literal prompt prepended to every text (wins over ``prompt_name``); ``""`` for none."""
     sparse_threshold: float = 0.0
     """sparse-embed: keep vocabulary weights above this (SPLADE weights are >= 0)."""
     sparse_top_k: Optional[int] = None
@@ -332,6 +346,7 @@ _CHOICES = {
     ("model", "dtype"): DTYPES,
     ("output", "mode"): OUTPUT_MODES,
     ("task", "pooling"): POOLINGS,
+    ("task", "embedding_precision"): ("float32", "float16", "int8", "uint8", "binary", "ubinary"),
     ("task", "aggregation_strategy"): AGGREGATIONS,
     ("task", "function_to_apply"): FUNCTIONS,
     ("tokenizer", "truncation"): TRUNCATIONS,

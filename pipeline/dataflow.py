@@ -73,6 +73,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             drop_columns=tuple(spec.drop_after_tokenize),
             source_language=cfg.input.source_language,
             source_language_column=cfg.input.source_language_column,
+            text_prefix=spec.text_prefix,
         ),
         compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
         num_cpus=c.tokenizer_num_cpus,
@@ -107,3 +108,23 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
         zero_copy_batch=True,
     )
     return ds
+
+
+def calibrate_embedding_ranges(spec: ProcessingSpec | ResolvedJob, sample) -> list:
+    """Per-dimension ``[min, max]`` of the job's own embeddings over ``sample`` (a Dataset), for
+    int8/uint8 storage: the sample runs through the same stages with float32 output. Sets
+    ``spec.task_options["ranges"]`` and returns it."""
+    import dataclasses
+
+    import numpy as np
+
+    from rayformers.operators.embedding_outputs import calibration_ranges
+
+    float_spec = dataclasses.replace(spec, task_options={**spec.task_options, "precision": "float32", "ranges": None})
+    rows = [r["embedding"] for r in processing_stages(sample, float_spec).select_columns(["embedding"]).take_all()
+            if r["embedding"] is not None]
+    if not rows:
+        raise ValueError("no row of the calibration sample could be embedded; int8/uint8 need a calibration sample")
+    ranges = calibration_ranges(np.asarray(rows, dtype=np.float32)).tolist()
+    spec.task_options["ranges"] = ranges
+    return ranges

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from .config import ConfigError, JobConfig, load_config
 from .preflight import check_cluster_cpus, preflight
+from .source import sample_input
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -91,23 +92,6 @@ class PlanReport:
         return "\n".join(lines)
 
 
-def _sample_table(job, sample_rows: int, sample_files: int) -> pa.Table:
-    from .source import iter_row_group_slices
-
-    files = [f for f in job.files if f.num_rows]
-    if len(files) > sample_files:
-        step = len(files) / sample_files
-        files = [files[int(i * step)] for i in range(sample_files)]
-    per_file = max(1, math.ceil(sample_rows / max(1, len(files))))
-    tables = []
-    for f in files:
-        for _, t in iter_row_group_slices(job.input_fs, f, [0], job.read_columns, job.config.input.id_column, per_file):
-            tables.append(t)
-            break
-    table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
-    return table.slice(0, sample_rows)
-
-
 def plan(
     config: JobConfig | dict | str | Path,
     overrides: Optional[list[str]] = None,
@@ -128,7 +112,7 @@ def plan(
     job = preflight(cfg)
     ensure_ray(ray_init_kwargs)
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
-    sample = _sample_table(job, sample_rows, sample_files)
+    sample = sample_input(job.input_fs, job.files, job.read_columns, cfg.input.id_column, sample_rows, sample_files)
 
     t0 = time.perf_counter()
     scored_ds = Processor(job)(ray.data.from_arrow(sample), keep_stage_times=True)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rayformers.operators.embed import sentence_transformers_defaults
+from rayformers.operators.embedding_outputs import resolve_prompt
 from rayformers.operators.loading import auto_class_name
 from rayformers.operators.records import ERROR_COLUMN
 
@@ -67,6 +68,8 @@ class ResolvedJob:
     drop_after_model: list[str] = field(default_factory=list)
     """Text columns the model stage still needs (token-classify) but the output does not."""
 
+    text_prefix: str = ""
+    """Prepended to every text before tokenizing (see :class:`ProcessingSpec`)."""
     id_check_deferred: bool = False
     """The input is too large for the driver-side id check: run the distributed one with Ray."""
 
@@ -247,6 +250,8 @@ class ProcessingSpec:
     task_options: dict = field(default_factory=dict)
     drop_after_tokenize: list[str] = field(default_factory=list)
     drop_after_model: list[str] = field(default_factory=list)
+    text_prefix: str = ""
+    """Prepended to every text before tokenizing (an embedding model's prompt)."""
 
 
 def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Collection[str] = ()) -> ProcessingSpec:
@@ -278,6 +283,7 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
 
     task = cfg.model.task
     t = cfg.task
+    prefix = ""
     text_needed_by_model = task in ("token-classify", "zero-shot-classify")
     options: dict
     if task == "classify":
@@ -285,7 +291,17 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
     elif task == "embed":
         pooling = st.get("pooling", "mean") if t.pooling == "auto" else t.pooling
         normalize = st.get("normalize", False) if t.normalize is None else t.normalize
-        options = {"pooling": pooling, "normalize": normalize}
+        if t.truncate_dim is not None and t.truncate_dim < 1:
+            raise PreflightError(f"task.truncate_dim must be at least 1, got {t.truncate_dim}")
+        width = getattr(model_config, "hidden_size", None) or getattr(model_config, "d_model", None)
+        if t.truncate_dim is not None and width and t.truncate_dim > width:
+            raise PreflightError(f"task.truncate_dim {t.truncate_dim} is more than the model's {width} dimensions")
+        options = {"pooling": pooling, "normalize": normalize, "truncate_dim": t.truncate_dim,
+                   "precision": t.embedding_precision}
+        try:
+            prefix = resolve_prompt(cfg.model.path if os.path.isdir(cfg.model.path) else "", t.prompt, t.prompt_name)
+        except ValueError as e:
+            raise PreflightError(f"task.prompt_name: {e}") from e
     elif task == "token-classify":
         if not getattr(model_config, "id2label", None):
             raise PreflightError(f"model.path {cfg.model.path!r} has no id2label; token-classify needs label names")
@@ -331,6 +347,7 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
         task_options=options,
         drop_after_tokenize=[] if text_needed_by_model else drop,
         drop_after_model=drop if text_needed_by_model else [],
+        text_prefix=prefix,
     )
 
 
@@ -414,6 +431,7 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         task_options=spec.task_options,
         drop_after_tokenize=spec.drop_after_tokenize,
         drop_after_model=spec.drop_after_model,
+        text_prefix=spec.text_prefix,
         id_check_deferred=id_check_deferred,
     )
     return job

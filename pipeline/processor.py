@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from rayformers.operators.embedding_outputs import CALIBRATED
 from rayformers.operators.tokenize import STAGE_TIME_PREFIX
 
 from .config import ConfigError, JobConfig, load_config
@@ -51,9 +52,13 @@ class Processor:
             )
 
     def __call__(self, ds: Any, keep_stage_times: bool = False) -> Any:
-        from .dataflow import processing_stages
+        from .dataflow import calibrate_embedding_ranges, processing_stages
 
         self.check_schema(ds)
+        t = self.config.task
+        if self.config.model.task == "embed" and t.embedding_precision in CALIBRATED and not self.spec.task_options.get("ranges"):
+            # int8/uint8 need each dimension's range: from the first rows of this very dataset.
+            calibrate_embedding_ranges(self.spec, ds.limit(t.calibration_rows))
         out = processing_stages(ds, self.spec)
         if keep_stage_times:
             return out

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from rayformers.operators.embedding_outputs import CALIBRATED
+
 from .commit import (
     MANIFEST,
     ErrorBudgetExceeded,
@@ -63,6 +65,7 @@ def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
         "output_rows": counts.rows,
         "error_rows": counts.errors,
         "output_files": counts.manifest_files(),
+        "embedding_ranges": job.task_options.get("ranges"),
         "report": report,
         "versions": {"ray": ray.__version__, "python": platform.python_version()},
     }
@@ -97,6 +100,12 @@ def run(
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
     if job.id_check_deferred:
         check_unique_ids_distributed(job.input_fs, job.files, cfg.input.id_column)
+    if cfg.model.task == "embed" and cfg.task.embedding_precision in CALIBRATED:
+        from .dataflow import calibrate_embedding_ranges
+        from .source import sample_input
+
+        sample = sample_input(job.input_fs, job.files, job.read_columns, cfg.input.id_column, cfg.task.calibration_rows)
+        calibrate_embedding_ranges(job, ray.data.from_arrow(sample))
     # One writer per output: taken before anything under the output is touched.
     with output_lock(job.output_fs, job.output_path, ttl_s=cfg.output.lock_ttl_s) as lock:
         return _run_locked(job, start, lock, before_publish)

@@ -344,6 +344,32 @@ def iter_row_group_slices(
                 yield g, table
 
 
+def sample_input(
+    fs: pafs.FileSystem,
+    files: list[InputFile],
+    columns: list[str],
+    id_column: Optional[str],
+    rows: int,
+    max_files: int = 8,
+) -> pa.Table:
+    """Up to ``rows`` rows from the first row group of up to ``max_files`` files spread over the
+    input (for estimates and calibration): deterministic, so a resumed job calibrates alike."""
+    import math
+
+    files = [f for f in files if f.num_rows]
+    if len(files) > max_files:
+        step = len(files) / max_files
+        files = [files[int(i * step)] for i in range(max_files)]
+    per_file = max(1, math.ceil(rows / max(1, len(files))))
+    tables = []
+    for f in files:
+        for _, t in iter_row_group_slices(fs, f, [0], columns, id_column, per_file):
+            tables.append(t)
+            break
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    return table.slice(0, rows)
+
+
 def make_datasource(
     fs: pafs.FileSystem,
     files: list[InputFile],
