@@ -108,9 +108,16 @@ def load_model(
     revision: Optional[str] = None,
     local_files_only: bool = False,
     device: str = "cpu",
+    quantization: str = "none",
 ):
-    """``AutoModelFor<Task>.from_pretrained`` in eval mode on ``device``."""
+    """``AutoModelFor<Task>.from_pretrained`` in eval mode on ``device`` (``quantization:
+    int8-dynamic``: its Linear layers quantised, CPU only)."""
     import rayformers.models as models
+
+    if quantization not in ("none", "int8-dynamic"):
+        raise ValueError(f"unknown model.quantization {quantization!r}; use none or int8-dynamic")
+    if quantization != "none" and device != "cpu":
+        raise ValueError(f"model.quantization {quantization} runs on CPU only (set compute.model_num_gpus: 0)")
 
     kwargs: dict = {}
     if revision:
@@ -124,7 +131,28 @@ def load_model(
         model = model.to(torch_dtype("auto", device, getattr(model.config, "model_type", "")))
     model.eval()
     warn_slow_cpu_dtype(model.dtype, device)
-    return model.to(device)
+    model = model.to(device)
+    if quantization == "int8-dynamic":
+        model = quantize_int8_dynamic(model, device)
+    return model
+
+
+def quantize_int8_dynamic(model, device: str = "cpu"):
+    """torch's dynamic int8 quantisation of every ``nn.Linear`` (weights int8 once, activations
+    quantised per call): CPU only, float32 models only. torch marks the ``torch.ao`` API
+    deprecated in favour of torchao, a further dependency; it still ships in torch and is what
+    this needs, so its warning is silenced here."""
+    import warnings
+
+    if device != "cpu":
+        raise ValueError("model.quantization int8-dynamic runs on CPU only (set compute.model_num_gpus: 0)")
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("model.quantization int8-dynamic needs model.dtype float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    quantized.eval()
+    return quantized
 
 
 def cpu_has_native_bf16() -> bool:

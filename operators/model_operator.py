@@ -57,6 +57,7 @@ class ModelOperator:
         pad_token_id: Optional[int] = None,
         drop_columns: tuple = (),
         model: Any = None,
+        quantization: str = "none",
         **task_options: Any,
     ):
         self.revision = revision
@@ -65,7 +66,7 @@ class ModelOperator:
         if self.device == "cpu":
             configure_cpu_threads(torch_threads, model_actors)
         if model is None:
-            model = load_model(self.task, model_path, dtype, revision, local_files_only, self.device)
+            model = load_model(self.task, model_path, dtype, revision, local_files_only, self.device, quantization)
         self.model = model
         self.config = getattr(model, "config", None)
         if pad_token_id is None:

@@ -106,6 +106,15 @@ class ModelConfig:
     """Hub revision (branch, tag or commit) when ``path`` is a Hub id."""
     local_files_only: bool = False
     """Never contact the Hub; resolve Hub ids from the local cache only."""
+    quantization: str = "none"
+    """``none`` or ``int8-dynamic`` (CPU actors, float32: torch's dynamic int8 quantisation of the
+    Linear layers). Before the job, a sample of its own rows is scored both ways and the agreement
+    (same label / cosine / same text) goes into the report; below ``min_agreement`` the job does
+    not start."""
+    min_agreement: float = 0.95
+    """With ``quantization``: the least agreement with float32 on the sample that lets the job run."""
+    agreement_rows: int = 256
+    """With ``quantization``: rows of the input scored both ways for the agreement check."""
 
 
 @dataclass
@@ -344,6 +353,7 @@ class JobConfig:
 _CHOICES = {
     ("model", "task"): TASKS,
     ("model", "dtype"): DTYPES,
+    ("model", "quantization"): ("none", "int8-dynamic"),
     ("output", "mode"): OUTPUT_MODES,
     ("task", "pooling"): POOLINGS,
     ("task", "embedding_precision"): ("float32", "float16", "int8", "uint8", "binary", "ubinary"),

@@ -96,6 +96,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             max_tokens_per_batch=c.max_tokens_per_batch,
             max_rows_per_batch=c.max_rows_per_batch,
             pad_token_id=spec.pad_token_id,
+            quantization=cfg.model.quantization,
             drop_columns=tuple(spec.drop_after_model),
             **spec.task_options,
         ),

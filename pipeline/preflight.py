@@ -209,6 +209,11 @@ def resolve_model(cfg: JobConfig):
         auto._model_class(model_config)
     except ValueError as e:
         raise PreflightError(f"model.task {m.task!r} is not available for model.path {m.path!r}: {e}") from e
+    if m.quantization != "none" and (cfg.compute.model_num_gpus or m.dtype != "float32"):
+        raise PreflightError(
+            f"model.quantization {m.quantization} runs on CPU actors in float32: set compute.model_num_gpus: 0 "
+            f"and model.dtype: float32 (or quantization: none on GPUs, where bf16/fp16 is the fast path)"
+        )
     if m.dtype == "float16" and cfg.compute.model_num_gpus == 0:
         raise PreflightError("model.dtype float16 needs a GPU (compute.model_num_gpus > 0); use bfloat16 or float32 on CPU")
     return model_config

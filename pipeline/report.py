@@ -27,6 +27,8 @@ class JobReport:
     """Seconds spent per stage, summed over actors/tasks (tokenize, model, write), plus ``plan``
     (the wall time of the Ray execution) and ``finalize`` (checks, manifest, publish)."""
     duplicates_removed: int = 0
+    checks: dict = field(default_factory=dict)
+    """Checks run before scoring, e.g. ``quantization``: agreement with float32 on a sample."""
     manifest_path: Optional[str] = None
     message: str = ""
 
@@ -59,6 +61,10 @@ class JobReport:
         if self.stage_s:
             stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_s.items())
             lines.append(f"stages        {stages}")
+        for name, c in self.checks.items():
+            if "agreement" in c:
+                lines.append(f"{name:<13} {c.get('quantization', '')}: {c['metric']} with float32 {c['agreement']:.4f} "
+                             f"on {c['rows']} sampled rows")
         if self.duplicates_removed:
             lines.append(f"deduplicated  {self.duplicates_removed} rows written twice by retried tasks")
         if self.manifest_path:

@@ -106,12 +106,37 @@ def run(
 
         sample = sample_input(job.input_fs, job.files, job.read_columns, cfg.input.id_column, cfg.task.calibration_rows)
         calibrate_embedding_ranges(job, ray.data.from_arrow(sample))
+    checks: dict = {}
+    if cfg.model.quantization != "none":
+        checks["quantization"] = check_quantized_agreement(job)
     # One writer per output: taken before anything under the output is touched.
     with output_lock(job.output_fs, job.output_path, ttl_s=cfg.output.lock_ttl_s) as lock:
-        return _run_locked(job, start, lock, before_publish)
+        return _run_locked(job, start, lock, before_publish, checks)
 
 
-def _run_locked(job: ResolvedJob, start: float, lock, before_publish) -> JobReport:
+def check_quantized_agreement(job: ResolvedJob) -> dict:
+    """Score a sample of the job's rows with and without quantisation; refuse below the bar."""
+    import ray
+
+    from .agreement import quantization_agreement
+    from .preflight import PreflightError
+    from .source import sample_input
+
+    m = job.config.model
+    sample = sample_input(job.input_fs, job.files, job.read_columns, job.config.input.id_column, m.agreement_rows)
+    result = quantization_agreement(job, ray.data.from_arrow(sample))
+    logger.info("quantization %s: %s %.4f on %d rows of the input", m.quantization, result["metric"],
+                result["agreement"], result["rows"])
+    if result["agreement"] < m.min_agreement:
+        raise PreflightError(
+            f"model.quantization {m.quantization}: {result['metric']} with float32 is {result['agreement']:.4f} on "
+            f"{result['rows']} rows of this input, below model.min_agreement={m.min_agreement:g}; nothing was "
+            f"scored. Use quantization: none, or lower min_agreement if that is good enough."
+        )
+    return result
+
+
+def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Optional[dict] = None) -> JobReport:
     cfg = job.config
     fingerprint = cfg.fingerprint()
     units = {g.key: g.num_rows for g in row_groups_of(job.files)}
@@ -169,6 +194,7 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish) -> JobRepo
         wall_s=wall,
         stage_s=stage,
         duplicates_removed=counts.duplicates_removed,
+        checks=dict(checks or {}),
     )
     budget = cfg.output.max_error_fraction
     if counts.rows and counts.errors / counts.rows > budget:
