@@ -47,6 +47,21 @@ def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
     return processing_stages(ds, job)
 
 
+def blocks_of(ds, rows: int, num_cpus: float):
+    """``ds.repartition(target_num_rows_per_block=rows)`` with its tasks reserving ``num_cpus``.
+
+    Ray 2.60's streaming repartition takes no resource arguments and its tasks ask for a whole
+    CPU each: on a 2-CPU node with two model actors (1.25 CPUs reserved) they can never be
+    scheduled and the job hangs. The logical operator's ``ray_remote_args`` is where Ray reads
+    them from, so the read/write share is set there; if a later Ray moves it, the job still runs
+    wherever a whole CPU is free."""
+    out = ds.repartition(target_num_rows_per_block=rows)
+    args = getattr(getattr(getattr(out, "_logical_plan", None), "dag", None), "ray_remote_args", None)
+    if isinstance(args, dict):
+        args.setdefault("num_cpus", num_cpus)
+    return out
+
+
 def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
     """Blocks of ``compute.batch_size`` rows → tokenizer actor pool → model actor pool: the one
     plan behind both ``run()`` and ``build_processor()``."""
@@ -58,7 +73,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
     c = cfg.compute
     if c.tokenizer_max_actors is None:
         size_tokenizer_pool(cfg, float(ray.cluster_resources().get("CPU", 0)))
-    ds = ds.repartition(target_num_rows_per_block=c.block_rows())
+    ds = blocks_of(ds, c.block_rows(), c.io_num_cpus)
     ds = ds.map_batches(
         TokenizeOperator,
         fn_constructor_kwargs=dict(

@@ -139,3 +139,15 @@ def test_plan_estimates_within_2x_of_a_real_run_and_writes_nothing(ray_session, 
     measured = report.rows / report.stage_s["model"]
     assert 0.5 < est["model_rows_per_s_per_actor"] / measured < 2.0, (est["model_rows_per_s_per_actor"], measured)
     assert cli.main(["plan", str(path), "--target", "soon"]) == 2
+
+
+def test_two_model_actors_on_two_cpus_do_not_starve_the_block_shaping(ray_session, tmp_path, classifier):
+    """Two model actors and a tokenizer reserve 1.25 of 2 CPUs: Ray's repartition tasks, which ask
+    for a whole CPU by default, would never start (the job hung); they get the read/write share."""
+    inp = spark_like_input(tmp_path / "in", 600)
+    report = run({
+        "input": {"path": str(inp)}, "model": {"path": str(classifier), "task": "classify"},
+        "compute": {"model_max_actors": 2, "model_min_actors": 2, "batch_size": 100},
+        "output": {"path": str(tmp_path / "out")},
+    })
+    assert report.rows == 600 and report.errors == 0
