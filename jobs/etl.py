@@ -5,9 +5,10 @@ Supports: the same YAML as ``rayformers run`` (plus an optional ``etl:`` section
 ``--every 15m`` / ``--cron '*/15 * * * *'`` loop; exactly-once output across crashes; refusal to
 mix outputs of different configurations unless ``--reprocess``.
 Does not support: input formats other than Parquet (as the pipeline); removing the rows of input
-files that were deleted (they stay, and each run logs them); several machines scheduling the same
-output (the lock is per machine for object-store outputs: use the external scheduler's
-no-overlap policy, e.g. a Kubernetes CronJob with ``concurrencyPolicy: Forbid``).
+files that were deleted (they stay, and each run logs them). Runs on one root exclude each other
+through the pipeline's per-output lock (kernel lock locally, a renewed lease object on object
+stores); an external scheduler's no-overlap policy (a Kubernetes CronJob with
+``concurrencyPolicy: Forbid``) still saves the refused start.
 
 Output layout under ``output.path`` (the *root*)::
 
@@ -18,7 +19,7 @@ Output layout under ``output.path`` (the *root*)::
     run-000002/                  _manifest.json, _SUCCESS), written by the pipeline's commit
     run-000001-v2/               protocol; "-vN": rows of a since-changed input file removed
     _etl/ids/run-000001.parquet  lineage: (input file, row id) of every row a run scored
-    _etl.lock                    the lock (local outputs)
+    _etl.lock                    the lock (local outputs; object stores: ../.<root>.rayformers-lease)
 
 Readers trust only the runs listed in ``_etl_state.json`` (:func:`committed_run_paths`,
 :func:`read_etl_output`): each input row is in exactly one of them.
@@ -68,6 +69,7 @@ from rayformers.pipeline.commit import (
     write_part,
 )
 from rayformers.pipeline.config import ConfigError, JobConfig, build_dataclass, load_config
+from rayformers.pipeline.output_safety import UnsafeOutputError, check_disjoint, location
 from rayformers.pipeline.source import ID_COLUMN, resolve_filesystem
 
 from .etl_state import (
@@ -76,10 +78,9 @@ from .etl_state import (
     FileVersion,
     LockBusy,
     PendingRun,
-    RunLock,
     RunRecord,
     LOCK_FILE,
-    default_lock_path,
+    etl_lock,
     exists,
     list_input_files,
     load_state,
@@ -357,21 +358,21 @@ def _retract(out_fs, root: str, record: RunRecord, paths: list[str]) -> Optional
             col = table.column(id_column)
             table = table.filter(pc.invert(pc.is_in(col, value_set=drop_ids.cast(col.type))))
         if table.num_rows:
-            write_part(out_fs, state.data_dir, table, id_column, compression)
+            write_part(out_fs, state.data_dir, table, compression, name_hint=f"{new_dir}/{name}")
             kept += table.num_rows
-    counts = collect_staged(out_fs, state.data_dir, id_column, kept)
+    counts = collect_staged(out_fs, state.data_dir, None, expected_rows=kept)
     new_manifest = {
         **manifest,
         "created_at": utc_now(),
         "output_rows": counts.rows,
         "error_rows": counts.errors,
-        "output_files": counts.files,
+        "output_files": counts.manifest_files(),
         "input_files": [f for f in manifest.get("input_files", []) if f.get("path") not in set(paths)],
         "input_rows": counts.rows,
         "derived_from": record.dir,
         "retracted_input_files": sorted(paths),
     }
-    publish(state, new_manifest)
+    publish(state, new_manifest, counts.files)
     return dataclasses.replace(record, dir=new_dir, files=kept_files, rows=counts.rows, errors=counts.errors)
 
 
@@ -387,6 +388,12 @@ def _collect_garbage(out_fs, root: str, state: EtlState) -> list[str]:
     pending_staging = f".{state.pending.run_id}.rayformers-staging" if state.pending else None
     for info in out_fs.get_file_info(pafs.FileSelector(root, recursive=False)):
         name = posixpath.basename(info.path)
+        if info.type == pafs.FileType.File and name.startswith(".run-") and name.endswith(".rayformers-lock"):
+            # The per-run pipeline lock; under the ETL lock no other writer can hold it.
+            pending_lock = f".{state.pending.run_id}.rayformers-lock" if state.pending else None
+            if name != pending_lock:
+                out_fs.delete_file(info.path)
+            continue
         if info.type != pafs.FileType.Directory:
             continue
         if RUN_DIR_RE.match(name):
@@ -539,13 +546,25 @@ def run_once(
     in_fs, roots = _input_roots(cfg)
     if isinstance(out_fs, pafs.LocalFileSystem):
         root_uri = root
-    lock = RunLock(lock_path or default_lock_path(out_fs, root))
+    _check_disjoint_from_input(cfg, out_fs, root)
+    lock = etl_lock(out_fs, root, lock_path, ttl_s=cfg.output.lock_ttl_s)
     try:
         with lock:
             return _run_locked(cfg, fingerprint, in_fs, roots, out_fs, root, root_uri, reprocess, ray_init_kwargs)
     except LockBusy as e:
         logger.warning("etl: %s", e)
         return EtlOutcome(status="locked", root=root, message=str(e))
+
+
+def _check_disjoint_from_input(cfg: JobConfig, out_fs: pafs.FileSystem, root: str) -> None:
+    """The ETL root holds every run's output: it must not overlap an input path (a run would
+    read earlier runs' predictions as new input, or garbage collection would delete input)."""
+    paths = cfg.input.path if isinstance(cfg.input.path, list) else [cfg.input.path]
+    inputs = [location(*resolve_filesystem(raw, cfg.input.filesystem), shown=raw) for raw in paths]
+    try:
+        check_disjoint(inputs, [("output.path (the ETL root)", location(out_fs, root, shown=cfg.output.path))])
+    except UnsafeOutputError as e:
+        raise ConfigError(str(e)) from e
 
 
 def _check_root(out_fs: pafs.FileSystem, root: str) -> None:

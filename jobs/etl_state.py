@@ -7,27 +7,25 @@ run that is planned but not yet committed (``pending``), so that a crash anywher
 the next invocation instead of being redone or lost. It is replaced atomically (write a temp
 file, rename), so a reader sees either the old or the new state, never half of one.
 
-The lock is ``fcntl.flock`` on a lock file: the kernel drops it when its holder dies, so a lock
-left behind by a killed run is stale by construction and the next run simply takes it (the file
-holds the last holder's pid/host/time for messages only).
+The lock is the pipeline's per-output lock (:mod:`rayformers.pipeline.locks`): ``fcntl.flock`` on
+``_etl.lock`` for a local root (the kernel drops it when its holder dies, so a killed run leaves no
+stale lock), a renewed lease object beside the root on object stores.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import posixpath
-import socket
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Optional
 
 import pyarrow.fs as pafs
 
+from rayformers.pipeline.locks import FileLock, LockBusy, output_lock  # noqa: F401 - LockBusy re-exported for the ETL
 from rayformers.pipeline.source import list_input_path
 
 logger = logging.getLogger("rayformers.etl")
@@ -223,88 +221,26 @@ def save_state(fs: pafs.FileSystem, root: str, state: EtlState) -> None:
 # The lock
 
 
-class LockBusy(RuntimeError):
-    """Another ETL run on this output holds the lock."""
-
-
-def default_lock_path(fs: pafs.FileSystem, root: str) -> str:
-    """Next to the state for a local output; for object stores (no file locks) a local file keyed
-    by the output URI, which serialises the runs of one machine."""
+def default_lock_path(fs: pafs.FileSystem, root: str) -> Optional[str]:
+    """``<root>/_etl.lock`` for a local output; ``None`` for object stores, whose runs take the
+    pipeline's lease object beside the root instead (see :mod:`rayformers.pipeline.locks`)."""
     if isinstance(fs, pafs.LocalFileSystem):
         return os.path.join(root, LOCK_FILE)
-    key = hashlib.sha1(f"{fs.type_name}:{root}".encode()).hexdigest()[:16]
-    return os.path.join(os.path.expanduser("~/.cache/rayformers/etl-locks"), f"{key}.lock")
+    return None
 
 
-class RunLock:
-    """Non-blocking exclusive lock; ``with RunLock(path):`` raises :class:`LockBusy` if held.
+def etl_lock(fs: pafs.FileSystem, root: str, lock_path: Optional[str] = None, ttl_s: float = 300.0):
+    """The lock one ETL run holds on its root: an explicit lock file, the kernel lock of a local
+    root, or a renewed lease object on an object store (so runs on different machines exclude
+    each other too)."""
+    path = lock_path or default_lock_path(fs, root)
+    if path is not None:
+        return RunLock(path)
+    return output_lock(fs, root, ttl_s=ttl_s, what="ETL run")
 
-    A killed holder's lock is released by the kernel, so stale locks need no timeout; the file's
-    content (last holder) only improves the messages."""
+
+class RunLock(FileLock):
+    """The ETL's kernel lock (a :class:`~rayformers.pipeline.locks.FileLock` named for messages)."""
 
     def __init__(self, path: str):
-        self.path = path
-        self._fd: Optional[int] = None
-        self.previous_holder: Optional[dict] = None
-
-    def _read_holder(self) -> Optional[dict]:
-        try:
-            return json.loads(Path(self.path).read_text() or "null")
-        except (OSError, ValueError):
-            return None
-
-    def acquire(self) -> "RunLock":
-        import fcntl
-
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = self._read_holder() or {}
-            raise LockBusy(
-                f"another ETL run holds {self.path} (pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
-                f"since {holder.get('since', '?')}); this run is skipped"
-            ) from None
-        self._fd = fd
-        holder = self._read_holder()
-        if holder and holder.get("active"):
-            # The file says "held" but the kernel lock was free: its holder died mid-run.
-            self.previous_holder = holder
-            logger.warning(
-                "etl: taking over the lock %s left by pid %s on %s (since %s), which is no longer running",
-                self.path, holder.get("pid"), holder.get("host"), holder.get("since"),
-            )
-        self._write_holder(active=True)
-        return self
-
-    def _write_holder(self, active: bool) -> None:
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), "active": active}
-        data = json.dumps(info).encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
-
-    def release(self) -> None:
-        import fcntl
-
-        if self._fd is None:
-            return
-        try:
-            self._write_holder(active=False)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and not issubclass(exc_type, Exception):
-            # A simulated crash (see etl.InjectedCrash) must leave the lock file as a killed process
-            # would: marked active. The kernel lock is dropped when the descriptor closes.
-            os.close(self._fd)  # type: ignore[arg-type]
-            self._fd = None
-            return
-        self.release()
+        super().__init__(path, what="ETL run")

@@ -27,6 +27,8 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+from rayformers.models.checkpoint_refs import metric_order  # noqa: F401 - re-exported: how "best" compares
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -208,12 +210,6 @@ def _f1_macro_from_confusion(confusion: torch.Tensor) -> float:
         return 0.0
     f1 = torch.where(predicted + actual > 0, 2 * tp / (predicted + actual).clamp(min=1e-12), torch.zeros_like(tp))
     return float(f1[present].mean())
-
-
-def metric_order(name: str) -> str:
-    """``min`` for losses and errors, ``max`` for scores: how "best" compares for ``name``."""
-    lowered = name.lower()
-    return "min" if ("loss" in lowered or "mse" in lowered or "error" in lowered) else "max"
 
 
 def format_metrics(metrics: dict, keys: Optional[Sequence[str]] = None) -> str:

@@ -29,6 +29,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
+from rayformers.pipeline.locks import output_lock
+from rayformers.pipeline.output_safety import UnsafeOutputError, check_disjoint, location
+from rayformers.pipeline.source import resolve_filesystem
+
 from .checkpoints import latest_checkpoint, read_training_state, resolve_model_reference, run_directory
 from .train_config import ConfigError, TrainJobConfig, best_metric, describe_train, load_train_config
 from .train_data import DataError, PreparedData, Tokenization, make_data_config, prepare_data
@@ -207,6 +211,22 @@ def _worker_spec(cfg: TrainJobConfig, data: PreparedData, model_path: str, tok: 
     )
 
 
+def _check_run_dir_apart_from_data(cfg: TrainJobConfig, run_dir: str) -> None:
+    """The run directory (checkpoints Ray Train writes and prunes) never overlaps the training or
+    evaluation data: a run inside its input would read its own checkpoints as rows."""
+    t = cfg.train
+    raw_inputs = []
+    for paths in (cfg.input.path, t.eval_path):
+        if paths:
+            raw_inputs.extend(paths if isinstance(paths, list) else [paths])
+    inputs = [location(*resolve_filesystem(raw, cfg.input.filesystem), shown=raw) for raw in raw_inputs]
+    fs, path = resolve_filesystem(run_dir)
+    try:
+        check_disjoint(inputs, [("the run directory (train.storage_path/train.name)", location(fs, path, shown=run_dir))])
+    except UnsafeOutputError as e:
+        raise ConfigError(str(e)) from e
+
+
 def _check_resumable(run_dir: str, fingerprint: str) -> Optional[int]:
     """The step a re-run resumes from (None: a new run); refuses a run made with another plan."""
     latest = latest_checkpoint(run_dir, committed_only=True)
@@ -240,8 +260,6 @@ def train(
     local Ray instance when none is running. Raises :class:`ConfigError` / :class:`DataError`
     before any worker starts when the config or the data cannot work."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     cfg = load_train_config(config, overrides)
     t = cfg.train
@@ -254,6 +272,22 @@ def train(
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
     _resources_check(cfg, float(ray.cluster_resources().get("CPU", 0)))
 
+    run_dir = run_directory(t.storage_path, t.name)
+    _check_run_dir_apart_from_data(cfg, run_dir)
+    run_fs, run_path = resolve_filesystem(run_dir)
+    # One trainer per run directory: a second `rayformers train` of the same run is refused at
+    # once instead of interleaving checkpoints with the first.
+    with output_lock(run_fs, run_path, what="training run"):
+        return _train_locked(cfg, run_dir, say, on_step_end)
+
+
+def _train_locked(cfg: TrainJobConfig, run_dir: str, say, on_step_end) -> TrainResult:
+    """The training job itself, under the run directory's lock."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
     model_path = _absolute_if_local(resolve_model_reference(cfg.model.path))
     model_config = _model_config(cfg, model_path)
     tok, pad = _tokenizer_settings(cfg, model_path, model_config)
@@ -262,7 +296,6 @@ def train(
         say(report.format())
     spec = _worker_spec(cfg, data, model_path, tok, pad, on_step_end)
 
-    run_dir = run_directory(t.storage_path, t.name)
     resume_step = _check_resumable(run_dir, spec.data_fingerprint)
     if resume_step is not None:
         say(f"resuming run {run_dir} from step {resume_step}")

@@ -24,9 +24,13 @@ MODEL_TYPE_TO_MODULE: dict[str, str] = OrderedDict(
         ("mbart", "bart"),
         ("marian", "bart"),
         ("pegasus", "bart"),
+        ("m2m_100", "m2m_100"),
         ("t5", "t5"),
         ("mt5", "t5"),
         ("mega", "mega"),
+        ("deberta-v2", "deberta_v2"),
+        ("mpnet", "mpnet"),
+        ("modernbert", "modernbert"),
         ("encoder-decoder", "encoder_decoder"),
     ]
 )
@@ -41,9 +45,13 @@ CONFIG_MAPPING_NAMES: dict[str, str] = {
     "mbart": "MBartConfig",
     "marian": "MarianConfig",
     "pegasus": "PegasusConfig",
+    "m2m_100": "M2M100Config",
     "t5": "T5Config",
     "mt5": "MT5Config",
     "mega": "MegaConfig",
+    "deberta-v2": "DebertaV2Config",
+    "mpnet": "MPNetConfig",
+    "modernbert": "ModernBertConfig",
     "encoder-decoder": "EncoderDecoderConfig",
 }
 
@@ -72,9 +80,13 @@ MODEL_NAMES: dict[str, dict[str, str]] = {
     "mbart": {"base": "MBartModel", "seq2seq_lm": "MBartForConditionalGeneration"},
     "marian": {"base": "MarianModel", "seq2seq_lm": "MarianMTModel"},
     "pegasus": {"base": "PegasusModel", "seq2seq_lm": "PegasusForConditionalGeneration"},
+    "m2m_100": {"base": "M2M100Model", "seq2seq_lm": "M2M100ForConditionalGeneration"},
     "t5": {"base": "T5Model", "seq2seq_lm": "T5ForConditionalGeneration"},
     "mt5": {"base": "MT5Model", "seq2seq_lm": "MT5ForConditionalGeneration"},
     "mega": _bert_like("Mega"),
+    "deberta-v2": {k: v for k, v in _bert_like("DebertaV2").items() if k != "causal_lm"},
+    "mpnet": {k: v for k, v in _bert_like("MPNet").items() if k != "causal_lm"},
+    "modernbert": {k: v for k, v in _bert_like("ModernBert").items() if k != "causal_lm"},
     "encoder-decoder": {"seq2seq_lm": "EncoderDecoderModel"},
 }
 

@@ -10,6 +10,10 @@ config class:
 | mBART   | pre-norm       | learned, offset 2           | yes                   | yes                |
 | Marian  | post-norm      | sinusoidal (not trainable)  | no                    | no                 |
 | Pegasus | pre-norm       | sinusoidal (not trainable)  | no                    | yes                |
+| M2M100  | pre-norm       | fairseq sinusoids, skip pad | no                    | yes                |
+
+M2M100 (and NLLB, which is an M2M100 checkpoint) has its config and classes in m2m_100.py; its only
+architectural differences are its position scheme and the absent `final_logits_bias`, both switches here.
 
 Parameter and buffer names are those of transformers 4.57 (`model.shared`,
 `model.encoder.layers.0.self_attn.k_proj`, `model.decoder.embed_positions`, `lm_head`,
@@ -88,6 +92,15 @@ class BartVariant:
     # BART/mBART scale inside `embed_tokens` (a user's `inputs_embeds` are used as given);
     # Marian/Pegasus scale in the forward pass (and the decoder also scales a user's embeddings).
     scale_inside_embedding: bool
+    # fairseq's padding-aware sinusoids (M2M100 / NLLB): positions count only non-pad tokens, start at
+    # pad_token_id + 1, and a pad token reads the zero row at pad_token_id. Overrides `learned_positions`.
+    padding_aware_positions: bool = False
+    # A `final_logits_bias` buffer added to the LM logits (every family here but M2M100).
+    final_logits_bias: bool = True
+    # M2M100's reference draws its LayerDrop coin (`torch.rand([])`, global generator) for every layer
+    # in eval mode too. Seeded sampling reads the same generator, so we draw as well to stay
+    # token-identical; the coin only skips layers in training.
+    layerdrop_draws_in_eval: bool = False
 
 
 BART_VARIANT = BartVariant(pre_norm=False, learned_positions=True, embedding_norm=True, final_norm=False,
@@ -325,8 +338,8 @@ def _variant(config: PretrainedConfig) -> BartVariant:
     variant = getattr(type(config), "variant", None)
     if not isinstance(variant, BartVariant):
         raise TypeError(
-            f"{type(config).__name__} is not a BART-family config; use BartConfig, MBartConfig, MarianConfig or "
-            "PegasusConfig."
+            f"{type(config).__name__} is not a BART-family config; use BartConfig, MBartConfig, MarianConfig, "
+            "PegasusConfig or M2M100Config."
         )
     return variant
 
@@ -353,7 +366,8 @@ class BartLearnedPositionalEmbedding(nn.Embedding):
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__(num_embeddings + self.offset, embedding_dim)
 
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, position_ids: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """`token_ids` is unused: these positions do not skip padding (see PaddingAwareSinusoidal...)."""
         return super().forward(position_ids + self.offset)
 
 
@@ -382,11 +396,68 @@ class SinusoidalPositionalEmbedding(nn.Embedding):
         self.weight.copy_(table.to(torch.float32).to(self.weight.dtype))
 
     @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, position_ids: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(position_ids)
 
 
-def _position_embedding(config, variant: BartVariant) -> nn.Embedding:
+class PaddingAwareSinusoidalPositionalEmbedding(nn.Module):
+    """fairseq's sinusoidal positions as M2M100 / NLLB use them (transformers'
+    M2M100SinusoidalPositionalEmbedding).
+
+    Unlike Marian's table: frequencies 10000^(-i / (half - 1)), sin half then cos half, and positions
+    that skip padding: a token's row is pad_token_id + 1 + (number of non-pad tokens before it), a pad
+    token reads the all-zero row pad_token_id. The table is a non-persistent buffer `weights` (never in
+    checkpoints), computed in __init__.
+    """
+
+    offset = 2
+
+    def __init__(self, num_positions: int, embedding_dim: int, padding_idx: int):
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        # Rows up to padding_idx + max positions are reachable; transformers sizes the table
+        # num_positions + 2 and regrows it on demand, which yields the same values.
+        rows = max(num_positions + self.offset, padding_idx + 1 + num_positions)
+        self.register_buffer("weights", self.sinusoids(rows, embedding_dim, padding_idx), persistent=False)
+
+    @staticmethod
+    def sinusoids(num_embeddings: int, embedding_dim: int, padding_idx: int) -> torch.Tensor:
+        half_dim = embedding_dim // 2
+        frequency = math.log(10000) / (half_dim - 1)
+        frequency = torch.exp(torch.arange(half_dim, dtype=torch.int64).float() * -frequency)
+        angles = torch.arange(num_embeddings, dtype=torch.int64).float().unsqueeze(1) * frequency.unsqueeze(0)
+        table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).view(num_embeddings, -1)
+        if embedding_dim % 2 == 1:
+            table = torch.cat([table, torch.zeros(num_embeddings, 1)], dim=1)
+        table[padding_idx, :] = 0
+        return table.to(torch.get_default_dtype())
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """`position_ids` are the 0-based positions of the new tokens ([seq] or [batch, seq]), as for the
+        other position modules; `token_ids` [batch, seq] (None for `inputs_embeds`) mark the pads.
+
+        With pads, a token's index is reference's (cumsum(non_pad) + past_length) * non_pad + pad,
+        written relative to each row's first new position so per-row positions (continuous batching)
+        work too: (first_position + cumsum(non_pad)) * non_pad + pad.
+        """
+        if token_ids is None:
+            index = position_ids + self.padding_idx + 1
+        else:
+            non_pad = token_ids.ne(self.padding_idx).long()
+            steps = torch.arange(token_ids.shape[1], device=token_ids.device)
+            first = position_ids - steps  # the position the new tokens start at, per row
+            index = (first + torch.cumsum(non_pad, dim=1)) * non_pad + self.padding_idx
+        if index.dim() == 1:
+            index = index[None]
+        return self.weights.index_select(0, index.reshape(-1)).view(*index.shape, -1)
+
+
+def _position_embedding(config, variant: BartVariant) -> nn.Module:
+    if variant.padding_aware_positions:
+        return PaddingAwareSinusoidalPositionalEmbedding(config.max_position_embeddings, config.d_model,
+                                                         config.pad_token_id)
     if variant.learned_positions:
         return BartLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
     return SinusoidalPositionalEmbedding(config.max_position_embeddings, config.d_model)
@@ -705,7 +776,7 @@ class BartEncoder(BartPreTrainedModel):
             )
 
         positions = torch.arange(seq_len, device=inputs_embeds.device)
-        hidden_states = inputs_embeds + self.embed_positions(positions).to(inputs_embeds.dtype)
+        hidden_states = inputs_embeds + self.embed_positions(positions, input_ids).to(inputs_embeds.dtype)
         if self.variant.embedding_norm:
             hidden_states = self.layernorm_embedding(hidden_states)
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
@@ -720,7 +791,7 @@ class BartEncoder(BartPreTrainedModel):
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            if self.training and torch.rand([]) < self.layerdrop:
+            if _layer_dropped(self):
                 layer_attn = None
             else:
                 hidden_states, layer_attn = layer(
@@ -811,7 +882,7 @@ class BartDecoder(BartPreTrainedModel):
             position_ids = cache_position
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + seq_len, device=inputs_embeds.device)
-        hidden_states = inputs_embeds + self.embed_positions(position_ids).to(inputs_embeds.dtype)
+        hidden_states = inputs_embeds + self.embed_positions(position_ids, input_ids).to(inputs_embeds.dtype)
         if self.variant.embedding_norm:
             hidden_states = self.layernorm_embedding(hidden_states)
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
@@ -830,7 +901,7 @@ class BartDecoder(BartPreTrainedModel):
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            if self.training and torch.rand([]) < self.layerdrop:
+            if _layer_dropped(self):
                 continue
             hidden_states, self_attn, cross_attn, present = layer(
                 hidden_states,
@@ -865,6 +936,14 @@ class BartDecoder(BartPreTrainedModel):
             attentions=all_self_attns,
             cross_attentions=all_cross_attentions,
         )
+
+
+def _layer_dropped(stack) -> bool:
+    """LayerDrop: skip this layer (training only); the coin is drawn whenever the reference draws it."""
+    if not (stack.training or stack.variant.layerdrop_draws_in_eval):
+        return False
+    coin = torch.rand([])
+    return bool(stack.training and coin < stack.layerdrop)
 
 
 def _decoder_self_attention_mask(attention_mask, batch_size, seq_len, past_len, hidden_states):
@@ -1036,7 +1115,10 @@ class BartForConditionalGeneration(BartPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = BartModel(config)
         target_vocab = self._target_vocab_size(config)
-        self.register_buffer("final_logits_bias", torch.zeros((1, target_vocab)))
+        if _variant(config).final_logits_bias:
+            self.register_buffer("final_logits_bias", torch.zeros((1, target_vocab)))
+        else:
+            self.final_logits_bias = None
         self.lm_head = nn.Linear(config.d_model, target_vocab, bias=False)
         self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
         self.post_init()
@@ -1119,7 +1201,9 @@ class BartForConditionalGeneration(BartPreTrainedModel, GenerationMixin):
             cache_position=cache_position,
             decoder_position_ids=decoder_position_ids,
         )
-        lm_logits = self.lm_head(outputs[0]) + self.final_logits_bias.to(outputs[0].dtype)
+        lm_logits = self.lm_head(outputs[0])
+        if self.final_logits_bias is not None:
+            lm_logits = lm_logits + self.final_logits_bias.to(lm_logits.dtype)
 
         loss = None
         if labels is not None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_utils import PretrainedConfig
+from .generation import GenerationConfig, GenerationMixin
 from .layers import (
     FirstTokenClassificationHead,
     FirstTokenPooler,
@@ -312,6 +313,23 @@ class BertOutput(nn.Module):
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
 
 
+class FeedForwardAfterAttention(nn.Module):
+    """An encoder layer around any self-attention block: `attention(hidden_states, *args,
+    output_attentions)` returning (attention output with its residual LayerNorm, probabilities),
+    then BERT's post-LayerNorm feed-forward (`intermediate`, `output`). DeBERTa-v2 and MPNet
+    layers are this with their own attention."""
+
+    def __init__(self, config, attention: nn.Module):
+        super().__init__()
+        self.attention = attention
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden_states, *attention_args, output_attentions=False):
+        attention_output, probs = self.attention(hidden_states, *attention_args, output_attentions=output_attentions)
+        return self.output(self.intermediate(attention_output), attention_output), probs
+
+
 class BertLayer(nn.Module):
     """Self-attention, optional cross-attention (decoders), feed-forward; post-LayerNorm residuals."""
 
@@ -394,11 +412,15 @@ class BertPooler(FirstTokenPooler):
 
 
 class BertPredictionHeadTransform(nn.Module):
-    def __init__(self, config):
+    """dense, activation, LayerNorm; `output_size` (default hidden_size) is the width of the word
+    embeddings the decoder projects back to (DeBERTa-v2's `embedding_size`)."""
+
+    def __init__(self, config, output_size: int | None = None):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        output_size = output_size or config.hidden_size
+        self.dense = nn.Linear(config.hidden_size, output_size)
         self.transform_act_fn = get_activation(config.hidden_act)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(output_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states):
         return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
@@ -417,10 +439,10 @@ def _tie_decoder_bias(head: nn.Module) -> None:
 
 
 class BertLMPredictionHead(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, output_size: int | None = None):
         super().__init__()
-        self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.transform = BertPredictionHeadTransform(config, output_size)
+        self.decoder = nn.Linear(output_size or config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias
 
@@ -432,11 +454,11 @@ class BertLMPredictionHead(nn.Module):
 
 
 class BertOnlyMLMHead(nn.Module):
-    """BERT's LM head, stored as `cls.predictions.*`."""
+    """BERT's LM head, stored as `cls.predictions.*` (also DeBERTa-v2's legacy head)."""
 
-    def __init__(self, config):
+    def __init__(self, config, output_size: int | None = None):
         super().__init__()
-        self.predictions = BertLMPredictionHead(config)
+        self.predictions = BertLMPredictionHead(config, output_size)
 
     @property
     def decoder(self) -> nn.Linear:
@@ -809,19 +831,25 @@ class BertForMaskedLM(_BertWithLMHead):
         return head_output(MaskedLMOutput, outputs, return_dict, loss=loss, logits=logits)
 
 
-class BertLMHeadModel(_BertWithLMHead):
+class BertLMHeadModel(_BertWithLMHead, GenerationMixin):
     """Left-to-right LM (`config.is_decoder=True`); the decoder half of BERT2BERT encoder-decoders.
 
     With `use_cache=True` it returns `past_key_values`; feed them back with only the new tokens (and
-    the attention mask of the whole sequence so far) to decode incrementally.
+    the attention mask of the whole sequence so far) to decode incrementally. `generate()` continues
+    left-padded prompts (see rayformers.models.generation), token-identical to transformers.
     """
 
     _tied_weights_keys = ["cls.predictions.decoder.bias", "cls.predictions.decoder.weight"]
+    # Decoder-only generation contract (generation/causal_session.py): positions from the attention
+    # mask as transformers' generate passes them, cache tensors [rows, heads, seq, head_dim].
+    _generation_position_ids = True
+    _cache_sequence_dims = (2, 2)
 
     def __init__(self, config):
         super().__init__(config)
         self._attach_base_model(config, add_pooling_layer=False)
         self._attach_lm_head(config)
+        self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,

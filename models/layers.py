@@ -311,6 +311,37 @@ def shift_tokens_right(input_ids: torch.Tensor, pad_token_id: int | None, decode
     return shifted
 
 
+# ---------------------------------------------------------------------------------- rotary positions
+
+
+def rotary_inverse_frequencies(head_dim: int, base: float) -> torch.Tensor:
+    """transformers' default RoPE frequencies 1 / base^(2i / head_dim), in float32."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (base**exponents)
+
+
+def rotary_cos_sin(inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype):
+    """cos / sin tables [batch, seq, head_dim] for `position_ids` [batch, seq], computed in float32 (as
+    transformers does, autocast off) and cast to `dtype`; both halves of the head share frequencies."""
+    inv = inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1).to(position_ids.device)
+    with torch.autocast(device_type=position_ids.device.type if position_ids.device.type != "mps" else "cpu",
+                        enabled=False):
+        freqs = (inv @ position_ids[:, None, :].float()).transpose(1, 2)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotate [batch, heads, seq, head_dim] queries and keys by [batch, seq, head_dim] tables."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+
+
 # ---------------------------------------------------------------------------------- KV cache
 
 
@@ -381,12 +412,13 @@ class FirstTokenPooler(nn.Module):
 
 class FirstTokenClassificationHead(nn.Module):
     """RoBERTa's sentence classifier over the first token: dropout, dense, tanh, dropout, out_proj
-    (also MEGA's); the dropout is `classifier_dropout(config)`."""
+    (also MEGA's and MPNet's); the dropout is `classifier_dropout(config)` unless `dropout` is given
+    (MPNet always drops with `hidden_dropout_prob`)."""
 
-    def __init__(self, config):
+    def __init__(self, config, dropout: float | None = None):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(classifier_dropout(config))
+        self.dropout = nn.Dropout(classifier_dropout(config) if dropout is None else dropout)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, features: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_utils import PretrainedConfig
+from .generation import GenerationConfig, GenerationMixin
 from .layers import (
     ACT2FN,
     FirstTokenClassificationHead,
@@ -636,8 +637,11 @@ class MegaMovingAverageGatedAttention(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, hidden_states, padding_mask=None, causal_mask=None, past_key_values=None,
-                output_attentions=False, use_cache=False):
-        """hidden_states [batch, seq, hidden] -> (out, attention weights?, key, value, ema state?)."""
+                output_attentions=False, use_cache=False, key_padding_mask=None):
+        """hidden_states [batch, seq, hidden] -> (out, attention weights?, key, value, ema state?).
+
+        `key_padding_mask` [batch, keys] (incremental decoding only) masks the attention over cached
+        keys; `padding_mask` then masks the new token for the EMA."""
         config = self.config
         batch, seq_len, _ = hidden_states.shape
         residual = hidden_states
@@ -680,7 +684,10 @@ class MegaMovingAverageGatedAttention(nn.Module):
         query = _split_into_chunks(query, chunk_size)
         key = _split_into_chunks(key, chunk_size)
         value = _split_into_chunks(value, chunk_size)
-        chunked_mask = _split_into_chunks(padding_mask, chunk_size)
+        attention_mask = padding_mask
+        if key_padding_mask is not None and key_padding_mask.shape[1] == key.shape[1]:
+            attention_mask = key_padding_mask
+        chunked_mask = _split_into_chunks(attention_mask, chunk_size)
 
         if self.attention_activation == "softmax":
             weights = self.softmax_attention(query, key, chunked_mask, causal_mask)
@@ -834,16 +841,21 @@ class MegaBlock(nn.Module):
         self.cross_attn = MegaGatedCrossAttention(config) if config.add_cross_attention else None
 
     def forward(self, hidden_states, attention_mask=None, causal_mask=None, encoder_hidden_states=None,
-                encoder_attention_mask=None, past_key_values=None, output_attentions=False, use_cache=False):
+                encoder_attention_mask=None, past_key_values=None, output_attentions=False, use_cache=False,
+                mask_past_padding=False):
         """Returns (hidden, self weights?, cross weights?, layer cache?)."""
         # REFERENCE QUIRK: in incremental decoding only the newest token's padding flag reaches the
-        # MEGA sub-layer, so earlier padded positions in the cache are attended to again.
+        # MEGA sub-layer, so earlier padded positions in the cache are attended to again, unless
+        # `mask_past_padding` (our generation, whose caches are left-padded) asks to mask them.
         mega_padding_mask = attention_mask
+        key_padding_mask = None
         if use_cache and past_key_values is not None and attention_mask is not None:
             mega_padding_mask = attention_mask[:, -1].unsqueeze(-1)
+            if mask_past_padding:
+                key_padding_mask = attention_mask
         mega_out = self.mega_layer(hidden_states, padding_mask=mega_padding_mask, causal_mask=causal_mask,
                                    past_key_values=past_key_values, output_attentions=output_attentions,
-                                   use_cache=use_cache)
+                                   use_cache=use_cache, key_padding_mask=key_padding_mask)
         hidden_states = mega_out[0]
         layer_cache = tuple(mega_out[-3:]) if use_cache else None
 
@@ -1055,6 +1067,7 @@ class MegaModel(MegaPreTrainedModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        mask_past_padding: bool = False,
     ):
         config = self.config
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
@@ -1107,6 +1120,7 @@ class MegaModel(MegaPreTrainedModel):
                 past_key_values=past_key_values[index] if past_key_values is not None else None,
                 output_attentions=output_attentions,
                 use_cache=use_cache,
+                mask_past_padding=mask_past_padding,
             )
             hidden_states = layer_out[0]
             if output_hidden_states:
@@ -1160,18 +1174,50 @@ class _MegaLMHead(MegaPreTrainedModel):
         return self.get_output_embeddings()(sequence_output)
 
 
-class MegaForCausalLM(_MegaLMHead):
-    """Left-to-right LM (needs `is_decoder=True`, `bidirectional=False` to use the cache)."""
+class MegaForCausalLM(_MegaLMHead, GenerationMixin):
+    """Left-to-right LM (needs `is_decoder=True`, `bidirectional=False` to use the cache).
+
+    `generate()` (transformers 4.57.6's MegaForCausalLM has none) decodes with the cache: each group
+    of equal-length prompts is prefilled unpadded (transformers' MEGA returns NaN for a left-padded
+    batch), their caches are left-padded and merged, and cached steps mask that padding
+    (`mask_past_padding`). Tokens equal greedy decoding by repeated full forward passes.
+    """
 
     head_name = "lm_head"
     _tied_weights_keys = ["lm_head.weight"]
+    # Decoder-only generation contract (generation/causal_session.py).
+    _cache_sequence_dims = (1, 1, None)  # self key, self value: [rows, seq, dim]; EMA state has no seq
+    _generation_prefill_unpadded = True
+    _generation_step_kwargs = {"mask_past_padding": True}
 
     def __init__(self, config: MegaConfig):
         super().__init__(config)
         if not config.is_decoder:
             logger.warning("If you want to use `MegaForCausalLM` as a standalone, add `is_decoder=True.`")
         self._build_lm_head(config)
+        self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
         self.post_init()
+
+    def _check_generation_supported(self) -> None:
+        """Settings where cached decoding is not what a full forward pass computes are refused."""
+        config = self.config
+        problems = []
+        if config.bidirectional:
+            problems.append("bidirectional=True (a bidirectional EMA sees future tokens and has no cache)")
+        if config.use_chunking and config.chunk_size != 1:
+            problems.append(f"use_chunking=True with chunk_size={config.chunk_size} (transformers' cache allows "
+                            "chunked decoding only with chunk_size=1)")
+        if config.attention_activation != "softmax":
+            problems.append(f"attention_activation={config.attention_activation!r} (its cached step normalises by 1 "
+                            "instead of by the number of visible keys, unlike a full forward pass)")
+        if config.truncation is not None:
+            problems.append(f"truncation={config.truncation} (the cached EMA ignores truncation)")
+        if config.add_cross_attention:
+            problems.append("add_cross_attention=True (generate has no encoder states to attend to)")
+        if problems:
+            raise NotImplementedError(
+                "MegaForCausalLM.generate does not support " + "; ".join(problems) + "."
+            )
 
     def forward(
         self,
@@ -1187,14 +1233,17 @@ class MegaForCausalLM(_MegaLMHead):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        mask_past_padding=False,
     ):
+        """`mask_past_padding=True`: in a cached step, `attention_mask` [batch, cached + new] also masks
+        cached positions (transformers uses only its last column there); generation needs it."""
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         if labels is not None:
             use_cache = False
         outputs = self._encode(
             input_ids, attention_mask, token_type_ids, inputs_embeds, output_attentions, output_hidden_states,
             encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values, use_cache=use_cache,
+            past_key_values=past_key_values, use_cache=use_cache, mask_past_padding=mask_past_padding,
         )
         logits = self._prediction_scores(outputs.last_hidden_state)
         loss = None

@@ -1,4 +1,5 @@
-"""``generate``: summarisation / translation with a seq2seq model, detokenized text out.
+"""``generate``: summarisation / translation with a seq2seq model, or prompt continuation with a
+decoder-only causal LM (the output is the continuation, not the prompt), detokenized text out.
 
 Uses the continuous-batching API (``rayformers.models.generation.continuous.stream_generate``)
 when it is available: rows that finish leave the batch and pending rows take their slot, so
@@ -79,12 +80,20 @@ class GenerateOperator(ModelOperator):
         return {"texts": texts, "counts": counts}
 
     def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
+        input_ids, attention_mask = mb.input_ids, mb.attention_mask
+        decoder_only = not getattr(self.model.config, "is_encoder_decoder", False)
+        if decoder_only:  # a prompt to continue: left-padded in, the continuation only out
+            from rayformers.models.generation.utils import left_pad
+
+            input_ids, attention_mask = left_pad(input_ids, attention_mask)
         out = self.model.generate(
-            input_ids=mb.input_ids.to(self.device),
-            attention_mask=mb.attention_mask.to(self.device),
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
             **self.settings,
         )
         sequences = out.sequences if hasattr(out, "sequences") else out
+        if decoder_only:
+            sequences = sequences[:, input_ids.shape[1]:]
         return self._decoded(sequences.cpu().tolist())
 
     def __call__(self, batch: pa.Table) -> pa.Table:

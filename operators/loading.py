@@ -18,7 +18,21 @@ TASK_AUTO_CLASS = {
     "token-classify": "AutoModelForTokenClassification",
     "generate": "AutoModelForSeq2SeqLM",
     "embed": "AutoModel",
+    "zero-shot-classify": "AutoModelForSequenceClassification",
+    "sparse-embed": "AutoModelForMaskedLM",
 }
+
+
+def auto_class_name(task: str, model_config: Any = None) -> str:
+    """The Auto class for ``task``; ``generate`` on a decoder-only checkpoint (config ``is_decoder``
+    without ``is_encoder_decoder``: BERT-family causal heads, MEGA) continues prompts with
+    ``AutoModelForCausalLM`` instead of ``AutoModelForSeq2SeqLM``."""
+    name = TASK_AUTO_CLASS[task]
+    if (task == "generate" and model_config is not None and getattr(model_config, "is_decoder", False)
+            and not getattr(model_config, "is_encoder_decoder", False)):
+        return "AutoModelForCausalLM"
+    return name
+
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,16 +73,32 @@ def auto_dtype(device: str, model_type: str = "", cuda_bf16: Optional[bool] = No
     return torch.bfloat16 if cpu_bf16 else torch.float32
 
 
-def load_tokenizer(path: str, revision: Optional[str] = None, local_files_only: bool = False):
-    """Our HF-compatible tokenizer wrapper (``tokenizer.json`` based)."""
+def load_tokenizer(path: str, revision: Optional[str] = None, local_files_only: bool = False,
+                   source_language: Optional[str] = None):
+    """Our HF-compatible tokenizer (``tokenizer.json`` or slow-tokenizer files); ``source_language``
+    sets a translation tokenizer's ``src_lang`` (its language token goes into every row)."""
     from rayformers.models import AutoTokenizer
 
     kwargs = {}
+    if source_language:
+        kwargs["src_lang"] = source_language
     if revision:
         kwargs["revision"] = revision
     if local_files_only:
         kwargs["local_files_only"] = True
     return AutoTokenizer.from_pretrained(path, **kwargs)
+
+
+def forced_target_language_id(tokenizer, target_language: str) -> int:
+    """The id of ``target_language``'s token, forced as the first generated token (as transformers'
+    translation pipeline does); an unknown code raises naming the accepted ones."""
+    if not hasattr(tokenizer, "get_lang_id"):
+        raise ValueError(
+            f"task.target_language={target_language!r}, but the tokenizer ({type(tokenizer).__name__}, "
+            f"{getattr(tokenizer, 'tokenizer_class', '?')}) has no language codes; it is for NLLB, mBART, mBART-50 "
+            "and M2M100 checkpoints (multilingual Marian models take a '>>xx<<' prefix in the text instead)."
+        )
+    return tokenizer.get_lang_id(target_language)
 
 
 def load_model(
@@ -82,13 +112,14 @@ def load_model(
     """``AutoModelFor<Task>.from_pretrained`` in eval mode on ``device``."""
     import rayformers.models as models
 
-    auto = getattr(models, TASK_AUTO_CLASS[task])
-    kwargs: dict = {"dtype": torch.float32 if dtype == "auto" else torch_dtype(dtype)}
+    kwargs: dict = {}
     if revision:
         kwargs["revision"] = revision
     if local_files_only:
         kwargs["local_files_only"] = True
-    model = auto.from_pretrained(path, **kwargs)
+    model_config = models.AutoConfig.from_pretrained(path, **kwargs) if task == "generate" else None
+    auto = getattr(models, auto_class_name(task, model_config))
+    model = auto.from_pretrained(path, dtype=torch.float32 if dtype == "auto" else torch_dtype(dtype), **kwargs)
     if dtype == "auto":  # chosen for this device (and family), whatever the checkpoint was saved in
         model = model.to(torch_dtype("auto", device, getattr(model.config, "model_type", "")))
     model.eval()

@@ -77,11 +77,16 @@ class TokenizeOperator:
         local_files_only: bool = False,
         drop_columns: tuple = (),
         tokenizer=None,
+        source_language: Optional[str] = None,
+        source_language_column: Optional[str] = None,
     ):
         if tokenizer is None:
             from .loading import load_tokenizer
 
-            tokenizer = load_tokenizer(tokenizer_path, revision, local_files_only)
+            tokenizer = load_tokenizer(tokenizer_path, revision, local_files_only, source_language)
+        self.tokenizer = tokenizer
+        self.source_language_column = source_language_column
+        self._language_backends: dict = {}
         self.text_column = text_column
         self.text_pair_column = text_pair_column
         self.max_length = max_length
@@ -103,10 +108,10 @@ class TokenizeOperator:
             reasons = {**pair_reasons, **reasons}  # the text column's reason wins
             good &= pair_good
         rows = np.flatnonzero(good)
-        if pairs is None:
-            encodings = self._encode_singles([texts[i] for i in rows]) if len(rows) else []
+        if self.source_language_column:
+            rows, encodings = self._encode_by_language(batch, texts, pairs, rows, reasons)
         else:
-            encodings = self.backend.encode_batch([(texts[i], pairs[i]) for i in rows]) if len(rows) else []
+            encodings = self._encode(rows.tolist(), texts, pairs, self.backend)
 
         ids_lists = [enc.ids for enc in encodings]
         lengths = np.fromiter(map(len, ids_lists), dtype=np.int64, count=len(ids_lists))
@@ -149,7 +154,48 @@ class TokenizeOperator:
         out = out.drop_columns([c for c in self.drop_columns if c in out.column_names])
         return add_stage_time(out, "tokenize", time.perf_counter() - start)
 
-    def _encode_singles(self, texts: list[str]) -> list:
+    def _encode(self, rows: list, texts: list, pairs: Optional[list], backend) -> list:
+        if not rows:
+            return []
+        if pairs is None:
+            return self._encode_singles([texts[i] for i in rows], backend)
+        return backend.encode_batch([(texts[i], pairs[i]) for i in rows])
+
+    def _encode_by_language(self, batch: pa.Table, texts: list, pairs: Optional[list], rows, reasons: dict):
+        """Rows grouped by their source language, each group encoded with that language's tokens;
+        returned in row order (the list columns are built from one flat buffer in row order)."""
+        column = self.source_language_column
+        languages = column_to_pylist(batch.column(column))
+        groups: dict = {}
+        for i in rows.tolist():
+            code = languages[i]
+            backend = self._backend_for_language(code)
+            if isinstance(backend, str):
+                reasons[i] = f"{column}: {backend}"
+                continue
+            groups.setdefault(code, []).append(i)
+        order, encodings = [], []
+        for code, members in groups.items():
+            order += members
+            encodings += self._encode(members, texts, pairs, self._language_backends[code])
+        idx = np.argsort(np.asarray(order, dtype=np.int64), kind="stable")
+        return np.asarray(order, dtype=np.int64)[idx], [encodings[k] for k in idx]
+
+    def _backend_for_language(self, code):
+        """The configured backend for source language ``code``, or the reason it has none."""
+        if code in self._language_backends:
+            return self._language_backends[code]
+        if not isinstance(code, str) or not code:
+            return f"no source language code ({code!r})"
+        try:
+            self.tokenizer.src_lang = code
+        except ValueError as err:  # UnknownLanguageCodeError: names the code and the accepted ones
+            return str(err)[:1000]
+        backend = configured_backend(self.tokenizer, self.max_length, self.truncation)
+        self._language_backends[code] = backend
+        return backend
+
+    def _encode_singles(self, texts: list[str], backend=None) -> list:
         """``encode_batch``, without tokenizing megabytes that truncation would throw away.
 
         A text much longer than ``max_length`` tokens could need is first cut at a whitespace
@@ -168,10 +214,11 @@ class TokenizeOperator:
                     if end > 0:
                         cut[k] = True
                         inputs[k] = t[:end]
-        encodings = self.backend.encode_batch(inputs)
+        backend = self.backend if backend is None else backend
+        encodings = backend.encode_batch(inputs)
         redo = [k for k in cut if not encodings[k].overflowing]
         if redo:
-            for k, enc in zip(redo, self.backend.encode_batch([texts[k] for k in redo])):
+            for k, enc in zip(redo, backend.encode_batch([texts[k] for k in redo])):
                 encodings[k] = enc
         return encodings
 

@@ -2,14 +2,18 @@
 
 Python API::
 
-    from rayformers.pipeline import run, load_config
-    report = run("job.yaml", overrides=["model.dtype=bfloat16"])
+    from rayformers.pipeline import run, load_config, build_processor, plan
+    report = run("job.yaml", overrides=["model.dtype=bfloat16"])    # Parquet -> Parquet, exactly once
     print(report.format())
+    scored = build_processor("job.yaml")(ray.data.from_pandas(df))   # any Dataset -> lazy Dataset
+    print(plan("job.yaml", target="2h").format())                    # measured estimate, nothing written
 """
 
 from .commit import ErrorBudgetExceeded, IncompleteOutputError, OutputError
 from .config import ConfigError, JobConfig, load_config
+from .estimate import PlanReport, plan
 from .preflight import PreflightError
+from .processor import Processor, build_processor
 from .report import JobReport
 from .runner import read_output, run
 
@@ -20,8 +24,12 @@ __all__ = [
     "JobConfig",
     "JobReport",
     "OutputError",
+    "PlanReport",
     "PreflightError",
+    "Processor",
+    "build_processor",
     "load_config",
+    "plan",
     "read_output",
     "run",
 ]

@@ -3,6 +3,7 @@
     rayformers run JOB.yaml [--set key.sub=value ...] [--json]   batch inference (this package)
     rayformers train CONFIG [...]                                 Ray Train fine-tuning (rayformers.jobs.train)
     rayformers etl CONFIG [...]                                   scheduled incremental runs (rayformers.jobs.etl)
+    rayformers plan JOB.yaml [--target 2h] [--json]               measured estimate of a run (nothing written)
     rayformers describe                                           every config key with its default and meaning
 
 ``train`` and ``etl`` are dispatched lazily to ``rayformers.jobs.<name>:main(argv)`` so this
@@ -54,6 +55,20 @@ def _run_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _plan_command(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .estimate import plan
+    from .preflight import PreflightError
+
+    try:
+        report = plan(args.config, args.set, target=args.target, sample_rows=args.sample_rows)
+    except (ConfigError, PreflightError) as e:
+        print(f"rayformers plan: error: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(json.dumps(report.to_dict()) if args.json else report.format())
+    return EXIT_OK
+
+
 def _describe_command(args: argparse.Namespace) -> int:
     from .config import JobConfig, describe
 
@@ -85,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_p.add_argument("--json", action="store_true", help="print the report as JSON")
     run_p.set_defaults(func=_run_command)
+    plan_p = sub.add_parser("plan", help="validate a job, score a sample and estimate the whole run (writes nothing)")
+    plan_p.add_argument("config", help="job YAML file")
+    plan_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    plan_p.add_argument("--target", default=None, help="wall-time target, e.g. 2h: how many model actors it needs")
+    plan_p.add_argument("--sample-rows", type=int, default=512, help="rows to score for the estimate (default 512)")
+    plan_p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    plan_p.set_defaults(func=_plan_command)
     desc = sub.add_parser("describe", help="list every config key with its default and documentation")
     desc.set_defaults(func=_describe_command)
     for name, (_, help_text) in JOB_COMMANDS.items():

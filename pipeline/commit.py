@@ -1,15 +1,31 @@
-"""Output commit protocol: staging directory → manifest → atomic publish + ``_SUCCESS``.
+"""Output commit protocol: staged files that say which rows they hold, a check by counts, publish.
 
 Ray's file sinks write final paths directly, so a crash leaves partial output and a re-run
-duplicates rows. Here every write task writes a whole Parquet part file under a temporary name
-in a staging directory and renames it into place (one rename = the part is either there or not),
-named by a hash of its ids so a retried task overwrites instead of duplicating. When all rows
-are written, the driver checks that every input row is present exactly once, writes
-``_manifest.json`` (input files, row counts, error count, config fingerprint), publishes the data
-directory in one rename and writes ``_SUCCESS`` last. Readers trust only ``_SUCCESS``.
+duplicates rows. Here every row travels with its place in the input (row group + index, the
+hidden columns of :mod:`.source`), and every staged file records in its Parquet footer which row
+ranges of which row groups it holds (``ranges``), with its row, error and token counts. The
+driver never collects row ids:
 
-Resume reads the ids of the part files already staged and the read skips those rows, so after a
-crash nothing is scored twice except batches that were in flight.
+* **Check by counts** (:func:`collect_staged`): from the footers alone, the staged ranges of each
+  row group must tile it exactly, ``[0, num_rows)`` with no gap and no overlap (the footer of the
+  input file says how many rows it has). Memory and time grow with the staged files and row
+  groups, not with rows. A gap is an :class:`IncompleteOutputError` naming the file, row group
+  and rows; a file whose rows another file already holds (a retried write task that bundled
+  differently) is deleted, or rewritten without the repeated rows, deterministically (files in
+  name order, first one wins). A retried write of the same rows gets the same name (a hash of
+  its ranges), so it replaces rather than duplicates.
+* **Resume by ranges** (:func:`prepare_output`): an interrupted run's staged ranges are handed to
+  the read, which skips those rows (whole row groups are not even read): nothing staged is
+  scored again, and no id is shipped anywhere.
+* **Right-sized files**: a write task waits for ``output.stage_rows`` rows (Ray's
+  ``min_rows_per_write``): that is what a crash can lose per write in flight. Before publishing,
+  staged files smaller than half of ``output.target_file_mb`` are merged, in parallel Ray tasks,
+  into files of about that size (:func:`compact_staged`); a crash while merging is safe, since a
+  merged file holds exactly its sources' ranges and the overlap rule drops whichever copy comes
+  second.
+* **Publish**: ``_manifest.json`` into the staged directory, one rename into place (local, HDFS),
+  or on object stores (no rename) a parallel server-side copy, ``_SUCCESS`` last. Readers trust
+  only ``_SUCCESS``. What is replaced must be ours (:mod:`.output_safety`).
 
 Layout::
 
@@ -20,13 +36,15 @@ Layout::
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import posixpath
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -35,13 +53,24 @@ import pyarrow.parquet as pq
 from rayformers.operators.records import ERROR_COLUMN
 from rayformers.operators.tokenize import STAGE_TIME_PREFIX
 
-MANIFEST = "_manifest.json"
-SUCCESS = "_SUCCESS"
-JOB_FILE = "job.json"
+from .output_safety import (
+    JOB_FILE,
+    MANIFEST,
+    OUTPUT_FORMAT,
+    SUCCESS,
+    OutputError,
+    UnsafeOutputError,
+    check_replaceable,
+    check_staging_is_ours,
+)
+from .source import HIDDEN_COLUMNS, ROW_COLUMN, UNIT_COLUMN
 
+FOOTER_KEY = b"rayformers"
+"""Parquet key-value metadata of a staged file: ``{"ranges": [[unit, start, end], ...], "rows",
+"errors", "tokens"}`` with ranges in the file's row order."""
 
-class OutputError(RuntimeError):
-    """The output location is in a state the chosen ``output.mode`` does not allow."""
+IO_THREADS = 16
+"""Concurrent footer reads / object copies on the driver (object stores answer each in ~10 ms)."""
 
 
 class IncompleteOutputError(RuntimeError):
@@ -66,10 +95,11 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def _list_files(fs: pafs.FileSystem, path: str) -> list[str]:
+def _list_files(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     if not _exists(fs, path):
         return []
-    return sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=False)) if i.type == pafs.FileType.File)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
 
 def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
@@ -90,12 +120,6 @@ def _read_json(fs: pafs.FileSystem, path: str) -> Optional[dict]:
 # Write tasks
 
 
-def part_name(ids: pa.Array) -> str:
-    """Deterministic file name from the rows' ids: a retried write of the same block overwrites."""
-    h = hashlib.sha1("\x1f".join(map(str, ids.to_pylist())).encode())
-    return f"part-{h.hexdigest()[:20]}.parquet"
-
-
 def split_stage_columns(table: pa.Table) -> tuple[pa.Table, dict]:
     """Remove the ``_stage_<name>_s`` timing columns and return their sums."""
     import pyarrow.compute as pc
@@ -111,31 +135,84 @@ def split_stage_columns(table: pa.Table) -> tuple[pa.Table, dict]:
     return table.select(keep), stages
 
 
-def write_part(fs: pafs.FileSystem, data_dir: str, table: pa.Table, id_column: str, compression: str) -> dict:
-    """Write one part atomically (temp name, then rename); returns its statistics."""
+def row_ranges(table: pa.Table) -> tuple[pa.Table, list[list]]:
+    """Sort rows by their place in the input and return ``(table without the hidden columns,
+    [[unit, start, end], ...])``: the runs of consecutive rows, in the sorted table's order.
+
+    Vectorised (Arrow sort, numpy run detection): a write task never loops over rows."""
+    import numpy as np
     import pyarrow.compute as pc
 
-    start = time.perf_counter()
-    table, stages = split_stage_columns(table)
-    stats = {"rows": table.num_rows, "errors": 0, "tokens": 0, "stages": stages, "file": None}
-    if table.num_rows == 0:
-        return stats
-    stats["errors"] = int(table.num_rows - pc.sum(pc.is_null(table.column(ERROR_COLUMN)).cast(pa.int64())).as_py())
-    if "num_tokens" in table.column_names:
-        stats["tokens"] = int(pc.sum(table.column("num_tokens")).as_py() or 0)
-    name = part_name(table.column(id_column))
+    units = table.column(UNIT_COLUMN)
+    if pa.types.is_dictionary(units.type):
+        units = units.cast(pa.string())
+    table = table.set_column(table.column_names.index(UNIT_COLUMN), UNIT_COLUMN, units)
+    table = table.sort_by([(UNIT_COLUMN, "ascending"), (ROW_COLUMN, "ascending")])
+    encoded = pc.dictionary_encode(table.column(UNIT_COLUMN).combine_chunks())
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = encoded.dictionary.to_pylist()
+    rows = table.column(ROW_COLUMN).to_numpy().astype(np.int64)
+    if len(rows) == 0:
+        return table.drop_columns(list(HIDDEN_COLUMNS)), []
+    breaks = np.flatnonzero((np.diff(codes) != 0) | (np.diff(rows) != 1)) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rows)]])
+    ranges = [[names[codes[s]], int(rows[s]), int(rows[e - 1]) + 1] for s, e in zip(starts, ends)]
+    return table.drop_columns(list(HIDDEN_COLUMNS)), ranges
+
+
+def _counts(table: pa.Table) -> tuple[int, int]:
+    import pyarrow.compute as pc
+
+    errors = int(table.num_rows - pc.sum(pc.is_null(table.column(ERROR_COLUMN)).cast(pa.int64())).as_py())
+    tokens = int(pc.sum(table.column("num_tokens")).as_py() or 0) if "num_tokens" in table.column_names else 0
+    return errors, tokens
+
+
+def _write_file(fs: pafs.FileSystem, data_dir: str, name: str, table: pa.Table, info: dict, compression: str) -> None:
+    meta = dict(table.schema.metadata or {})
+    meta[FOOTER_KEY] = json.dumps(info).encode()
+    table = table.replace_schema_metadata(meta)
     final = posixpath.join(data_dir, name)
     tmp = posixpath.join(data_dir, f".tmp-{uuid.uuid4().hex}-{name}")
     fs.create_dir(data_dir, recursive=True)
     pq.write_table(table, tmp, filesystem=fs, compression=compression)
     fs.move(tmp, final)
+
+
+def write_part(
+    fs: pafs.FileSystem,
+    data_dir: str,
+    table: pa.Table,
+    compression: str,
+    ranges: Optional[list] = None,
+    name_hint: Optional[str] = None,
+) -> dict:
+    """Write one staged file atomically (temp name, then rename); returns its statistics.
+
+    Rows tagged with the hidden place columns are sorted and their ranges recorded; a table
+    without them (the ETL's rewrite of a finished run) passes explicit ``ranges`` or none, and a
+    ``name_hint`` that makes its name deterministic."""
+    start = time.perf_counter()
+    table, stages = split_stage_columns(table)
+    stats = {"rows": table.num_rows, "errors": 0, "tokens": 0, "stages": stages, "file": None}
+    if table.num_rows == 0:
+        return stats
+    if UNIT_COLUMN in table.column_names:
+        table, ranges = row_ranges(table)
+    errors, tokens = _counts(table)
+    stats.update(errors=errors, tokens=tokens)
+    identity = json.dumps(ranges) if ranges else (name_hint or uuid.uuid4().hex)
+    name = f"part-{hashlib.sha1(identity.encode()).hexdigest()[:24]}.parquet"
+    info = {"ranges": ranges or [], "rows": table.num_rows, "errors": errors, "tokens": tokens}
+    _write_file(fs, data_dir, name, table, info, compression)
     stats["file"] = name
     stats["stages"]["write"] = time.perf_counter() - start
     return stats
 
 
-def make_datasink(fs: pafs.FileSystem, data_dir: str, id_column: str, compression: str):
-    """A Ray Data ``Datasink`` writing atomic part files into the staging directory."""
+def make_datasink(fs: pafs.FileSystem, data_dir: str, compression: str, stage_rows: int):
+    """A Ray Data ``Datasink`` writing atomic staged files of at least ``stage_rows`` rows."""
     from ray.data.block import BlockAccessor
     from ray.data.datasource import Datasink
 
@@ -146,13 +223,17 @@ def make_datasink(fs: pafs.FileSystem, data_dir: str, id_column: str, compressio
         def get_name(self) -> str:
             return "WriteStagedParquet"
 
+        @property
+        def min_rows_per_write(self) -> Optional[int]:
+            return int(stage_rows)
+
         def write(self, blocks: Iterable, ctx) -> dict:
             tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
             tables = [t for t in tables if t.num_rows]
             if not tables:
                 return {"rows": 0, "errors": 0, "tokens": 0, "stages": {}, "file": None}
             table = pa.concat_tables(tables, promote_options="permissive")
-            return write_part(fs, data_dir, table, id_column, compression)
+            return write_part(fs, data_dir, table, compression)
 
         def on_write_complete(self, write_result) -> None:
             self.results = list(write_result.write_returns)
@@ -161,7 +242,93 @@ def make_datasink(fs: pafs.FileSystem, data_dir: str, id_column: str, compressio
 
 
 # ------------------------------------------------------------------------------------------------
-# Driver side: modes, resume, finalize, publish
+# Reading what is staged (footers only)
+
+
+@dataclass
+class StagedFile:
+    path: str
+    rows: int
+    errors: int
+    tokens: int
+    size: int
+    ranges: list
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+
+def _read_footer(fs: pafs.FileSystem, info: pafs.FileInfo) -> StagedFile:
+    with fs.open_input_file(info.path) as f:
+        md = pq.read_metadata(f)
+    raw = (md.metadata or {}).get(FOOTER_KEY)
+    if raw is None:
+        raise IncompleteOutputError(
+            f"staged file {info.path} has no rayformers footer: it was not written by this version's commit "
+            f"protocol; start over with output.mode=overwrite"
+        )
+    d = json.loads(raw.decode())
+    return StagedFile(info.path, int(d["rows"]), int(d["errors"]), int(d["tokens"]), int(info.size or 0), d["ranges"])
+
+
+def read_staged(fs: pafs.FileSystem, data_dir: str) -> list[StagedFile]:
+    """Footers of every staged file, in name order; temp files of writes that died are removed."""
+    infos = []
+    for info in _list_files(fs, data_dir):
+        name = posixpath.basename(info.path)
+        if name.startswith(".tmp-"):
+            fs.delete_file(info.path)  # a write that died before its rename: never counted
+        elif name.endswith(".parquet"):
+            infos.append(info)
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        return list(pool.map(lambda i: _read_footer(fs, i), infos))
+
+
+class Coverage:
+    """Row ranges already accounted for, per unit, kept merged: ``O(units)`` once complete."""
+
+    def __init__(self):
+        self.by_unit: dict[str, list[list[int]]] = {}
+
+    def overlap(self, unit: str, a: int, b: int) -> list[tuple[int, int]]:
+        out = []
+        spans = self.by_unit.get(unit, [])
+        i = max(0, bisect.bisect_right(spans, [a, float("inf")]) - 1)
+        while i < len(spans) and spans[i][0] < b:
+            lo, hi = max(a, spans[i][0]), min(b, spans[i][1])
+            if lo < hi:
+                out.append((lo, hi))
+            i += 1
+        return out
+
+    def add(self, unit: str, a: int, b: int) -> None:
+        spans = self.by_unit.setdefault(unit, [])
+        i = bisect.bisect_left(spans, [a, b])
+        if i > 0 and spans[i - 1][1] >= a:  # touches the previous span: extend it
+            i -= 1
+            spans[i][1] = max(spans[i][1], b)
+        else:
+            spans.insert(i, [a, b])
+        while i + 1 < len(spans) and spans[i + 1][0] <= spans[i][1]:
+            spans[i][1] = max(spans[i][1], spans[i + 1][1])
+            del spans[i + 1]
+
+    def done(self) -> dict[str, list[tuple[int, int]]]:
+        return {u: [(a, b) for a, b in s] for u, s in self.by_unit.items()}
+
+
+def staged_ranges(files: Sequence[StagedFile]) -> dict[str, list[tuple[int, int]]]:
+    """Unit → merged staged row ranges (what a resume skips)."""
+    cov = Coverage()
+    for f in files:
+        for unit, a, b in f.ranges:
+            cov.add(unit, a, b)
+    return cov.done()
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver side: modes, resume, finalize, compact, publish
 
 
 @dataclass
@@ -173,40 +340,30 @@ class OutputState:
     staging_dir: str
     data_dir: str
     already_complete: bool = False
-    resumed_files: list[str] = field(default_factory=list)
-    done_ids: Optional[pa.Array] = None
-
-    @property
-    def resumed_rows(self) -> int:
-        return 0 if self.done_ids is None else len(self.done_ids)
-
-
-def read_staged_ids(fs: pafs.FileSystem, data_dir: str, id_column: str) -> tuple[list[str], Optional[pa.Array]]:
-    """Ids already written by an earlier attempt; leftover temp files are removed."""
-    files, chunks = [], []
-    for path in _list_files(fs, data_dir):
-        name = posixpath.basename(path)
-        if name.startswith(".tmp-"):
-            fs.delete_file(path)  # a write that died before its rename: never counted
-            continue
-        if not name.endswith(".parquet"):
-            continue
-        chunks.append(pq.read_table(path, columns=[id_column], filesystem=fs).column(id_column))
-        files.append(path)
-    if not chunks:
-        return files, None
-    ids = pa.chunked_array([c for ch in chunks for c in ch.chunks]).combine_chunks()
-    return files, ids
+    resumed_rows: int = 0
+    done: dict = field(default_factory=dict)
+    """Unit key → row ranges staged by an interrupted attempt (skipped by the read)."""
 
 
 def prepare_output(
-    fs: pafs.FileSystem, output_path: str, mode: str, fingerprint: str, id_column: str, job_info: dict
+    fs: pafs.FileSystem,
+    output_path: str,
+    mode: str,
+    fingerprint: str,
+    job_info: dict,
+    plan_units: Optional[dict] = None,
 ) -> OutputState:
-    """Apply ``output.mode`` before any work starts (clear errors, nothing half-done)."""
+    """Apply ``output.mode`` before any work starts (clear errors, nothing half-done).
+
+    ``plan_units`` (unit key → rows) lets ``resume`` refuse staged rows of input files that
+    changed or vanished since the interrupted attempt."""
     staging = staging_path(output_path)
     state = OutputState(fs, output_path, staging, posixpath.join(staging, "data"))
     out_exists = _exists(fs, output_path) and bool(_list_files(fs, output_path))
-    stage_exists = _exists(fs, staging)
+    stage_exists = check_staging_is_ours(fs, staging)
+    if mode in ("overwrite", "resume"):
+        # Whatever the mode, publishing replaces output_path: it must be empty or ours.
+        check_replaceable(fs, output_path, why=f"output.mode={mode}")
     if mode == "error-if-exists":
         if out_exists:
             raise OutputError(
@@ -246,7 +403,17 @@ def prepare_output(
                     f"{job.get('config_fingerprint')} != {fingerprint}): resuming would mix predictions; "
                     f"use output.mode=overwrite"
                 )
-            state.resumed_files, state.done_ids = read_staged_ids(fs, state.data_dir, id_column)
+            staged = read_staged(fs, state.data_dir)
+            state.done = staged_ranges(staged)
+            if plan_units is not None:
+                stale = [u for u in state.done if u not in plan_units]
+                if stale:
+                    raise OutputError(
+                        f"the staged run in {staging} holds rows of {len(stale)} input row groups that are not in "
+                        f"the input as it is now (e.g. {stale[0]}: the file changed or vanished); resuming would "
+                        f"mix versions: use output.mode=overwrite"
+                    )
+            state.resumed_rows = sum(b - a for spans in state.done.values() for a, b in spans)
     else:
         raise OutputError(f"unknown output.mode {mode!r}")
     fs.create_dir(state.data_dir, recursive=True)
@@ -260,85 +427,207 @@ class FinalCounts:
     errors: int
     tokens: int
     duplicates_removed: int
-    files: list[dict]
+    files: list[StagedFile]
+
+    def manifest_files(self) -> list[dict]:
+        return [{"path": f.name, "rows": f.rows, "errors": f.errors} for f in self.files]
 
 
-def collect_staged(fs: pafs.FileSystem, data_dir: str, id_column: str, expected_rows: int) -> FinalCounts:
-    """Count rows/errors over every staged part; drop duplicate ids left by retried writes.
+def _subtract(a: int, b: int, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out, cur = [], a
+    for lo, hi in sorted(taken):
+        if lo > cur:
+            out.append((cur, lo))
+        cur = max(cur, hi)
+    if cur < b:
+        out.append((cur, b))
+    return out
 
-    Raises :class:`IncompleteOutputError` if rows are missing (never publish a partial result)."""
-    import pyarrow.compute as pc
 
-    seen: set = set()
-    files, rows, errors, tokens, dups = [], 0, 0, 0, 0
-    for path in _list_files(fs, data_dir):
-        name = posixpath.basename(path)
-        if not name.endswith(".parquet") or name.startswith(".tmp-"):
-            continue
-        cols = [id_column, ERROR_COLUMN]
-        schema = pq.read_schema(path, filesystem=fs)
-        if "num_tokens" in schema.names:
-            cols.append("num_tokens")
-        t = pq.read_table(path, columns=cols, filesystem=fs)
-        ids = t.column(id_column).to_pylist()
-        fresh = [i not in seen for i in ids]
-        if not all(fresh):
-            # A write task retried after its first attempt had already renamed a part with other
-            # row boundaries: keep the first copy of each id, rewrite this part without repeats.
-            full = pq.read_table(path, filesystem=fs).filter(pa.array(fresh))
-            dups += len(ids) - full.num_rows
-            fs.delete_file(path)
-            if full.num_rows:
-                write_part(fs, data_dir, full, id_column, "snappy")
-                path = posixpath.join(data_dir, part_name(full.column(id_column)))
-            t = t.filter(pa.array(fresh))
-            ids = [i for i, f in zip(ids, fresh) if f]
-            if not ids:
+def _rewrite_without(fs: pafs.FileSystem, data_dir: str, f: StagedFile, cov: Coverage, compression: str) -> StagedFile:
+    """Rewrite ``f`` keeping only rows no earlier file holds (its rows are in ranges order)."""
+    table = pq.read_table(f.path, filesystem=fs)
+    pieces, ranges, offset = [], [], 0
+    for unit, a, b in f.ranges:
+        for lo, hi in _subtract(a, b, cov.overlap(unit, a, b)):
+            pieces.append(table.slice(offset + lo - a, hi - lo))
+            ranges.append([unit, lo, hi])
+        offset += b - a
+    fs.delete_file(f.path)
+    if not pieces:
+        return StagedFile(f.path, 0, 0, 0, 0, [])
+    kept = pa.concat_tables(pieces)
+    stats = write_part(fs, data_dir, kept, compression, ranges=ranges)
+    path = posixpath.join(data_dir, stats["file"])
+    return StagedFile(path, stats["rows"], stats["errors"], stats["tokens"], fs.get_file_info(path).size or 0, ranges)
+
+
+def _row_group_label(unit: str) -> str:
+    path, _, rest = unit.rpartition("@")
+    return f"row group {rest.rpartition('#rg')[2]} of {path}"
+
+
+def collect_staged(
+    fs: pafs.FileSystem,
+    data_dir: str,
+    units: Optional[dict] = None,
+    expected_rows: Optional[int] = None,
+    compression: str = "snappy",
+) -> FinalCounts:
+    """Check the staged files from their footers and count rows, errors and tokens.
+
+    ``units`` (unit key → rows of that row group): the staged ranges must tile each unit exactly;
+    repeats left by retried writes are removed (first file in name order wins). Without
+    ``units`` (a rewrite of an already verified output) only the row count is checked.
+
+    Raises :class:`IncompleteOutputError` naming the first row group with missing rows."""
+    cov = Coverage()
+    kept: list[StagedFile] = []
+    dups = 0
+    for f in read_staged(fs, data_dir):
+        taken = sum(hi - lo for unit, a, b in f.ranges for lo, hi in cov.overlap(unit, a, b))
+        if taken:
+            if taken == f.rows:
+                fs.delete_file(f.path)  # every row is in an earlier file: a retried write's copy
+                dups += f.rows
                 continue
-        seen.update(ids)
-        n_err = int(t.num_rows - pc.sum(pc.is_null(t.column(ERROR_COLUMN)).cast(pa.int64())).as_py())
-        n_tok = int(pc.sum(t.column("num_tokens")).as_py() or 0) if "num_tokens" in t.column_names else 0
-        files.append({"path": posixpath.basename(path), "rows": t.num_rows, "errors": n_err})
-        rows += t.num_rows
-        errors += n_err
-        tokens += n_tok
-    if rows < expected_rows:
+            rewritten = _rewrite_without(fs, data_dir, f, cov, compression)
+            dups += f.rows - rewritten.rows
+            f = rewritten
+            if not f.rows:
+                continue
+        for unit, a, b in f.ranges:
+            cov.add(unit, a, b)
+        # Only the first range is kept (file order for compaction): the driver's memory is the
+        # merged coverage, O(row groups), plus O(files), however fragmented the files are.
+        kept.append(StagedFile(f.path, f.rows, f.errors, f.tokens, f.size, f.ranges[:1]))
+    rows = sum(f.rows for f in kept)
+    if units is not None:
+        done = cov.done()
+        unknown = [u for u in done if u not in units]
+        if unknown:
+            raise IncompleteOutputError(
+                f"staged output in {data_dir} holds rows of {len(unknown)} row groups that are not part of this "
+                f"job's input (e.g. {_row_group_label(unknown[0])}); start over with output.mode=overwrite"
+            )
+        missing_rows, first_gap = 0, None
+        for unit, n in units.items():
+            gaps = _subtract(0, n, done.get(unit, []))
+            if gaps:
+                missing_rows += sum(hi - lo for lo, hi in gaps)
+                if first_gap is None:
+                    first_gap = (unit, gaps)
+        if first_gap is not None:
+            unit, gaps = first_gap
+            shown = ", ".join(f"{lo}-{hi - 1}" for lo, hi in gaps[:3])
+            raise IncompleteOutputError(
+                f"{missing_rows} of {sum(units.values())} input rows are missing from the staged output in "
+                f"{data_dir} (first: {_row_group_label(unit)}, rows {shown}); re-run with output.mode=resume "
+                f"to score them"
+            )
+        expected_rows = sum(units.values())
+    if expected_rows is not None and rows != expected_rows:
         raise IncompleteOutputError(
-            f"{expected_rows - rows} of {expected_rows} input rows are missing from the staged output "
-            f"in {data_dir}; re-run with output.mode=resume to score them"
+            f"staged output in {data_dir} has {rows} rows for {expected_rows} input rows; re-run with "
+            f"output.mode=resume to score the missing ones"
         )
-    if rows > expected_rows:
-        raise IncompleteOutputError(
-            f"staged output has {rows} unique ids for {expected_rows} input rows: are the input ids unique?"
-        )
-    return FinalCounts(rows, errors, tokens, dups, files)
+    return FinalCounts(rows, sum(f.errors for f in kept), sum(f.tokens for f in kept), dups, kept)
+
+
+def _merge_files(fs: pafs.FileSystem, data_dir: str, sources: list[StagedFile], compression: str) -> StagedFile:
+    """One file holding ``sources`` (in order), written atomically; the sources are then deleted."""
+    tables = [pq.read_table(s.path, filesystem=fs) for s in sources]
+    ranges = [r for t in tables for r in json.loads(t.schema.metadata[FOOTER_KEY].decode())["ranges"]]
+    table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
+    name = "part-" + hashlib.sha1("\x1f".join(s.name for s in sources).encode()).hexdigest()[:24] + ".parquet"
+    info = {"ranges": ranges, "rows": table.num_rows, "errors": sum(s.errors for s in sources), "tokens": sum(s.tokens for s in sources)}
+    _write_file(fs, data_dir, name, table, info, compression)
+    for s in sources:
+        fs.delete_file(s.path)
+    path = posixpath.join(data_dir, name)
+    return StagedFile(path, info["rows"], info["errors"], info["tokens"], fs.get_file_info(path).size or 0, ranges)
+
+
+def plan_compaction(files: Sequence[StagedFile], target_bytes: int) -> list[list[StagedFile]]:
+    """Groups of small staged files (each under half the target) to merge, about ``target_bytes``
+    each, in input order; files already big enough are left as they are."""
+    small = sorted((f for f in files if f.size < target_bytes // 2), key=lambda f: (f.ranges[:1], f.name))
+    groups, cur, size = [], [], 0
+    for f in small:
+        if cur and size + f.size > target_bytes:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(f)
+        size += f.size
+    if cur:
+        groups.append(cur)
+    return [g for g in groups if len(g) > 1]
+
+
+def compact_staged(
+    fs: pafs.FileSystem, data_dir: str, counts: FinalCounts, target_bytes: int, compression: str, io_num_cpus: float = 0.5
+) -> FinalCounts:
+    """Merge small staged files into files of about ``target_bytes`` (Ray tasks when Ray runs)."""
+    groups = plan_compaction(counts.files, target_bytes)
+    if not groups:
+        return counts
+    merged_away = {f.path for g in groups for f in g}
+    try:
+        import ray
+
+        use_ray = ray.is_initialized()
+    except ImportError:  # pragma: no cover - ray is a dependency
+        use_ray = False
+    if use_ray:
+        merge = ray.remote(num_cpus=io_num_cpus)(_merge_files)
+        merged = ray.get([merge.remote(fs, data_dir, g, compression) for g in groups])
+    else:
+        merged = [_merge_files(fs, data_dir, g, compression) for g in groups]
+    files = [f for f in counts.files if f.path not in merged_away] + list(merged)
+    return FinalCounts(counts.rows, counts.errors, counts.tokens, counts.duplicates_removed, sorted(files, key=lambda f: f.name))
 
 
 def _move_tree(fs: pafs.FileSystem, src: str, dst: str) -> None:
-    """One rename where the filesystem has directories (local, HDFS); file by file on object
-    stores, where ``_SUCCESS`` written afterwards is what makes the result visible."""
+    """One rename where the filesystem has directories (local, HDFS); on object stores a
+    parallel server-side copy of each file, where ``_SUCCESS`` written afterwards is what makes
+    the result visible."""
     try:
         fs.move(src, dst)
         return
     except (OSError, NotImplementedError):
         if not _exists(fs, src):
             raise
-    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
-        if info.type == pafs.FileType.File:
-            target = posixpath.join(dst, posixpath.relpath(info.path, src))
-            fs.create_dir(posixpath.dirname(target), recursive=True)
-            fs.copy_file(info.path, target)
+    infos = [i for i in fs.get_file_info(pafs.FileSelector(src, recursive=True)) if i.type == pafs.FileType.File]
+
+    def copy(info: pafs.FileInfo) -> None:
+        target = posixpath.join(dst, posixpath.relpath(info.path, src))
+        fs.copy_file(info.path, target)
+
+    fs.create_dir(dst, recursive=True)
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        list(pool.map(copy, infos))
     fs.delete_dir(src)
 
 
-def publish(state: OutputState, manifest: dict) -> str:
-    """Manifest into the data directory, one rename into place, then ``_SUCCESS``."""
+def publish(state: OutputState, manifest: dict, files: Optional[Sequence[StagedFile]] = None) -> str:
+    """Manifest into the data directory, one rename into place, then ``_SUCCESS``.
+
+    The old output (if any) must be ours (checked again here: files someone added while the job
+    ran are not ours to delete either)."""
     fs = state.fs
+    if files is None:
+        files = read_staged(fs, state.data_dir)
+    manifest = {"format": OUTPUT_FORMAT, **manifest}
+    manifest["output_files"] = [{"path": f.name, "rows": f.rows, "errors": f.errors} for f in files]
     _write_text(fs, posixpath.join(state.data_dir, MANIFEST), json.dumps(manifest, indent=2, default=str))
+    check_replaceable(fs, state.output_path, why="publishing")
     old = None
     if _exists(fs, state.output_path):
-        old = f"{state.staging_dir}-old-{uuid.uuid4().hex[:8]}"
-        _move_tree(fs, state.output_path, old)
+        if isinstance(fs, pafs.LocalFileSystem):
+            old = f"{state.staging_dir}-old-{uuid.uuid4().hex[:8]}"
+            _move_tree(fs, state.output_path, old)
+        else:
+            fs.delete_dir(state.output_path)  # no rename on object stores: a copy away is wasted work
     parent = posixpath.dirname(state.output_path.rstrip("/"))
     if parent:
         fs.create_dir(parent, recursive=True)
@@ -359,3 +648,23 @@ def write_failed_manifest(state: OutputState, manifest: dict) -> str:
 
 def read_manifest(fs: pafs.FileSystem, output_path: str) -> Optional[dict]:
     return _read_json(fs, posixpath.join(output_path, MANIFEST))
+
+
+__all__ = [
+    "ErrorBudgetExceeded",
+    "FinalCounts",
+    "IncompleteOutputError",
+    "OutputError",
+    "OutputState",
+    "StagedFile",
+    "UnsafeOutputError",
+    "collect_staged",
+    "compact_staged",
+    "make_datasink",
+    "prepare_output",
+    "publish",
+    "read_manifest",
+    "read_staged",
+    "staging_path",
+    "write_part",
+]

@@ -26,7 +26,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-TASKS = ("classify", "token-classify", "generate", "embed")
+TASKS = ("classify", "token-classify", "generate", "embed", "zero-shot-classify", "sparse-embed")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 OUTPUT_MODES = ("error-if-exists", "overwrite", "resume")
 POOLINGS = ("auto", "mean", "cls", "max")
@@ -76,8 +76,17 @@ class InputConfig:
     filesystem: FilesystemConfig = field(default_factory=FilesystemConfig)
     """Filesystem for reading the input."""
     check_unique_ids: bool = True
-    """With ``id_column``: check before the run that ids are unique (reads that one column), since
-    ``resume`` and the exactly-once check rely on it."""
+    """With ``id_column``: check before the run that ids are unique (reads that one column). Up
+    to ``unique_ids_driver_rows`` rows the driver counts them in memory; above, a Ray Data
+    ``groupby(id).count()`` does it across the cluster, so driver memory does not grow with rows."""
+    unique_ids_driver_rows: int = 5_000_000
+    """Largest input whose id check runs in driver memory (~100 bytes per id)."""
+    source_language: Optional[str] = None
+    """Translation tokenizers with language codes (NLLB ``eng_Latn``, mBART ``en_XX``, M2M100
+    ``en``): the language of ``text_column``; its language token is added to every row."""
+    source_language_column: Optional[str] = None
+    """Like ``source_language``, per row: a column holding each row's language code (rows are
+    tokenized in groups of one language; a null or unknown code is an error record for that row)."""
 
 
 @dataclass
@@ -88,7 +97,8 @@ class ModelConfig:
     """Local checkpoint directory or Hugging Face Hub id (resolved offline from the cache when
     ``HF_HUB_OFFLINE=1``)."""
     task: str = "classify"
-    """``classify``, ``token-classify``, ``generate`` or ``embed``; picks the Auto class."""
+    """``classify``, ``token-classify``, ``generate``, ``embed`` or ``zero-shot-classify`` (an NLI
+    checkpoint scoring ``task.candidate_labels``); picks the Auto class."""
     dtype: str = "float32"
     """``float32``, ``bfloat16``, ``float16`` (GPU only) or ``auto``: bfloat16 on GPUs and CPUs that
     compute it natively, float16 on older GPUs, float32 elsewhere (``operators.loading.auto_dtype``)."""
@@ -175,6 +185,23 @@ class TaskConfig:
     """token-classify: entity labels left out of the output."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """generate: decoding settings."""
+    sparse_threshold: float = 0.0
+    """sparse-embed: keep vocabulary weights above this (SPLADE weights are >= 0)."""
+    sparse_top_k: Optional[int] = None
+    """sparse-embed: keep at most this many weights per row (the largest); unset keeps all above
+    the threshold."""
+    sparse_tokens: bool = False
+    """sparse-embed: also write each kept entry's token string."""
+    candidate_labels: list = field(default_factory=list)
+    """zero-shot-classify: the labels to score each text against (one NLI pair per label)."""
+    hypothesis_template: str = "This example is {}."
+    """zero-shot-classify: the hypothesis paired with the text; ``{}`` is replaced by the label."""
+    multi_label: bool = False
+    """zero-shot-classify: score every label on its own (entailment vs contradiction) instead of a
+    softmax over the labels."""
+    target_language: Optional[str] = None
+    """generate with a translation tokenizer (NLLB, mBART-50, M2M100, mBART): the output language;
+    its language token is forced as the first generated token (``forced_bos_token_id``)."""
 
 
 @dataclass
@@ -184,8 +211,12 @@ class ComputeConfig:
 
     tokenizer_min_actors: int = 1
     """Tokenizer actor pool: minimum size."""
-    tokenizer_max_actors: int = 1
-    """Tokenizer actor pool: maximum size (Ray Data autoscales between min and max)."""
+    tokenizer_max_actors: Optional[int] = None
+    """Tokenizer actor pool: maximum size (Ray Data autoscales between min and max). Default
+    (unset): sized to the model pool so model actors never wait on tokenization: one per CPU
+    model actor (the model is ~100x slower per row than tokenization there), four per GPU model
+    actor (a GPU actor scores tens of thousands of short rows/s, one tokenizer thread ~17k),
+    never more than the CPUs the other stages leave free."""
     tokenizer_num_cpus: float = 0.25
     """CPUs reserved per tokenizer actor (fractions allowed)."""
     tokenizer_batch_size: int = 512
@@ -202,9 +233,16 @@ class ComputeConfig:
     torch_threads: Optional[int] = None
     """Intra-op threads per CPU model actor; default: the node's CPUs divided by
     ``model_max_actors``."""
-    batch_size: int = 256
-    """Rows per Ray block: one tokenizer call, one model call (sorted by length inside) and one
-    staged part file. Also the granularity of resume after a crash."""
+    batch_size: Optional[int] = None
+    """Rows per Ray block, whatever the input's row groups (a 1M-row group is read in slices and
+    kept as blocks of this size end to end): one tokenizer call and one model call (sorted by
+    length inside). The unit of work and retry; staged files gather ``output.stage_rows``.
+    Default: 256 on CPU (a block is ~0.3-2 s of model work there, so per-block scheduling is a
+    small share and a crash or retry loses little), 4,096 with ``model_num_gpus`` (a GPU actor
+    scores a 256-row block of short rows in ~10 ms, the same order as Ray's per-block overhead)."""
+    read_rows_per_task: int = 65536
+    """Rows per read task (consecutive row groups of one file; a bigger row group is one task,
+    streamed in ``batch_size`` slices)."""
     max_tokens_per_batch: Optional[int] = None
     """Padded-token budget of one forward micro-batch (rows × longest row). Default: 2,048 on CPU
     for classify/embed/token-classify (small batches keep activations in cache: measured fastest),
@@ -219,6 +257,12 @@ class ComputeConfig:
     model_resources: dict = field(default_factory=dict)
     """Custom Ray resources each model actor requires, e.g. ``{gpu_node: 0.001}`` to place model
     actors on the GPU nodes of cluster.yaml."""
+
+    def block_rows(self) -> int:
+        """``batch_size``, or its device default (see there)."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return 4096 if self.model_num_gpus else 256
 
 
 @dataclass
@@ -240,6 +284,16 @@ class OutputConfig:
     """Parquet compression codec."""
     keep_text: bool = False
     """Also write the input text column (handy for inspection)."""
+    stage_rows: int = 16384
+    """Rows per staged file: a write task waits for this many rows. What a crash can lose per
+    write in flight (resume skips everything staged)."""
+    target_file_mb: int = 256
+    """Published file size: staged files under half of this are merged into files of about this
+    size before publishing (what Spark, Trino and DuckDB read best: 64-512 MB)."""
+    lock_ttl_s: float = 300.0
+    """Object stores: seconds a run's lease on its output lasts without renewal (renewed every
+    third of it). A killed driver's lease blocks other runs this long; local outputs use a kernel
+    lock, released at once when its holder dies."""
 
 
 @dataclass
@@ -308,6 +362,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message, plus that null is allowed
+            raise ConfigError(f"{errors[0]} (or null for the default)")
         raise ConfigError(
             f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, "
             f"got {value!r} ({type(value).__name__})"

@@ -9,6 +9,7 @@ nothing of YAML).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Collection, Optional
@@ -17,11 +18,16 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rayformers.operators.embed import sentence_transformers_defaults
-from rayformers.operators.loading import TASK_AUTO_CLASS
+from rayformers.operators.loading import auto_class_name
 from rayformers.operators.records import ERROR_COLUMN
 
+from .commit import staging_path
 from .config import TASKS, ConfigError, JobConfig
+from .locks import lock_path_for
+from .output_safety import UnsafeOutputError, check_disjoint, location
 from .source import ID_COLUMN, InputError, InputFile, discover_files, file_schema, resolve_filesystem
+
+logger = logging.getLogger(__name__)
 
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.null())
 
@@ -30,6 +36,8 @@ PREDICTION_COLUMNS = {
     "token-classify": ["entities"],
     "generate": ["generated_text", "generated_tokens"],
     "embed": ["embedding"],
+    "zero-shot-classify": ["labels", "scores"],
+    "sparse-embed": ["sparse_embedding", "sparse_nnz"],
 }
 
 
@@ -59,6 +67,9 @@ class ResolvedJob:
     drop_after_model: list[str] = field(default_factory=list)
     """Text columns the model stage still needs (token-classify) but the output does not."""
 
+    id_check_deferred: bool = False
+    """The input is too large for the driver-side id check: run the distributed one with Ray."""
+
     @property
     def total_rows(self) -> int:
         return sum(f.num_rows for f in self.files)
@@ -83,6 +94,8 @@ def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -
         if inp.id_column:
             wanted.append(("input.id_column", inp.id_column))
         wanted += [("input.passthrough_columns", c) for c in inp.passthrough_columns]
+        if inp.source_language_column:
+            wanted.append(("input.source_language_column", inp.source_language_column))
         for key, col in wanted:
             if col not in names:
                 raise PreflightError(
@@ -101,8 +114,17 @@ def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -
                 raise PreflightError(f"input.id_column: column {inp.id_column!r} in {f.path} has type {t}; use an integer or string id")
 
 
+def _duplicate_error(n_dup: int, examples: list) -> PreflightError:
+    shown = ", ".join(repr(v) for v in examples[:5])
+    return PreflightError(
+        f"input.id_column: {n_dup} ids occur more than once (e.g. {shown}); ids must be unique "
+        f"(or unset input.id_column to use generated <file>:<row> ids)"
+    )
+
+
 def check_unique_ids(fs: pafs.FileSystem, files: list[InputFile], id_column: str) -> None:
-    """Resume and the exactly-once check rely on unique ids: verify them (one column read)."""
+    """Resume and the exactly-once check rely on unique ids: verify them in driver memory (one
+    column read; for inputs up to ``input.unique_ids_driver_rows`` rows)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -118,11 +140,46 @@ def check_unique_ids(fs: pafs.FileSystem, files: list[InputFile], id_column: str
     counts = pc.value_counts(ids)
     dup = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(dup):
-        examples = ", ".join(repr(v) for v in dup.field("values")[:5].to_pylist())
-        raise PreflightError(
-            f"input.id_column: {len(dup)} ids occur more than once (e.g. {examples}); ids must be unique "
-            f"(or unset input.id_column to use generated <file>:<row> ids)"
-        )
+        raise _duplicate_error(len(dup), dup.field("values")[:5].to_pylist())
+
+
+def check_unique_ids_distributed(fs: pafs.FileSystem, files: list[InputFile], id_column: str) -> None:
+    """The same check as a Ray Data hash aggregation (``groupby(id).count()``): ids are shuffled
+    across the cluster's workers, and only the duplicates (at most a few) reach the driver, so
+    its memory does not grow with the row count."""
+    import pyarrow.compute as pc
+    import ray
+
+    ds = ray.data.read_parquet([f.path for f in files], filesystem=fs, columns=[id_column])
+    counts = ds.groupby(id_column).count()
+
+    def suspicious(t: pa.Table) -> pa.Table:
+        return t.filter(pc.or_kleene(pc.greater(t["count()"], 1), pc.is_null(t[id_column])))
+
+    dup = counts.map_batches(suspicious, batch_format="pyarrow", batch_size=None).materialize()  # only duplicates
+    found = dup.take(6)
+    if found:
+        if any(r[id_column] is None for r in found):
+            raise PreflightError("input.id_column: null ids in the input; every row needs an id")
+        raise _duplicate_error(dup.count(), [r[id_column] for r in found])
+
+
+def check_output_location(cfg: JobConfig, out_fs: pafs.FileSystem, out_path: str) -> None:
+    """Inputs and outputs never overlap, in any mode (see :mod:`.output_safety`)."""
+    paths = cfg.input.path if isinstance(cfg.input.path, list) else [cfg.input.path]
+    inputs = []
+    for raw in paths:
+        fs_i, p = resolve_filesystem(raw, cfg.input.filesystem)
+        inputs.append(location(fs_i, p, shown=raw))
+    outputs = [
+        ("output.path", location(out_fs, out_path, shown=cfg.output.path)),
+        ("the output's staging directory", location(out_fs, staging_path(out_path))),
+        ("the output's lock", location(out_fs, lock_path_for(out_path, "lock"))),
+    ]
+    try:
+        check_disjoint(inputs, outputs)
+    except UnsafeOutputError as e:
+        raise PreflightError(str(e)) from e
 
 
 def resolve_model(cfg: JobConfig):
@@ -144,7 +201,7 @@ def resolve_model(cfg: JobConfig):
         model_config = AutoConfig.from_pretrained(m.path, **kwargs)
     except Exception as e:  # noqa: BLE001 - any loading problem is reported with the key to fix
         raise PreflightError(f"model.path {m.path!r}: cannot load the model config ({type(e).__name__}: {e})") from e
-    auto = getattr(models, TASK_AUTO_CLASS[m.task])
+    auto = getattr(models, auto_class_name(m.task, model_config))
     try:
         auto._model_class(model_config)
     except ValueError as e:
@@ -168,28 +225,146 @@ def resolve_max_length(cfg: JobConfig, tokenizer: Any, model_config: Any, st: di
         if getattr(model_config, "model_type", "") in ("roberta", "camembert", "xlm-roberta"):
             positions -= 2  # position ids start after padding_idx
         limit = positions if limit is None else min(limit, positions)
+        new_tokens = cfg.task.generation.max_new_tokens
+        if cfg.model.task == "generate" and auto_class_name("generate", model_config) == "AutoModelForCausalLM" \
+                and new_tokens:
+            limit = min(limit, positions - new_tokens)  # a decoder-only prompt shares the positions with its continuation
     if limit is not None and limit < 2:
         raise PreflightError(f"tokenizer.max_length {limit} is too small")
     return limit
+
+
+@dataclass
+class ProcessingSpec:
+    """What the tokenizer and model stages need, resolved from the config alone (no input path):
+    shared by :func:`preflight` (whole jobs) and ``build_processor`` (any Ray Dataset)."""
+
+    config: JobConfig
+    tokenizer_path: str
+    max_length: Optional[int]
+    pad_token_id: int
+    model_type: str
+    task_options: dict = field(default_factory=dict)
+    drop_after_tokenize: list[str] = field(default_factory=list)
+    drop_after_model: list[str] = field(default_factory=list)
+
+
+def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Collection[str] = ()) -> ProcessingSpec:
+    """Model, tokenizer and task settings checked and resolved (clear errors, nothing read yet)."""
+    from rayformers.operators.loading import load_tokenizer
+
+    inp = cfg.input
+    model_config = resolve_model(cfg)
+    tok_path = cfg.tokenizer.path or cfg.model.path
+    try:
+        tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only, inp.source_language)
+    except Exception as e:  # noqa: BLE001
+        what = "input.source_language" if type(e).__name__ == "UnknownLanguageCodeError" else "cannot load"
+        raise PreflightError(f"tokenizer {tok_path!r}: {what} ({type(e).__name__}: {e})") from e
+    for key in ("source_language", "source_language_column"):
+        if getattr(inp, key) and not hasattr(tokenizer, "src_lang"):
+            raise PreflightError(
+                f"input.{key}={getattr(inp, key)!r}, but the tokenizer of {tok_path!r} has no language codes "
+                "(they exist for NLLB, mBART, mBART-50 and M2M100 checkpoints); remove it."
+            )
+    if inp.source_language and inp.source_language_column:
+        raise PreflightError("set input.source_language (one language for every row) or input.source_language_column "
+                             "(per row), not both")
+    st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
+    max_length = resolve_max_length(cfg, tokenizer, model_config, st)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model_config, "pad_token_id", None) or 0
+
+    task = cfg.model.task
+    t = cfg.task
+    text_needed_by_model = task in ("token-classify", "zero-shot-classify")
+    options: dict
+    if task == "classify":
+        options = {"top_k": t.top_k, "function_to_apply": t.function_to_apply, "threshold": t.threshold}
+    elif task == "embed":
+        pooling = st.get("pooling", "mean") if t.pooling == "auto" else t.pooling
+        normalize = st.get("normalize", False) if t.normalize is None else t.normalize
+        options = {"pooling": pooling, "normalize": normalize}
+    elif task == "token-classify":
+        if not getattr(model_config, "id2label", None):
+            raise PreflightError(f"model.path {cfg.model.path!r} has no id2label; token-classify needs label names")
+        options = {
+            "text_column": inp.text_column,
+            "tokenizer_path": tok_path,
+            "aggregation_strategy": t.aggregation_strategy,
+            "ignore_labels": list(t.ignore_labels),
+        }
+    elif task == "zero-shot-classify":
+        options = zero_shot_options(cfg, model_config, tok_path, max_length)
+    elif task == "sparse-embed":
+        if t.sparse_top_k is not None and t.sparse_top_k < 1:
+            raise PreflightError(f"task.sparse_top_k must be at least 1 (or unset), got {t.sparse_top_k}")
+        options = {"threshold": t.sparse_threshold, "top_k": t.sparse_top_k, "with_tokens": t.sparse_tokens,
+                   "tokenizer_path": tok_path}
+    else:
+        options = {
+            "generation": t.generation.generate_kwargs(),
+            "max_batch_size": t.generation.max_batch_size,
+            "tokenizer_path": tok_path,
+        }
+        if t.target_language:
+            from rayformers.operators.loading import forced_target_language_id
+
+            try:
+                options["generation"]["forced_bos_token_id"] = forced_target_language_id(tokenizer, t.target_language)
+            except ValueError as e:
+                raise PreflightError(f"task.target_language: {e}") from e
+    if t.target_language and task != "generate":
+        raise PreflightError(f"task.target_language is for model.task generate, not {task}")
+
+    keep = set(keep_columns)
+    if keep_text:
+        keep.add(inp.text_column)
+    drop = [c for c in (inp.text_column, inp.text_pair_column, inp.source_language_column) if c and c not in keep]
+    return ProcessingSpec(
+        config=cfg,
+        tokenizer_path=tok_path,
+        max_length=max_length,
+        pad_token_id=int(pad),
+        model_type=getattr(model_config, "model_type", "?"),
+        task_options=options,
+        drop_after_tokenize=[] if text_needed_by_model else drop,
+        drop_after_model=drop if text_needed_by_model else [],
+    )
+
+
+def resolve_model_reference_in_config(cfg: JobConfig) -> None:
+    """`runs/<name>@best` / `@latest` / `@step-N`: a checkpoint of a `rayformers train` run."""
+    if "@" not in cfg.model.path:
+        return
+    from rayformers.models.checkpoint_refs import resolve_model_reference
+
+    try:
+        cfg.model.path = resolve_model_reference(cfg.model.path)
+    except Exception as e:  # noqa: BLE001 - any failure is a config problem to report
+        raise PreflightError(f"model.path {cfg.model.path!r}: {e}") from e
 
 
 def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> ResolvedJob:
     """Validate everything that can be validated without Ray; resolve operator settings.
 
     ``input_files`` restricts the job to those files of ``input.path`` (see ``discover_files``)."""
-    from rayformers.operators.loading import load_tokenizer
-
     inp, out = cfg.input, cfg.output
-    if "@" in cfg.model.path:
-        # `runs/<name>@best` / `@latest` / `@step-N`: a checkpoint of a `rayformers train` run.
-        from rayformers.jobs.checkpoints import resolve_model_reference
-
-        try:
-            cfg.model.path = resolve_model_reference(cfg.model.path)
-        except Exception as e:  # noqa: BLE001 - any failure is a config problem to report
-            raise PreflightError(f"model.path {cfg.model.path!r}: {e}") from e
+    resolve_model_reference_in_config(cfg)
     if not out.path:
         raise PreflightError("output.path is empty: set where predictions are written")
+    for key, value in (
+        ("compute.batch_size", cfg.compute.block_rows()),
+        ("compute.read_rows_per_task", cfg.compute.read_rows_per_task),
+        ("output.stage_rows", out.stage_rows),
+        ("output.target_file_mb", out.target_file_mb),
+        ("output.lock_ttl_s", out.lock_ttl_s),
+    ):
+        if not value > 0:
+            raise PreflightError(f"{key} must be positive, got {value}")
+    out_fs, out_path = resolve_filesystem(out.path, out.filesystem)
+    check_output_location(cfg, out_fs, out_path)
     if not inp.text_column:
         raise PreflightError("input.text_column is empty")
     id_generated = inp.id_column is None
@@ -209,57 +384,20 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         raise PreflightError(str(e)) from e
     check_columns(cfg, fs, files)
 
+    id_check_deferred = False
     if inp.id_column and inp.check_unique_ids:
-        check_unique_ids(fs, files, inp.id_column)
+        if sum(f.num_rows for f in files) <= inp.unique_ids_driver_rows:
+            check_unique_ids(fs, files, inp.id_column)
+        else:
+            id_check_deferred = True  # run() checks with Ray once it is up, before any scoring
 
-    model_config = resolve_model(cfg)
-    tok_path = cfg.tokenizer.path or cfg.model.path
-    try:
-        tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only)
-    except Exception as e:  # noqa: BLE001
-        raise PreflightError(f"tokenizer {tok_path!r}: cannot load ({type(e).__name__}: {e})") from e
-    st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
-    max_length = resolve_max_length(cfg, tokenizer, model_config, st)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(model_config, "pad_token_id", None) or 0
-
-    task = cfg.model.task
-    t = cfg.task
-    text_needed_by_model = task == "token-classify"
-    options: dict
-    if task == "classify":
-        options = {"top_k": t.top_k, "function_to_apply": t.function_to_apply, "threshold": t.threshold}
-    elif task == "embed":
-        pooling = st.get("pooling", "mean") if t.pooling == "auto" else t.pooling
-        normalize = st.get("normalize", False) if t.normalize is None else t.normalize
-        options = {"pooling": pooling, "normalize": normalize}
-    elif task == "token-classify":
-        if not getattr(model_config, "id2label", None):
-            raise PreflightError(f"model.path {cfg.model.path!r} has no id2label; token-classify needs label names")
-        options = {
-            "text_column": inp.text_column,
-            "tokenizer_path": tok_path,
-            "aggregation_strategy": t.aggregation_strategy,
-            "ignore_labels": list(t.ignore_labels),
-        }
-    else:
-        options = {
-            "generation": t.generation.generate_kwargs(),
-            "max_batch_size": t.generation.max_batch_size,
-            "tokenizer_path": tok_path,
-        }
+    spec = resolve_processing(cfg, keep_text=out.keep_text, keep_columns=(id_column, *inp.passthrough_columns))
 
     read_columns: list[str] = []
-    for c in [inp.id_column, inp.text_column, inp.text_pair_column, *inp.passthrough_columns]:
+    for c in [inp.id_column, inp.text_column, inp.text_pair_column, inp.source_language_column,
+              *inp.passthrough_columns]:
         if c and c not in read_columns:
             read_columns.append(c)
-    keep = set(inp.passthrough_columns) | {id_column}
-    if out.keep_text:
-        keep.add(inp.text_column)
-    drop = [c for c in (inp.text_column, inp.text_pair_column) if c and c not in keep]
-
-    out_fs, out_path = resolve_filesystem(out.path, out.filesystem)
     job = ResolvedJob(
         config=cfg,
         input_fs=fs,
@@ -269,20 +407,67 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         id_generated=id_generated,
         output_fs=out_fs,
         output_path=out_path,
-        tokenizer_path=tok_path,
-        max_length=max_length,
-        pad_token_id=int(pad),
-        model_type=getattr(model_config, "model_type", "?"),
-        task_options=options,
-        drop_after_tokenize=[] if text_needed_by_model else drop,
-        drop_after_model=drop if text_needed_by_model else [],
+        tokenizer_path=spec.tokenizer_path,
+        max_length=spec.max_length,
+        pad_token_id=spec.pad_token_id,
+        model_type=spec.model_type,
+        task_options=spec.task_options,
+        drop_after_tokenize=spec.drop_after_tokenize,
+        drop_after_model=spec.drop_after_model,
+        id_check_deferred=id_check_deferred,
     )
     return job
+
+
+TOKENIZERS_PER_MODEL_ACTOR = {"cpu": 1, "gpu": 4}
+"""Default tokenizer actors per model actor (see ``compute.tokenizer_max_actors``)."""
+
+
+def size_tokenizer_pool(cfg: JobConfig, total_cpus: float) -> int:
+    """Fill in ``compute.tokenizer_max_actors`` when unset: sized to the model pool, within the
+    CPUs left once model actors and one read/write task have theirs."""
+    c = cfg.compute
+    if c.tokenizer_max_actors is None:
+        per = TOKENIZERS_PER_MODEL_ACTOR["gpu" if c.model_num_gpus else "cpu"]
+        free = total_cpus - c.model_max_actors * c.model_num_cpus - c.io_num_cpus
+        fits = int(free // c.tokenizer_num_cpus) if c.tokenizer_num_cpus > 0 else per * c.model_max_actors
+        c.tokenizer_max_actors = max(c.tokenizer_min_actors, min(per * c.model_max_actors, fits))
+    return c.tokenizer_max_actors
+
+
+def zero_shot_options(cfg: JobConfig, model_config, tok_path: str, max_length: Optional[int]) -> dict:
+    """Validate the zero-shot settings against the NLI checkpoint (before any row is read)."""
+    t = cfg.task
+    labels = t.candidate_labels
+    if not labels or not all(isinstance(label, str) and label.strip() for label in labels):
+        raise PreflightError(f"task.candidate_labels must be a non-empty list of label names for zero-shot-classify, "
+                             f"got {labels!r}")
+    if t.hypothesis_template.format(labels[0]) == t.hypothesis_template:
+        raise PreflightError(f"task.hypothesis_template {t.hypothesis_template!r} has no {{}} where the label goes")
+    if cfg.input.text_pair_column:
+        raise PreflightError("input.text_pair_column cannot be used with zero-shot-classify: the second text of each "
+                             "pair is the hypothesis built from task.hypothesis_template")
+    id2label = getattr(model_config, "id2label", None) or {}
+    if len(id2label) < 2:
+        raise PreflightError(f"model.path {cfg.model.path!r} has {len(id2label)} labels; zero-shot-classify needs an NLI "
+                             "checkpoint (entailment / neutral / contradiction)")
+    if not any(str(name).lower().startswith("entail") for name in id2label.values()):
+        logger.warning("model.path %r has no label starting with 'entail' (%s); as transformers, the last label is "
+                       "taken as entailment", cfg.model.path, sorted(map(str, id2label.values())))
+    return {
+        "candidate_labels": list(labels),
+        "hypothesis_template": t.hypothesis_template,
+        "multi_label": t.multi_label,
+        "text_column": cfg.input.text_column,
+        "tokenizer_path": tok_path,
+        "max_length": max_length,
+    }
 
 
 def check_cluster_cpus(cfg: JobConfig, total_cpus: float) -> None:
     """Refuse a plan whose actors reserve the CPUs that read and write tasks need (it would hang)."""
     c = cfg.compute
+    size_tokenizer_pool(cfg, total_cpus)
     reserved = c.tokenizer_max_actors * c.tokenizer_num_cpus + c.model_max_actors * c.model_num_cpus
     if reserved + c.io_num_cpus > total_cpus + 1e-9:
         raise PreflightError(

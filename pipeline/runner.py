@@ -19,6 +19,7 @@ from .commit import (
     MANIFEST,
     ErrorBudgetExceeded,
     collect_staged,
+    compact_staged,
     make_datasink,
     prepare_output,
     publish,
@@ -26,8 +27,10 @@ from .commit import (
     write_failed_manifest,
 )
 from .config import JobConfig, load_config
-from .preflight import ResolvedJob, check_cluster_cpus, preflight
+from .locks import output_lock
+from .preflight import ResolvedJob, check_cluster_cpus, check_unique_ids_distributed, preflight
 from .report import JobReport
+from .source import row_groups_of
 
 logger = logging.getLogger("rayformers.pipeline")
 
@@ -59,7 +62,7 @@ def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
         "input_rows": job.total_rows,
         "output_rows": counts.rows,
         "error_rows": counts.errors,
-        "output_files": counts.files,
+        "output_files": counts.manifest_files(),
         "report": report,
         "versions": {"ray": ray.__version__, "python": platform.python_version()},
     }
@@ -90,16 +93,26 @@ def run(
     start = time.perf_counter()
     cfg = config if isinstance(config, JobConfig) and not overrides else load_config(config, overrides)
     job = preflight(cfg, input_files)
-    fingerprint = cfg.fingerprint()
     ensure_ray(ray_init_kwargs)
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
+    if job.id_check_deferred:
+        check_unique_ids_distributed(job.input_fs, job.files, cfg.input.id_column)
+    # One writer per output: taken before anything under the output is touched.
+    with output_lock(job.output_fs, job.output_path, ttl_s=cfg.output.lock_ttl_s) as lock:
+        return _run_locked(job, start, lock, before_publish)
+
+
+def _run_locked(job: ResolvedJob, start: float, lock, before_publish) -> JobReport:
+    cfg = job.config
+    fingerprint = cfg.fingerprint()
+    units = {g.key: g.num_rows for g in row_groups_of(job.files)}
     state = prepare_output(
         job.output_fs,
         job.output_path,
         cfg.output.mode,
         fingerprint,
-        job.id_column,
         {"config": cfg.to_dict(), "started_at": datetime.now(timezone.utc).isoformat()},
+        plan_units=units,
     )
     if state.already_complete:
         m = read_manifest(job.output_fs, job.output_path) or {}
@@ -116,15 +129,13 @@ def run(
             message="output already complete for this configuration; nothing to do",
         )
 
-
-    skip_ref = ray.put(state.done_ids) if state.done_ids is not None and len(state.done_ids) else None
     stage: dict = {}
     results: list = []
     if state.resumed_rows < job.total_rows:
-        from .plan import build_dataset
+        from .dataflow import build_dataset
 
-        ds = build_dataset(job, skip_ref)
-        sink = make_datasink(job.output_fs, state.data_dir, job.id_column, cfg.output.compression)
+        ds = build_dataset(job, state.done)
+        sink = make_datasink(job.output_fs, state.data_dir, cfg.output.compression, cfg.output.stage_rows)
         t0 = time.perf_counter()
         ds.write_datasink(sink, ray_remote_args={"num_cpus": cfg.compute.io_num_cpus})
         stage["plan"] = time.perf_counter() - t0
@@ -136,7 +147,7 @@ def run(
     tokens = sum(r["tokens"] for r in results)
 
     t0 = time.perf_counter()
-    counts = collect_staged(job.output_fs, state.data_dir, job.id_column, job.total_rows)
+    counts = collect_staged(job.output_fs, state.data_dir, units, compression=cfg.output.compression)
     wall = time.perf_counter() - start
     report = JobReport(
         status="succeeded",
@@ -162,12 +173,17 @@ def run(
             f"the budget and re-run with output.mode=resume (rows already written are not scored again)."
         )
         raise ErrorBudgetExceeded(report.message, report)
+    counts = compact_staged(
+        job.output_fs, state.data_dir, counts, cfg.output.target_file_mb << 20, cfg.output.compression,
+        cfg.compute.io_num_cpus,
+    )
     stage["finalize"] = time.perf_counter() - t0
     report.wall_s = time.perf_counter() - start
     manifest = _manifest(job, counts, "succeeded", report.to_dict())
     if before_publish is not None:
         before_publish(report)
-    publish(state, manifest)
+    lock.verify()
+    publish(state, manifest, counts.files)
     report.manifest_path = posixpath.join(job.output_path, MANIFEST)
     return report
 

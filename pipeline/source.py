@@ -65,6 +65,10 @@ class InputFile:
     num_rows: int
     row_group_rows: list[int]
     partition: dict = field(default_factory=dict)
+    size: int = 0
+    """Bytes and modification time at discovery: with the path they are the file's version, part
+    of every read unit's identity, so staged rows of an older version are never resumed."""
+    mtime_ns: int = 0
 
 
 def _hive_partition(relpath: str) -> dict:
@@ -150,10 +154,10 @@ def discover_files(
         if not listed:
             what = ": the glob matches no files" if _is_glob(path) else " is a directory without Parquet files"
             raise InputError(f"input.path {raw!r}{what}")
-        found = [(info.path, rel) for info, _, rel in listed]
+        found = [(info.path, rel, info) for info, _, rel in listed]
         if only is not None:
-            found = [(p, rel) for p, rel in found if p in wanted]
-        for p, rel in sorted(found):
+            found = [(p, rel, info) for p, rel, info in found if p in wanted]
+        for p, rel, info in sorted(found, key=lambda x: x[:2]):
             try:
                 meta = pq.ParquetFile(p, filesystem=fs_i).metadata
             except Exception as e:  # noqa: BLE001 - report which file is broken
@@ -166,6 +170,8 @@ def discover_files(
                     num_rows=meta.num_rows,
                     row_group_rows=rg,
                     partition=_hive_partition(rel) if partitioning == "hive" else {},
+                    size=int(info.size or 0),
+                    mtime_ns=int(info.mtime_ns or 0),
                 )
             )
     if only is not None:
@@ -219,26 +225,123 @@ def read_unit(
     unit: ReadUnit,
     columns: list[str],
     id_column: Optional[str],
-    skip_ids: Optional[pa.Array] = None,
 ) -> pa.Table:
-    """Read one unit with only ``columns``; add the generated id; drop ids already done."""
-    f = unit.file
-    file_cols = [c for c in columns if c not in f.partition]
-    table = pq.ParquetFile(f.path, filesystem=fs).read_row_groups(unit.row_groups, columns=file_cols)
-    for k, v in f.partition.items():
-        if k in columns and k not in table.column_names:
-            table = table.append_column(k, pa.array([v] * table.num_rows, type=pa.string()))
-    table = table.select(columns)
-    if id_column is None:
-        ids = [f"{f.relpath}:{unit.first_row + i}" for i in range(table.num_rows)]
-        table = table.append_column(ID_COLUMN, pa.array(ids, type=pa.string()))
-    if skip_ids is not None and len(skip_ids):
-        import pyarrow.compute as pc
+    """Read one unit whole with only ``columns`` and the generated id (training data, tests)."""
+    parts = [t for _, t in iter_row_group_slices(fs, unit.file, unit.row_groups, columns, id_column, 1 << 62)]
+    return pa.concat_tables(parts) if parts else pa.table({})
 
-        key = table.column(id_column or ID_COLUMN)
-        keep = pc.invert(pc.is_in(key, value_set=skip_ids.cast(key.type)))
-        table = table.filter(keep)
-    return table
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline's read: row groups in slices, each row tagged with its place (see commit.py)
+
+UNIT_COLUMN = "__rf_unit"
+"""Hidden column: the row's verification unit (``RowGroup.key``: file version + row group)."""
+ROW_COLUMN = "__rf_row"
+"""Hidden column: the row's index inside its row group."""
+HIDDEN_COLUMNS = (UNIT_COLUMN, ROW_COLUMN)
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """The unit of exactly-once accounting: one row group of one version of one file.
+
+    Its row count comes from the footer, so the driver can check that the staged output tiles it
+    (no gap, no overlap) without ever seeing a row id: memory and time grow with the number of
+    row groups, not rows."""
+
+    file: InputFile
+    index: int
+    first_row: int
+    num_rows: int
+
+    @property
+    def key(self) -> str:
+        return row_group_key(self.file, self.index)
+
+
+def row_group_key(f: InputFile, index: int) -> str:
+    """Stable identity of row group ``index`` of this version of ``f`` (see :class:`RowGroup`)."""
+    return f"{f.path}@{f.size}:{f.mtime_ns}#rg{index}"
+
+
+def row_groups_of(files: list[InputFile]) -> list[RowGroup]:
+    """Every row group of ``files`` in read order (empty groups included: they tile trivially)."""
+    groups = []
+    for f in files:
+        first = 0
+        for i, n in enumerate(f.row_group_rows):
+            groups.append(RowGroup(f, i, first, n))
+            first += n
+    return groups
+
+
+def _generated_ids(relpath: str, first: int, n: int) -> pa.Array:
+    """``<relpath>:<row>`` for rows ``first .. first+n-1``, built by Arrow kernels, not per row."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    rows = pc.cast(pa.array(np.arange(first, first + n, dtype=np.int64)), pa.string())
+    return pc.binary_join_element_wise(pa.scalar(f"{relpath}:"), rows, "")
+
+
+def _keep_mask(start: int, n: int, done: list[tuple[int, int]]):
+    """Boolean mask of rows ``start .. start+n-1`` not covered by the ``done`` row ranges."""
+    import numpy as np
+
+    keep = np.ones(n, dtype=bool)
+    for a, b in done:
+        lo, hi = max(a, start), min(b, start + n)
+        if lo < hi:
+            keep[lo - start : hi - start] = False
+    return keep
+
+
+def iter_row_group_slices(
+    fs: pafs.FileSystem,
+    f: InputFile,
+    row_groups: list[int],
+    columns: list[str],
+    id_column: Optional[str],
+    slice_rows: int,
+    done: Optional[dict] = None,
+    tag: bool = False,
+) -> Iterable[tuple[int, pa.Table]]:
+    """Stream ``row_groups`` of ``f`` as tables of at most ``slice_rows`` rows.
+
+    Each table has ``columns``, the generated id when ``id_column`` is unset, and (``tag``) the
+    hidden unit/row columns. ``done`` maps a row group index to row ranges already staged by an
+    earlier attempt: those rows are dropped here, so a resume rescoring nothing it has."""
+    import numpy as np
+
+    file_cols = [c for c in columns if c not in f.partition]
+    pf = pq.ParquetFile(f.path, filesystem=fs)
+    first_of = [0]
+    for n in f.row_group_rows:
+        first_of.append(first_of[-1] + n)
+    for g in row_groups:
+        group_done = (done or {}).get(g) or []
+        if sum(b - a for a, b in group_done) >= f.row_group_rows[g]:
+            continue  # staged whole: not even read
+        start = 0
+        for batch in pf.iter_batches(batch_size=slice_rows, row_groups=[g], columns=file_cols, use_threads=False):
+            table = pa.Table.from_batches([batch])
+            n = batch.num_rows
+            for k, v in f.partition.items():
+                if k in columns and k not in table.column_names:
+                    table = table.append_column(k, pa.repeat(pa.scalar(v, pa.string()), n))
+            table = table.select(columns)
+            if id_column is None:
+                table = table.append_column(ID_COLUMN, _generated_ids(f.relpath, first_of[g] + start, n))
+            if tag:
+                key = row_group_key(f, g)
+                table = table.append_column(UNIT_COLUMN, pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(n, dtype=np.int32)), pa.array([key])))
+                table = table.append_column(ROW_COLUMN, pa.array(np.arange(start, start + n, dtype=np.int64)))
+            if group_done:
+                table = table.filter(pa.array(_keep_mask(start, n, group_done)))
+            start += n
+            if table.num_rows:
+                yield g, table
 
 
 def make_datasource(
@@ -246,21 +349,28 @@ def make_datasource(
     files: list[InputFile],
     columns: list[str],
     id_column: Optional[str],
-    skip_ids_ref=None,
+    done: Optional[dict] = None,
     block_rows: int = 256,
-    blocks_per_task: int = 8,
+    rows_per_task: int = 65536,
 ):
-    """A Ray Data ``Datasource`` reading ``files`` unit by unit (imported lazily: Ray is heavy).
+    """A Ray Data ``Datasource`` reading ``files`` (imported lazily: Ray is heavy).
 
-    Each read task yields blocks of at most ``block_rows`` rows. A block then stays one unit of
-    work through tokenizer and model to one staged part file, so ``block_rows`` (the job's
-    ``compute.batch_size``) is also the granularity of resume: a crash loses at most the blocks
-    in flight."""
-    import ray
+    One read task covers consecutive row groups of one file, about ``rows_per_task`` rows (a
+    single bigger row group is one task, streamed in slices, never held whole). Every row carries
+    its row group and index (:data:`HIDDEN_COLUMNS`); ``done`` (row group key → staged row ranges,
+    from an interrupted attempt) is cut down to each task's own groups. Tasks whose rows are all
+    staged are not created at all."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
-    units = plan_units(files, block_rows * blocks_per_task)
+    done = done or {}
+    tasks_spec = []
+    for unit in plan_units(files, rows_per_task):
+        keys = {g: row_group_key(unit.file, g) for g in unit.row_groups}
+        mine = {g: done[k] for g, k in keys.items() if k in done}
+        remaining = unit.num_rows - sum(b - a for r in mine.values() for a, b in r)
+        if remaining > 0:
+            tasks_spec.append((unit, mine, remaining))
 
     class ParquetRowGroupDatasource(Datasource):
         def estimate_inmemory_data_size(self) -> Optional[int]:
@@ -271,21 +381,19 @@ def make_datasource(
 
         @property
         def num_units(self) -> int:
-            return len(units)
+            return len(tasks_spec)
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
             tasks = []
-            for unit in units:
+            for unit, mine, remaining in tasks_spec:
 
-                def read_fn(unit: ReadUnit = unit) -> Iterable[pa.Table]:
-                    skip = ray.get(skip_ids_ref) if skip_ids_ref is not None else None
-                    table = read_unit(fs, unit, columns, id_column, skip)
-                    for offset in range(0, table.num_rows, block_rows):
-                        yield table.slice(offset, block_rows)
+                def read_fn(unit: ReadUnit = unit, mine: dict = mine) -> Iterable[pa.Table]:
+                    for _, table in iter_row_group_slices(
+                        fs, unit.file, unit.row_groups, columns, id_column, block_rows, mine, tag=True
+                    ):
+                        yield table
 
-                meta = BlockMetadata(
-                    num_rows=unit.num_rows, size_bytes=None, exec_stats=None, input_files=[unit.file.path]
-                )
+                meta = BlockMetadata(num_rows=remaining, size_bytes=None, exec_stats=None, input_files=[unit.file.path])
                 tasks.append(ReadTask(read_fn, meta))
             return tasks
 

@@ -130,3 +130,54 @@ def tiny_bert(path, hidden: int = 32, layers: int = 1, head: str = "BertModel", 
     )
     getattr(transformers, head)(cfg).eval().save_pretrained(path)
     return with_minilm_tokenizer(path)
+
+
+# ---------------------------------------------------------------- per-head inputs
+
+
+def head_inputs(task: str, make_batch, num_labels: int) -> dict:
+    """`make_batch(seed=...)` (padded input_ids / attention_mask / ...) plus what the head of `task`
+    takes: labels (-100 on padding), QA spans (one out of range), or two choices per row."""
+    batch = make_batch(seed=0)
+    if task == "multiple_choice":
+        other = make_batch(seed=1)
+        batch = {k: torch.stack([batch[k], other[k]], dim=1) for k in batch}
+        batch["labels"] = torch.tensor([1, 0, 1])
+    elif task == "sequence_classification":
+        batch["labels"] = torch.tensor([0, 1, 1])
+    elif task == "token_classification":
+        batch["labels"] = (batch["input_ids"] % num_labels).masked_fill(batch["attention_mask"] == 0, -100)
+    elif task == "question_answering":
+        batch["start_positions"] = torch.tensor([1, 3, 50])
+        batch["end_positions"] = torch.tensor([2, 5, 0])
+    elif task == "masked_lm":
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return batch
+
+
+def saved_reference_cache(tmp_path_factory, family: str, build):
+    """`get(task) -> (reference model, its saved directory)`: each head built by `build(task)` and
+    saved by transformers once per test module."""
+    cache = {}
+
+    def get(task: str):
+        if task not in cache:
+            reference = build(task)
+            path = tmp_path_factory.mktemp(f"{family}-{task}")
+            reference.save_pretrained(path)
+            cache[task] = (reference, path)
+        return cache[task]
+
+    return get
+
+
+def assert_same_gradients(reference, model, inputs, atol=ATOL):
+    """One training-mode backward of the loss in each; every parameter's gradient agrees (dropout
+    must be off in both configs)."""
+    reference.train(), model.train()
+    reference(**inputs).loss.backward()
+    model(**inputs).loss.backward()
+    theirs = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"{name}: no gradient"
+        torch.testing.assert_close(param.grad, theirs[name].grad, rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")

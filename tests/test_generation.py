@@ -280,13 +280,13 @@ def test_bad_inputs_raise_clear_errors(checkpoints):
         list(stream_generate(ours, [("a", [5, 120])], max_new_tokens=3))
 
 
-def test_decoder_only_models_are_refused_clearly():
+def test_models_without_the_decoder_only_contract_are_refused_clearly():
     from rayformers.models.generation import GenerationMixin
 
     class Decoder(GenerationMixin):
         config = transformers.BertConfig(is_decoder=True)
 
-    with pytest.raises(NotImplementedError, match="only encoder-decoder models"):
+    with pytest.raises(NotImplementedError, match="does not declare the decoder-only generation contract"):
         Decoder().generate(torch.tensor([[1, 2]]))
 
 

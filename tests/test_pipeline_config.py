@@ -17,9 +17,10 @@ from rayformers.pipeline.commit import (
     IncompleteOutputError,
     OutputError,
     collect_staged,
-    part_name,
+    compact_staged,
     prepare_output,
     publish,
+    read_staged,
     staging_path,
     write_part,
 )
@@ -35,7 +36,15 @@ from rayformers.pipeline.config import (
     parse_overrides,
 )
 from rayformers.pipeline.preflight import PreflightError, check_cluster_cpus
-from rayformers.pipeline.source import discover_files, plan_units, read_unit
+from rayformers.pipeline.source import (
+    ROW_COLUMN,
+    UNIT_COLUMN,
+    discover_files,
+    iter_row_group_slices,
+    plan_units,
+    read_unit,
+    row_group_key,
+)
 
 
 def write_yaml(tmp_path, text: str):
@@ -135,80 +144,151 @@ def test_discovery_dirs_globs_hive_and_stable_ids(tmp_path):
     ids = [i for t in tables for i in t.column("id").to_pylist()]
     assert ids[:4] == ["lang=en/a.parquet:0", "lang=en/a.parquet:1", "lang=en/a.parquet:2", "lang=en/a.parquet:3"]
     assert len(set(ids)) == 20 and tables[0].column("lang")[0].as_py() == "en"
-    skip = pa.array(["lang=en/a.parquet:1"])
-    assert read_unit(fs, units[0], ["text"], None, skip).column("id").to_pylist() == ["lang=en/a.parquet:0", "lang=en/a.parquet:2"]
+    # resume: rows 1 and 3-5 of row group 0, and all of row group 1, were staged before
+    sliced = list(iter_row_group_slices(fs, files[0], [0, 1, 2], ["text"], None, 2, done={0: [(1, 2)], 1: [(0, 3)]}))
+    assert [g for g, _ in sliced] == [0, 0, 2, 2]
+    assert [t.column("id").to_pylist() for _, t in sliced] == [
+        ["lang=en/a.parquet:0"], ["lang=en/a.parquet:2"], ["lang=en/a.parquet:6", "lang=en/a.parquet:7"],
+        ["lang=en/a.parquet:8"],
+    ]
     with pytest.raises(ValueError, match="does not exist"):
         discover_files(str(tmp_path / "missing"))
 
 
 # --- commit protocol ---------------------------------------------------------------------------
 
+U1, U2 = "/in/a.parquet@100:7#rg0", "/in/a.parquet@100:7#rg1"
 
-def part(ids, errors=None):
+
+def part(ids, errors=None, unit=U1, start=0):
+    """A block as the model stage emits it: predictions plus each row's place in the input."""
     errors = errors or [None] * len(ids)
-    return pa.table({"id": ids, "label": ["x"] * len(ids), "num_tokens": [3] * len(ids), "error": pa.array(errors, pa.string())})
+    return pa.table({
+        "id": ids, "label": ["x"] * len(ids), "num_tokens": [3] * len(ids), "error": pa.array(errors, pa.string()),
+        UNIT_COLUMN: pa.array([unit] * len(ids)), ROW_COLUMN: pa.array(range(start, start + len(ids)), pa.int64()),
+    })
+
+
+def test_big_row_group_streams_in_slices_tagged_with_their_place(tmp_path):
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(1000)]}), tmp_path / "one.parquet", row_group_size=10_000)
+    fs, files = discover_files(str(tmp_path / "one.parquet"))
+    assert files[0].row_group_rows == [1000]
+    sliced = [t for _, t in iter_row_group_slices(fs, files[0], [0], ["text"], None, 256, tag=True)]
+    assert [t.num_rows for t in sliced] == [256, 256, 256, 232]
+    key = row_group_key(files[0], 0)
+    assert sliced[1].column(UNIT_COLUMN).cast(pa.string()).unique().to_pylist() == [key]
+    assert sliced[1].column(ROW_COLUMN).to_pylist() == list(range(256, 512))
+    assert sliced[3].column("id")[0].as_py() == "one.parquet:768"
 
 
 def test_stage_publish_manifest_success_and_modes(tmp_path):
     fs = pafs.LocalFileSystem()
     out = str(tmp_path / "out")
-    st = prepare_output(fs, out, "error-if-exists", "fp1", "id", {})
+    units = {U1: 3}
+    st = prepare_output(fs, out, "error-if-exists", "fp1", {})
     assert st.data_dir.startswith(staging_path(out))
-    write_part(fs, st.data_dir, part(["a", "b"]), "id", "snappy")
-    write_part(fs, st.data_dir, part(["c"], ["text: empty"]), "id", "snappy")
-    counts = collect_staged(fs, st.data_dir, "id", expected_rows=3)
+    write_part(fs, st.data_dir, part(["b", "c"], start=1), "snappy")
+    write_part(fs, st.data_dir, part(["a"], ["text: empty"]), "snappy")
+    counts = collect_staged(fs, st.data_dir, units)
     assert (counts.rows, counts.errors, counts.tokens) == (3, 1, 9)
-    publish(st, {"config_fingerprint": "fp1", "output_rows": 3})
+    assert UNIT_COLUMN not in pq.read_table(st.data_dir).column_names
+    publish(st, {"config_fingerprint": "fp1", "output_rows": 3}, counts.files)
     assert (tmp_path / "out" / SUCCESS).exists()
-    assert json.loads((tmp_path / "out" / "_manifest.json").read_text())["output_rows"] == 3
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["output_rows"] == 3 and sum(f["rows"] for f in manifest["output_files"]) == 3
     assert not (tmp_path / ".out.rayformers-staging").exists()
     with pytest.raises(OutputError, match="already exists"):
-        prepare_output(fs, out, "error-if-exists", "fp1", "id", {})
-    assert prepare_output(fs, out, "resume", "fp1", "id", {}).already_complete
+        prepare_output(fs, out, "error-if-exists", "fp1", {})
+    assert prepare_output(fs, out, "resume", "fp1", {}).already_complete
     with pytest.raises(OutputError, match="different configuration"):
-        prepare_output(fs, out, "resume", "fp2", "id", {})
-    st2 = prepare_output(fs, out, "overwrite", "fp2", "id", {})
-    write_part(fs, st2.data_dir, part(["z"]), "id", "snappy")
-    publish(st2, {"config_fingerprint": "fp2"})
+        prepare_output(fs, out, "resume", "fp2", {})
+    st2 = prepare_output(fs, out, "overwrite", "fp2", {})
+    write_part(fs, st2.data_dir, part(["z"]), "snappy")
+    publish(st2, {"config_fingerprint": "fp2"}, collect_staged(fs, st2.data_dir, {U1: 1}).files)
     assert pq.read_table(out).column("id").to_pylist() == ["z"]
 
 
-def test_resume_reads_staged_ids_and_refuses_changed_config(tmp_path):
+def test_resume_skips_staged_ranges_and_refuses_changed_config_or_input(tmp_path):
     fs = pafs.LocalFileSystem()
     out = str(tmp_path / "out")
-    st = prepare_output(fs, out, "error-if-exists", "fp1", "id", {})
-    write_part(fs, st.data_dir, part(["a", "b"]), "id", "snappy")
+    st = prepare_output(fs, out, "error-if-exists", "fp1", {})
+    write_part(fs, st.data_dir, part(["a", "b"]), "snappy")
+    write_part(fs, st.data_dir, part(["e"], unit=U2, start=1), "snappy")
     (tmp_path / ".out.rayformers-staging" / "data" / ".tmp-dead-part.parquet").write_bytes(b"PAR1 half")
     with pytest.raises(OutputError, match="interrupted run"):
-        prepare_output(fs, out, "error-if-exists", "fp1", "id", {})
+        prepare_output(fs, out, "error-if-exists", "fp1", {})
     with pytest.raises(OutputError, match="different configuration"):
-        prepare_output(fs, out, "resume", "fp9", "id", {})
-    st2 = prepare_output(fs, out, "resume", "fp1", "id", {})
-    assert sorted(st2.done_ids.to_pylist()) == ["a", "b"]
+        prepare_output(fs, out, "resume", "fp9", {})
+    with pytest.raises(OutputError, match="not in the input as it is now"):
+        prepare_output(fs, out, "resume", "fp1", {}, plan_units={U1: 3})
+    st2 = prepare_output(fs, out, "resume", "fp1", {}, plan_units={U1: 3, U2: 2})
+    assert st2.done == {U1: [(0, 2)], U2: [(1, 2)]} and st2.resumed_rows == 3
     assert not (tmp_path / ".out.rayformers-staging" / "data" / ".tmp-dead-part.parquet").exists()
-    with pytest.raises(IncompleteOutputError, match="1 of 3 input rows are missing"):
-        collect_staged(fs, st2.data_dir, "id", expected_rows=3)
+    with pytest.raises(IncompleteOutputError, match=r"2 of 5 input rows are missing .*row group 0 of /in/a.parquet, rows 2-2"):
+        collect_staged(fs, st2.data_dir, {U1: 3, U2: 2})
 
 
-def test_retried_write_is_idempotent_and_overlaps_are_deduplicated(tmp_path):
+def test_retried_writes_are_kept_once_by_their_ranges(tmp_path):
     fs = pafs.LocalFileSystem()
-    st = prepare_output(fs, str(tmp_path / "o"), "overwrite", "fp", "id", {})
-    write_part(fs, st.data_dir, part(["a", "b"]), "id", "snappy")
-    write_part(fs, st.data_dir, part(["a", "b"]), "id", "snappy")  # same block retried: same name
-    assert len([p for p in (tmp_path / ".o.rayformers-staging" / "data").iterdir()]) == 1
-    write_part(fs, st.data_dir, part(["b", "c"]), "id", "snappy")  # re-split retry overlapping "b"
-    counts = collect_staged(fs, st.data_dir, "id", expected_rows=3)
+    st = prepare_output(fs, str(tmp_path / "o"), "overwrite", "fp", {})
+    write_part(fs, st.data_dir, part(["a", "b"]), "snappy")
+    write_part(fs, st.data_dir, part(["a", "b"]), "snappy")  # the same block retried: same name
+    assert len(read_staged(fs, st.data_dir)) == 1
+    write_part(fs, st.data_dir, part(["b", "c"], start=1), "snappy")  # a retry bundled differently
+    counts = collect_staged(fs, st.data_dir, {U1: 3})
     assert counts.rows == 3 and counts.duplicates_removed == 1
-    ids = pq.read_table(st.data_dir).column("id").to_pylist()
-    assert sorted(ids) == ["a", "b", "c"]
-    assert part_name(pa.array(["a"])) != part_name(pa.array(["b"]))
+    assert sorted(pq.read_table(st.data_dir).column("id").to_pylist()) == ["a", "b", "c"]
 
-    # integer ids, several overlapping parts, errors counted once per kept row
-    st = prepare_output(fs, str(tmp_path / "n"), "overwrite", "fp", "id", {})
-    write_part(fs, st.data_dir, part([1, 2], ["bad", None]), "id", "snappy")
-    write_part(fs, st.data_dir, part([2, 3]), "id", "snappy")
-    write_part(fs, st.data_dir, part([4]), "id", "snappy")
-    write_part(fs, st.data_dir, part([1, 3, 5], ["bad", None, None]), "id", "snappy")
-    counts = collect_staged(fs, st.data_dir, "id", expected_rows=5)
-    assert (counts.rows, counts.duplicates_removed, counts.errors, counts.tokens) == (5, 3, 1, 15)
-    assert sorted(pq.read_table(st.data_dir).column("id").to_pylist()) == [1, 2, 3, 4, 5]
+    # several overlapping files over two row groups, errors counted once per kept row
+    st = prepare_output(fs, str(tmp_path / "n"), "overwrite", "fp", {})
+    write_part(fs, st.data_dir, part([0, 1], ["bad", None]), "snappy")
+    write_part(fs, st.data_dir, part([1, 2], start=1), "snappy")
+    write_part(fs, st.data_dir, pa.concat_tables([part([2], start=2), part([10, 11], unit=U2)]), "snappy")
+    write_part(fs, st.data_dir, part([0, 2, 12], ["bad", None, None], unit=U1).slice(0, 1), "snappy")
+    counts = collect_staged(fs, st.data_dir, {U1: 3, U2: 2})
+    assert (counts.rows, counts.errors, counts.tokens) == (5, 1, 15)
+    assert counts.duplicates_removed == 3
+    assert sorted(pq.read_table(st.data_dir).column("id").to_pylist()) == [0, 1, 2, 10, 11]
+    with pytest.raises(IncompleteOutputError, match="not part of this job's input"):
+        collect_staged(fs, st.data_dir, {U1: 3})
+
+
+def test_compaction_merges_small_files_and_survives_a_crash_midway(tmp_path):
+    fs = pafs.LocalFileSystem()
+    st = prepare_output(fs, str(tmp_path / "o"), "overwrite", "fp", {})
+    for start in range(0, 40, 4):
+        write_part(fs, st.data_dir, part(list(range(start, start + 4)), start=start), "snappy")
+    counts = collect_staged(fs, st.data_dir, {U1: 40})
+    assert len(counts.files) == 10
+    size = counts.files[0].size
+    merged = compact_staged(fs, st.data_dir, counts, target_bytes=int(size * 5.5), compression="snappy")
+    assert len(merged.files) == 2 and merged.rows == 40
+    assert len(read_staged(fs, st.data_dir)) == 2
+    # a crash after a merged file was written but before its sources were deleted: a source
+    # (here the first 4 rows of the first merged file) is still there, and the next check keeps
+    # every row exactly once
+    src = read_staged(fs, st.data_dir)[0]
+    sub = pq.read_table(src.path).slice(0, 4)
+    write_part(fs, st.data_dir, sub, "snappy", ranges=[src.ranges[0]])
+    counts = collect_staged(fs, st.data_dir, {U1: 40})
+    assert counts.rows == 40 and counts.duplicates_removed == 4
+    assert sorted(pq.read_table(st.data_dir).column("id").to_pylist()) == list(range(40))
+
+
+def test_tokenizer_pool_is_sized_to_the_model_pool_within_free_cpus():
+    from rayformers.pipeline.preflight import size_tokenizer_pool
+
+    def sized(cpus, **compute):
+        return size_tokenizer_pool(load_config({"compute": compute}), cpus)
+
+    assert sized(2) == 1                                   # this machine: one CPU model actor
+    assert sized(16, model_max_actors=3) == 3              # CPU: one per model actor
+    assert sized(8, model_num_gpus=1, model_max_actors=1) == 4    # a GPU node: 8 CPUs + 1 GPU
+    assert sized(2, model_num_gpus=1, model_max_actors=2) == 2    # capped by the free CPUs
+    assert sized(8, model_num_gpus=1, tokenizer_max_actors=6) == 6  # explicit wins
+
+
+def test_block_rows_default_by_device_and_explicit_value_wins():
+    assert load_config({}).compute.block_rows() == 256
+    assert load_config({"compute": {"model_num_gpus": 1}}).compute.block_rows() == 4096
+    assert load_config({"compute": {"model_num_gpus": 1, "batch_size": 512}}).compute.block_rows() == 512

@@ -280,9 +280,9 @@ def embed_job(inp: Path, out: Path, minilm: Path, **extra) -> dict:
     return {
         "input": {"path": str(inp)},
         "model": {"path": str(minilm), "task": "embed"},
-        # Small Ray batches: many part files, so a kill always lands mid-run.
+        # Small Ray batches and staged files: many of them, so a kill always lands mid-run.
         "compute": {"batch_size": 12},
-        "output": {"path": str(out), **extra},
+        "output": {"path": str(out), "stage_rows": 12, **extra},
     }
 
 

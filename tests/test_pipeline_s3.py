@@ -90,3 +90,34 @@ def test_classify_reads_from_and_publishes_to_s3(s3, ray_session, tmp_path, mini
     again = run(config, ["output.mode=overwrite"])
     assert again.status == "succeeded" and again.rows_scored == 41
     assert read_output("bucket/out", filesystem=fs).num_rows == 41
+    # the run's lease object was released, and no staging is left
+    assert not [i for i in fs.get_file_info(pafs.FileSelector("bucket", recursive=True)) if "rayformers-lease" in i.path]
+
+
+def test_one_writer_per_s3_output_through_a_lease_object(s3, ray_session, tmp_path, minilm_path):
+    """A second run on an S3 output held by another driver's lease is refused at once, naming the
+    holder; once that driver is gone and its lease expires, the next run takes it over."""
+    from rayformers.pipeline.locks import LockBusy, ObjectLease, lock_path_for
+
+    fs, options = s3
+    pq.write_table(pa.table({"text": [f"t {i}" for i in range(10)]}), "bucket/lease-in/p.parquet", filesystem=fs)
+    model_dir = tiny_bert(tmp_path / "clf", "BertForSequenceClassification", num_labels=2)
+    config = {
+        "input": {"path": "s3://bucket/lease-in/", "filesystem": {"options": options}},
+        "model": {"path": str(model_dir), "task": "classify"},
+        "output": {"path": "s3://bucket/lease-out", "filesystem": {"options": options}, "lock_ttl_s": 2},
+    }
+    other = ObjectLease(fs, lock_path_for("bucket/lease-out", "lease"), ttl_s=2, settle_s=0.2).acquire()
+    try:
+        with pytest.raises(LockBusy, match="another run holds the lease .*lease-out.rayformers-lease"):
+            run(config)
+    finally:
+        other.abandon()  # its driver is killed: the lease is no longer renewed
+    assert fs.get_file_info("bucket/lease-out").type == pafs.FileType.NotFound, "refused before writing"
+    import time
+
+    time.sleep(2.5)
+    report = run(config)
+    assert report.status == "succeeded" and report.rows == 10
+    with pytest.raises(LockBusy):
+        other.verify()

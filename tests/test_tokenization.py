@@ -619,12 +619,15 @@ def test_direct_construction_from_a_backend_matches_transformers(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_directory_without_tokenizer_json_says_how_to_make_one(dirs, tmp_path):
-    shutil.copy(os.path.join(dirs["minilm"], "vocab.txt"), tmp_path)
+def test_directory_without_tokenizer_files_says_how_to_make_one(dirs, tmp_path):
     shutil.copy(os.path.join(dirs["minilm"], "tokenizer_config.json"), tmp_path)
-    with pytest.raises(TokenizerNotFoundError, match="only supports fast tokenizers") as err:
+    with pytest.raises(TokenizerNotFoundError, match="vocab.txt") as err:
         AutoTokenizer.from_pretrained(tmp_path)
     assert "tokenizer.json" in str(err.value) and "save_pretrained" in str(err.value)
+    # With the slow vocabulary next to it, the directory loads (converted as transformers does).
+    shutil.copy(os.path.join(dirs["minilm"], "vocab.txt"), tmp_path)
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)(TEXTS, PAIRS)["input_ids"] == ref(TEXTS, PAIRS)["input_ids"]
     with pytest.raises(OSError, match="does not exist"):
         AutoTokenizer.from_pretrained(tmp_path / "missing-dir")
 

@@ -70,7 +70,9 @@ def stream_generate(
     """Yield `(key, token_ids)` for every `(key, input_ids)` of `inputs`, each as soon as it is done.
 
     `token_ids` is the list of decoder tokens (starting with the decoder start token, ending with eos
-    unless max_length was reached); with `num_return_sequences > 1` it is a list of such lists.
+    unless max_length was reached); with `num_return_sequences > 1` it is a list of such lists. For
+    decoder-only models `input_ids` is the prompt and `token_ids` its continuation only
+    (continuous_causal.py).
     `max_batch_size` caps the decoder rows decoded together, `max_batch_tokens` the source tokens held
     by them (encoder states and cross-attention cache grow with it); `lookahead` (default
     4 * max_batch_size) inputs are read ahead and sorted by length. `refill` (default: whether the model
@@ -86,12 +88,21 @@ def stream_generate(
         raise ValueError(f"stream_generate got unknown arguments {sorted(model_kwargs)}; inputs come from `inputs`.")
     if isinstance(special["decoder_start"], (list, tuple)):
         raise ValueError("stream_generate needs a single decoder_start_token_id (one per row is not supported).")
-    _resolve_lengths(model, cfg, 1, kwargs)
+    decoder_only = not getattr(model.config, "is_encoder_decoder", False)
+    if not decoder_only:
+        _resolve_lengths(model, cfg, 1, kwargs)
     if cfg.do_sample and seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     lookahead = lookahead or 4 * max_batch_size
     device = next(model.parameters()).device
     reader = _InputReader(model, inputs, lookahead, max_batch_tokens)
+    if decoder_only:  # prompts in, continuations out (continuous_causal.py)
+        from .continuous_causal import stream_generate_causal
+
+        yield from stream_generate_causal(model, cfg, special, reader, kwargs, max_batch_size=max_batch_size,
+                                          max_batch_tokens=max_batch_tokens, seed=seed,
+                                          refill=True if refill is None else refill, device=device)
+        return
     if cfg.num_beams > 1:
         yield from _beam_chunks(model, cfg, special, reader, max_batch_size, max_batch_tokens, device)
         return
@@ -221,6 +232,15 @@ def _beam_chunks(model, cfg, special, reader: _InputReader, max_batch_size, max_
 # ---------------------------------------------------------------------------------- greedy / sample
 
 
+def _replay_global_draws(generator: torch.Generator, count: int) -> None:
+    """Advance `generator` as `count` `torch.rand([])` calls advance the CPU global generator (a CUDA
+    generator is untouched by them, so it is not advanced)."""
+    if generator.device.type != "cpu":
+        return
+    for _ in range(count):
+        torch.rand([], generator=generator)
+
+
 class _Engine:
     """The running batch for greedy search / sampling with refill (or waves)."""
 
@@ -230,7 +250,7 @@ class _Engine:
         self.device = device
         self.eos = special["eos"]
         self.pad_id = special["pad"] if special["pad"] is not None else 0
-        self.start = int(special["decoder_start"])
+        self.start = None if special["decoder_start"] is None else int(special["decoder_start"])  # None: decoder-only
         self.settings = _decode_settings(cfg, self.eos, special["pad"], device)
         self.processors = build_processors(cfg, decoder_prompt_length=1, eos_token_ids=self.eos)
         self.nrs = cfg.num_return_sequences if cfg.do_sample else 1
@@ -247,6 +267,9 @@ class _Engine:
         self.rows: list[tuple[_Input, int]] = []  # (input, sample number)
         self.source_tokens = 0
         self.generators: dict[int, torch.Generator] = {}
+        # Scalar draws a forward takes from torch's (CPU) global generator (M2M100's LayerDrop coins);
+        # replayed on each input's generator so its samples equal generate() on that input alone.
+        self.rng_draws = getattr(model, "global_rng_draws_per_forward", (0, 0))
 
     # -- admission
     def _admit(self, reader: _InputReader) -> torch.Tensor | None:
@@ -277,6 +300,7 @@ class _Engine:
             if self.cfg.do_sample:
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed(self.seed + item.index)
+                _replay_global_draws(generator, self.rng_draws[0])
                 self.generators[item.index] = generator
             self.rows.extend((item, sample) for sample in range(self.nrs))
 
@@ -310,6 +334,7 @@ class _Engine:
         for row, (item, _) in enumerate(self.rows):
             by_input.setdefault(item.index, []).append(row)
         for index, rows in by_input.items():
+            _replay_global_draws(self.generators[index], self.rng_draws[1])
             draw = torch.empty((self.nrs, probs.shape[-1]), dtype=probs.dtype, device=probs.device)
             draw.exponential_(1, generator=self.generators[index])
             samples = torch.tensor([self.rows[r][1] for r in rows], device=probs.device)

@@ -7,6 +7,9 @@ Each processor is a callable `(input_ids, scores, lengths=None) -> scores`:
 - `lengths` [rows] (optional): each row's own current length when rows are LEFT-padded to a common
   width (continuous batching, where rows started at different steps). None means every row has
   `input_ids.shape[1]` tokens, which is the case inside `generate`.
+- length-dependent processors also take per-row limits as keywords when rows have prompts of their
+  own (continuous batching of decoder-only models): `prompt_lengths`, `min_lengths`, `max_lengths`
+  ([rows] tensors, what `generate` of that row alone would resolve); absent, their own values hold.
 
 Numerically each processor performs the same floating-point operations as its transformers 4.57.6
 namesake (so token choices match bit for bit), but no processor loops over hypotheses in Python:
@@ -158,8 +161,9 @@ class MinLength:
         self.min_length = int(min_length)
         self.eos = list(eos_token_ids)
 
-    def __call__(self, input_ids, scores, lengths=None):
-        return _ban_eos_where(scores, _row_lengths(input_ids, lengths) < self.min_length, self.eos, input_ids, lengths)
+    def __call__(self, input_ids, scores, lengths=None, min_lengths=None, **row_limits):
+        min_length = self.min_length if min_lengths is None else min_lengths
+        return _ban_eos_where(scores, _row_lengths(input_ids, lengths) < min_length, self.eos, input_ids, lengths)
 
 
 class MinNewTokens:
@@ -170,8 +174,9 @@ class MinNewTokens:
         self.min_new_tokens = int(min_new_tokens)
         self.eos = list(eos_token_ids)
 
-    def __call__(self, input_ids, scores, lengths=None):
-        too_short = _row_lengths(input_ids, lengths) - self.prompt_length < self.min_new_tokens
+    def __call__(self, input_ids, scores, lengths=None, prompt_lengths=None, **row_limits):
+        prompt_length = self.prompt_length if prompt_lengths is None else prompt_lengths
+        too_short = _row_lengths(input_ids, lengths) - prompt_length < self.min_new_tokens
         return _ban_eos_where(scores, too_short, self.eos, input_ids, lengths)
 
 
@@ -191,19 +196,24 @@ class ForcedToken:
     """At one position (length == `at_length`), every token but `token_ids` gets -inf and they get 0.
 
     Forced BOS is `at_length=1` (right after the decoder start token); forced EOS is
-    `at_length=max_length-1` (the last position).
+    `at_length=max_length-1` (the last position; `before_max_length=True`, so per-row `max_lengths`
+    move it).
     """
 
-    def __init__(self, at_length: int, token_ids: Sequence[int] | int):
+    def __init__(self, at_length: int, token_ids: Sequence[int] | int, before_max_length: bool = False):
         self.at_length = int(at_length)
         self.token_ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
+        self.before_max_length = before_max_length
 
-    def __call__(self, input_ids, scores, lengths=None):
+    def __call__(self, input_ids, scores, lengths=None, max_lengths=None, **row_limits):
         forced = torch.full_like(scores, -math.inf)
         forced[:, self.token_ids] = 0
-        if lengths is None:
-            return forced if input_ids.shape[1] == self.at_length else scores
-        return torch.where((lengths == self.at_length)[:, None], forced, scores)
+        at_length = self.at_length
+        if self.before_max_length and max_lengths is not None:
+            at_length = max_lengths - 1
+        if lengths is None and not isinstance(at_length, torch.Tensor):
+            return forced if input_ids.shape[1] == at_length else scores
+        return torch.where((_row_lengths(input_ids, lengths) == at_length)[:, None], forced, scores)
 
 
 class Temperature:
@@ -239,10 +249,16 @@ class TopP:
 
 
 class ProcessorList(list):
-    def __call__(self, input_ids, scores, lengths=None):
+    def __call__(self, input_ids, scores, lengths=None, **row_limits):
         for processor in self:
-            scores = processor(input_ids, scores, lengths)
+            if row_limits and isinstance(processor, _ROW_LIMITED):
+                scores = processor(input_ids, scores, lengths, **row_limits)
+            else:
+                scores = processor(input_ids, scores, lengths)
         return scores
+
+
+_ROW_LIMITED = (MinLength, MinNewTokens, ForcedToken)
 
 
 def build_processors(generation_config, *, decoder_prompt_length: int, eos_token_ids: list[int] | None) -> ProcessorList:
@@ -265,7 +281,7 @@ def build_processors(generation_config, *, decoder_prompt_length: int, eos_token
     if cfg.forced_bos_token_id is not None:
         processors.append(ForcedToken(1, cfg.forced_bos_token_id))
     if cfg.forced_eos_token_id is not None:
-        processors.append(ForcedToken(cfg.max_length - 1, cfg.forced_eos_token_id))
+        processors.append(ForcedToken(cfg.max_length - 1, cfg.forced_eos_token_id, before_max_length=True))
     if cfg.do_sample:
         if cfg.num_beams > 1:
             min_tokens_to_keep = (len(eos_token_ids) + 1) if eos_token_ids is not None else 2

@@ -29,8 +29,14 @@ T5ForConditionalGeneration, EncoderDecoderModel, ...):
   `decoder_attention_mask` [batch, cached + new] honoured together with the cache (left-padded
   rows) and, for models with absolute decoder positions, per-row positions (see continuous.py);
   models without it are served in waves.
-- `can_generate()` is inherited. Decoder-only models (BertLMHeadModel, MegaForCausalLM) are not
-  supported by this generate yet and get a clear error.
+- `can_generate()` is inherited.
+
+Decoder-only models (BertLMHeadModel and its RoBERTa/CamemBERT/XLM-R subclasses, MegaForCausalLM)
+inherit the same mixin with `config.is_encoder_decoder = False` and `config.is_decoder = True`:
+`forward(input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, return_dict=None,
+...)` with the mask over cached + new positions, a batch-first cache, and the class attributes
+described in causal_session.py. The prompt (`input_ids`, LEFT-padded) is the start of the output, as
+in transformers, and `max_length` counts it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from ..hub import CheckpointNotFoundError
 from .configuration import DEFAULTS, GenerationConfig
 from .decoding import DecodeSettings, beam_search, greedy_or_sample
 from .logits_process import build_processors, check_supported
+from .causal_session import CausalSession
 from .session import DecoderSession
 
 logger = logging.getLogger(__name__)
@@ -89,6 +96,8 @@ class GenerationMixin:
         cfg, model_kwargs, special = prepare_decoding(self, generation_config, use_model_defaults, kwargs)
         if input_ids is None:
             input_ids = model_kwargs.pop("inputs", None)
+        if not _is_encoder_decoder(self):
+            return _plan_decoder_only(self, cfg, model_kwargs, special, input_ids, attention_mask, kwargs)
         unknown = sorted(k for k in model_kwargs if k not in _MODEL_INPUT_KWARGS)
         if unknown:
             raise ValueError(
@@ -112,8 +121,11 @@ class GenerationMixin:
     def _run_plan(self, plan: dict) -> torch.Tensor:
         cfg = plan["config"]
         eos = plan["eos"]
-        encoder_hidden = self._encode(plan["input_ids"], plan["attention_mask"], plan["encoder_outputs"])
-        session = DecoderSession(self, encoder_hidden, plan["attention_mask"])
+        if _is_encoder_decoder(self):
+            encoder_hidden = self._encode(plan["input_ids"], plan["attention_mask"], plan["encoder_outputs"])
+            session = DecoderSession(self, encoder_hidden, plan["attention_mask"])
+        else:  # decoder-only: the prompt is the decoder input
+            session = CausalSession(self, plan["attention_mask"], plan.get("token_type_ids"))
         processors = build_processors(cfg, decoder_prompt_length=plan["decoder_input_ids"].shape[1], eos_token_ids=eos)
         settings = _decode_settings(cfg, eos, plan["pad"], plan["device"])
         if cfg.num_beams > 1:
@@ -176,11 +188,9 @@ def prepare_decoding(model, generation_config, use_model_defaults, kwargs):
     Special tokens follow the reference `_prepare_special_tokens`: eos as a list, pad defaulting to the
     first eos, decoder start defaulting to bos (an error if neither exists).
     """
-    if not getattr(model.config, "is_encoder_decoder", False):
-        raise NotImplementedError(
-            f"{type(model).__name__}.generate: only encoder-decoder models are supported by rayformers generate "
-            "(decoder-only generation is not implemented yet)."
-        )
+    encoder_decoder = _is_encoder_decoder(model)
+    if not encoder_decoder:
+        _check_decoder_only_model(model)
     cfg, model_kwargs = model._resolve_generation_config(generation_config, use_model_defaults, kwargs)
     check_supported(cfg)
     if not cfg.use_cache:
@@ -192,7 +202,7 @@ def prepare_decoding(model, generation_config, use_model_defaults, kwargs):
         pad = eos[0]
         logger.warning("Setting `pad_token_id` to `eos_token_id`:%s for open-end generation.", pad)
     decoder_start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else cfg.bos_token_id
-    if decoder_start is None:
+    if decoder_start is None and encoder_decoder:
         raise ValueError(
             "`decoder_start_token_id` or `bos_token_id` has to be defined for encoder-decoder generation; set "
             "it in generation_config.json / config.json or pass decoder_start_token_id=... to generate()."
@@ -200,6 +210,92 @@ def prepare_decoding(model, generation_config, use_model_defaults, kwargs):
     return cfg, model_kwargs, {"eos": eos, "pad": pad, "decoder_start": decoder_start}
 
 
+
+def _is_encoder_decoder(model) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def _check_decoder_only_model(model) -> None:
+    """A decoder-only model must run causally and keep a cache, else generate would be meaningless."""
+    name = type(model).__name__
+    if not hasattr(model, "_cache_sequence_dims"):
+        raise NotImplementedError(
+            f"{name}.generate: this model does not declare the decoder-only generation contract "
+            "(see rayformers.models.generation.causal_session); only encoder-decoder models and the causal-LM "
+            "heads BertLMHeadModel, RobertaForCausalLM, CamembertForCausalLM, XLMRobertaForCausalLM and "
+            "MegaForCausalLM generate."
+        )
+    if not getattr(model.config, "is_decoder", False):
+        raise ValueError(
+            f"{name}.generate needs config.is_decoder=True (a left-to-right LM); with is_decoder=False the model "
+            "attends in both directions and has no cache. Load the checkpoint with is_decoder=True."
+        )
+    check = getattr(model, "_check_generation_supported", None)
+    if check is not None:
+        check()
+
+
+def _plan_decoder_only(model, cfg, model_kwargs, special, input_ids, attention_mask, kwargs) -> dict:
+    """Decoder-only inputs: the (left-padded) prompt starts the output; `max_length` counts it."""
+    unknown = sorted(k for k in model_kwargs if k not in ("input_ids", "token_type_ids"))
+    if unknown:
+        hint = ""
+        if any(k in unknown for k in ("decoder_input_ids", "encoder_outputs")):
+            hint = f" ({type(model).__name__} is decoder-only: pass the prompt as input_ids)"
+        raise ValueError(
+            f"The following `model_kwargs` are not used by the model or generate: {unknown} (note: typos in the "
+            f"generate arguments will also show up in this list){hint}"
+        )
+    if input_ids is None:
+        input_ids = model_kwargs.get("input_ids")
+    if input_ids is None:
+        raise ValueError(f"{type(model).__name__}.generate needs `input_ids` (the prompt) [batch, prompt_len].")
+    input_ids, attention_mask = _check_encoder_inputs(model, input_ids, attention_mask, None)
+    if attention_mask is None:
+        attention_mask = _infer_attention_mask(input_ids, special["pad"], special["eos"])
+    attention_mask = attention_mask.to(input_ids.device).long()
+    if special["pad"] is not None and bool((attention_mask[:, -1] == 0).any()):
+        logger.warning(
+            "A decoder-only architecture is being used, but right-padding was detected! For correct generation "
+            "results, please set `padding_side='left'` when initializing the tokenizer."
+        )
+    token_type_ids = model_kwargs.get("token_type_ids")
+    if token_type_ids is not None:
+        token_type_ids = token_type_ids.to(input_ids.device).long()
+        if tuple(token_type_ids.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"token_type_ids has shape {tuple(token_type_ids.shape)} but input_ids has {tuple(input_ids.shape)}; "
+                "pass the token_type_ids returned by the tokenizer for the same batch."
+            )
+    prompt_len = input_ids.shape[1]
+    try:
+        _resolve_lengths(model, cfg, prompt_len, kwargs)
+    except ValueError as exc:
+        if prompt_len < cfg.max_length:
+            raise
+        lengths = attention_mask.sum(dim=1)
+        longest = (lengths == lengths.max()).nonzero().flatten().tolist()
+        raise ValueError(
+            f"The prompt batch is {prompt_len} tokens wide (rows {longest[:20]} have {int(lengths.max())} prompt "
+            f"tokens) but `max_length` is {cfg.max_length}: for a decoder-only model max_length counts the prompt, "
+            "so nothing would be generated. Set `max_new_tokens` (tokens to add after the prompt) or raise "
+            "max_length."
+        ) from exc
+    return {
+        "config": cfg, "input_ids": input_ids, "attention_mask": attention_mask, "encoder_outputs": None,
+        "decoder_input_ids": input_ids, "eos": special["eos"], "pad": special["pad"], "device": input_ids.device,
+        "token_type_ids": token_type_ids,
+    }
+
+
+def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each right-padded row's tokens to the right end (decoder-only prompts must be left-padded).
+
+    Each row is rotated by its number of padding positions, so pad tokens end up in front."""
+    width = input_ids.shape[1]
+    shift = width - attention_mask.long().sum(dim=1, keepdim=True)
+    index = (torch.arange(width, device=input_ids.device)[None, :] - shift) % width
+    return input_ids.gather(1, index), attention_mask.gather(1, index)
 
 
 def _version_at_least(version: str | None, minimum: tuple[int, int]) -> bool:

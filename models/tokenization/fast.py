@@ -1,24 +1,4 @@
-"""Hugging Face tokenizers (`tokenizer.json`) with transformers' `PreTrainedTokenizerFast` behaviour.
-
-Why our own wrapper instead of transformers: transformers is not a runtime dependency, and the
-inference pipeline wants the Rust `tokenizers.Tokenizer` itself (`backend_tokenizer`) to call
-`encode_batch` in CPU actors. Why a faithful copy of transformers' semantics instead of a thin
-wrapper: a checkpoint's `tokenizer_config.json` and `special_tokens_map.json` change what the
-tokenizer does (special tokens that get added to the vocabulary, `model_max_length`, the padding
-side, which inputs the model takes), and the class named in `tokenizer_class` rewrites parts of the
-backend when it loads (BERT's normalizer flags, RoBERTa's post-processor, T5's sentinel tokens).
-Token ids that differ from what transformers produces on the same files silently change model
-outputs, so every such rule is mirrored here from transformers 4.57.6 and tested against it.
-
-What is supported: checkpoints that ship a `tokenizer.json` (every "fast" tokenizer). What is not:
-building a tokenizer from slow-tokenizer files alone (`vocab.txt`, `spiece.model`, `vocab.json` +
-`merges.txt`) -- transformers converts those in Python and that conversion is not copied here; the
-error message says how to produce a `tokenizer.json` once with transformers.
-
-Class-specific behaviour is described by a `TokenizerProfile` per transformers class name
-(`BertTokenizerFast`, `RobertaTokenizerFast`, `T5TokenizerFast`, ...). A checkpoint naming a class
-without a profile loads with the generic `PreTrainedTokenizerFast` rules and a warning.
-"""
+"""`PreTrainedTokenizerFast`: a `tokenizers.Tokenizer` with transformers' API and semantics."""
 
 from __future__ import annotations
 
@@ -27,538 +7,23 @@ import copy
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tokenizers import AddedToken, Encoding, Tokenizer
-from tokenizers import normalizers as backend_normalizers
 from tokenizers import pre_tokenizers as backend_pre_tokenizers
-from tokenizers import processors as backend_processors
 
-from .hub import resolve_file
+from .batch_encoding import BatchEncoding, _to_py_obj
+from .files import (
+    _FILE_KEYS, ADDED_TOKENS_FILE, CHAT_TEMPLATE_FILE, LARGE_INTEGER, PADDING_STRATEGIES, SPECIAL_TOKENS_ATTRIBUTES,
+    SLOW_FILES_KWARG, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TRUNCATION_STRATEGIES, VERY_LARGE_INTEGER,
+    _added_tokens_to_json, _read_backend, _write_json,
+)
+from .converters import backend_from_slow_files, slow_class_defaults, slow_file_names
+from .profiles import TokenizerProfile, tokenizer_profile
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "AddedToken",
-    "AutoTokenizer",
-    "BatchEncoding",
-    "PreTrainedTokenizerFast",
-    "TokenizerFormatError",
-    "TokenizerNotFoundError",
-    "TokenizerProfile",
-]
-
-# Same sentinels as transformers: "no limit" and the threshold above which a limit counts as none.
-VERY_LARGE_INTEGER = int(1e30)
-LARGE_INTEGER = int(1e20)
-
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-ADDED_TOKENS_FILE = "added_tokens.json"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
-MODEL_CONFIG_FILE = "config.json"
-
-# `fast_tokenizer_files` in tokenizer_config.json may name versioned files (tokenizer.<version>.json);
-# transformers picks the newest one not newer than itself. We pick as the reference version would.
-REFERENCE_TRANSFORMERS_VERSION = (4, 57, 6)
-
-PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
-TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
-SUPPORTED_TENSOR_TYPES = ("pt", "np")
-
-SPECIAL_TOKENS_ATTRIBUTES = (
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-    "additional_special_tokens",
-)
-
-# Keys of tokenizer_config.json that name files; they are never written back (transformers pops them).
-_FILE_KEYS = ("tokenizer_file", "vocab_file", "merges_file", "special_tokens_map_file")
-
-
-class TokenizerNotFoundError(OSError):
-    """The checkpoint has no `tokenizer.json` (only fast tokenizers are supported)."""
-
-
-class TokenizerFormatError(ValueError):
-    """A tokenizer file exists but cannot be read (corrupt JSON, unknown model type, ...)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# BatchEncoding
-# --------------------------------------------------------------------------------------------------
-
-
-class BatchEncoding(dict):
-    """The output of a tokenizer call: a dict of model inputs with attribute access.
-
-    A plain `dict` subclass (so `model(**batch)`, `dict(batch)` and pickling through Ray just work)
-    that also keeps the backend `tokenizers.Encoding` objects, which know the token <-> character
-    alignment (`tokens()`, `word_ids()`, `char_to_token()`...). `batch[i]` with an int gives the i-th
-    `Encoding`, as in transformers.
-    """
-
-    def __init__(
-        self,
-        data: Mapping[str, Any] | None = None,
-        encoding: Encoding | list[Encoding] | None = None,
-        tensor_type: str | None = None,
-        prepend_batch_axis: bool = False,
-        n_sequences: int | None = None,
-    ):
-        super().__init__(data or {})
-        if isinstance(encoding, Encoding):
-            encoding = [encoding]
-        self._encodings = encoding
-        if n_sequences is None and encoding:
-            n_sequences = encoding[0].n_sequences
-        self._n_sequences = n_sequences
-        self.convert_to_tensors(tensor_type=tensor_type, prepend_batch_axis=prepend_batch_axis)
-
-    def __getitem__(self, item):
-        if isinstance(item, str):
-            return dict.__getitem__(self, item)
-        if self._encodings is not None:
-            return self._encodings[item]
-        if isinstance(item, slice):
-            return {key: value[item] for key, value in self.items()}
-        raise KeyError(
-            f"BatchEncoding keys are strings ({', '.join(self.keys())}); an int index returns the backend "
-            "Encoding of that row (only when the tokenizer produced them), and a slice subsets every field."
-        )
-
-    def __getattr__(self, item: str):
-        if item.startswith("__") or item in ("_encodings", "_n_sequences"):
-            raise AttributeError(item)
-        try:
-            return dict.__getitem__(self, item)
-        except KeyError:
-            raise AttributeError(f"BatchEncoding has no field {item!r} (fields: {list(self.keys())})") from None
-
-    @property
-    def data(self) -> dict:
-        """The fields themselves (transformers' `BatchEncoding.data`); here the object is the dict."""
-        return self
-
-    @property
-    def encodings(self) -> list[Encoding] | None:
-        """The backend `tokenizers.Encoding` per row, or None when built from plain lists (`pad`)."""
-        return self._encodings
-
-    @property
-    def n_sequences(self) -> int | None:
-        """1 for single texts, 2 for pairs, None when unknown."""
-        return self._n_sequences
-
-    @property
-    def is_fast(self) -> bool:
-        return self._encodings is not None
-
-    def _encoding(self, batch_index: int, what: str) -> Encoding:
-        if not self._encodings:
-            raise ValueError(f"{what}() needs the backend encodings, which this BatchEncoding does not have.")
-        return self._encodings[batch_index]
-
-    def tokens(self, batch_index: int = 0) -> list[str]:
-        return self._encoding(batch_index, "tokens").tokens
-
-    def word_ids(self, batch_index: int = 0) -> list[int | None]:
-        return self._encoding(batch_index, "word_ids").word_ids
-
-    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
-        return self._encoding(batch_index, "sequence_ids").sequence_ids
-
-    def token_to_chars(self, batch_or_token_index: int, token_index: int | None = None):
-        batch_index, token_index = (0, batch_or_token_index) if token_index is None else (
-            batch_or_token_index, token_index)
-        return self._encoding(batch_index, "token_to_chars").token_to_chars(token_index)
-
-    def char_to_token(self, batch_or_char_index: int, char_index: int | None = None, sequence_index: int = 0):
-        batch_index, char_index = (0, batch_or_char_index) if char_index is None else (
-            batch_or_char_index, char_index)
-        return self._encoding(batch_index, "char_to_token").char_to_token(char_index, sequence_index)
-
-    def convert_to_tensors(self, tensor_type: str | None = None, prepend_batch_axis: bool = False) -> BatchEncoding:
-        """Turn every list field into a `torch.Tensor` ("pt") or `np.ndarray` ("np"), in place."""
-        if tensor_type is None:
-            return self
-        tensor_type = getattr(tensor_type, "value", tensor_type)
-        if tensor_type not in SUPPORTED_TENSOR_TYPES:
-            raise ValueError(
-                f"return_tensors={tensor_type!r} is not supported; use 'pt' (PyTorch), 'np' (NumPy) or None (lists)."
-            )
-        if tensor_type == "pt":
-            import torch
-
-            def as_tensor(value):
-                if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
-                    return torch.from_numpy(np.array(value))
-                if not _flatten(value):
-                    return torch.tensor(value, dtype=torch.int64)
-                return torch.tensor(value)
-
-            is_tensor = torch.is_tensor
-        else:
-
-            def as_tensor(value, dtype=None):
-                if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple, np.ndarray)):
-                    if len({len(row) for row in value}) > 1 and dtype is None:
-                        # Ragged rows become an object array of rows, as in transformers.
-                        value = as_tensor([np.asarray(row) for row in value], dtype=object)
-                if not _flatten(value) and dtype is None:
-                    dtype = np.int64
-                return np.asarray(value, dtype=dtype)
-
-            def is_tensor(value):
-                return isinstance(value, np.ndarray)
-
-        for key, value in list(self.items()):
-            try:
-                if prepend_batch_axis:
-                    value = [value]
-                if not is_tensor(value):
-                    dict.__setitem__(self, key, as_tensor(value))
-            except Exception as err:
-                raise ValueError(
-                    f"Unable to create a tensor for `{key}`: its rows have different lengths. Pass padding=True "
-                    "(and truncation=True for long texts) so that every row has the same length, or leave "
-                    "return_tensors=None to get lists."
-                ) from err
-        return self
-
-    def to(self, device, *, non_blocking: bool = False) -> BatchEncoding:
-        """Move every tensor field to `device` (PyTorch only); other fields are left as they are.
-
-        Only devices are accepted (a str, an int or a `torch.device`): casting token ids to a dtype
-        would corrupt them, so `batch.to(torch.float16)` is refused as in transformers.
-        """
-        if not (isinstance(device, (str, int)) or type(device).__name__ == "device"):
-            logger.warning("Attempting to cast a BatchEncoding to %s. This is not supported.", device)
-            return self
-        for key, value in list(self.items()):
-            if hasattr(value, "to") and callable(value.to):
-                dict.__setitem__(self, key, value.to(device=device, non_blocking=non_blocking))
-        return self
-
-
-def _flatten(value) -> list:
-    """All leaves of a nested list (used to spot empty inputs, which need an explicit int dtype)."""
-    if isinstance(value, (list, tuple)):
-        out = []
-        for item in value:
-            out.extend(_flatten(item))
-        return out
-    return [value]
-
-
-def _to_py_obj(obj):
-    """Torch tensors / NumPy arrays / nested lists -> plain Python ints and lists (as transformers)."""
-    if isinstance(obj, (int, float, str)) or obj is None:
-        return obj
-    if isinstance(obj, Mapping):
-        return {key: _to_py_obj(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_py_obj(item) for item in obj]
-    if hasattr(obj, "tolist"):  # torch.Tensor, np.ndarray, np.number
-        return obj.tolist()
-    return obj
-
-
-# --------------------------------------------------------------------------------------------------
-# Class profiles: what each transformers tokenizer class does on top of tokenizer.json
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TokenizerProfile:
-    """What a transformers fast-tokenizer class adds to a `tokenizer.json` when it loads.
-
-    `defaults` are the keyword defaults of the class `__init__` (they end up in `init_kwargs` and so
-    in a saved tokenizer_config.json, exactly as transformers writes them). `mask_token_options`
-    turns a plain-string mask token into an `AddedToken` with those options (RoBERTa-style
-    `lstrip=True`), `wrap_string_tokens` does the same for every special token (MPNet). `prepare`
-    edits the keyword arguments before the generic set-up, `finish` edits the backend after it.
-    """
-
-    name: str
-    model_input_names: tuple[str, ...] = ("input_ids", "token_type_ids", "attention_mask")
-    padding_side: str = "right"
-    truncation_side: str = "right"
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    mask_token_options: Mapping[str, Any] | None = None
-    wrap_string_tokens: Mapping[str, Any] | None = None
-    # transformers saves "XTokenizer" (without Fast) when it could also write the slow files
-    # (WordPiece / BPE vocabularies); SentencePiece classes keep "XTokenizerFast".
-    writes_slow_vocabulary: bool = False
-    requires_prefix_space_for_words: bool = False
-    attributes: tuple[str, ...] = ()
-    prepare: Callable[[dict], None] | None = None
-    finish: Callable[[PreTrainedTokenizerFast, dict], None] | None = None
-
-
-def _sync_bert_normalizer(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
-    """BertTokenizerFast: `do_lower_case`/`strip_accents`/`tokenize_chinese_chars` override the JSON."""
-    _sync_normalizer(tokenizer, {
-        "lowercase": kwargs["do_lower_case"],
-        "strip_accents": kwargs["strip_accents"],
-        "handle_chinese_chars": kwargs["tokenize_chinese_chars"],
-    })
-
-
-def _sync_mpnet_normalizer(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
-    """MPNetTokenizerFast: like BERT but without the Chinese-characters flag."""
-    _sync_normalizer(tokenizer, {"lowercase": kwargs["do_lower_case"], "strip_accents": kwargs["strip_accents"]})
-
-
-def _sync_normalizer(tokenizer: PreTrainedTokenizerFast, wanted: dict) -> None:
-    normalizer = tokenizer.backend_tokenizer.normalizer
-    if normalizer is None:
-        return
-    state = json.loads(normalizer.__getstate__())
-    if any(state.get(key, value) != value for key, value in wanted.items()):
-        normalizer_class = getattr(backend_normalizers, state.pop("type"))
-        state.update(wanted)
-        tokenizer.backend_tokenizer.normalizer = normalizer_class(**state)
-
-
-def _sync_roberta_post_processor(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
-    """RobertaTokenizerFast & co: `add_prefix_space`/`trim_offsets` override the post-processor."""
-    post_processor = tokenizer.backend_tokenizer.post_processor
-    if not post_processor:
-        return
-    state = json.loads(post_processor.__getstate__())
-    for key in ("sep", "cls"):
-        if key in state:
-            state[key] = tuple(state[key])
-    changed = False
-    for key in ("add_prefix_space", "trim_offsets"):
-        if state.get(key, kwargs[key]) != kwargs[key]:
-            state[key] = kwargs[key]
-            changed = True
-    if changed:
-        processor_class = getattr(backend_processors, state.pop("type"))
-        tokenizer.backend_tokenizer.post_processor = processor_class(**state)
-
-
-def _prepare_t5(kwargs: dict) -> None:
-    """T5TokenizerFast: `extra_ids` sentinel tokens (<extra_id_0>...) become additional special tokens."""
-    extra_ids = kwargs["extra_ids"]
-    additional = kwargs.get("additional_special_tokens")
-    if additional is not None:
-        sentinels = [token for token in additional if "<extra_id_" in str(token)]
-        if len(sentinels) < 1:
-            additional = list(additional) + [f"<extra_id_{i}>" for i in range(extra_ids)]
-        elif extra_ids > 0 and extra_ids != len(sentinels):
-            raise ValueError(
-                f"Both extra_ids ({extra_ids}) and additional_special_tokens ({additional}) are provided to "
-                "T5TokenizerFast. In this case the additional_special_tokens must include the extra_ids tokens."
-            )
-    else:
-        additional = [f"<extra_id_{i}>" for i in range(extra_ids)]
-    kwargs["additional_special_tokens"] = additional
-    if kwargs.get("add_prefix_space") is not None:
-        raise ValueError(
-            "T5TokenizerFast with add_prefix_space set must be rebuilt from the slow SentencePiece tokenizer "
-            "(transformers does that with sentencepiece installed); rayformers only reads tokenizer.json. "
-            "Remove add_prefix_space, or save the tokenizer once with transformers and load that directory."
-        )
-
-
-def _prepare_pegasus(kwargs: dict) -> None:
-    """PegasusTokenizerFast: <mask_1> and <unk_2>..<unk_{offset-1}> fill the additional special tokens.
-
-    Like transformers it ignores tokenizer_config.json's added_tokens_decoder, and it would rebuild
-    from the slow SentencePiece model when pad/eos/unk are not the standard ones -- which we cannot.
-    """
-    offset, mask_token_sent = kwargs["offset"], kwargs["mask_token_sent"]
-    additional = kwargs.get("additional_special_tokens")
-    if additional is not None:
-        if not isinstance(additional, list):
-            raise TypeError(f"additional_special_tokens should be a list, but is {type(additional).__name__}.")
-        extended = ([mask_token_sent] + additional
-                    if mask_token_sent not in additional and mask_token_sent is not None else additional)
-        extended = list(extended) + [f"<unk_{i}>" for i in range(len(extended), offset - 1)]
-        if len(set(map(str, extended))) != len(extended):
-            raise ValueError("Please make sure that the provided additional_special_tokens do not contain an "
-                             f"incorrectly shifted list of <unk_x> tokens. Found {extended}.")
-        additional = extended
-    else:
-        additional = [mask_token_sent] if mask_token_sent is not None else []
-        additional += [f"<unk_{i}>" for i in range(2, offset)]
-    kwargs["additional_special_tokens"] = additional
-    standard = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
-    if any(str(kwargs[key]) != value for key, value in standard.items()):
-        raise ValueError(
-            "PegasusTokenizerFast with non-standard pad/eos/unk tokens is rebuilt from the slow SentencePiece model "
-            "by transformers; rayformers only reads tokenizer.json and cannot do that."
-        )
-    kwargs.pop("added_tokens_decoder", None)
-
-
-def _set_gpt2_attributes(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
-    tokenizer.add_bos_token = kwargs.get("add_bos_token", False)
-
-
-_BERT_DEFAULTS = {
-    "do_lower_case": True,
-    "unk_token": "[UNK]",
-    "sep_token": "[SEP]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
-    "tokenize_chinese_chars": True,
-    "strip_accents": None,
-}
-_ROBERTA_TOKENS = {
-    "bos_token": "<s>",
-    "eos_token": "</s>",
-    "sep_token": "</s>",
-    "cls_token": "<s>",
-    "unk_token": "<unk>",
-    "pad_token": "<pad>",
-    "mask_token": "<mask>",
-}
-_ROBERTA_DEFAULTS = {"errors": "replace", **_ROBERTA_TOKENS, "add_prefix_space": False, "trim_offsets": True}
-_TWO_INPUTS = ("input_ids", "attention_mask")
-
-
-def _bert_like(name: str, model_input_names=("input_ids", "token_type_ids", "attention_mask")) -> TokenizerProfile:
-    return TokenizerProfile(
-        name=name, model_input_names=tuple(model_input_names), defaults=_BERT_DEFAULTS,
-        writes_slow_vocabulary=True, attributes=("do_lower_case",), finish=_sync_bert_normalizer,
-    )
-
-
-def _roberta_like(name: str, mask_token_options: Mapping[str, Any]) -> TokenizerProfile:
-    return TokenizerProfile(
-        name=name, model_input_names=_TWO_INPUTS, defaults=_ROBERTA_DEFAULTS,
-        mask_token_options=mask_token_options, writes_slow_vocabulary=True,
-        requires_prefix_space_for_words=True, finish=_sync_roberta_post_processor,
-    )
-
-
-def _t5(name: str) -> TokenizerProfile:
-    return TokenizerProfile(
-        name=name, model_input_names=_TWO_INPUTS,
-        defaults={"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "extra_ids": 100,
-                  "additional_special_tokens": None, "add_prefix_space": None},
-        prepare=_prepare_t5,
-    )
-
-
-_PROFILES: dict[str, TokenizerProfile] = {
-    profile.name: profile
-    for profile in (
-        TokenizerProfile(name="PreTrainedTokenizerFast"),
-        _bert_like("BertTokenizerFast"),
-        _bert_like("DistilBertTokenizerFast", _TWO_INPUTS),
-        _bert_like("ElectraTokenizerFast"),
-        TokenizerProfile(
-            name="MPNetTokenizerFast", model_input_names=_TWO_INPUTS,
-            defaults={"do_lower_case": True, "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
-                      "cls_token": "<s>", "unk_token": "[UNK]", "pad_token": "<pad>", "mask_token": "<mask>",
-                      "tokenize_chinese_chars": True, "strip_accents": None},
-            wrap_string_tokens={"lstrip": False, "rstrip": False},
-            mask_token_options={"lstrip": True, "rstrip": False},
-            writes_slow_vocabulary=True, attributes=("do_lower_case",), finish=_sync_mpnet_normalizer,
-        ),
-        _roberta_like("RobertaTokenizerFast", {"lstrip": True, "rstrip": False, "normalized": False}),
-        _roberta_like("LongformerTokenizerFast", {"lstrip": True, "rstrip": False, "normalized": False}),
-        _roberta_like("BartTokenizerFast", {"lstrip": True, "normalized": True, "special": True}),
-        TokenizerProfile(
-            name="XLMRobertaTokenizerFast", model_input_names=_TWO_INPUTS, defaults=_ROBERTA_TOKENS,
-            mask_token_options={"lstrip": True, "rstrip": False},
-        ),
-        TokenizerProfile(
-            name="CamembertTokenizerFast", model_input_names=_TWO_INPUTS,
-            defaults={**_ROBERTA_TOKENS,
-                      "additional_special_tokens": ["<s>NOTUSED", "</s>NOTUSED", "<unk>NOTUSED"]},
-            mask_token_options={"lstrip": True, "special": True},
-        ),
-        _t5("T5TokenizerFast"),
-        _t5("MT5TokenizerFast"),
-        TokenizerProfile(
-            name="PegasusTokenizerFast", model_input_names=_TWO_INPUTS,
-            defaults={"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask_2>",
-                      "mask_token_sent": "<mask_1>", "additional_special_tokens": None, "offset": 103},
-            attributes=("offset",), prepare=_prepare_pegasus,
-        ),
-        TokenizerProfile(
-            name="GPT2TokenizerFast", model_input_names=_TWO_INPUTS,
-            defaults={"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                      "add_prefix_space": False},
-            writes_slow_vocabulary=True, requires_prefix_space_for_words=True, finish=_set_gpt2_attributes,
-        ),
-        TokenizerProfile(
-            name="AlbertTokenizerFast",
-            defaults={"do_lower_case": True, "remove_space": True, "keep_accents": False, "bos_token": "[CLS]",
-                      "eos_token": "[SEP]", "unk_token": "<unk>", "sep_token": "[SEP]", "pad_token": "<pad>",
-                      "cls_token": "[CLS]", "mask_token": "[MASK]"},
-            mask_token_options={"lstrip": True, "rstrip": False, "normalized": False},
-            attributes=("do_lower_case", "remove_space", "keep_accents"),
-        ),
-    )
-}
-
-# transformers' TOKENIZER_MAPPING_NAMES for the model types we run: used when tokenizer_config.json
-# names no class and config.json tells only the model_type.
-_MODEL_TYPE_TO_TOKENIZER = {
-    "albert": "AlbertTokenizerFast",
-    "bart": "BartTokenizerFast",
-    "bert": "BertTokenizerFast",
-    "camembert": "CamembertTokenizerFast",
-    "distilbert": "DistilBertTokenizerFast",
-    "electra": "ElectraTokenizerFast",
-    "gpt2": "GPT2TokenizerFast",
-    "longformer": "LongformerTokenizerFast",
-    "mega": "RobertaTokenizerFast",
-    "modernbert": "PreTrainedTokenizerFast",
-    "mpnet": "MPNetTokenizerFast",
-    "mt5": "MT5TokenizerFast",
-    "pegasus": "PegasusTokenizerFast",
-    "roberta": "RobertaTokenizerFast",
-    "t5": "T5TokenizerFast",
-    "umt5": "T5TokenizerFast",
-    "xlm-roberta": "XLMRobertaTokenizerFast",
-}
-
-
-def tokenizer_profile(class_name: str | None) -> TokenizerProfile:
-    """The profile for a transformers tokenizer class name ("BertTokenizer" or "BertTokenizerFast").
-
-    Unknown names get the generic `PreTrainedTokenizerFast` profile and a warning: tokenizer.json and
-    tokenizer_config.json still define the tokenizer, but class defaults transformers would add
-    (default special tokens, `model_input_names`) are not known here.
-    """
-    if not class_name:
-        return _PROFILES["PreTrainedTokenizerFast"]
-    fast_name = class_name if class_name.endswith("Fast") else f"{class_name}Fast"
-    if fast_name in _PROFILES:
-        return _PROFILES[fast_name]
-    if class_name in _PROFILES:
-        return _PROFILES[class_name]
-    logger.warning(
-        "tokenizer_class %r has no specific support in rayformers; loading it with the generic "
-        "PreTrainedTokenizerFast rules (tokenizer.json + tokenizer_config.json). transformers' %s may use other "
-        "default special tokens or model_input_names. Supported classes: %s.",
-        class_name, fast_name, ", ".join(sorted(_PROFILES)),
-    )
-    return _PROFILES["PreTrainedTokenizerFast"]
-
-
-# --------------------------------------------------------------------------------------------------
-# The tokenizer
-# --------------------------------------------------------------------------------------------------
 
 
 def _special_token_property(name: str) -> property:
@@ -607,11 +72,11 @@ class PreTrainedTokenizerFast:
         self._declared_tokenizer_class = tokenizer_class
         kwargs = self._apply_class_defaults(profile, kwargs)
 
-        if kwargs.pop("from_slow", False):
-            raise ValueError(
-                "from_slow=True asks to rebuild the tokenizer from slow-tokenizer files; rayformers only reads "
-                "tokenizer.json. Save the tokenizer once with transformers and load that directory."
-            )
+        from_slow = kwargs.pop("from_slow", False)
+        if from_slow:
+            for key, path in kwargs.get(SLOW_FILES_KWARG, {}).items():
+                kwargs.setdefault(key, path)
+        kwargs.pop(SLOW_FILES_KWARG, None)
         for unused in ("__slow_tokenizer", "gguf_file"):
             kwargs.pop(unused, None)
         added_tokens_decoder = kwargs.pop("added_tokens_decoder", {})
@@ -619,11 +84,22 @@ class PreTrainedTokenizerFast:
 
         if tokenizer_object is not None:
             backend = Tokenizer.from_str(tokenizer_object.to_str())
-        elif tokenizer_file is not None:
+        elif tokenizer_file is not None and not from_slow:
             backend = _read_backend(tokenizer_file)
+        elif slow_file_names(profile.name) and any(kwargs.get(key) for key in slow_file_names(profile.name)):
+            # transformers builds the slow tokenizer from these files and converts it (convert_slow_tokenizer).
+            backend = backend_from_slow_files(profile.name, kwargs)
+            for key, value in slow_class_defaults(profile.name).items():
+                kwargs.setdefault(key, value)
+        elif from_slow:
+            raise ValueError(
+                f"from_slow=True asks to rebuild the tokenizer from slow-tokenizer files, but no "
+                f"{' / '.join(slow_file_names(profile.name).values()) or 'slow-tokenizer file'} was given for "
+                f"{profile.name}. Load the checkpoint directory that holds them, or drop from_slow."
+            )
         else:
-            raise ValueError("PreTrainedTokenizerFast needs a tokenizers.Tokenizer (tokenizer_object=) or a "
-                             "tokenizer.json path (tokenizer_file=).")
+            raise ValueError("PreTrainedTokenizerFast needs a tokenizers.Tokenizer (tokenizer_object=), a "
+                             "tokenizer.json path (tokenizer_file=) or slow-tokenizer files (vocab_file=...).")
         self._tokenizer = backend
 
         # tokenizer.json may carry truncation/padding settings; transformers turns them into init kwargs
@@ -1101,14 +577,27 @@ class PreTrainedTokenizerFast:
         )
         if text is None and text_target is None:
             raise ValueError("Pass the texts to tokenize as `text` (or targets as `text_target`).")
-        encodings = self._call_one(text, text_pair, **options) if text is not None else None
+        encodings = None
+        if text is not None:
+            self._switch_to_input_mode()
+            encodings = self._call_one(text, text_pair, **options)
         if text_target is None:
             return encodings
-        targets = self._call_one(text_target, text_pair_target, **options)
+        self._switch_to_target_mode()
+        try:
+            targets = self._call_one(text_target, text_pair_target, **options)
+        finally:
+            self._switch_to_input_mode()
         if encodings is None:
             return targets
         encodings["labels"] = targets["input_ids"]
         return encodings
+
+    def _switch_to_input_mode(self) -> None:
+        """Hook for tokenizers that encode targets differently (language tokens, Marian's target model)."""
+
+    def _switch_to_target_mode(self) -> None:
+        """Hook: set the tokenizer up for `text_target` (undone by `_switch_to_input_mode`)."""
 
     def _call_one(self, text, text_pair, *, is_split_into_words: bool, **options) -> BatchEncoding:
         _check_text_input(text, "text", is_split_into_words)
@@ -1524,252 +1013,3 @@ def _check_text_input(value, name: str, is_split_into_words: bool) -> None:
         )
 
 
-def _added_tokens_to_json(obj, add_type_field: bool):
-    """AddedToken objects -> JSON dicts (transformers' convert_added_tokens with save=True)."""
-    if isinstance(obj, AddedToken):
-        state = obj.__getstate__()
-        if add_type_field:
-            state["__type"] = "AddedToken"
-        else:
-            state.pop("special")
-        return state
-    if isinstance(obj, (list, tuple)):
-        return [_added_tokens_to_json(item, add_type_field) for item in obj]
-    if isinstance(obj, dict):
-        return {key: _added_tokens_to_json(value, add_type_field) for key, value in obj.items()}
-    return obj
-
-
-def _added_tokens_from_json(obj):
-    """JSON dicts tagged `"__type": "AddedToken"` -> AddedToken (transformers' convert_added_tokens)."""
-    if isinstance(obj, dict) and obj.get("__type") == "AddedToken":
-        obj = dict(obj)
-        obj.pop("__type")
-        return AddedToken(**obj)
-    if isinstance(obj, (list, tuple)):
-        return [_added_tokens_from_json(item) for item in obj]
-    if isinstance(obj, dict):
-        return {key: _added_tokens_from_json(value) for key, value in obj.items()}
-    return obj
-
-
-def _added_token(fields: dict, where: str) -> AddedToken:
-    """An AddedToken from its JSON fields, or an error naming the file entry that is malformed."""
-    fields = {key: value for key, value in fields.items() if key != "__type"}
-    try:
-        return AddedToken(**fields)
-    except TypeError as err:
-        raise TokenizerFormatError(f"{where} is not a valid token description ({fields!r}): {err}") from err
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def _read_json(path: str, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TokenizerFormatError(f"{path} is not valid JSON ({err}); the {what} file is corrupt. Re-download or "
-                                   "re-save the tokenizer.") from err
-    if not isinstance(value, dict):
-        raise TokenizerFormatError(f"{path} must hold a JSON object ({what}), found {type(value).__name__}.")
-    return value
-
-
-def _read_backend(path: str) -> Tokenizer:
-    try:
-        return Tokenizer.from_file(path)
-    except Exception as err:
-        raise TokenizerFormatError(
-            f"Could not read {path} as a `tokenizers` tokenizer.json ({err}). The file is corrupt or was written "
-            "by an incompatible tool; re-download it, or re-create it with transformers: "
-            "`AutoTokenizer.from_pretrained(...).save_pretrained(...)`."
-        ) from err
-
-
-# --------------------------------------------------------------------------------------------------
-# AutoTokenizer
-# --------------------------------------------------------------------------------------------------
-
-
-class AutoTokenizer:
-    """`AutoTokenizer.from_pretrained(dir_or_repo_id)` -> `PreTrainedTokenizerFast`, like transformers.
-
-    Reads tokenizer.json (required), tokenizer_config.json, special_tokens_map.json,
-    added_tokens.json and chat_template.jinja when present, from a local directory or a Hub repo id
-    (through `models.hub.resolve_file`: the huggingface_hub cache, `revision`, `HF_HUB_OFFLINE`).
-    The tokenizer class comes from tokenizer_config.json's `tokenizer_class`, else config.json's
-    `tokenizer_class` or `model_type`. Keyword overrides (`model_max_length=`, `padding_side=`,
-    `pad_token=`...) win over the files.
-    """
-
-    def __init__(self, *args, **kwargs):
-        raise OSError("AutoTokenizer is not meant to be instantiated; use AutoTokenizer.from_pretrained(...).")
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, cache_dir=None, revision=None, local_files_only: bool = False,
-                        token=None, **overrides) -> PreTrainedTokenizerFast:
-        name = os.fspath(name_or_path)
-        if os.path.isfile(name):
-            raise ValueError(f"{name} is a file; pass the directory (or Hub repo id) that contains tokenizer.json.")
-        if overrides.pop("use_fast", True) is False:
-            raise ValueError("use_fast=False asks for a slow (Python) tokenizer; rayformers only has the fast "
-                             "tokenizer.json kind.")
-        for ignored in ("trust_remote_code", "_from_auto", "_commit_hash"):
-            overrides.pop(ignored, None)
-        hub_options = dict(subfolder=overrides.pop("subfolder", None) or "", cache_dir=cache_dir, revision=revision,
-                           local_files_only=local_files_only, token=token)
-
-        def resolve(filename: str) -> str | None:
-            return resolve_file(name, filename, required=False, **hub_options)
-
-        config_path = resolve(TOKENIZER_CONFIG_FILE)
-        tokenizer_config = _read_json(config_path, "tokenizer config") if config_path else None
-        tokenizer_filename = _versioned_tokenizer_file(tokenizer_config)
-        tokenizer_path = _resolve_tokenizer_file(name, tokenizer_filename, resolve, **hub_options)
-
-        class_name = overrides.pop("tokenizer_class", None)
-        if class_name is None and tokenizer_config:
-            class_name = tokenizer_config.get("tokenizer_class")
-        if class_name is None:
-            class_name = _tokenizer_class_from_model_config(resolve(MODEL_CONFIG_FILE))
-        if tokenizer_config and "auto_map" in tokenizer_config:
-            logger.warning("%s declares a custom tokenizer class (auto_map); rayformers does not run remote code and "
-                           "loads it with the rules of %r.", name, class_name or "PreTrainedTokenizerFast")
-
-        init_kwargs = _init_kwargs_from_files(
-            tokenizer_config, overrides, tokenizer_path,
-            special_tokens_map_path=resolve(SPECIAL_TOKENS_MAP_FILE),
-            added_tokens_path=resolve(ADDED_TOKENS_FILE),
-        )
-        chat_template_path = resolve(CHAT_TEMPLATE_FILE)
-        if chat_template_path is not None:
-            with open(chat_template_path, encoding="utf-8") as handle:
-                init_kwargs["chat_template"] = handle.read()
-        init_kwargs["name_or_path"] = name
-        return PreTrainedTokenizerFast(tokenizer_file=tokenizer_path, tokenizer_class=class_name or
-                                       "PreTrainedTokenizerFast", **init_kwargs)
-
-
-def _resolve_tokenizer_file(name: str, filename: str, resolve, **hub_options) -> str:
-    """The tokenizer.json path, or an error that says why there is none and how to make one."""
-    path = resolve(filename)
-    if path is not None:
-        return path
-    if os.path.isdir(os.path.join(name, hub_options.get("subfolder") or "")):
-        raise TokenizerNotFoundError(_missing_tokenizer_message(name, filename))
-    try:  # a Hub id: let the hub layer say whether the repo, the cache or the file is missing
-        return resolve_file(name, filename, required=True, **hub_options)
-    except OSError as err:
-        raise TokenizerNotFoundError(f"{err} {_missing_tokenizer_message(name, filename)}") from err
-
-
-def _missing_tokenizer_message(name: str, filename: str) -> str:
-    target = repr(name) if os.path.isdir(name) else "'<local dir>'"
-    return (
-        f"{name} has no {filename}. rayformers only supports fast tokenizers, which are stored as a single "
-        "tokenizer.json (slow-tokenizer files such as vocab.txt, spiece.model or vocab.json + merges.txt are not "
-        "converted). Produce one once with transformers (with sentencepiece installed for SentencePiece models): "
-        f"`transformers.AutoTokenizer.from_pretrained({name!r}).save_pretrained({target})`, then load that directory."
-    )
-
-
-def _versioned_tokenizer_file(tokenizer_config: dict | None) -> str:
-    """transformers' get_fast_tokenizer_file: newest tokenizer.<version>.json not newer than the reference."""
-    if not tokenizer_config or "fast_tokenizer_files" not in tokenizer_config:
-        return TOKENIZER_FILE
-    candidates = {}
-    for file_name in tokenizer_config["fast_tokenizer_files"]:
-        match = re.search(r"tokenizer\.(.*)\.json", file_name)
-        if match:
-            try:
-                version = tuple(int(part) for part in match.group(1).split(".")[:3])
-            except ValueError:
-                continue
-            candidates[version] = file_name
-    chosen = TOKENIZER_FILE
-    for version in sorted(candidates):
-        if version <= REFERENCE_TRANSFORMERS_VERSION:
-            chosen = candidates[version]
-        else:
-            break
-    return chosen
-
-
-def _tokenizer_class_from_model_config(config_path: str | None) -> str | None:
-    """config.json's `tokenizer_class`, else the class transformers maps its `model_type` to."""
-    if config_path is None:
-        return None
-    config = _read_json(config_path, "model config")
-    if config.get("tokenizer_class"):
-        return config["tokenizer_class"]
-    model_type = config.get("model_type")
-    if model_type == "encoder-decoder":  # transformers uses the encoder's tokenizer
-        model_type = (config.get("encoder") or {}).get("model_type")
-    return _MODEL_TYPE_TO_TOKENIZER.get(model_type)
-
-
-def _init_kwargs_from_files(tokenizer_config: dict | None, overrides: dict, tokenizer_path: str, *,
-                            special_tokens_map_path: str | None, added_tokens_path: str | None) -> dict:
-    """transformers' `_from_pretrained`: merge the config files and overrides into __init__ kwargs."""
-    init_kwargs = dict(tokenizer_config or {})
-    init_kwargs.pop("tokenizer_class", None)
-    init_kwargs.pop("init_inputs", None)
-    for key in _FILE_KEYS:
-        init_kwargs.pop(key, None)
-    init_kwargs.update(overrides)
-
-    added_tokens_decoder: dict[int, AddedToken] = {}
-    added_tokens_map: dict[str, AddedToken] = {}
-    if "added_tokens_decoder" in init_kwargs:
-        for index, token in init_kwargs["added_tokens_decoder"].items():
-            if isinstance(token, dict):
-                token = _added_token(token, f"tokenizer_config.json added_tokens_decoder[{index}]")
-            if not isinstance(token, AddedToken):
-                raise TokenizerFormatError(f"tokenizer_config.json added_tokens_decoder[{index}] must be an object "
-                                           f"describing a token, found {token!r}.")
-            added_tokens_decoder[int(index)] = token
-            added_tokens_map[str(token)] = token
-    else:
-        # Legacy layout: special_tokens_map.json, added_tokens.json, tokenizer.json's added_tokens.
-        if special_tokens_map_path is not None:
-            for key, value in _read_json(special_tokens_map_path, "special tokens map").items():
-                if key in overrides and overrides[key]:
-                    continue
-                if isinstance(value, dict):
-                    value = _added_token({**value, "special": True}, f"special_tokens_map.json {key}")
-                elif key == "additional_special_tokens" and isinstance(value, list):
-                    additional = init_kwargs.pop("additional_special_tokens", []) or []
-                    for token in value:
-                        if isinstance(token, dict):
-                            token = _added_token({**token, "special": True}, f"special_tokens_map.json {key}")
-                        if token not in additional:
-                            additional.append(token)
-                    value = additional
-                init_kwargs[key] = value
-        if added_tokens_path is not None:
-            special = []
-            for key in SPECIAL_TOKENS_ATTRIBUTES:
-                if init_kwargs.get(key) is not None:
-                    value = init_kwargs[key]
-                    special += [str(t) for t in value] if key == "additional_special_tokens" else [str(value)]
-            for content, index in _read_json(added_tokens_path, "added tokens").items():
-                is_special = content in special
-                added_tokens_decoder[index] = AddedToken(content, rstrip=False, lstrip=False,
-                                                         normalized=not is_special, special=is_special)
-        for serialized in _read_json(tokenizer_path, "tokenizer").get("added_tokens", []):
-            serialized = dict(serialized)
-            index = serialized.pop("id")
-            added_tokens_decoder[index] = _added_token(serialized, f"tokenizer.json added_tokens id {index}")
-            added_tokens_map[str(added_tokens_decoder[index])] = added_tokens_decoder[index]
-
-    init_kwargs["added_tokens_decoder"] = added_tokens_decoder
-    init_kwargs = _added_tokens_from_json(init_kwargs)
-    if added_tokens_map:
-        for key in SPECIAL_TOKENS_ATTRIBUTES[:-1]:
-            if init_kwargs.get(key) is not None:
-                init_kwargs[key] = added_tokens_map.get(str(init_kwargs[key]), init_kwargs[key])
-    return init_kwargs

@@ -1,0 +1,189 @@
+"""CausalSession: a decoder-only model's state for a set of rows being decoded together.
+
+It offers the decoding loops (decoding.py) the same operations as `DecoderSession` (`step`, `keep`,
+`repeat`, `reorder_self_attention`, and for continuous batching `append` / `pad_self_attention`),
+so greedy search, sampling and beam search run unchanged on decoder-only models. What is per row:
+- the attention mask over every position so far ([rows, cached + new]; prompts are LEFT-padded);
+- the KV cache, a tuple over layers of per-layer tuples whose tensors are all batch-first
+  (BERT family: `(self_k, self_v)` [rows, heads, seq, head_dim]; MEGA: `(self_key, self_value,
+  ema_state)`, key/value [rows, seq, dim], None after a chunk boundary).
+
+Position ids follow transformers 4.57.6's `prepare_inputs_for_generation`: when the model's
+forward takes `position_ids` they are `cumsum(attention_mask) - 1` (padding gets 1), recomputed
+every step, so a left-padded row sees the positions it would see alone (for RoBERTa this replaces
+its padding-offset positions exactly as transformers' generate does).
+
+Models declare what the session needs with class attributes:
+- `_generation_position_ids` (bool): pass positions as above;
+- `_cache_sequence_dims`: for each tensor of a layer's cache its sequence dimension, or None for
+  state without one (MEGA's EMA state); used to left-pad caches when rows of different lengths join;
+- `_generation_prefill_unpadded` (bool): the model cannot prefill a left-padded batch (MEGA gives
+  NaN for padded queries, as transformers does), so each group of equal-length prompts is
+  prefilled without padding and their caches are left-padded and merged;
+- `_generation_step_kwargs` (dict): extra forward keywords for cached steps (MEGA:
+  `mask_past_padding=True`, so cached padded positions stay masked).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 1)
+
+
+def _map_cache(past, fn):
+    """Apply `fn(tensor, dim)` to every cache tensor (None entries stay None)."""
+    return tuple(tuple(None if t is None else fn(t, i) for i, t in enumerate(layer)) for layer in past)
+
+
+class CausalSession:
+    def __init__(self, model, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None):
+        self.model = model
+        self.attention_mask = attention_mask.long()
+        # Optional prompt token types; generated tokens take the prompt's last type (as transformers).
+        self.token_type_ids = token_type_ids
+        self.next_token_type = None if token_type_ids is None else token_type_ids[:, -1:]
+        self.past_key_values = None
+        self.sequence_dims = tuple(getattr(model, "_cache_sequence_dims", (2, 2)))
+        self.uses_positions = bool(getattr(model, "_generation_position_ids", False))
+        self.step_kwargs = dict(getattr(model, "_generation_step_kwargs", {}) or {})
+
+    @property
+    def num_rows(self) -> int:
+        return self.attention_mask.shape[0]
+
+    def _forward(self, input_ids, attention_mask, past, token_type_ids=None, **kwargs) -> tuple[torch.Tensor, tuple]:
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        if self.uses_positions:
+            kwargs["position_ids"] = _positions(attention_mask)[:, -input_ids.shape[1]:]
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past,
+                             use_cache=True, return_dict=True, **kwargs)
+        if outputs.past_key_values is None:
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned no past_key_values with use_cache=True; generation needs the "
+                "KV cache (see rayformers.models.generation.causal_session for the model contract)."
+            )
+        logits = outputs.logits[:, -1, :]
+        return (logits if logits.dtype == torch.float32 else logits.float()), tuple(outputs.past_key_values)
+
+    def step(self, input_ids: torch.Tensor, **unused) -> torch.Tensor:
+        """Feed the new tokens [rows, new] (the whole prompt first); return float32 next-token logits."""
+        if self.past_key_values is None:
+            if tuple(input_ids.shape) != tuple(self.attention_mask.shape):
+                raise ValueError("the first step of a CausalSession must feed the whole prompt")
+            if getattr(self.model, "_generation_prefill_unpadded", False):
+                return self._prefill_by_length(input_ids)
+            logits, self.past_key_values = self._forward(input_ids, self.attention_mask, None, self.token_type_ids)
+            return logits
+        ones = self.attention_mask.new_ones(input_ids.shape)
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
+        types = None if self.next_token_type is None else self.next_token_type.expand(-1, input_ids.shape[1])
+        logits, self.past_key_values = self._forward(input_ids, self.attention_mask, self.past_key_values, types,
+                                                     **self.step_kwargs)
+        return logits
+
+    def _prefill_by_length(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Prefill each group of equal-length (left-padded) prompts unpadded, then merge their caches."""
+        width = input_ids.shape[1]
+        lengths = self.attention_mask.sum(dim=1)
+        expected = torch.arange(width, device=input_ids.device)[None, :] >= (width - lengths)[:, None]
+        bad = (expected.long() != self.attention_mask).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"rows {bad[:20]} are not left-padded (attention_mask must be 0...0 1...1): "
+                f"{type(self.model).__name__} generation needs left-padded prompts (tokenizer padding_side='left')."
+            )
+        logits = None
+        groups = []
+        for length in sorted(set(lengths.tolist()), reverse=True):
+            rows = (lengths == length).nonzero().flatten()
+            tokens = input_ids.index_select(0, rows)[:, width - length:]
+            types = None if self.token_type_ids is None else self.token_type_ids.index_select(0, rows)[:, width - length:]
+            group_logits, past = self._forward(tokens, torch.ones_like(tokens), None, types)
+            if logits is None:
+                logits = group_logits.new_empty((input_ids.shape[0], group_logits.shape[1]))
+            logits[rows] = group_logits
+            groups.append((rows, self._left_pad(past, width - length)))
+        order = torch.cat([rows for rows, _ in groups]).argsort()
+        merged = tuple(
+            tuple(None if parts[0] is None else torch.cat(parts, dim=0).index_select(0, order)
+                  for parts in zip(*layers))
+            for layers in zip(*[past for _, past in groups])
+        )
+        self.past_key_values = merged
+        return logits
+
+    def _left_pad(self, past, pad: int):
+        if pad <= 0:
+            return past
+
+        def pad_tensor(t, index):
+            dim = self.sequence_dims[index] if index < len(self.sequence_dims) else None
+            if dim is None:
+                return t
+            shape = list(t.shape)
+            shape[dim] = pad
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        return _map_cache(past, pad_tensor)
+
+    def keep(self, rows: torch.Tensor, self_attention_rows: torch.Tensor | None = None) -> None:
+        """Keep only `rows`; `self_attention_rows` (beam search) takes the cache from other beams of the same input."""
+        cache_rows = rows if self_attention_rows is None else self_attention_rows
+        self.attention_mask = self.attention_mask.index_select(0, rows)
+        if self.next_token_type is not None:
+            self.next_token_type = self.next_token_type.index_select(0, rows)
+        self.past_key_values = _map_cache(self.past_key_values, lambda t, _: t.index_select(0, cache_rows))
+
+    def repeat(self, n: int) -> None:
+        """Each row becomes n consecutive identical rows (after the first step: the prompt runs once per input)."""
+        if n == 1:
+            return
+        self.attention_mask = self.attention_mask.repeat_interleave(n, dim=0)
+        if self.next_token_type is not None:
+            self.next_token_type = self.next_token_type.repeat_interleave(n, dim=0)
+        self.past_key_values = _map_cache(self.past_key_values, lambda t, _: t.repeat_interleave(n, dim=0))
+
+    def reorder_self_attention(self, rows: torch.Tensor) -> None:
+        """Beam reorder (beams only move within their input, whose attention masks are identical)."""
+        self.past_key_values = _map_cache(self.past_key_values, lambda t, _: t.index_select(0, rows))
+
+    # -- continuous batching
+    def self_attention_length(self) -> int:
+        return self.attention_mask.shape[1]
+
+    def pad_self_attention(self, new_length: int) -> None:
+        """Left-pad mask (zeros) and cache to `new_length` positions."""
+        pad = new_length - self.self_attention_length()
+        if pad <= 0:
+            return
+        self.attention_mask = torch.cat([self.attention_mask.new_zeros(self.num_rows, pad), self.attention_mask], 1)
+        self.past_key_values = self._left_pad(self.past_key_values, pad)
+
+    def trim_left(self, columns: int) -> None:
+        """Drop the first `columns` positions (padding for every row)."""
+        if columns <= 0:
+            return
+        self.attention_mask = self.attention_mask[:, columns:]
+
+        def trim(t, index):
+            dim = self.sequence_dims[index] if index < len(self.sequence_dims) else None
+            return t if dim is None else t.narrow(dim, columns, t.shape[dim] - columns)
+
+        self.past_key_values = _map_cache(self.past_key_values, trim)
+
+    def append(self, other: "CausalSession") -> None:
+        """Concatenate another session's rows after ours (both padded to the same length first)."""
+        self.attention_mask = torch.cat([self.attention_mask, other.attention_mask], dim=0)
+        if (self.next_token_type is None) != (other.next_token_type is None):
+            raise ValueError("cannot merge sessions with and without token_type_ids")
+        if self.next_token_type is not None:
+            self.next_token_type = torch.cat([self.next_token_type, other.next_token_type], dim=0)
+        self.past_key_values = tuple(
+            tuple(None if a is None else torch.cat([a, b], dim=0) for a, b in zip(mine, theirs))
+            for mine, theirs in zip(self.past_key_values, other.past_key_values)
+        )

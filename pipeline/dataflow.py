@@ -1,0 +1,109 @@
+"""The Ray Data plan of an inference job, built from a :class:`ResolvedJob`.
+
+read (row-group tasks, streamed in slices) → blocks of ``compute.batch_size`` rows → tokenize
+(CPU actor pool) → model (actor pool, GPU or CPU) → staged write. Every stage reserves a fraction
+of a CPU chosen by ``compute``, so on a small machine the read and write tasks always find room
+next to the actors.
+
+Why ``repartition(target_num_rows_per_block=...)`` after the read: a read task's yields are
+coalesced by Ray into blocks of up to ``DataContext.target_max_block_size`` (128 MiB), so a
+Parquet file with one 250k-row row group would flow as one 250k-row block: one tokenizer call,
+one model call, nothing staged until all of it is done. Ray's streaming repartition cuts blocks
+back to ``batch_size`` rows without a shuffle; they stay that size through the actor stages
+(one block per call), and each row carries its place in the input, so block boundaries never
+matter for correctness, only for latency and memory.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rayformers.operators import OPERATOR_FOR_TASK, TokenizeOperator
+
+from .preflight import ProcessingSpec, ResolvedJob, size_tokenizer_pool
+
+
+def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
+    """The lazy dataset up to (not including) the write; ``done`` (unit key → row ranges staged
+    by an interrupted attempt) is skipped by the read."""
+    import ray
+
+    from .source import make_datasource
+
+    cfg = job.config
+    c = cfg.compute
+    source = make_datasource(
+        job.input_fs,
+        job.files,
+        job.read_columns,
+        cfg.input.id_column,
+        done=done,
+        block_rows=c.block_rows(),
+        rows_per_task=c.read_rows_per_task,
+    )
+    # One read task per planned unit: without this Ray splits small inputs into ~200 tiny blocks,
+    # and every block costs a scheduling round trip through each stage.
+    ds = ray.data.read_datasource(source, num_cpus=c.io_num_cpus, override_num_blocks=max(1, source.num_units))
+    return processing_stages(ds, job)
+
+
+def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
+    """Blocks of ``compute.batch_size`` rows → tokenizer actor pool → model actor pool: the one
+    plan behind both ``run()`` and ``build_processor()``."""
+    from ray.data import ActorPoolStrategy
+
+    import ray
+
+    cfg = spec.config
+    c = cfg.compute
+    if c.tokenizer_max_actors is None:
+        size_tokenizer_pool(cfg, float(ray.cluster_resources().get("CPU", 0)))
+    ds = ds.repartition(target_num_rows_per_block=c.block_rows())
+    ds = ds.map_batches(
+        TokenizeOperator,
+        fn_constructor_kwargs=dict(
+            tokenizer_path=spec.tokenizer_path,
+            text_column=cfg.input.text_column,
+            text_pair_column=cfg.input.text_pair_column,
+            max_length=spec.max_length,
+            truncation=cfg.tokenizer.truncation,
+            with_offsets=cfg.model.task == "token-classify",
+            revision=cfg.model.revision,
+            local_files_only=cfg.model.local_files_only,
+            drop_columns=tuple(spec.drop_after_tokenize),
+            source_language=cfg.input.source_language,
+            source_language_column=cfg.input.source_language_column,
+        ),
+        compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
+        num_cpus=c.tokenizer_num_cpus,
+        resources=c.tokenizer_resources or None,
+        batch_size=None,  # one block (compute.batch_size rows) per call
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+    )
+    operator_cls = OPERATOR_FOR_TASK[cfg.model.task]
+    ds = ds.map_batches(
+        operator_cls,
+        fn_constructor_kwargs=dict(
+            model_path=cfg.model.path,
+            dtype=cfg.model.dtype,
+            revision=cfg.model.revision,
+            local_files_only=cfg.model.local_files_only,
+            num_gpus=c.model_num_gpus,
+            torch_threads=c.torch_threads,
+            model_actors=c.model_max_actors,
+            max_tokens_per_batch=c.max_tokens_per_batch,
+            max_rows_per_batch=c.max_rows_per_batch,
+            pad_token_id=spec.pad_token_id,
+            drop_columns=tuple(spec.drop_after_model),
+            **spec.task_options,
+        ),
+        compute=ActorPoolStrategy(min_size=c.model_min_actors, max_size=c.model_max_actors),
+        num_cpus=c.model_num_cpus,
+        num_gpus=c.model_num_gpus or None,
+        resources=c.model_resources or None,
+        batch_size=None,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+    )
+    return ds

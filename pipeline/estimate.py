@@ -1,0 +1,186 @@
+"""``rayformers plan job.yaml``: what a job will cost, measured on a sample, before running it.
+
+Validates like a run (pre-flight: config, input, columns, model, tokenizer, output location;
+nothing is written), reads a sample of rows spread over the input files, scores it on the
+configured actor pools (the same plan as ``run()``), and extrapolates from the measured stage
+times: rows, files and tokens of the whole input, rows/s and tokens/s per model and tokenizer
+actor, the wall time at the configured actor counts, and how many model actors finish in a
+target time. The first block of the sample is excluded from the rates (it pays for lazy
+initialisation inside the actor); actor start-up is reported on its own line.
+
+Limits: the estimate assumes the sample's length distribution holds for the whole input (rows
+are taken from the first row group of up to ``sample_files`` files spread over the input), and
+that actors scale linearly (true until reads, the object store or the network bind).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+
+from .config import ConfigError, JobConfig, load_config
+from .preflight import check_cluster_cpus, preflight
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``45s``, ``15m``, ``2h``, ``1.5d`` → seconds."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ConfigError(f"cannot read duration {text!r}: use e.g. 45s, 15m, 2h or 1d")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class PlanReport:
+    """What ``plan()`` measured and estimated (``format()`` prints it)."""
+
+    input_files: int
+    input_rows: int
+    sample_rows: int
+    sample_errors: int
+    tokens_per_row: float
+    estimated_tokens: int
+    model_actors: int
+    tokenizer_actors: int
+    model_rows_per_s_per_actor: float
+    model_tokens_per_s_per_actor: float
+    tokenizer_rows_per_s_per_actor: float
+    bottleneck: str
+    estimated_wall_s: float
+    startup_s: float
+    target_s: Optional[float] = None
+    model_actors_for_target: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [
+            f"input         {self.input_rows:,} rows in {self.input_files:,} files, ~{self.estimated_tokens:,} tokens "
+            f"({self.tokens_per_row:.1f} per row in the sample)",
+            f"sample        {self.sample_rows} rows scored ({self.sample_errors} error records)",
+            f"model actor   {self.model_rows_per_s_per_actor:,.1f} rows/s, {self.model_tokens_per_s_per_actor:,.0f} tokens/s each "
+            f"(x{self.model_actors} configured)",
+            f"tokenizer     {self.tokenizer_rows_per_s_per_actor:,.0f} rows/s each (x{self.tokenizer_actors} configured)",
+            f"estimate      {_fmt_s(self.estimated_wall_s)} for the whole input at the configured actor counts "
+            f"(bound by the {self.bottleneck})",
+            f"start-up      {self.startup_s:.1f} s (actors starting, model loading; paid once per run)",
+        ]
+        if self.target_s is not None:
+            lines.append(
+                f"target        {_fmt_s(self.target_s)}: {self.model_actors_for_target} model actors "
+                f"(and tokenizer actors to keep up) at the measured rate"
+            )
+        return "\n".join(lines)
+
+
+def _sample_table(job, sample_rows: int, sample_files: int) -> pa.Table:
+    from .source import iter_row_group_slices
+
+    files = [f for f in job.files if f.num_rows]
+    if len(files) > sample_files:
+        step = len(files) / sample_files
+        files = [files[int(i * step)] for i in range(sample_files)]
+    per_file = max(1, math.ceil(sample_rows / max(1, len(files))))
+    tables = []
+    for f in files:
+        for _, t in iter_row_group_slices(job.input_fs, f, [0], job.read_columns, job.config.input.id_column, per_file):
+            tables.append(t)
+            break
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    return table.slice(0, sample_rows)
+
+
+def plan(
+    config: JobConfig | dict | str | Path,
+    overrides: Optional[list[str]] = None,
+    *,
+    target: Optional[str | float] = None,
+    sample_rows: int = 512,
+    sample_files: int = 8,
+    ray_init_kwargs: Optional[dict] = None,
+) -> PlanReport:
+    """Validate a job, score a sample on its actors and estimate the whole run (nothing written)."""
+    import ray
+
+    from .processor import Processor
+    from .runner import ensure_ray
+
+    cfg = config if isinstance(config, JobConfig) and not overrides else load_config(config, overrides)
+    target_s = parse_duration(target) if isinstance(target, str) else target
+    job = preflight(cfg)
+    ensure_ray(ray_init_kwargs)
+    check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
+    sample = _sample_table(job, sample_rows, sample_files)
+
+    t0 = time.perf_counter()
+    scored_ds = Processor(job)(ray.data.from_arrow(sample), keep_stage_times=True)
+    blocks = [ray.get(ref) for ref in scored_ds.to_arrow_refs()]
+    wall = time.perf_counter() - t0
+    blocks = [b for b in blocks if b.num_rows]
+
+    def stage(b: pa.Table, name: str) -> float:
+        col = f"_stage_{name}_s"
+        return float(sum(b.column(col).to_pylist())) if col in b.column_names else 0.0
+
+    # The first block pays for lazy initialisation inside the actors: rates come from the rest.
+    steady = blocks[1:] if len(blocks) > 1 else blocks
+    rows = sum(b.num_rows for b in steady)
+    model_s = sum(stage(b, "model") for b in steady) or 1e-9
+    tok_s = sum(stage(b, "tokenize") for b in steady) or 1e-9
+    all_rows = sum(b.num_rows for b in blocks)
+    tokens = sum(int(sum(b.column("num_tokens").to_pylist())) for b in blocks if "num_tokens" in b.column_names)
+    errors = sum(b.num_rows - b.column("error").null_count for b in blocks if "error" in b.column_names)
+    tokens_per_row = tokens / max(1, all_rows - errors)
+    steady_tokens = sum(int(sum(b.column("num_tokens").to_pylist())) for b in steady if "num_tokens" in b.column_names)
+
+    c = cfg.compute
+    model_rps = rows / model_s
+    tok_rps = rows / tok_s
+    model_total, tok_total = model_rps * c.model_max_actors, tok_rps * c.tokenizer_max_actors
+    bottleneck = "model actors" if model_total <= tok_total else "tokenizer actors"
+    rate = min(model_total, tok_total)
+    work_s = sum(stage(b, "model") + stage(b, "tokenize") for b in blocks)
+    startup = max(0.0, wall - work_s)
+    report = PlanReport(
+        input_files=len(job.files),
+        input_rows=job.total_rows,
+        sample_rows=all_rows,
+        sample_errors=errors,
+        tokens_per_row=tokens_per_row,
+        estimated_tokens=int(round(tokens_per_row * job.total_rows)),
+        model_actors=c.model_max_actors,
+        tokenizer_actors=c.tokenizer_max_actors,
+        model_rows_per_s_per_actor=model_rps,
+        model_tokens_per_s_per_actor=steady_tokens / model_s,
+        tokenizer_rows_per_s_per_actor=tok_rps,
+        bottleneck=bottleneck,
+        estimated_wall_s=job.total_rows / rate + startup,
+        startup_s=startup,
+    )
+    if target_s is not None:
+        if target_s <= startup:
+            raise ConfigError(f"target {_fmt_s(target_s)} is shorter than the measured start-up ({startup:.0f} s)")
+        report.target_s = target_s
+        report.model_actors_for_target = max(1, math.ceil(job.total_rows / (model_rps * (target_s - startup))))
+    return report
+
+
+__all__ = ["PlanReport", "parse_duration", "plan"]

@@ -1,0 +1,70 @@
+"""The pipeline's ``generate`` task on a decoder-only checkpoint (a tiny BertLMHeadModel).
+
+One local Ray session for the module and one dataset execution: ``rayformers.pipeline.run`` over
+real Parquet must write, for every row, the continuation of its prompt (not the prompt itself),
+equal to our ``generate`` on that prompt alone and to transformers' ``generate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rayformers.pipeline import read_output, run
+
+from model_test_utils import tiny_bert
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+TEXTS = ["once upon a time", "", "the quick brown fox " * 6, "hi", "漢字 🙂 text", "a b c d e f g"]
+SETTINGS = {"max_new_tokens": 6, "no_repeat_ngram_size": 2}
+
+
+def test_generate_task_continues_prompts_of_a_causal_lm(ray_session, tmp_path):
+    from transformers import BertLMHeadModel as HFBertLMHeadModel
+
+    from rayformers.models import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tiny_bert(tmp_path / "bert-lm", hidden=16, layers=2, head="BertLMHeadModel", intermediate=32,
+                          is_decoder=True)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(pa.table({"text": TEXTS}), inp / "part0.parquet")
+    report = run(
+        {
+            "input": {"path": str(inp)},
+            "model": {"path": str(model_dir), "task": "generate"},
+            "task": {"generation": {**SETTINGS, "max_batch_size": 3}},
+            "output": {"path": str(tmp_path / "out"), "max_error_fraction": 0.5},
+        }
+    )
+    assert report.rows == len(TEXTS) and report.errors == 1
+    rows = {r["id"]: r for r in read_output(str(tmp_path / "out")).to_pylist()}
+    ours = AutoModelForCausalLM.from_pretrained(model_dir)
+    hf = HFBertLMHeadModel.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for i, text in enumerate(TEXTS):
+        row = rows[f"part0.parquet:{i}"]
+        if not text:
+            assert row["generated_text"] is None and "empty" in row["error"]
+            continue
+        # The prompt is truncated so that it and its continuation fit the 64 positions.
+        prompt = tok([text], truncation=True, max_length=64 - SETTINGS["max_new_tokens"], return_tensors="pt")
+        want = ours.generate(**prompt, **SETTINGS)
+        assert want.tolist() == hf.generate(**prompt, **SETTINGS).tolist()
+        continuation = want[0, prompt["input_ids"].shape[1]:]
+        assert row["error"] is None
+        assert row["generated_text"] == tok.decode(continuation, skip_special_tokens=True), text
+        assert row["generated_tokens"] == SETTINGS["max_new_tokens"]  # the continuation only, not the prompt

@@ -1,0 +1,141 @@
+"""Billion-row mechanics on a small scale, with real Ray and Parquet: blocks of ``batch_size``
+whatever the row groups, staged files merged to size, the distributed duplicate-id check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rayformers.pipeline import PreflightError, read_output, run
+from rayformers.pipeline.config import load_config
+from rayformers.pipeline.preflight import preflight
+
+from model_test_utils import tiny_bert
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    return tiny_bert(tmp_path_factory.mktemp("clf") / "model", hidden=16, head="BertForSequenceClassification")
+
+
+def spark_like_input(path: Path, rows: int, **extra) -> Path:
+    """One file, one big row group: what Spark writes for short rows (128 MB groups)."""
+    path.mkdir(parents=True)
+    table = pa.table({"text": [f"row {i} " + "token " * (i % 5) for i in range(rows)], **extra})
+    pq.write_table(table, path / "big.parquet", row_group_size=rows)
+    return path
+
+
+def test_one_big_row_group_flows_as_blocks_of_batch_size(ray_session, tmp_path, classifier):
+    from rayformers.pipeline.dataflow import build_dataset
+
+    inp = spark_like_input(tmp_path / "in", 2000)
+    cfg = load_config({
+        "input": {"path": str(inp)}, "model": {"path": str(classifier), "task": "classify"},
+        "compute": {"batch_size": 300}, "output": {"path": str(tmp_path / "out")},
+    })
+    job = preflight(cfg)
+    assert [f.row_group_rows for f in job.files] == [[2000]]
+    sizes = build_dataset(job).map_batches(
+        lambda t: pa.table({"rows": [t.num_rows]}), batch_size=None, batch_format="pyarrow"
+    ).take_all()
+    # every model call got one block of at most batch_size rows; together exactly the input
+    assert sorted(r["rows"] for r in sizes) == [200] + [300] * 6
+
+
+def test_small_staged_files_are_merged_before_publishing(ray_session, tmp_path, classifier):
+    inp = spark_like_input(tmp_path / "in", 400)
+    out = tmp_path / "out"
+    report = run({
+        "input": {"path": str(inp)}, "model": {"path": str(classifier), "task": "classify"},
+        "compute": {"batch_size": 32}, "output": {"path": str(out), "stage_rows": 64},
+    })
+    assert report.rows == 400 and report.rows_scored == 400
+    parts = sorted(out.glob("part-*.parquet"))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert len(parts) == 1 == len(manifest["output_files"]), "7 staged files of ~64 rows merged into one"
+    assert manifest["output_files"][0]["rows"] == 400
+    ids = read_output(str(out)).column("id").to_pylist()
+    assert sorted(ids) == sorted(f"big.parquet:{i}" for i in range(400))
+
+
+def test_duplicate_ids_are_found_without_a_driver_side_set(ray_session, tmp_path, classifier):
+    ids = list(range(300)) + [7, 42]
+    inp = spark_like_input(tmp_path / "in", 302, doc=pa.array(ids, pa.int64()))
+    job = {
+        "input": {"path": str(inp), "id_column": "doc", "unique_ids_driver_rows": 10},
+        "model": {"path": str(classifier), "task": "classify"}, "output": {"path": str(tmp_path / "out")},
+    }
+    assert preflight(load_config(job)).id_check_deferred
+    with pytest.raises(PreflightError, match=r"2 ids occur more than once \(e.g. (7, 42|42, 7)\)"):
+        run(job)
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.rayformers-staging").exists()
+
+
+# --- Dataset in, Dataset out; a measured estimate before a big job --------------------------------
+
+
+def test_processor_on_any_dataset_equals_run(ray_session, tmp_path, classifier):
+    import pandas as pd
+    import ray
+
+    from rayformers.pipeline import build_processor
+
+    texts = [f"review {i}: " + "great " * (i % 9) for i in range(60)] + [None, "   "]
+    df = pd.DataFrame({"doc": range(len(texts)), "text": texts, "shop": ["a", "b"] * (len(texts) // 2)})
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), inp / "p.parquet")
+    config = {
+        "input": {"path": str(inp), "id_column": "doc", "passthrough_columns": ["shop"]},
+        "model": {"path": str(classifier), "task": "classify"},
+        "output": {"path": str(tmp_path / "out"), "max_error_fraction": 0.5},
+    }
+    expected = {r["doc"]: r for r in read_output(run(config).output_path).to_pylist()}
+
+    processor = build_processor({k: v for k, v in config.items() if k != "output"})
+    rows = processor(ray.data.from_pandas(df)).take_all()
+    assert len(rows) == len(texts) and set(rows[0]) == {"doc", "shop", "num_tokens", "label", "score", "error"}
+    for r in rows:
+        e = expected[r["doc"]]
+        assert (r["label"], r["error"], r["shop"]) == (e["label"], e["error"], e["shop"])
+        if r["error"] is None:
+            assert r["score"] == pytest.approx(e["score"], abs=1e-6)
+    assert sum(r["error"] is not None for r in rows) == 2
+    with pytest.raises(PreflightError, match="no column 'text'"):
+        processor(ray.data.from_pandas(df.rename(columns={"text": "body"})))
+
+
+def test_plan_estimates_within_2x_of_a_real_run_and_writes_nothing(ray_session, tmp_path, classifier, capsys):
+    from rayformers.pipeline import cli
+
+    inp = spark_like_input(tmp_path / "in", 3000)
+    out = tmp_path / "out"
+    job = {"input": {"path": str(inp)}, "model": {"path": str(classifier), "task": "classify"},
+           "output": {"path": str(out)}}
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(job))
+    assert cli.main(["plan", str(path), "--target", "10m", "--sample-rows", "384", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not out.exists() and not (tmp_path / ".out.rayformers-staging").exists(), "plan writes nothing"
+    assert est["input_rows"] == 3000 and est["input_files"] == 1 and est["sample_rows"] == 384
+    assert est["tokens_per_row"] > 2 and est["estimated_tokens"] == pytest.approx(3000 * est["tokens_per_row"], rel=1e-3)
+    assert est["model_actors_for_target"] >= 1 and est["estimated_wall_s"] > est["startup_s"]
+
+    report = run(job)
+    measured = report.rows / report.stage_s["model"]
+    assert 0.5 < est["model_rows_per_s_per_actor"] / measured < 2.0, (est["model_rows_per_s_per_actor"], measured)
+    assert cli.main(["plan", str(path), "--target", "soon"]) == 2
