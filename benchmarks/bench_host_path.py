@@ -14,9 +14,10 @@ measured by forward hooks and subtracted from the operator call, so what is left
 operator's own work per row. Run it on two checkouts to compare (before/after a change): the
 script only uses the operators' public call.
 
-Single-threaded (torch and tokenizers), best of ``--repeat``. Times are CPU time of this process
-(``time.process_time``), not wall time: on a shared machine other jobs' load then does not
-count, and with one thread CPU time is the work done.
+Single-threaded (torch and tokenizers), best of ``--repeat``. Times are the CPU time of the
+calling thread (``time.thread_time``), not wall time: on a shared machine other jobs' load then
+does not count, nor do idle helper threads of the libraries (which showed up as half of the
+process CPU time here); with one compute thread that is the work done.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-clock = time.process_time
+clock = time.thread_time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

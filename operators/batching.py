@@ -186,23 +186,24 @@ def pad_flat(
     longest = int(lens.max()) if len(lens) else 0
     if pad_to_multiple_of:
         longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    shape = (len(rows), longest)
-    ids = torch.empty(shape, dtype=torch.long, pin_memory=pin_memory)
-    mask = torch.empty(shape, dtype=torch.long, pin_memory=pin_memory)
-    ids_np, mask_np = ids.numpy(), mask.numpy()
-    real = np.arange(longest)[None, :] < lens[:, None]
-    mask_np[...] = real
-    ids_np.fill(pad_id)
-    if len(lens) and lens.any():
-        ids_np[real] = gather_segments(tokens.values, tokens.starts[rows], lens)  # row-major, like `real`
-    return ids, mask
+    position = np.arange(longest)
+    real = position[None, :] < lens[:, None]
+    if len(tokens.values):
+        # a rows x longest gather from each row's start (clamped past the end, masked out after)
+        source = np.minimum(tokens.starts[rows][:, None] + position[None, :], len(tokens.values) - 1)
+        ids = np.where(real, tokens.values[source], pad_id)
+    else:
+        ids = np.full(real.shape, pad_id)
+    return as_tensor(ids, pin_memory), as_tensor(real, pin_memory)
 
 
-def gather_segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``concatenate([values[s:s + n] for s, n in zip(starts, lengths)])`` as one fancy index."""
-    total = int(lengths.sum())
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return values[np.arange(total) + shift]
+def as_tensor(array: np.ndarray, pin_memory: bool) -> torch.Tensor:
+    """An int64 tensor of ``array``, in page-locked memory when asked."""
+    if not pin_memory:
+        return torch.from_numpy(array.astype(np.int64))
+    out = torch.empty(array.shape, dtype=torch.long, pin_memory=True)
+    out.numpy()[...] = array
+    return out
 
 
 def pad_rows(
