@@ -50,11 +50,17 @@ def build_input(path: Path, rows: int, files: int = 4) -> Path:
     return path
 
 
+BATCH_SIZE = None  # --batch-size: compute.batch_size of every job (None: the default)
+
+
 def job(inp: Path, out: Path, model: Path, mode: str = "error-if-exists") -> dict:
+    compute = {"model_max_actors": 1, "tokenizer_max_actors": 1}
+    if BATCH_SIZE:
+        compute["batch_size"] = BATCH_SIZE
     return {
         "input": {"path": str(inp)},
         "model": {"path": str(model), "task": "classify"},
-        "compute": {"model_max_actors": 1, "tokenizer_max_actors": 1},
+        "compute": compute,
         "output": {"path": str(out), "mode": mode},
     }
 
@@ -159,9 +165,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--skip-kill", action="store_true")
+    p.add_argument("--batch-size", type=int, default=None, help="compute.batch_size (rows per block)")
     p.add_argument("--finalize-only", action="store_true", help="only the driver's per-file check cost")
     p.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
     args = p.parse_args()
+    global BATCH_SIZE
+    BATCH_SIZE = args.batch_size
     if args.finalize_only:
         measure_finalize(Path(args.work or tempfile.mkdtemp(prefix="bench-scale-")))
         return
