@@ -62,6 +62,7 @@ from .output_safety import (
     UnsafeOutputError,
     check_replaceable,
     check_staging_is_ours,
+    sibling_path,
 )
 from .source import HIDDEN_COLUMNS, ROW_COLUMN, UNIT_COLUMN
 
@@ -87,8 +88,7 @@ class ErrorBudgetExceeded(RuntimeError):
 
 def staging_path(output_path: str) -> str:
     """Sibling hidden directory, so that listing the output never shows half-written parts."""
-    parent, name = posixpath.split(output_path.rstrip("/"))
-    return posixpath.join(parent, f".{name}.rayformers-staging")
+    return sibling_path(output_path, "staging")
 
 
 def _exists(fs: pafs.FileSystem, path: str) -> bool:

@@ -39,7 +39,7 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
-from .output_safety import OutputError
+from .output_safety import OutputError, sibling_path
 
 logger = logging.getLogger("rayformers.pipeline")
 
@@ -53,10 +53,8 @@ def _utc(ts: Optional[float] = None) -> str:
 
 
 def lock_path_for(output_path: str, suffix: str) -> str:
-    """A hidden sibling of the output, so the lock exists before the output does and is never
-    listed as part of it."""
-    parent, name = posixpath.split(output_path.rstrip("/"))
-    return posixpath.join(parent, f".{name}.rayformers-{suffix}")
+    """The lock's (``lock``) or lease's (``lease``) hidden sibling of the output."""
+    return sibling_path(output_path, suffix)
 
 
 class FileLock:

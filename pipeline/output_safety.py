@@ -47,6 +47,13 @@ class UnsafeOutputError(OutputError):
     """The configured output would overwrite or mix data that this job does not own."""
 
 
+def sibling_path(output_path: str, role: str) -> str:
+    """``<parent>/.<name>.rayformers-<role>``: a hidden sibling of the output (staging, lock,
+    lease), so it exists before the output does and listing the output never shows it."""
+    parent, name = posixpath.split(output_path.rstrip("/"))
+    return posixpath.join(parent, f".{name}.rayformers-{role}")
+
+
 @dataclass(frozen=True)
 class Location:
     """A path normalised for comparison: filesystem kind plus an absolute, resolved key."""
