@@ -51,18 +51,32 @@ def build_input(path: Path, rows: int, files: int = 4) -> Path:
 
 
 BATCH_SIZE = None  # --batch-size: compute.batch_size of every job (None: the default)
+COMPUTE: dict = {}  # --compute: further compute.* keys of every job (JSON)
 
 
 def job(inp: Path, out: Path, model: Path, mode: str = "error-if-exists") -> dict:
     compute = {"model_max_actors": 1, "tokenizer_max_actors": 1}
     if BATCH_SIZE:
         compute["batch_size"] = BATCH_SIZE
+    compute.update(COMPUTE)
     return {
         "input": {"path": str(inp)},
         "model": {"path": str(model), "task": "classify"},
         "compute": compute,
         "output": {"path": str(out), "mode": mode},
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (``VmHWM``). Not ``ru_maxrss``: Linux carries that over
+    ``fork`` + ``exec``, so a driver spawned by this (large) benchmark process would report the
+    benchmark's own size, which grows with the input it built."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def driver_main(args) -> None:
@@ -74,10 +88,21 @@ def driver_main(args) -> None:
 
     spec = json.loads(Path(args.job).read_text())
     t0 = time.perf_counter()
+    if os.environ.get("BENCH_TRACE_RSS"):  # where the driver grows: RSS and peak every second, to its log
+        import threading
+
+        def trace() -> None:
+            while True:
+                status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+                rss, peak = (int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+                print(f"rss {time.perf_counter() - t0:6.1f}s {rss:.0f} MB peak {peak:.0f} MB", flush=True)
+                time.sleep(1)
+
+        threading.Thread(target=trace, daemon=True).start()
     report = run(spec)
     result = {
         "wall_s": time.perf_counter() - t0,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "rows": report.rows,
         "rows_scored": report.rows_scored,
         "rows_resumed": report.rows_resumed,
@@ -166,11 +191,13 @@ def main() -> None:
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--skip-kill", action="store_true")
     p.add_argument("--batch-size", type=int, default=None, help="compute.batch_size (rows per block)")
+    p.add_argument("--compute", default="{}", help='further compute keys as JSON, e.g. \'{"torch_threads": 1}\'')
     p.add_argument("--finalize-only", action="store_true", help="only the driver's per-file check cost")
     p.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
     args = p.parse_args()
-    global BATCH_SIZE
+    global BATCH_SIZE, COMPUTE
     BATCH_SIZE = args.batch_size
+    COMPUTE = json.loads(args.compute)
     if args.finalize_only:
         measure_finalize(Path(args.work or tempfile.mkdtemp(prefix="bench-scale-")))
         return

@@ -80,7 +80,15 @@ class TokenizeOperator:
         source_language: Optional[str] = None,
         source_language_column: Optional[str] = None,
         text_prefix: str = "",
+        single_thread: bool = False,
     ):
+        if single_thread:
+            # In a Ray actor: one thread per actor, the pool scales by actors. ``tokenizers``
+            # otherwise runs encode_batch on every core of the node, fighting the model actor's
+            # threads for them (read at each call, so it holds for this whole process).
+            import os
+
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
         if tokenizer is None:
             from .loading import load_tokenizer
 

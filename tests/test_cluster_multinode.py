@@ -43,6 +43,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
+    import ray
+
+    ray.shutdown()  # the shared single-node test cluster, if an earlier module started it
     # Short path: Ray's Unix sockets live under it (108-byte limit).
     tmp = tempfile.mkdtemp(prefix="rfmn", dir="/tmp")
     saved = os.environ.get("RAY_TMPDIR")

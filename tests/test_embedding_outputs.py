@@ -94,8 +94,7 @@ def test_the_checkpoints_prompts_are_applied_by_default(minilm_path, tmp_path):
         np.testing.assert_allclose(ours, st.encode(good, prompt_name=prompt_name), atol=1e-5)
 
 
-def test_int8_job_calibrates_on_its_own_rows_and_records_the_ranges(minilm_path, tmp_path, st_model):
-    import ray
+def test_int8_job_calibrates_on_its_own_rows_and_records_the_ranges(minilm_path, tmp_path, st_model, ray_session):
     from sentence_transformers.quantization import quantize_embeddings
 
     from rayformers.pipeline import read_output, run
@@ -103,13 +102,9 @@ def test_int8_job_calibrates_on_its_own_rows_and_records_the_ranges(minilm_path,
     texts = [f"document {i} about " + "storage " * (i % 6) for i in range(40)]
     (tmp_path / "in").mkdir()
     pq.write_table(pa.table({"text": texts}), tmp_path / "in" / "p.parquet")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        report = run({"input": {"path": str(tmp_path / "in")}, "model": {"path": str(minilm_path), "task": "embed"},
-                      "task": {"embedding_precision": "int8", "calibration_rows": 32},
-                      "output": {"path": str(tmp_path / "out"), "keep_text": True}})
-    finally:
-        ray.shutdown()
+    report = run({"input": {"path": str(tmp_path / "in")}, "model": {"path": str(minilm_path), "task": "embed"},
+                  "task": {"embedding_precision": "int8", "calibration_rows": 32},
+                  "output": {"path": str(tmp_path / "out"), "keep_text": True}})
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     ranges = np.asarray(manifest["embedding_ranges"], dtype=np.float32)
     assert report.rows == 40 and ranges.shape == (2, 384)

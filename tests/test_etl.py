@@ -34,13 +34,6 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory) -> Path:
     """A random 1-layer BERT with 3 labels and the real MiniLM WordPiece tokenizer."""
     return tiny_bert(

@@ -171,15 +171,6 @@ def test_object_lease_refuses_while_renewed_and_is_taken_over_after_expiry(tmp_p
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     return tiny_bert(tmp_path_factory.mktemp("clf") / "model", hidden=16, head="BertForSequenceClassification")
 

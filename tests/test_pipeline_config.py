@@ -289,6 +289,6 @@ def test_tokenizer_pool_is_sized_to_the_model_pool_within_free_cpus():
 
 
 def test_block_rows_default_by_device_and_explicit_value_wins():
-    assert load_config({}).compute.block_rows() == 256
+    assert load_config({}).compute.block_rows() == 1024
     assert load_config({"compute": {"model_num_gpus": 1}}).compute.block_rows() == 4096
     assert load_config({"compute": {"model_num_gpus": 1, "batch_size": 512}}).compute.block_rows() == 512

@@ -23,15 +23,6 @@ from model_test_utils import tiny_bert as shared_tiny_bert
 from model_test_utils import with_minilm_tokenizer
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def tiny_bert(path: Path, head: str, **config) -> Path:
     """A tiny random BERT checkpoint saved by transformers, with MiniLM's tokenizer."""
     return shared_tiny_bert(path, hidden=16, layers=2, head=head, intermediate=32, **config)

@@ -19,15 +19,6 @@ from rayformers.pipeline import read_output, run
 from model_test_utils import tiny_bert
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 TEXTS = ["once upon a time", "", "the quick brown fox " * 6, "hi", "漢字 🙂 text", "a b c d e f g"]
 SETTINGS = {"max_new_tokens": 6, "no_repeat_ngram_size": 2}
 

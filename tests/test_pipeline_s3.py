@@ -41,15 +41,6 @@ def s3():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_classify_reads_from_and_publishes_to_s3(s3, ray_session, tmp_path, minilm_path):
     from rayformers.models import AutoModelForSequenceClassification, AutoTokenizer
 

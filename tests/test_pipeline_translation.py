@@ -31,15 +31,6 @@ LANGUAGES = ["fr_XX", "de_DE", "fr_XX", "ja_XX"]
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def mbart50_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mbart50")
     spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_prefix=str(root / "sp"), vocab_size=80,

@@ -14,15 +14,6 @@ from rayformers.pipeline.config import load_config
 from rayformers.pipeline.preflight import preflight
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def write_input(path, n=48):
     path.mkdir()
     texts = [f"a review of product {i}: " + "really good value " * (i % 5) for i in range(n)]

@@ -94,15 +94,9 @@ def _config(nli_dir, tmp_path, **task):
     }
 
 
-def test_pipeline_zero_shot_equals_transformers(nli_dir, tmp_path):
-    import ray
-
+def test_pipeline_zero_shot_equals_transformers(nli_dir, tmp_path, ray_session):
     _write_input(tmp_path / "in")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        report = run(_config(nli_dir, tmp_path, multi_label=True))
-    finally:
-        ray.shutdown()
+    report = run(_config(nli_dir, tmp_path, multi_label=True))
     assert report.rows == len(TEXTS) and report.errors == 2
     rows = {r["id"]: r for r in read_output(str(tmp_path / "out")).to_pylist()}
     want = reference(nli_dir, TEXTS, CANDIDATES, True)
