@@ -26,6 +26,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from rayformers.operators.tokenize import OVERFLOWS
+
 TASKS = ("classify", "token-classify", "generate", "embed", "zero-shot-classify", "sparse-embed")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 OUTPUT_MODES = ("error-if-exists", "overwrite", "resume")
@@ -33,7 +35,6 @@ POOLINGS = ("auto", "mean", "cls", "max")
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 FUNCTIONS = ("auto", "softmax", "sigmoid", "none")
 TRUNCATIONS = ("longest_first", "only_first", "only_second", "none")
-OVERFLOWS = ("truncate", "chunk", "error")
 CHUNK_AGGREGATES = ("mean", "max", "none")
 CHUNK_TASKS = ("classify", "embed", "token-classify")
 """Tasks that can score a long row as overlapping windows (``tokenizer.overflow: chunk``)."""
