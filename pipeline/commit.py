@@ -454,7 +454,7 @@ def _subtract(a: int, b: int, taken: list[tuple[int, int]]) -> list[tuple[int, i
 def _rewrite_without(fs: pafs.FileSystem, data_dir: str, f: StagedFile, cov: Coverage, compression: str) -> StagedFile:
     """Rewrite ``f`` keeping only rows no earlier file holds (its rows are in ranges order)."""
     table = pq.read_table(f.path, filesystem=fs)
-    first = _input_row_starts(table)  # output row where each input row starts, and the end
+    first = input_row_starts(table)  # output row where each input row starts, and the end
     pieces, ranges, offset = [], [], 0
     for unit, a, b in f.ranges:
         for lo, hi in _subtract(a, b, cov.overlap(unit, a, b)):
@@ -471,7 +471,7 @@ def _rewrite_without(fs: pafs.FileSystem, data_dir: str, f: StagedFile, cov: Cov
     return StagedFile(path, stats["rows"], stats["errors"], stats["tokens"], fs.get_file_info(path).size or 0, ranges)
 
 
-def _input_row_starts(table: pa.Table):
+def input_row_starts(table: pa.Table):
     """Output row positions where each input row begins, plus the table's end: every row, or
     with per-window rows (a ``chunk_index`` column) the rows whose index is 0 or null."""
     import numpy as np

@@ -194,3 +194,9 @@ def test_embed_one_row_per_window_publishes_verifies_and_resumes_counting_input_
         else:
             assert [r["chunk_index"] for r in rows] == list(range(len(rows)))
             assert (len(rows) > 1) == (len(texts[i].split()) > 62) and rows[0]["chunk_start"] == 0
+
+    from rayformers.pipeline.estimate import plan
+
+    est = plan(job, [f"output.path={tmp_path / 'planned'}"])
+    # the sample is one row group (20 rows, 2 of them null) whose windows are many more rows
+    assert (est.sample_rows, est.sample_errors) == (20, 2), "the plan counts input rows, not windows"
