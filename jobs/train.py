@@ -130,6 +130,9 @@ def _tokenizer_settings(cfg: TrainJobConfig, model_path: str, model_config) -> t
 
     if cfg.tokenizer.truncation == "none":
         raise ConfigError("tokenizer.truncation none is not supported for training: rows must fit max_length")
+    if cfg.tokenizer.overflow != "truncate":
+        raise ConfigError(f"tokenizer.overflow {cfg.tokenizer.overflow} is for inference; training truncates rows "
+                          "to max_length (leave overflow unset)")
     tok_path = _absolute_if_local(resolve_model_reference(cfg.tokenizer.path) if cfg.tokenizer.path else model_path)
     try:
         tokenizer = load_tokenizer(tok_path, cfg.model.revision, cfg.model.local_files_only)

@@ -18,6 +18,7 @@ import torch
 
 from .batching import MicroBatch
 from .model_operator import ModelOperator, label_names, scatter
+from .windows import reduce_windows
 
 
 def resolve_function(config: Any, requested: str = "auto") -> str:
@@ -45,7 +46,11 @@ def apply_function(logits: torch.Tensor, function: str) -> torch.Tensor:
 class ClassifyOperator(ModelOperator):
     task = "classify"
 
-    def setup(self, top_k: int = 1, function_to_apply: str = "auto", threshold: float = 0.5) -> None:
+    def setup(self, top_k: int = 1, function_to_apply: str = "auto", threshold: float = 0.5,
+              chunk_aggregate: str = "mean") -> None:
+        if chunk_aggregate not in ("mean", "max"):
+            raise ValueError(f"unknown chunk_aggregate {chunk_aggregate!r} for classify; use mean or max")
+        self.chunk_aggregate = chunk_aggregate
         self.top_k = max(1, int(top_k))
         self.function = resolve_function(self.config, function_to_apply)
         self.threshold = float(threshold)
@@ -53,7 +58,21 @@ class ClassifyOperator(ModelOperator):
         self.num_labels = int(getattr(self.config, "num_labels", 0) or 0)
 
     def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
-        scores = apply_function(self.forward(mb).logits, self.function)
+        logits = self.forward(mb).logits
+        if self.windows is not None:
+            return {"logits": logits.float()}  # merged per row before the score function
+        return self.scored(logits)
+
+    def merge_windows(self, chunks: list, windows, num_rows: int) -> list:
+        """A long row's logits: the ``chunk_aggregate`` (mean weighted by tokens, or max) of its
+        windows' logits, then scored as a short row's."""
+        logits, has = scatter(chunks, "logits", len(windows))
+        rows, merged = reduce_windows(logits, windows, has, self.chunk_aggregate)
+        return [(rows, self._to_host(self.scored(torch.from_numpy(merged))))] if len(rows) else []
+
+    def scored(self, logits: torch.Tensor) -> dict:
+        """Logits → the score function's top-k (and, multi-label, every label in order)."""
+        scores = apply_function(logits, self.function)
         k = min(self.top_k, scores.shape[-1])
         top_scores, top_idx = torch.topk(scores, k, dim=-1)
         result = {"top_idx": top_idx, "top_scores": top_scores, "num_classes": scores.shape[-1]}

@@ -18,6 +18,7 @@ import torch
 from .batching import MicroBatch
 from .embedding_outputs import CALIBRATED, PRECISIONS, output_type, quantize
 from .model_operator import ModelOperator, scatter
+from .windows import reduce_windows
 
 
 def sentence_transformers_defaults(model_dir: str) -> dict:
@@ -67,7 +68,11 @@ class EmbedOperator(ModelOperator):
     task = "embed"
 
     def setup(self, pooling: str = "mean", normalize: Optional[bool] = False, truncate_dim: Optional[int] = None,
-              precision: str = "float32", ranges: Optional[list] = None) -> None:
+              precision: str = "float32", ranges: Optional[list] = None, chunk_aggregate: str = "mean") -> None:
+        if chunk_aggregate not in ("mean", "max", "none"):
+            raise ValueError(f"unknown chunk_aggregate {chunk_aggregate!r}; use mean, max or none")
+        self.chunk_aggregate = chunk_aggregate
+        self.explode_windows = chunk_aggregate == "none"
         if pooling not in ("mean", "cls", "max"):
             raise ValueError(f"unknown pooling {pooling!r}; use mean, cls or max")
         if precision not in PRECISIONS:
@@ -87,11 +92,24 @@ class EmbedOperator(ModelOperator):
     def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
         hidden = self.forward(mb).last_hidden_state
         emb = pool(hidden, mb.attention_mask.to(hidden.device), self.pooling)
-        if self.truncate_dim is not None:  # Matryoshka: cut first, then normalise what is kept
+        if self.windows is not None and not self.explode_windows:
+            return {"embedding": emb}  # a window's pooled vector: merged per row, then finished
+        return {"embedding": self.finish(emb)}
+
+    def finish(self, emb: torch.Tensor) -> torch.Tensor:
+        """Pooled vectors → stored ones: Matryoshka cut first, then normalise what is kept."""
+        if self.truncate_dim is not None:
             emb = emb[:, : self.truncate_dim]
         if self.normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=1)
-        return {"embedding": emb}
+        return emb
+
+    def merge_windows(self, chunks: list, windows, num_rows: int) -> list:
+        """A long row's embedding from its windows' pooled vectors (``chunk_aggregate`` mean,
+        weighted by tokens, or max), then cut and normalised as a short row's."""
+        pooled, has = scatter(chunks, "embedding", len(windows))
+        rows, merged = reduce_windows(pooled, windows, has, self.chunk_aggregate)
+        return [(rows, {"embedding": self.finish(torch.from_numpy(merged)).numpy()})] if len(rows) else []
 
     def output_fields(self) -> list[pa.Field]:
         return [pa.field("embedding", output_type(self.precision, self.dim))]

@@ -9,6 +9,11 @@ micro-batches to the accelerator one ahead, timing) lives here once.
 The host path has no per-row Python when no row fails: token ids go from the Arrow column's
 buffers to padded tensors through numpy (``batching``), results come back as arrays and are
 scattered to row order by index, and the error column passes through untouched.
+
+Long rows cut into windows by the tokenizer (a ``window_lengths`` column) run as windows
+(:mod:`.windows`): every micro-batch holds windows instead of rows, and the task merges the
+window results back per row (``merge_windows``) or, when ``explode_windows`` is set, writes one
+output row per window. A window the model fails on fails its whole row.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import torch
 from .batching import MicroBatch, TokenLists, iter_micro_batches, pad_flat
 from .loading import configure_cpu_threads, load_model, pick_device
 from .records import ERROR_COLUMN, error_column, valid_rows
-from .tokenize import add_stage_time, set_column
+from .tokenize import STAGE_TIME_PREFIX, WINDOW_LENGTHS, add_stage_time, set_column
+from .windows import Windows, exploded_layout, window_spans
 
-INTERNAL_COLUMNS = ("input_ids", "token_type_ids", "offset_start", "offset_end", "special_tokens_mask")
+INTERNAL_COLUMNS = ("input_ids", "token_type_ids", "offset_start", "offset_end", "special_tokens_mask", WINDOW_LENGTHS)
 """Columns the tokenizer adds for the model; dropped from the output."""
 
 Chunk = tuple  # (rows: np.ndarray of batch positions, result of ``predict`` for those rows)
@@ -83,6 +89,12 @@ class ModelOperator:
         self.pin_memory = self.device != "cpu" and torch.cuda.is_available()
         self.setup(**task_options)
 
+    windows: Optional[Windows] = None
+    """The current batch's windows while it runs (None when its rows are not chunked): the units
+    ``predict`` sees in ``mb.rows`` are then windows, ``windows.row`` maps them to batch rows."""
+    explode_windows = False
+    """Write one output row per window instead of merging (embed ``chunk_aggregate: none``)."""
+
     # -- for subclasses --------------------------------------------------------------------------
     def setup(self, **task_options: Any) -> None:
         """Read task options (top_k, pooling, ...); unknown ones are an error."""
@@ -104,6 +116,22 @@ class ModelOperator:
         ``num_rows`` long, null where a row has no result."""
         raise NotImplementedError
 
+    def merge_windows(self, chunks: list[Chunk], windows: Windows, num_rows: int) -> list[Chunk]:
+        """Window results (``chunks`` over window indices, rows with a failed window left out)
+        → row results in the shape ``to_arrays`` takes. Tasks that can chunk override it."""
+        raise ValueError(f"{self.task} cannot score rows cut into windows (tokenizer.overflow chunk)")
+
+    def batch_rows(self, units) -> np.ndarray:
+        """The batch rows of ``predict``'s units (``mb.rows``): themselves, or the windows' rows."""
+        units = np.asarray(units, dtype=np.int64)
+        return units if self.windows is None else self.windows.row[units]
+
+    def unit_lists(self, batch: pa.Table, column: str) -> TokenLists:
+        """A token-aligned list column of ``batch`` (offsets, special mask) per unit: per row, or
+        per window when the rows are chunked."""
+        rows = TokenLists.from_arrow(batch.column(column))
+        return rows if self.windows is None else self.windows.lists(rows)
+
     # -- the shared loop ---------------------------------------------------------------------------
     def forward(self, mb: MicroBatch) -> Any:
         """Run the model on a padded micro-batch (on this actor's device)."""
@@ -117,13 +145,73 @@ class ModelOperator:
         tokens = TokenLists.from_arrow(batch.column("input_ids"))
         types = TokenLists.from_arrow(batch.column("token_type_ids")) if "token_type_ids" in batch.column_names else None
         errors = batch.column(ERROR_COLUMN)
-        positions = np.flatnonzero(valid_rows(errors) & (tokens.lengths > 0))
+        valid = valid_rows(errors) & (tokens.lengths > 0)
+        windows = None
+        if WINDOW_LENGTHS in batch.column_names:
+            windows = Windows.from_arrow(batch.column(WINDOW_LENGTHS), batch.num_rows)
+            tokens, types = windows.lists(tokens), windows.lists(types)
+            valid = valid[windows.row] & (windows.lengths > 0)
+        positions = np.flatnonzero(valid)
         failures: dict[int, str] = {}
-        with torch.inference_mode():
-            host_batches = iter_micro_batches(tokens, positions, self.pad_token_id, self.max_tokens, self.max_rows,
-                                              types, self.pad_to_multiple_of, self.pin_memory)
-            chunks = self._run(host_batches, batch, tokens, types, failures)
-        return self._output(batch, chunks, errors, failures, start)
+        self.windows = windows
+        try:
+            with torch.inference_mode():
+                host_batches = iter_micro_batches(tokens, positions, self.pad_token_id, self.max_tokens,
+                                                  self.max_rows, types, self.pad_to_multiple_of, self.pin_memory)
+                chunks = self._run(host_batches, batch, tokens, types, failures)
+            if windows is None:
+                return self._output(batch, chunks, errors, failures, start)
+            return self._windowed_output(batch, windows, chunks, errors, failures, start)
+        finally:
+            self.windows = None
+
+    def _windowed_output(self, batch: pa.Table, windows: Windows, chunks: list[Chunk], errors, failures: dict,
+                         start: float) -> pa.Table:
+        """Window results back to rows: a failed window fails its row (its other windows are
+        dropped), then merged per row, or one output row per window."""
+        row_failures: dict[int, str] = {}
+        for unit, reason in sorted(failures.items()):
+            row_failures.setdefault(int(windows.row[unit]), reason)
+        if row_failures:
+            failed = np.zeros(batch.num_rows, dtype=bool)
+            failed[list(row_failures)] = True
+            chunks = [kept for kept in (subset_chunk(c, ~failed[windows.row[c[0]]]) for c in chunks) if len(kept[0])]
+        if not self.explode_windows:
+            return self._output(batch, self.merge_windows(chunks, windows, batch.num_rows), errors, row_failures, start)
+        return self._exploded_output(batch, windows, chunks, errors, row_failures, start)
+
+    def _exploded_output(self, batch: pa.Table, windows: Windows, chunks: list[Chunk], errors, failures: dict,
+                         start: float) -> pa.Table:
+        """One output row per window of every scored row (its other columns repeated, hidden
+        place columns included, so accounting still finds its input row), with ``chunk_index``
+        and ``chunk_start``/``chunk_end`` (character offsets of the window's first and last
+        non-special token); rows without results stay one row with null chunk columns.
+        ``num_tokens`` becomes the window's tokens, and per-row stage seconds are spread over
+        the row's windows, so sums over the output stay true."""
+        row_has = np.zeros(batch.num_rows, dtype=bool)
+        for rows, _ in chunks:
+            row_has[windows.row[rows]] = True
+        layout = exploded_layout(windows, row_has)
+        scored = layout.window >= 0
+        span_start, span_end = window_spans(
+            windows, *(TokenLists.from_arrow(batch.column(c)) for c in ("offset_start", "offset_end", "special_tokens_mask")))
+        picks = pa.array(layout.window, mask=~scored)
+        out = batch.drop_columns([c for c in (*INTERNAL_COLUMNS, *self.drop_columns) if c in batch.column_names])
+        out = out.take(pa.array(layout.row))
+        for f, arr in zip(self.output_fields(), self.to_arrays(chunks, len(windows))):
+            out = set_column(out, f.name, (arr.cast(f.type) if arr.type != f.type else arr).take(picks))
+        safe = np.maximum(layout.window, 0)
+        for name, values in (("chunk_index", layout.index), ("chunk_start", span_start[safe] if len(windows) else safe),
+                             ("chunk_end", span_end[safe] if len(windows) else safe)):
+            out = set_column(out, name, pa.array(values.astype(np.int32), mask=~scored | (values < 0)))
+        if "num_tokens" in out.column_names:
+            row_tokens = out.column("num_tokens").to_numpy(zero_copy_only=False)
+            window_tokens = windows.lengths[safe] if len(windows) else row_tokens
+            out = set_column(out, "num_tokens", pa.array(np.where(scored, window_tokens, row_tokens).astype(np.int32)))
+        for name in [c for c in out.column_names if c.startswith(STAGE_TIME_PREFIX)]:
+            out = set_column(out, name, pa.array(out.column(name).to_numpy(zero_copy_only=False) / layout.repeats))
+        out = set_column(out, ERROR_COLUMN, error_column(errors, failures).take(pa.array(layout.row)))
+        return add_stage_time(out, "model", time.perf_counter() - start)
 
     def _output(self, batch: pa.Table, chunks: list[Chunk], errors, failures: dict, start: float) -> pa.Table:
         out = batch.drop_columns([c for c in (*INTERNAL_COLUMNS, *self.drop_columns) if c in batch.column_names])
@@ -178,6 +266,15 @@ class ModelOperator:
         ids, mask = pad_flat(tokens, rows, self.pad_token_id, self.pad_to_multiple_of)
         type_ids = None if types is None else pad_flat(types, rows, 0, self.pad_to_multiple_of)[0]
         return self._to_device(MicroBatch([row], ids, mask, type_ids))
+
+
+def subset_chunk(chunk: Chunk, keep: np.ndarray) -> Chunk:
+    """The units of a ``(rows, result)`` chunk where ``keep`` is true (dict of arrays or list)."""
+    rows, result = chunk
+    if isinstance(result, dict):
+        return rows[keep], {k: v[keep] if isinstance(v, np.ndarray) and v.ndim and len(v) == len(rows) else v
+                            for k, v in result.items()}
+    return rows[keep], [r for r, k in zip(result, keep.tolist()) if k]
 
 
 def scatter(chunks: list[Chunk], key: str, num_rows: int) -> tuple[np.ndarray, np.ndarray]:

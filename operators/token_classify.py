@@ -138,6 +138,26 @@ class EntityAggregator:
         return groups
 
 
+def aggregate_overlapping_entities(entities: list[dict]) -> list[dict]:
+    """transformers' ``TokenClassificationPipeline.aggregate_overlapping_entities`` (4.57): sorted
+    by start, an entity starting inside the previous one replaces it if longer (or as long and
+    higher-scoring), else is dropped."""
+    if not entities:
+        return entities
+    entities = sorted(entities, key=lambda x: x["start"])
+    out, previous = [], entities[0]
+    for entity in entities:
+        if previous["start"] <= entity["start"] < previous["end"]:
+            length, previous_length = entity["end"] - entity["start"], previous["end"] - previous["start"]
+            if length > previous_length or length == previous_length and entity["score"] > previous["score"]:
+                previous = entity
+        else:
+            out.append(previous)
+            previous = entity
+    out.append(previous)
+    return out
+
+
 class TokenClassifyOperator(ModelOperator):
     task = "token-classify"
 
@@ -163,22 +183,37 @@ class TokenClassifyOperator(ModelOperator):
         )
 
     def predict(self, mb: MicroBatch, batch: pa.Table) -> list:
+        """Entities of each unit (a row, or a window of a long row: its tokens' offsets point into
+        the row's whole text, so window entities are already in the row's coordinates)."""
         logits = self.forward(mb).logits.float().cpu().numpy()
         maxes = logits.max(axis=-1, keepdims=True)
         e = np.exp(logits - maxes)
         probs = e / e.sum(axis=-1, keepdims=True)
-        sub = batch.take(mb.rows)
-        texts = column_to_pylist(sub.column(self.text_column))
-        starts = column_to_pylist(sub.column("offset_start"))
-        ends = column_to_pylist(sub.column("offset_end"))
-        special = column_to_pylist(sub.column("special_tokens_mask"))
-        ids = mb.input_ids.tolist()
+        texts = column_to_pylist(batch.column(self.text_column).take(pa.array(self.batch_rows(mb.rows))))
+        starts, ends, special = (self.unit_lists(batch, c) for c in ("offset_start", "offset_end", "special_tokens_mask"))
+        ids = mb.input_ids.numpy() if mb.input_ids.device.type == "cpu" else mb.input_ids.cpu().numpy()
         rows = []
-        for r in range(len(mb.rows)):
-            n = len(starts[r])
+        for r, unit in enumerate(mb.rows):
+            a, n = int(starts.starts[unit]), int(starts.lengths[unit])
             text = texts[r].decode("utf-8") if isinstance(texts[r], bytes) else texts[r]
-            rows.append(self.aggregator(text, ids[r][:n], probs[r, :n], starts[r], ends[r], special[r]))
+            b = int(special.starts[unit])
+            rows.append(self.aggregator(text, ids[r, :n].tolist(), probs[r, :n], starts.values[a:a + n].tolist(),
+                                        ends.values[int(ends.starts[unit]):int(ends.starts[unit]) + n].tolist(),
+                                        special.values[b:b + n].tolist()))
         return rows
+
+    def merge_windows(self, chunks: list, windows, num_rows: int) -> list:
+        """A long row's entities as transformers' pipeline with ``stride`` merges them: every
+        window's entities (each aggregated and filtered on its own), then of the entities that
+        overlap, the longer one, or on equal length the higher-scoring one."""
+        per_window = rows_in_order(chunks, len(windows))
+        rows = np.unique(np.concatenate([windows.row[r] for r, _ in chunks])) if chunks else np.zeros(0, np.int64)
+        merged = []
+        for row in rows.tolist():
+            first, count = int(windows.first[row]), int(windows.count[row])
+            entities = [ent for w in range(first, first + count) for ent in per_window[w]]
+            merged.append(aggregate_overlapping_entities(entities) if count > 1 else entities)
+        return [(rows, merged)] if len(rows) else []
 
     def output_fields(self) -> list[pa.Field]:
         return [pa.field("entities", pa.list_(ENTITY_TYPE))]

@@ -8,6 +8,13 @@ the plan carries. Output: the same columns plus ``input_ids`` (list<int32>), ``n
 ``error`` (a reason for rows that cannot be scored, else null), and when asked
 ``token_type_ids`` (pairs) or ``offset_start``/``offset_end``/``special_tokens_mask``
 (token classification).
+
+Long rows (``overflow="chunk"``): the tokenizers library's own overflow (what transformers'
+``return_overflowing_tokens=True, stride=...`` returns) cuts a row into windows of
+``max_length`` tokens, each with its special tokens, overlapping by ``stride``. The windows stay
+in their row: ``input_ids`` (and the offset columns) hold them concatenated and
+``window_lengths`` (list<int32>) says how many tokens each has. One row per input row keeps every
+row's windows together however Ray splits blocks between the tokenizer and the model.
 """
 
 from __future__ import annotations
@@ -45,12 +52,20 @@ def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.append_column(name, values)
 
 
-def configured_backend(tokenizer, max_length: Optional[int], truncation: str):
+WINDOW_LENGTHS = "window_lengths"
+"""Column of ``overflow="chunk"``: tokens per window of the row (the windows are concatenated in
+``input_ids``)."""
+
+OVERFLOWS = ("truncate", "chunk", "error")
+
+
+def configured_backend(tokenizer, max_length: Optional[int], truncation: str, stride: int = 0):
     """A private copy of the raw ``tokenizers.Tokenizer`` with our padding/truncation settings.
 
     ``tokenizer.json`` files often carry padding and truncation from their export (MiniLM's pads
     every row to 128); we turn padding off (the model actor pads dynamically) and truncate per
-    the job config."""
+    the job config. ``stride`` is what the overflowing windows repeat of the previous one (only
+    read back with ``overflow="chunk"``)."""
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -58,8 +73,16 @@ def configured_backend(tokenizer, max_length: Optional[int], truncation: str):
     if truncation == "none" or max_length is None:
         backend.no_truncation()
     else:
-        backend.enable_truncation(max_length, strategy=truncation, direction="right")
+        backend.enable_truncation(max_length, stride=stride, strategy=truncation, direction="right")
     return backend
+
+
+def check_stride(stride: int, max_length: int, special_tokens: int) -> None:
+    """Windows must advance: the tokenizers library needs ``stride < max_length - specials``."""
+    room = max_length - special_tokens
+    if not 0 <= stride < room:
+        raise ValueError(f"tokenizer.stride {stride} must be at least 0 and below max_length {max_length} minus "
+                         f"the {special_tokens} special tokens of each window ({room})")
 
 
 class TokenizeOperator:
@@ -81,7 +104,11 @@ class TokenizeOperator:
         source_language_column: Optional[str] = None,
         text_prefix: str = "",
         single_thread: bool = False,
+        overflow: str = "truncate",
+        stride: int = 0,
     ):
+        if overflow not in OVERFLOWS:
+            raise ValueError(f"unknown overflow {overflow!r}; use one of {', '.join(OVERFLOWS)}")
         if single_thread:
             # In a Ray actor: one thread per actor, the pool scales by actors. ``tokenizers``
             # otherwise runs encode_batch on every core of the node, fighting the model actor's
@@ -100,11 +127,19 @@ class TokenizeOperator:
         self.text_pair_column = text_pair_column
         self.max_length = max_length
         self.truncation = truncation
+        self.overflow = "error" if truncation == "none" else overflow
+        if self.overflow == "error":
+            truncation = "none"
+        self.chunk = self.overflow == "chunk" and max_length is not None
+        self.stride = int(stride) if self.chunk else 0
         self.with_offsets = with_offsets
         self.drop_columns = tuple(drop_columns)
         self.text_prefix = text_prefix or ""
         """Prepended to every valid text (an embedding model's prompt, e.g. E5's ``query: ``)."""
-        self.backend = configured_backend(tokenizer, max_length, truncation)
+        self.backend_truncation = truncation
+        self.backend = configured_backend(tokenizer, max_length, truncation, self.stride)
+        if self.chunk:
+            check_stride(self.stride, max_length, self.backend.num_special_tokens_to_add(text_pair_column is not None))
         self.special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -126,24 +161,36 @@ class TokenizeOperator:
         else:
             encodings = self._encode(rows.tolist(), texts, pairs, self.backend)
 
+        windows = None
+        if self.chunk:  # every window of a row, as transformers' return_overflowing_tokens lists them
+            windows = [[enc, *enc.overflowing] if enc.overflowing else [enc] for enc in encodings]
+            encodings = [w for per_row in windows for w in per_row]
         ids_lists = [enc.ids for enc in encodings]
-        lengths = np.fromiter(map(len, ids_lists), dtype=np.int64, count=len(ids_lists))
+        window_lengths = np.fromiter(map(len, ids_lists), dtype=np.int64, count=len(ids_lists))
+        counts = np.ones(len(rows), dtype=np.int64) if windows is None else np.fromiter(
+            map(len, windows), dtype=np.int64, count=len(rows))
+        first = np.zeros(len(rows), dtype=np.int64)  # each row's first encoding
+        np.cumsum(counts[:-1], out=first[1:])
+        lengths = window_lengths if windows is None else np.add.reduceat(window_lengths, first) \
+            if len(rows) else np.zeros(0, dtype=np.int64)
         keep = np.ones(len(rows), dtype=bool)
         # Only a row no longer than the template's own tokens can be all special tokens.
         specials_only = self.backend.num_special_tokens_to_add(pairs is not None)
         for k in np.flatnonzero(lengths <= specials_only).tolist():
-            if not any(m == 0 for m in encodings[k].special_tokens_mask):
+            if not any(m == 0 for m in encodings[first[k]].special_tokens_mask):
                 reasons[int(rows[k])] = f"{self.text_column}: text tokenizes to no tokens"
                 keep[k] = False
-        if self.truncation == "none" and self.max_length is not None:
+        if self.overflow == "error" and self.max_length is not None:
+            key = "tokenizer.truncation is none" if self.truncation == "none" else "tokenizer.overflow is error"
             for k in np.flatnonzero(keep & (lengths > self.max_length)).tolist():
                 reasons[int(rows[k])] = (
                     f"{self.text_column}: text has {int(lengths[k])} tokens, more than max_length "
-                    f"{self.max_length} (tokenizer.truncation is none)"
+                    f"{self.max_length} ({key})"
                 )
                 keep[k] = False
 
-        kept = None if keep.all() else np.flatnonzero(keep).tolist()
+        kept_encodings = np.repeat(keep, counts)
+        kept = None if keep.all() else np.flatnonzero(kept_encodings).tolist()
         row_lengths = np.zeros(n, dtype=np.int64)
         row_lengths[rows[keep]] = lengths[keep]
 
@@ -154,6 +201,11 @@ class TokenizeOperator:
         out = batch
         out = set_column(out, "input_ids", list_column(ids_lists, pa.int32()))
         out = set_column(out, "num_tokens", pa.array(row_lengths.astype(np.int32)))
+        if windows is not None:
+            row_windows = np.zeros(n, dtype=np.int64)
+            row_windows[rows[keep]] = counts[keep]
+            out = set_column(out, WINDOW_LENGTHS, token_list_column(
+                [window_lengths[kept_encodings]], row_windows, pa.int32()))
         if pairs is not None:
             out = set_column(out, "token_type_ids", list_column([e.type_ids for e in encodings], pa.int8()))
         if self.with_offsets:
@@ -204,7 +256,7 @@ class TokenizeOperator:
             self.tokenizer.src_lang = code
         except ValueError as err:  # UnknownLanguageCodeError: names the code and the accepted ones
             return str(err)[:1000]
-        backend = configured_backend(self.tokenizer, self.max_length, self.truncation)
+        backend = configured_backend(self.tokenizer, self.max_length, self.backend_truncation, self.stride)
         self._language_backends[code] = backend
         return backend
 
@@ -216,7 +268,7 @@ class TokenizeOperator:
         tokenize exactly as in the full text, so if the prefix still overflows ``max_length`` its
         truncated encoding is the full text's; otherwise the full text is encoded."""
         cap = None
-        if self.truncation != "none" and self.max_length:
+        if self.overflow == "truncate" and self.max_length:  # chunking needs every window
             cap = CHARS_PER_TOKEN_CAP * self.max_length
         cut = {}
         inputs = list(texts)

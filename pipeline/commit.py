@@ -139,6 +139,10 @@ def row_ranges(table: pa.Table) -> tuple[pa.Table, list[list]]:
     """Sort rows by their place in the input and return ``(table without the hidden columns,
     [[unit, start, end], ...])``: the runs of consecutive rows, in the sorted table's order.
 
+    An input row may fill several output rows in a row (one per window of a long text,
+    ``chunk_aggregate: none``; the sort is stable, so they stay in window order): a repeat
+    continues its run, and the ranges count input rows, not output rows.
+
     Vectorised (Arrow sort, numpy run detection): a write task never loops over rows."""
     import numpy as np
     import pyarrow.compute as pc
@@ -154,7 +158,8 @@ def row_ranges(table: pa.Table) -> tuple[pa.Table, list[list]]:
     rows = table.column(ROW_COLUMN).to_numpy().astype(np.int64)
     if len(rows) == 0:
         return table.drop_columns(list(HIDDEN_COLUMNS)), []
-    breaks = np.flatnonzero((np.diff(codes) != 0) | (np.diff(rows) != 1)) + 1
+    step = np.diff(rows)
+    breaks = np.flatnonzero((np.diff(codes) != 0) | ((step != 1) & (step != 0))) + 1
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(rows)]])
     ranges = [[names[codes[s]], int(rows[s]), int(rows[e - 1]) + 1] for s, e in zip(starts, ends)]
@@ -201,10 +206,12 @@ def write_part(
     if UNIT_COLUMN in table.column_names:
         table, ranges = row_ranges(table)
     errors, tokens = _counts(table)
+    if ranges:  # input rows, however many output rows each fills
+        stats["rows"] = sum(b - a for _, a, b in ranges)
     stats.update(errors=errors, tokens=tokens)
     identity = json.dumps(ranges) if ranges else (name_hint or uuid.uuid4().hex)
     name = f"part-{hashlib.sha1(identity.encode()).hexdigest()[:24]}.parquet"
-    info = {"ranges": ranges or [], "rows": table.num_rows, "errors": errors, "tokens": tokens}
+    info = {"ranges": ranges or [], "rows": stats["rows"], "errors": errors, "tokens": tokens}
     _write_file(fs, data_dir, name, table, info, compression)
     stats["file"] = name
     stats["stages"]["write"] = time.perf_counter() - start
@@ -447,10 +454,12 @@ def _subtract(a: int, b: int, taken: list[tuple[int, int]]) -> list[tuple[int, i
 def _rewrite_without(fs: pafs.FileSystem, data_dir: str, f: StagedFile, cov: Coverage, compression: str) -> StagedFile:
     """Rewrite ``f`` keeping only rows no earlier file holds (its rows are in ranges order)."""
     table = pq.read_table(f.path, filesystem=fs)
+    first = input_row_starts(table)  # output row where each input row starts, and the end
     pieces, ranges, offset = [], [], 0
     for unit, a, b in f.ranges:
         for lo, hi in _subtract(a, b, cov.overlap(unit, a, b)):
-            pieces.append(table.slice(offset + lo - a, hi - lo))
+            begin, end = int(first[offset + lo - a]), int(first[offset + hi - a])
+            pieces.append(table.slice(begin, end - begin))
             ranges.append([unit, lo, hi])
         offset += b - a
     fs.delete_file(f.path)
@@ -460,6 +469,18 @@ def _rewrite_without(fs: pafs.FileSystem, data_dir: str, f: StagedFile, cov: Cov
     stats = write_part(fs, data_dir, kept, compression, ranges=ranges)
     path = posixpath.join(data_dir, stats["file"])
     return StagedFile(path, stats["rows"], stats["errors"], stats["tokens"], fs.get_file_info(path).size or 0, ranges)
+
+
+def input_row_starts(table: pa.Table):
+    """Output row positions where each input row begins, plus the table's end: every row, or
+    with per-window rows (a ``chunk_index`` column) the rows whose index is 0 or null."""
+    import numpy as np
+
+    if "chunk_index" not in table.column_names:
+        return np.arange(table.num_rows + 1)
+    index = table.column("chunk_index").to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.isnan(index) | (index == 0)) if index.dtype.kind == "f" else np.flatnonzero(index == 0)
+    return np.concatenate([starts, [table.num_rows]])
 
 
 def _row_group_label(unit: str) -> str:
@@ -540,7 +561,8 @@ def _merge_files(fs: pafs.FileSystem, data_dir: str, sources: list[StagedFile], 
     ranges = [r for t in tables for r in json.loads(t.schema.metadata[FOOTER_KEY].decode())["ranges"]]
     table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
     name = "part-" + hashlib.sha1("\x1f".join(s.name for s in sources).encode()).hexdigest()[:24] + ".parquet"
-    info = {"ranges": ranges, "rows": table.num_rows, "errors": sum(s.errors for s in sources), "tokens": sum(s.tokens for s in sources)}
+    info = {"ranges": ranges, "rows": sum(s.rows for s in sources), "errors": sum(s.errors for s in sources),
+            "tokens": sum(s.tokens for s in sources)}
     _write_file(fs, data_dir, name, table, info, compression)
     for s in sources:
         fs.delete_file(s.path)

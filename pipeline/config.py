@@ -26,6 +26,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from rayformers.operators.tokenize import OVERFLOWS
+
 TASKS = ("classify", "token-classify", "generate", "embed", "zero-shot-classify", "sparse-embed")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 OUTPUT_MODES = ("error-if-exists", "overwrite", "resume")
@@ -33,6 +35,9 @@ POOLINGS = ("auto", "mean", "cls", "max")
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 FUNCTIONS = ("auto", "softmax", "sigmoid", "none")
 TRUNCATIONS = ("longest_first", "only_first", "only_second", "none")
+CHUNK_AGGREGATES = ("mean", "max", "none")
+CHUNK_TASKS = ("classify", "embed", "token-classify")
+"""Tasks that can score a long row as overlapping windows (``tokenizer.overflow: chunk``)."""
 
 
 class ConfigError(ValueError):
@@ -128,8 +133,17 @@ class TokenizerConfig:
     ``max_seq_length`` when the checkpoint has one, else the tokenizer's ``model_max_length``,
     capped by the model's ``max_position_embeddings``."""
     truncation: str = "longest_first"
-    """``longest_first``, ``only_first``, ``only_second`` or ``none`` (rows longer than
-    ``max_length`` then become error records instead of being cut)."""
+    """``longest_first``, ``only_first``, ``only_second`` or ``none`` (a synonym of
+    ``overflow: error``: rows longer than ``max_length`` become error records instead of being cut)."""
+    overflow: str = "truncate"
+    """What a row longer than ``max_length`` becomes: ``truncate`` (cut per ``truncation``),
+    ``error`` (an error record naming its token count) or ``chunk`` (classify, embed,
+    token-classify: scored as windows of ``max_length`` tokens overlapping by ``stride``, the
+    window results merged per row by ``task.chunk_aggregate``)."""
+    stride: Optional[int] = None
+    """With ``overflow: chunk``: tokens each window repeats from the end of the previous one
+    (transformers' ``stride``). Default: ``max_length // 8``, so a token cut at a window's edge
+    still sees some context in the next; must be below ``max_length`` minus the special tokens."""
 
 
 @dataclass
@@ -194,6 +208,12 @@ class TaskConfig:
     """token-classify: entity labels left out of the output."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """generate: decoding settings."""
+    chunk_aggregate: str = "mean"
+    """With ``tokenizer.overflow: chunk``, how a long row's windows become one result. embed:
+    ``mean`` (of the pooled window vectors, weighted by each window's tokens), ``max``
+    (element-wise), or ``none`` (one output row per window, with ``chunk_index``,
+    ``chunk_start``, ``chunk_end``); classify: ``mean`` or ``max`` of the window logits before
+    softmax/sigmoid. token-classify merges entities as transformers' pipeline with ``stride``."""
     truncate_dim: Optional[int] = None
     """embed: keep the first N dimensions (Matryoshka models), then normalise again if the job
     normalises."""
@@ -331,6 +351,9 @@ class JobConfig:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    def __post_init__(self):
+        check_overflow(self)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -340,6 +363,10 @@ class JobConfig:
         ``resume`` refuses to continue a staging directory written under another fingerprint,
         so a changed model or tokenizer setting never mixes two kinds of predictions."""
         d = self.to_dict()
+        if d["tokenizer"]["overflow"] != "chunk":  # keys added later: unset, old fingerprints still match
+            for section, key in (("tokenizer", "overflow"), ("tokenizer", "stride"), ("task", "chunk_aggregate")):
+                if key != "overflow" or d[section][key] == "truncate":
+                    d[section].pop(key)
         relevant = {
             "input": {k: v for k, v in d["input"].items() if k not in ("filesystem", "check_unique_ids")},
             "model": d["model"],
@@ -349,6 +376,44 @@ class JobConfig:
         }
         blob = json.dumps(relevant, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def check_overflow(cfg: "JobConfig") -> None:
+    """The ``tokenizer.overflow`` / ``stride`` / ``task.chunk_aggregate`` combinations that can
+    run (what needs the resolved ``max_length`` is checked by preflight)."""
+    tok, task = cfg.tokenizer, cfg.model.task
+    if tok.overflow == "chunk":
+        if task not in CHUNK_TASKS:
+            raise ConfigError(f"tokenizer.overflow chunk is for model.task {', '.join(CHUNK_TASKS)}, not {task}; "
+                              "use overflow truncate or error")
+        if cfg.input.text_pair_column:
+            raise ConfigError("tokenizer.overflow chunk cannot split text pairs (input.text_pair_column is set): "
+                              "use overflow truncate or error")
+        if tok.truncation == "none":
+            raise ConfigError("tokenizer.truncation none means overflow error; it cannot go with overflow chunk")
+        if task == "token-classify" and cfg.task.aggregation_strategy == "none":
+            raise ConfigError("tokenizer.overflow chunk with token-classify merges entities across windows, which "
+                              "needs task.aggregation_strategy simple, first, average or max (as transformers' "
+                              "pipeline with stride), not none")
+        allowed = ("mean", "max", "none") if task == "embed" else ("mean", "max")
+        if task == "token-classify" and cfg.task.chunk_aggregate != "mean":
+            raise ConfigError("task.chunk_aggregate is not used by token-classify (windows merge their entities "
+                              "as transformers' pipeline does); leave it unset")
+        if cfg.task.chunk_aggregate not in allowed:
+            raise ConfigError(f"task.chunk_aggregate {cfg.task.chunk_aggregate!r} is not available for "
+                              f"{task}; use one of {', '.join(allowed)}")
+        if tok.stride is not None and tok.stride < 0:
+            raise ConfigError(f"tokenizer.stride must be at least 0, got {tok.stride}")
+    elif tok.stride is not None:
+        raise ConfigError(f"tokenizer.stride is only used with tokenizer.overflow chunk (overflow is {tok.overflow})")
+    if tok.overflow == "error" and tok.truncation not in ("longest_first", "none"):
+        raise ConfigError(f"tokenizer.overflow error never truncates; tokenizer.truncation {tok.truncation} "
+                          "has no effect with it, leave it unset")
+
+
+def overflow_mode(tok: TokenizerConfig) -> str:
+    """``truncate``, ``chunk`` or ``error``, with ``truncation: none`` read as ``error``."""
+    return "error" if tok.truncation == "none" else tok.overflow
 
 
 _CHOICES = {
@@ -361,6 +426,8 @@ _CHOICES = {
     ("task", "aggregation_strategy"): AGGREGATIONS,
     ("task", "function_to_apply"): FUNCTIONS,
     ("tokenizer", "truncation"): TRUNCATIONS,
+    ("tokenizer", "overflow"): OVERFLOWS,
+    ("task", "chunk_aggregate"): CHUNK_AGGREGATES,
     ("input", "format"): ("parquet",),
 }
 

@@ -20,7 +20,13 @@ from typing import Optional
 
 from rayformers.operators import OPERATOR_FOR_TASK, TokenizeOperator
 
+from .config import overflow_mode
 from .preflight import ProcessingSpec, ResolvedJob, size_tokenizer_pool
+
+
+def exploded_windows(cfg) -> bool:
+    """Embeddings per window (``overflow: chunk`` with ``chunk_aggregate: none``)."""
+    return cfg.model.task == "embed" and overflow_mode(cfg.tokenizer) == "chunk" and cfg.task.chunk_aggregate == "none"
 
 
 def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
@@ -82,7 +88,10 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             text_pair_column=cfg.input.text_pair_column,
             max_length=spec.max_length,
             truncation=cfg.tokenizer.truncation,
-            with_offsets=cfg.model.task == "token-classify",
+            overflow=overflow_mode(cfg.tokenizer),
+            stride=spec.stride,
+            # token-classify reads offsets; so do per-window embeddings (their chunk_start/end)
+            with_offsets=cfg.model.task == "token-classify" or exploded_windows(cfg),
             revision=cfg.model.revision,
             local_files_only=cfg.model.local_files_only,
             drop_columns=tuple(spec.drop_after_tokenize),

@@ -24,6 +24,7 @@ from typing import Optional
 
 import pyarrow as pa
 
+from .commit import input_row_starts
 from .config import ConfigError, JobConfig, load_config
 from .preflight import check_cluster_cpus, preflight
 from .source import sample_input
@@ -124,12 +125,15 @@ def plan(
         col = f"_stage_{name}_s"
         return float(sum(b.column(col).to_pylist())) if col in b.column_names else 0.0
 
+    def input_rows(b: pa.Table) -> int:  # one output row per window with chunk_aggregate none
+        return len(input_row_starts(b)) - 1
+
     # The first block pays for lazy initialisation inside the actors: rates come from the rest.
     steady = blocks[1:] if len(blocks) > 1 else blocks
-    rows = sum(b.num_rows for b in steady)
+    rows = sum(input_rows(b) for b in steady)
     model_s = sum(stage(b, "model") for b in steady) or 1e-9
     tok_s = sum(stage(b, "tokenize") for b in steady) or 1e-9
-    all_rows = sum(b.num_rows for b in blocks)
+    all_rows = sum(input_rows(b) for b in blocks)
     tokens = sum(int(sum(b.column("num_tokens").to_pylist())) for b in blocks if "num_tokens" in b.column_names)
     errors = sum(b.num_rows - b.column("error").null_count for b in blocks if "error" in b.column_names)
     tokens_per_row = tokens / max(1, all_rows - errors)

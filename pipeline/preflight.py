@@ -21,9 +21,11 @@ from rayformers.operators.embed import sentence_transformers_defaults
 from rayformers.operators.embedding_outputs import resolve_prompt
 from rayformers.operators.loading import auto_class_name
 from rayformers.operators.records import ERROR_COLUMN
+from rayformers.operators.tokenize import check_stride
 
 from .commit import staging_path
-from .config import TASKS, ConfigError, JobConfig
+
+from .config import TASKS, ConfigError, JobConfig, overflow_mode
 from .locks import lock_path_for
 from .output_safety import UnsafeOutputError, check_disjoint, location
 from .source import ID_COLUMN, InputError, InputFile, discover_files, file_schema, resolve_filesystem
@@ -70,6 +72,8 @@ class ResolvedJob:
 
     text_prefix: str = ""
     """Prepended to every text before tokenizing (see :class:`ProcessingSpec`)."""
+    stride: int = 0
+    """See :class:`ProcessingSpec`."""
     id_check_deferred: bool = False
     """The input is too large for the driver-side id check: run the distributed one with Ray."""
 
@@ -257,6 +261,8 @@ class ProcessingSpec:
     drop_after_model: list[str] = field(default_factory=list)
     text_prefix: str = ""
     """Prepended to every text before tokenizing (an embedding model's prompt)."""
+    stride: int = 0
+    """``tokenizer.overflow: chunk``: tokens a window repeats of the previous one (resolved)."""
 
 
 def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Collection[str] = ()) -> ProcessingSpec:
@@ -282,6 +288,7 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
                              "(per row), not both")
     st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
     max_length = resolve_max_length(cfg, tokenizer, model_config, st)
+    stride = resolve_stride(cfg, tokenizer, max_length)
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
         pad = getattr(model_config, "pad_token_id", None) or 0
@@ -336,6 +343,8 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
                 options["generation"]["forced_bos_token_id"] = forced_target_language_id(tokenizer, t.target_language)
             except ValueError as e:
                 raise PreflightError(f"task.target_language: {e}") from e
+    if overflow_mode(cfg.tokenizer) == "chunk" and task in ("classify", "embed"):
+        options["chunk_aggregate"] = t.chunk_aggregate
     if t.target_language and task != "generate":
         raise PreflightError(f"task.target_language is for model.task generate, not {task}")
 
@@ -353,7 +362,25 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
         drop_after_tokenize=[] if text_needed_by_model else drop,
         drop_after_model=drop if text_needed_by_model else [],
         text_prefix=prefix,
+        stride=stride,
     )
+
+
+def resolve_stride(cfg: JobConfig, tokenizer: Any, max_length: Optional[int]) -> int:
+    """``tokenizer.stride`` checked against the windows it must fit in, or its default
+    ``max_length // 8``; 0 when rows are not chunked."""
+    if overflow_mode(cfg.tokenizer) != "chunk":
+        return 0
+    if max_length is None:
+        raise PreflightError("tokenizer.overflow chunk needs a max_length (the checkpoint gives none): set "
+                             "tokenizer.max_length")
+    specials = tokenizer.backend_tokenizer.num_special_tokens_to_add(False)
+    stride = cfg.tokenizer.stride if cfg.tokenizer.stride is not None else min(max_length // 8, max_length - specials - 1)
+    try:
+        check_stride(stride, max_length, specials)
+    except ValueError as e:
+        raise PreflightError(str(e)) from e
+    return stride
 
 
 def resolve_model_reference_in_config(cfg: JobConfig) -> None:
@@ -392,6 +419,8 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
     id_generated = inp.id_column is None
     id_column = inp.id_column or ID_COLUMN
     reserved = {ERROR_COLUMN, "num_tokens", *PREDICTION_COLUMNS[cfg.model.task]}
+    if overflow_mode(cfg.tokenizer) == "chunk" and cfg.task.chunk_aggregate == "none":
+        reserved |= {"chunk_index", "chunk_start", "chunk_end"}
     if id_generated:
         reserved.add(ID_COLUMN)
     clash = [c for c in inp.passthrough_columns if c in reserved]
@@ -437,6 +466,7 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         drop_after_tokenize=spec.drop_after_tokenize,
         drop_after_model=spec.drop_after_model,
         text_prefix=spec.text_prefix,
+        stride=spec.stride,
         id_check_deferred=id_check_deferred,
     )
     return job

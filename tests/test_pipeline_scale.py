@@ -142,3 +142,52 @@ def test_two_model_actors_on_two_cpus_do_not_starve_the_block_shaping(ray_sessio
         "output": {"path": str(tmp_path / "out")},
     })
     assert report.rows == 600 and report.errors == 0
+
+
+def test_embed_one_row_per_window_publishes_verifies_and_resumes_counting_input_rows(ray_session, tmp_path):
+    """``overflow: chunk`` with ``chunk_aggregate: none``: the output has more rows than the input
+    (one per window), yet the staged ranges, the counts, the budget and resume are by input row."""
+    from rayformers.pipeline.commit import ErrorBudgetExceeded
+
+    encoder = tiny_bert(tmp_path / "enc", hidden=16)  # max_position_embeddings 64: max_length 64
+    texts = [("long " if i % 3 == 0 else "") * (40 + 7 * i) + f"row {i}" if i % 9 != 4 else None for i in range(40)]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(pa.table({"text": texts}), inp / "docs.parquet", row_group_size=20)
+    out = tmp_path / "out"
+    job = {"input": {"path": str(inp)}, "model": {"path": str(encoder), "task": "embed"},
+           "tokenizer": {"overflow": "chunk", "stride": 8}, "task": {"chunk_aggregate": "none"},
+           "compute": {"batch_size": 6}, "output": {"path": str(out), "stage_rows": 8, "target_file_mb": 1}}
+    with pytest.raises(ErrorBudgetExceeded, match="4 of 40 rows"):
+        run(job)  # four null texts: error records, over the default budget of 0
+    staging = out.parent / f".{out.name}.rayformers-staging" / "data"
+    parts = sorted(staging.glob("part-*.parquet"))
+    assert len(parts) > 2
+    lost = pq.read_table(parts[1])
+    lost_rows = len(set(lost.column("id").to_pylist()))
+    assert lost.num_rows > lost_rows, "the staged file holds several windows of some row"
+    parts[1].unlink()  # as if that write never happened
+    report = run(job, ["output.mode=resume", "output.max_error_fraction=0.2"])
+    assert (report.rows, report.errors) == (40, 4)
+    assert report.rows_scored == lost_rows and report.rows_resumed == 40 - lost_rows
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert sum(f["rows"] for f in manifest["output_files"]) == 40
+    table = read_output(str(out)).sort_by([("id", "ascending"), ("chunk_index", "ascending")])
+    assert table.num_rows > 40 + 10
+    by_id: dict = {}
+    for row in table.select(["id", "chunk_index", "chunk_start", "error"]).to_pylist():
+        by_id.setdefault(row["id"], []).append(row)
+    assert sorted(by_id) == sorted(f"docs.parquet:{i}" for i in range(40)), "every input row, once"
+    for key, rows in by_id.items():
+        i = int(key.split(":")[1])
+        if texts[i] is None:
+            assert len(rows) == 1 and rows[0]["chunk_index"] is None and rows[0]["error"]
+        else:
+            assert [r["chunk_index"] for r in rows] == list(range(len(rows)))
+            assert (len(rows) > 1) == (len(texts[i].split()) > 62) and rows[0]["chunk_start"] == 0
+
+    from rayformers.pipeline.estimate import plan
+
+    est = plan(job, [f"output.path={tmp_path / 'planned'}"])
+    # the sample is one row group (20 rows, 2 of them null) whose windows are many more rows
+    assert (est.sample_rows, est.sample_errors) == (20, 2), "the plan counts input rows, not windows"
