@@ -22,6 +22,7 @@ Benchmark scripts may import transformers; the library never does.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -143,6 +144,7 @@ def run_ours(inp: Path, out: Path, model_path: str, dtype: str):
             "input": {"path": str(inp)},
             "model": {"path": model_path, "task": "embed", "dtype": dtype},
             "output": {"path": str(out), "mode": "overwrite", "keep_text": True},
+            "compute": json.loads(os.environ.get("BENCH_COMPUTE", "{}")),  # e.g. {"torch_threads": 2}
         }
     )
     table = read_output(str(out))

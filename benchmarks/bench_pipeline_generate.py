@@ -68,7 +68,8 @@ class DocsGenerator:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        enc = self.tok(list(batch["text"]), padding=True, truncation=True, max_length=128, return_tensors="pt")
+        enc = self.tok(list(batch["text"]), padding=True, truncation=True, max_length=128, return_tensors="pt",
+                       return_token_type_ids=False)
         with torch.inference_mode():
             out = self.model.generate(**enc, **self.kwargs)
         batch["generated_text"] = self.tok.batch_decode(out, skip_special_tokens=True)

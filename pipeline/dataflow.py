@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Optional
 
 from rayformers.operators import OPERATOR_FOR_TASK, TokenizeOperator
+from rayformers.operators.loading import MODEL_ACTOR_ENV
 
 from .config import overflow_mode
 from .preflight import ProcessingSpec, ResolvedJob, size_tokenizer_pool
@@ -126,6 +127,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             **spec.task_options,
         ),
         compute=ActorPoolStrategy(min_size=c.model_min_actors, max_size=c.model_max_actors),
+        runtime_env={"env_vars": dict(MODEL_ACTOR_ENV)},
         num_cpus=c.model_num_cpus,
         num_gpus=c.model_num_gpus or None,
         resources=c.model_resources or None,
