@@ -261,7 +261,8 @@ class ComputeConfig:
     actor (a GPU actor scores tens of thousands of short rows/s, one tokenizer thread ~17k),
     never more than the CPUs the other stages leave free."""
     tokenizer_num_cpus: float = 0.25
-    """CPUs reserved per tokenizer actor (fractions allowed)."""
+    """CPUs reserved per tokenizer actor (fractions allowed). Each tokenizer actor tokenizes on
+    one thread; the pool scales by actors."""
     tokenizer_batch_size: int = 512
     """Rows per tokenizer call where tokenization is not aligned with blocks (training data).
     Inference tokenizes one block (``batch_size`` rows) per call so blocks map 1:1 to part files."""
@@ -275,7 +276,8 @@ class ComputeConfig:
     """CPUs reserved per model actor. A reservation, not a thread count: see ``torch_threads``."""
     torch_threads: Optional[int] = None
     """Intra-op threads per CPU model actor; default: the node's CPUs divided by
-    ``model_max_actors``."""
+    ``model_max_actors``. The actors' OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``),
+    so they lose little when tokenizer or write tasks share their cores."""
     batch_size: Optional[int] = None
     """Rows per Ray block, whatever the input's row groups (a 1M-row group is read in slices and
     kept as blocks of this size end to end): one tokenizer call and one model call (sorted by
