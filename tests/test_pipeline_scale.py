@@ -115,8 +115,10 @@ def test_plan_estimates_within_2x_of_a_real_run_and_writes_nothing(ray_session, 
 
     inp = spark_like_input(tmp_path / "in", 3000)
     out = tmp_path / "out"
+    # 256-row blocks: the 384-row sample is two blocks and its rates come from the second (the
+    # first pays for lazy initialisation); the tiny model's time is mostly per block.
     job = {"input": {"path": str(inp)}, "model": {"path": str(classifier), "task": "classify"},
-           "output": {"path": str(out)}}
+           "compute": {"batch_size": 256}, "output": {"path": str(out)}}
     path = tmp_path / "job.yaml"
     path.write_text(json.dumps(job))
     assert cli.main(["plan", str(path), "--target", "10m", "--sample-rows", "384", "--json"]) == 0
