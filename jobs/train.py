@@ -124,7 +124,7 @@ def _model_config(cfg: TrainJobConfig, model_path: str):
 
 
 def _tokenizer_settings(cfg: TrainJobConfig, model_path: str, model_config) -> tuple[Tokenization, int]:
-    from rayformers.operators.embed import sentence_transformers_defaults
+    from rayformers.operators.embedding_outputs import sentence_transformers_defaults
     from rayformers.operators.loading import load_tokenizer
     from rayformers.pipeline.preflight import PreflightError, resolve_max_length
 

@@ -7,8 +7,6 @@ Pooling runs in float32 even for a bf16/fp16 model, so precision is only lost in
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Optional
 
 import numpy as np
@@ -16,40 +14,9 @@ import pyarrow as pa
 import torch
 
 from .batching import MicroBatch
-from .embedding_outputs import CALIBRATED, PRECISIONS, output_type, quantize
+from .embedding_outputs import CALIBRATED, PRECISIONS, output_type, quantize, sentence_transformers_defaults  # noqa: F401 - re-exported
 from .model_operator import ModelOperator, scatter
 from .windows import reduce_windows
-
-
-def sentence_transformers_defaults(model_dir: str) -> dict:
-    """Pooling mode, normalisation and max length from a sentence-transformers checkpoint, if any."""
-    out: dict = {}
-    if not model_dir or not os.path.isdir(model_dir):
-        return out
-    modules_path = os.path.join(model_dir, "modules.json")
-    if os.path.isfile(modules_path):
-        with open(modules_path) as f:
-            modules = json.load(f)
-        out["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
-        for m in modules:
-            if m.get("type", "").endswith("Pooling"):
-                cfg_path = os.path.join(model_dir, m.get("path", ""), "config.json")
-                if os.path.isfile(cfg_path):
-                    with open(cfg_path) as f:
-                        pcfg = json.load(f)
-                    if pcfg.get("pooling_mode_cls_token"):
-                        out["pooling"] = "cls"
-                    elif pcfg.get("pooling_mode_max_tokens"):
-                        out["pooling"] = "max"
-                    elif pcfg.get("pooling_mode_mean_tokens"):
-                        out["pooling"] = "mean"
-    st_path = os.path.join(model_dir, "sentence_bert_config.json")
-    if os.path.isfile(st_path):
-        with open(st_path) as f:
-            st = json.load(f)
-        if st.get("max_seq_length"):
-            out["max_length"] = int(st["max_seq_length"])
-    return out
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:

@@ -84,6 +84,37 @@ def resolve_prompt(model_dir: str, prompt: Optional[str], prompt_name: Optional[
     return prompts[name]
 
 
+def sentence_transformers_defaults(model_dir: str) -> dict:
+    """Pooling mode, normalisation and max length from a sentence-transformers checkpoint, if any."""
+    out: dict = {}
+    if not model_dir or not os.path.isdir(model_dir):
+        return out
+    modules_path = os.path.join(model_dir, "modules.json")
+    if os.path.isfile(modules_path):
+        with open(modules_path) as f:
+            modules = json.load(f)
+        out["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
+        for m in modules:
+            if m.get("type", "").endswith("Pooling"):
+                cfg_path = os.path.join(model_dir, m.get("path", ""), "config.json")
+                if os.path.isfile(cfg_path):
+                    with open(cfg_path) as f:
+                        pcfg = json.load(f)
+                    if pcfg.get("pooling_mode_cls_token"):
+                        out["pooling"] = "cls"
+                    elif pcfg.get("pooling_mode_max_tokens"):
+                        out["pooling"] = "max"
+                    elif pcfg.get("pooling_mode_mean_tokens"):
+                        out["pooling"] = "mean"
+    st_path = os.path.join(model_dir, "sentence_bert_config.json")
+    if os.path.isfile(st_path):
+        with open(st_path) as f:
+            st = json.load(f)
+        if st.get("max_seq_length"):
+            out["max_length"] = int(st["max_seq_length"])
+    return out
+
+
 __all__ = [
     "CALIBRATED",
     "PRECISIONS",
@@ -91,5 +122,6 @@ __all__ = [
     "output_type",
     "quantize",
     "resolve_prompt",
+    "sentence_transformers_defaults",
     "sentence_transformers_prompts",
 ]

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from rayformers.operators import OPERATOR_FOR_TASK, TokenizeOperator
+from rayformers.operators import TokenizeOperator
+from rayformers.operators.actors import ACTOR_FOR_TASK
 from rayformers.operators.loading import MODEL_ACTOR_ENV
 
 from .config import overflow_mode
@@ -108,9 +109,9 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
         batch_format="pyarrow",
         zero_copy_batch=True,
     )
-    operator_cls = OPERATOR_FOR_TASK[cfg.model.task]
+    # A torch-free class: the driver that builds this plan never imports torch.
     ds = ds.map_batches(
-        operator_cls,
+        ACTOR_FOR_TASK[cfg.model.task],
         fn_constructor_kwargs=dict(
             model_path=cfg.model.path,
             dtype=cfg.model.dtype,

@@ -5,8 +5,11 @@ nothing is written), reads a sample of rows spread over the input files, scores 
 configured actor pools (the same plan as ``run()``), and extrapolates from the measured stage
 times: rows, files and tokens of the whole input, rows/s and tokens/s per model and tokenizer
 actor, the wall time at the configured actor counts, and how many model actors finish in a
-target time. The first block of the sample is excluded from the rates (it pays for lazy
-initialisation inside the actor); actor start-up is reported on its own line.
+target time. The sample is scored in at least three blocks (``compute.batch_size`` rows, or
+fewer so that a small sample still makes three): the first is excluded (it pays for lazy
+initialisation inside the actor) and each rate is the median of the other blocks' rates, so one
+block slowed by a neighbour process does not move the estimate. Actor start-up is reported on
+its own line.
 
 Limits: the estimate assumes the sample's length distribution holds for the whole input (rows
 are taken from the first row group of up to ``sample_files`` files spread over the input), and
@@ -17,8 +20,9 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -115,8 +119,10 @@ def plan(
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
     sample = sample_input(job.input_fs, job.files, job.read_columns, cfg.input.id_column, sample_rows, sample_files)
 
+    block = sample_block_rows(cfg.compute.block_rows(), sample.num_rows)
+    sample_job = replace(job, config=replace(cfg, compute=replace(cfg.compute, batch_size=block)))
     t0 = time.perf_counter()
-    scored_ds = Processor(job)(ray.data.from_arrow(sample), keep_stage_times=True)
+    scored_ds = Processor(sample_job)(ray.data.from_arrow(sample), keep_stage_times=True)
     blocks = [ray.get(ref) for ref in scored_ds.to_arrow_refs()]
     wall = time.perf_counter() - t0
     blocks = [b for b in blocks if b.num_rows]
@@ -128,20 +134,21 @@ def plan(
     def input_rows(b: pa.Table) -> int:  # one output row per window with chunk_aggregate none
         return len(input_row_starts(b)) - 1
 
-    # The first block pays for lazy initialisation inside the actors: rates come from the rest.
+    # The first block pays for lazy initialisation inside the actors: rates come from the rest,
+    # as the median of per-block rates (robust to one block slowed by a neighbour).
     steady = blocks[1:] if len(blocks) > 1 else blocks
-    rows = sum(input_rows(b) for b in steady)
-    model_s = sum(stage(b, "model") for b in steady) or 1e-9
-    tok_s = sum(stage(b, "tokenize") for b in steady) or 1e-9
+
+    def median_rate(name: str) -> float:
+        return statistics.median(input_rows(b) / max(stage(b, name), 1e-9) for b in steady)
+
     all_rows = sum(input_rows(b) for b in blocks)
     tokens = sum(int(sum(b.column("num_tokens").to_pylist())) for b in blocks if "num_tokens" in b.column_names)
     errors = sum(b.num_rows - b.column("error").null_count for b in blocks if "error" in b.column_names)
     tokens_per_row = tokens / max(1, all_rows - errors)
-    steady_tokens = sum(int(sum(b.column("num_tokens").to_pylist())) for b in steady if "num_tokens" in b.column_names)
 
     c = cfg.compute
-    model_rps = rows / model_s
-    tok_rps = rows / tok_s
+    model_rps = median_rate("model")
+    tok_rps = median_rate("tokenize")
     model_total, tok_total = model_rps * c.model_max_actors, tok_rps * c.tokenizer_max_actors
     bottleneck = "model actors" if model_total <= tok_total else "tokenizer actors"
     rate = min(model_total, tok_total)
@@ -157,7 +164,7 @@ def plan(
         model_actors=c.model_max_actors,
         tokenizer_actors=c.tokenizer_max_actors,
         model_rows_per_s_per_actor=model_rps,
-        model_tokens_per_s_per_actor=steady_tokens / model_s,
+        model_tokens_per_s_per_actor=model_rps * tokens_per_row,
         tokenizer_rows_per_s_per_actor=tok_rps,
         bottleneck=bottleneck,
         estimated_wall_s=job.total_rows / rate + startup,
@@ -171,4 +178,11 @@ def plan(
     return report
 
 
-__all__ = ["PlanReport", "parse_duration", "plan"]
+def sample_block_rows(batch_size: int, sample_rows: int, min_blocks: int = 3) -> int:
+    """Rows per block for scoring the sample: the job's block size, or smaller so the sample makes
+    at least ``min_blocks`` blocks (the first is left out of the rates; the median of the rest is
+    kept). A smaller block than the run's errs slow where a model's time is mostly per block."""
+    return max(1, min(batch_size, math.ceil(sample_rows / min_blocks)))
+
+
+__all__ = ["PlanReport", "parse_duration", "plan", "sample_block_rows"]

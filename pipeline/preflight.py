@@ -17,7 +17,7 @@ from typing import Any, Collection, Optional
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from rayformers.operators.embed import sentence_transformers_defaults
+from rayformers.operators.embedding_outputs import sentence_transformers_defaults
 from rayformers.operators.embedding_outputs import resolve_prompt
 from rayformers.operators.loading import auto_class_name
 from rayformers.operators.records import ERROR_COLUMN

@@ -114,13 +114,13 @@ def job(tmp_path: Path, model: Path, rows: int, files: int) -> dict:
 
 def model_actor_nodes() -> dict:
     """Actor id → (node id, state) of every model actor ever created, from the GCS actor table
-    (Ray Data names its actor classes ``MapWorker(MapBatches(ClassifyOperator))``)."""
+    (Ray Data names its actor classes ``MapWorker(MapBatches(ClassifyActor))``)."""
     from ray._private import state
 
     return {
         a["ActorID"]: (a["Address"]["NodeID"], a["State"])
         for a in state.actors().values()
-        if "ClassifyOperator" in a.get("ActorClassName", "")
+        if "ClassifyActor" in a.get("ActorClassName", "")
     }
 
 

@@ -115,16 +115,17 @@ def test_plan_estimates_within_2x_of_a_real_run_and_writes_nothing(ray_session, 
 
     inp = spark_like_input(tmp_path / "in", 3000)
     out = tmp_path / "out"
-    # 256-row blocks: the 384-row sample is two blocks and its rates come from the second (the
-    # first pays for lazy initialisation); the tiny model's time is mostly per block.
+    # 256-row blocks: the 1,024-row sample is four blocks of the run's size; the rates are the
+    # median of the last three (the first pays for lazy initialisation). The tiny model's time is
+    # mostly per block, so the sample's blocks must be the run's size to compare.
     job = {"input": {"path": str(inp)}, "model": {"path": str(classifier), "task": "classify"},
            "compute": {"batch_size": 256}, "output": {"path": str(out)}}
     path = tmp_path / "job.yaml"
     path.write_text(json.dumps(job))
-    assert cli.main(["plan", str(path), "--target", "10m", "--sample-rows", "384", "--json"]) == 0
+    assert cli.main(["plan", str(path), "--target", "10m", "--sample-rows", "1024", "--json"]) == 0
     est = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert not out.exists() and not (tmp_path / ".out.rayformers-staging").exists(), "plan writes nothing"
-    assert est["input_rows"] == 3000 and est["input_files"] == 1 and est["sample_rows"] == 384
+    assert est["input_rows"] == 3000 and est["input_files"] == 1 and est["sample_rows"] == 1024
     assert est["tokens_per_row"] > 2 and est["estimated_tokens"] == pytest.approx(3000 * est["tokens_per_row"], rel=1e-3)
     assert est["model_actors_for_target"] >= 1 and est["estimated_wall_s"] > est["startup_s"]
 
@@ -132,6 +133,14 @@ def test_plan_estimates_within_2x_of_a_real_run_and_writes_nothing(ray_session, 
     measured = report.rows / report.stage_s["model"]
     assert 0.5 < est["model_rows_per_s_per_actor"] / measured < 2.0, (est["model_rows_per_s_per_actor"], measured)
     assert cli.main(["plan", str(path), "--target", "soon"]) == 2
+
+
+def test_plan_scores_its_sample_in_at_least_three_blocks():
+    from rayformers.pipeline.estimate import sample_block_rows
+
+    assert sample_block_rows(256, 1024) == 256  # four blocks of the run's size
+    assert sample_block_rows(1024, 512) == 171  # CPU default: three blocks of a small sample
+    assert sample_block_rows(1024, 2) == 1
 
 
 def test_two_model_actors_on_two_cpus_do_not_starve_the_block_shaping(ray_session, tmp_path, classifier):
