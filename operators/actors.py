@@ -3,7 +3,9 @@
 Ray pickles an actor class by reference, so the process that builds the plan (the job's driver)
 imports the class's module. The operators import torch at the top (~2-3 s of CPU on a small
 node, before the first row is read); these classes import their operator, and with it torch,
-only inside the actor. Ray Data names the stage after the class (``MapBatches(ClassifyActor)``).
+only inside the actor, after setting the OpenMP environment torch reads when it loads
+(``loading.MODEL_ACTOR_ENV``). Ray Data names the stage after the class
+(``MapBatches(ClassifyActor)``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ class ModelActor:
     operator_name = ""
 
     def __init__(self, **kwargs: Any):
+        from .loading import apply_model_actor_env
+
+        apply_model_actor_env()  # OpenMP settings, before the operator's import loads torch
         operators = importlib.import_module(__package__)
         self.operator = getattr(operators, self.operator_name)(**kwargs)
 

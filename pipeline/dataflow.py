@@ -20,7 +20,6 @@ from typing import Optional
 
 from rayformers.operators import TokenizeOperator
 from rayformers.operators.actors import ACTOR_FOR_TASK
-from rayformers.operators.loading import MODEL_ACTOR_ENV
 
 from .config import overflow_mode
 from .preflight import ProcessingSpec, ResolvedJob, size_tokenizer_pool
@@ -128,7 +127,6 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             **spec.task_options,
         ),
         compute=ActorPoolStrategy(min_size=c.model_min_actors, max_size=c.model_max_actors),
-        runtime_env={"env_vars": dict(MODEL_ACTOR_ENV)},
         num_cpus=c.model_num_cpus,
         num_gpus=c.model_num_gpus or None,
         resources=c.model_resources or None,

@@ -56,3 +56,22 @@ def test_the_plan_builders_actor_classes_import_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_model_actor_env_is_set_before_torch_loads_and_a_users_value_wins():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from rayformers.operators.loading import apply_model_actor_env\n"
+        "assert apply_model_actor_env() and os.environ['OMP_WAIT_POLICY'] == '{want}'\n"
+        "import torch\n"
+        "assert not apply_model_actor_env(), 'too late once torch is loaded'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for user, want in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = dict(env, **({"OMP_WAIT_POLICY": user} if user else {}))
+        result = subprocess.run([sys.executable, "-c", code.format(want=want)], env=run_env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
