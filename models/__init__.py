@@ -24,7 +24,7 @@ _EXPORTS = {
     "GenerationConfig": "generation",
     "T5EncoderModel": "t5",
     "MT5EncoderModel": "t5",
-    "EncoderDecoderConfig": "encoder_decoder",
+    "EncoderDecoderConfig": "configuration_encoder_decoder",
     "EncoderDecoderModel": "encoder_decoder",
 }
 
@@ -35,11 +35,13 @@ def __getattr__(name):
     if name in _EXPORTS:
         module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
         return getattr(module, name)
-    # Family classes (BertModel, BartForConditionalGeneration, ...) resolve through the registry.
-    from .auto import CONFIG_MAPPING_NAMES, MODEL_NAMES, MODEL_TYPE_TO_MODULE
+    # Family classes (BertModel, BartForConditionalGeneration, ...) resolve through the registry;
+    # config classes through their torch-free configuration module.
+    from .auto import CONFIG_MAPPING_NAMES, MODEL_NAMES, MODEL_TYPE_TO_CONFIG_MODULE, MODEL_TYPE_TO_MODULE
 
     for model_type, module_name in MODEL_TYPE_TO_MODULE.items():
-        names = set(MODEL_NAMES.get(model_type, {}).values()) | {CONFIG_MAPPING_NAMES[model_type]}
-        if name in names:
+        if name == CONFIG_MAPPING_NAMES[model_type]:
+            return getattr(importlib.import_module(f".{MODEL_TYPE_TO_CONFIG_MODULE[model_type]}", __name__), name)
+        if name in MODEL_NAMES.get(model_type, {}).values():
             return getattr(importlib.import_module(f".{module_name}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

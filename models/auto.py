@@ -3,6 +3,11 @@
 The registry is declarative (model_type -> module and class names) and imports a family's module
 only when a checkpoint of that family is loaded, so importing `rayformers.models` stays cheap and a
 family never needs to edit this file beyond its row. `register` adds user classes at run time.
+
+Configs live in torch-free `configuration_<family>.py` modules (transformers' layout), and
+`check_supported` answers "has this task a class for this checkpoint?" from the tables alone: the
+job driver loads a checkpoint's config and validates the task without importing torch (seconds of
+CPU before the first row is read).
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ MODEL_TYPE_TO_MODULE: dict[str, str] = OrderedDict(
         ("modernbert", "modernbert"),
         ("encoder-decoder", "encoder_decoder"),
     ]
+)
+
+# model_type -> module holding its config class: `configuration_<family module>`, imports no torch.
+MODEL_TYPE_TO_CONFIG_MODULE: dict[str, str] = OrderedDict(
+    (model_type, f"configuration_{module}") for model_type, module in MODEL_TYPE_TO_MODULE.items()
 )
 
 CONFIG_MAPPING_NAMES: dict[str, str] = {
@@ -98,8 +108,8 @@ def supported_model_types() -> list[str]:
     return sorted(set(MODEL_TYPE_TO_MODULE) | set(_REGISTERED_CONFIGS))
 
 
-def _import_class(model_type: str, class_name: str):
-    module = importlib.import_module(f".{MODEL_TYPE_TO_MODULE[model_type]}", __package__)
+def _import_class(model_type: str, class_name: str, modules: dict[str, str] = MODEL_TYPE_TO_MODULE):
+    module = importlib.import_module(f".{modules[model_type]}", __package__)
     return getattr(module, class_name)
 
 
@@ -110,7 +120,7 @@ def config_class_for(model_type: str) -> type[PretrainedConfig]:
         raise ValueError(
             f"Unrecognized model type {model_type!r}. Supported model types: {', '.join(supported_model_types())}."
         )
-    return _import_class(model_type, CONFIG_MAPPING_NAMES[model_type])
+    return _import_class(model_type, CONFIG_MAPPING_NAMES[model_type], MODEL_TYPE_TO_CONFIG_MODULE)
 
 
 class AutoConfig:
@@ -159,19 +169,36 @@ class _BaseAutoModel:
         )
 
     @classmethod
-    def _model_class(cls, config: PretrainedConfig):
+    def _registered_model(cls, config: PretrainedConfig):
         for (task, config_class), model_class in _REGISTERED_MODELS.items():
             if task == cls._task and type(config) is config_class:
                 return model_class
-        names = MODEL_NAMES.get(config.model_type, {})
-        if cls._task not in names:
+        return None
+
+    @classmethod
+    def check_supported(cls, config: PretrainedConfig) -> None:
+        """Raise the ValueError `from_pretrained` would raise when this task has no class for `config`.
+
+        Answered from MODEL_NAMES and the registered models only, without importing the family's
+        modelling module (and so torch): the job driver validates a job with it before any row flows.
+        """
+        if cls._registered_model(config) is not None:
+            return
+        if cls._task not in MODEL_NAMES.get(config.model_type, {}):
             supported = sorted(t for t, n in MODEL_NAMES.items() if cls._task in n)
-            supported += sorted({type(c).__name__ for (t, c) in _REGISTERED_MODELS if t == cls._task})
+            supported += sorted({c.__name__ for (t, c) in _REGISTERED_MODELS if t == cls._task})
             raise ValueError(
                 f"Unrecognized configuration class {type(config).__name__} (model_type {config.model_type!r}) for "
                 f"{cls.__name__}. Model type should be one of {', '.join(supported)}."
             )
-        return _import_class(config.model_type, names[cls._task])
+
+    @classmethod
+    def _model_class(cls, config: PretrainedConfig):
+        registered = cls._registered_model(config)
+        if registered is not None:
+            return registered
+        cls.check_supported(config)
+        return _import_class(config.model_type, MODEL_NAMES[config.model_type][cls._task])
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs):

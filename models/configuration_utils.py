@@ -11,11 +11,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, ClassVar
-
-import torch
+import sys
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .hub import resolve_file
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported only where a dtype name becomes a `torch.dtype`: reading a config.json (the job
+# driver's checks, `AutoConfig.from_pretrained`) must not pay torch's import (seconds of CPU).
 
 CONFIG_NAME = "config.json"
 
@@ -124,8 +129,6 @@ class PretrainedConfig:
         torch_dtype = kwargs.pop("torch_dtype", None)
         if dtype is None:
             dtype = torch_dtype
-        if isinstance(dtype, str):
-            dtype = _dtype_from_name(dtype)
 
         self.return_dict = return_dict
         self.output_hidden_states = output_hidden_states
@@ -204,13 +207,30 @@ class PretrainedConfig:
         self._name_or_path = str(value)
 
     @property
+    def dtype(self) -> torch.dtype | None:
+        """The weights' `torch.dtype` (or None). A name given while torch is not imported yet (a
+        config.json read by the job driver) is kept as its canonical name until first read here, so
+        loading a config never imports torch; `to_dict` writes the same name either way."""
+        value = self.__dict__.get("dtype")
+        if isinstance(value, str):
+            value = _dtype_from_name(value)
+            self.__dict__["dtype"] = value
+        return value
+
+    @dtype.setter
+    def dtype(self, value) -> None:
+        if isinstance(value, str):
+            value = _dtype_from_name(value) if "torch" in sys.modules else _canonical_dtype_name(value)
+        self.__dict__["dtype"] = value
+
+    @property
     def torch_dtype(self):
         """Old name of `dtype`, still used by many configs and callers."""
         return self.dtype
 
     @torch_dtype.setter
     def torch_dtype(self, value) -> None:
-        self.dtype = _dtype_from_name(value) if isinstance(value, str) else value
+        self.dtype = value
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -296,7 +316,7 @@ class PretrainedConfig:
         class_dict = {} if self.has_no_defaults_at_init else self.__class__().to_dict()
         diff: dict[str, Any] = {}
         for key, value in config_dict.items():
-            attr = getattr(self, key, None) if key in self.__dict__ else None
+            attr = self.__dict__.get(key)  # not getattr: reading `dtype` would import torch
             if isinstance(attr, PretrainedConfig) or key in self.sub_configs:
                 sub = _recursive_diff(value, default_dict, attr)
                 if isinstance(value, dict) and "model_type" in value:
@@ -379,15 +399,29 @@ def _read_json(path) -> dict[str, Any]:
 
 
 def _dtype_from_name(name: str) -> torch.dtype:
+    import torch
+
     dtype = getattr(torch, name.replace("torch.", ""), None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {name!r}; use e.g. 'float32', 'bfloat16' or 'float16'.")
     return dtype
 
 
+# torch's alias names and the dtype each one is (`str(torch.half)` is "torch.float16").
+_DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "int": "int32", "long": "int64",
+                  "short": "int16", "cfloat": "complex64", "cdouble": "complex128", "chalf": "complex32"}
+
+
+def _canonical_dtype_name(name: str) -> str:
+    """The name `str(torch_dtype)` would give, without importing torch (checked when first read)."""
+    name = name.replace("torch.", "")
+    return _DTYPE_ALIASES.get(name, name)
+
+
 def _dtype_to_str(d: dict[str, Any]) -> None:
     value = d.get("dtype")
-    if isinstance(value, torch.dtype):
+    torch = sys.modules.get("torch")  # a torch.dtype value exists only once torch is imported
+    if torch is not None and isinstance(value, torch.dtype):
         d["dtype"] = str(value).split(".")[1]
     for sub in d.values():
         if isinstance(sub, dict):

@@ -4,10 +4,11 @@ An M2M100 checkpoint is an mBART-like Transformer (pre-norm, final `layer_norm` 
 `layernorm_embedding`, embeddings scaled by sqrt(d_model) inside `embed_tokens`) whose positions are
 fixed sinusoids that skip padding tokens (offset pad_token_id + 1, see
 `bart.PaddingAwareSinusoidalPositionalEmbedding`) and whose LM head has no `final_logits_bias`.
-So this module only declares the config and thin subclasses selecting `M2M100_VARIANT`: every layer,
-the KV cache, `generate` and continuous batching (`_supports_left_padded_decoder`, per-row
-`decoder_position_ids`) are BART's. NLLB-200 dense checkpoints (`model_type: "m2m_100"`) load here;
-the target language is chosen with `forced_bos_token_id` (the language token's id) at generate time.
+So this module only declares thin subclasses whose config (configuration_m2m_100.py) selects
+`M2M100_VARIANT`: every layer, the KV cache, `generate` and continuous batching
+(`_supports_left_padded_decoder`, per-row `decoder_position_ids`) are BART's. NLLB-200 dense
+checkpoints (`model_type: "m2m_100"`) load here; the target language is chosen with
+`forced_bos_token_id` (the language token's id) at generate time.
 
 Parameter names are transformers 4.57's (`model.shared`, `model.encoder.layers.0.self_attn.q_proj`,
 `model.encoder.layer_norm`, `lm_head`); the position table (`embed_positions.weights`) is computed,
@@ -24,66 +25,12 @@ on longer inputs).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from .bart import (
     BartForConditionalGeneration,
     BartModel,
     BartPreTrainedModel,
-    BartVariant,
-    _set_common_fields,
 )
-from .configuration_utils import PretrainedConfig
-
-M2M100_VARIANT = BartVariant(pre_norm=True, learned_positions=False, embedding_norm=False, final_norm=True,
-                             scale_inside_embedding=True, padding_aware_positions=True, final_logits_bias=False,
-                             layerdrop_draws_in_eval=True)
-
-
-class M2M100Config(PretrainedConfig):
-    """Configuration of M2M100 / NLLB (same arguments, defaults and JSON as transformers' M2M100Config)."""
-
-    model_type = "m2m_100"
-    keys_to_ignore_at_inference = ["past_key_values"]
-    attribute_map = {"num_attention_heads": "encoder_attention_heads", "hidden_size": "d_model"}
-    variant: ClassVar[BartVariant] = M2M100_VARIANT
-
-    def __init__(
-        self,
-        vocab_size=128112,
-        max_position_embeddings=1024,
-        encoder_layers=12,
-        encoder_ffn_dim=4096,
-        encoder_attention_heads=16,
-        decoder_layers=12,
-        decoder_ffn_dim=4096,
-        decoder_attention_heads=16,
-        encoder_layerdrop=0.05,
-        decoder_layerdrop=0.05,
-        use_cache=True,
-        is_encoder_decoder=True,
-        activation_function="relu",
-        d_model=1024,
-        dropout=0.1,
-        attention_dropout=0.1,
-        activation_dropout=0.0,
-        init_std=0.02,
-        decoder_start_token_id=2,
-        scale_embedding=True,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        **kwargs,
-    ):
-        _set_common_fields(self, locals())
-        super().__init__(
-            pad_token_id=pad_token_id,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            is_encoder_decoder=is_encoder_decoder,
-            decoder_start_token_id=decoder_start_token_id,
-            **kwargs,
-        )
+from .configuration_m2m_100 import M2M100Config, M2M100_VARIANT
 
 
 class M2M100PreTrainedModel(BartPreTrainedModel):

@@ -210,7 +210,7 @@ def resolve_model(cfg: JobConfig):
         raise PreflightError(f"model.path {m.path!r}: cannot load the model config ({type(e).__name__}: {e})") from e
     auto = getattr(models, auto_class_name(m.task, model_config))
     try:
-        auto._model_class(model_config)
+        auto.check_supported(model_config)
     except ValueError as e:
         raise PreflightError(f"model.task {m.task!r} is not available for model.path {m.path!r}: {e}") from e
     if m.quantization != "none" and (cfg.compute.model_num_gpus or m.dtype != "float32"):

@@ -6,12 +6,17 @@ entry point used by the inference pipeline.
 """
 
 from .configuration import GenerationConfig
-from .utils import GenerationMixin
 
 __all__ = ["GenerationConfig", "GenerationMixin", "stream_generate"]
 
 
 def __getattr__(name):
+    # Imported on first use: they need torch, and reading a generation_config.json (GenerationConfig)
+    # must not import it.
+    if name == "GenerationMixin":
+        from .utils import GenerationMixin
+
+        return GenerationMixin
     if name == "stream_generate":
         from .continuous import stream_generate
 
