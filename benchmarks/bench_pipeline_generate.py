@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=128)
     args = p.parse_args(argv)
 
     import ray

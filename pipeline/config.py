@@ -172,8 +172,11 @@ class GenerationSettings:
     """Penalty for repeated tokens."""
     early_stopping: Optional[Union[bool, str]] = None
     """Beam search stopping rule (``true``, ``false`` or ``never``)."""
-    max_batch_size: int = 32
-    """Continuous batching: rows decoded at once per model actor."""
+    max_batch_size: int = 128
+    """Continuous batching: rows decoded at once per model actor (their source tokens are also
+    capped by ``compute.max_tokens_per_batch``). A decoder step is small matrix products, which
+    run faster per row with more rows: distilbart-shaped BART, 128 rows x 32 new tokens on 2 CPUs,
+    16 rows at once 14.4 s, 64 10.5-11.1 s, 128 10.1-10.3 s."""
 
     def generate_kwargs(self) -> dict:
         """The settings that were set, as ``generate`` keyword arguments."""

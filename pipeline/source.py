@@ -220,6 +220,53 @@ def plan_units(files: list[InputFile], target_rows: int) -> list[ReadUnit]:
     return units
 
 
+def pack_units(units: list[ReadUnit], target_rows: int) -> list[list[ReadUnit]]:
+    """Consecutive units into read tasks of about ``target_rows`` rows: a unit of a small file
+    shares its task (and its blocks) with the next ones, so an input of many small files still
+    flows as blocks of ``compute.batch_size`` rows (each block costs a round trip through every
+    stage; 10k files of 100 rows would otherwise be 10k blocks of 100 rows). A unit is never split
+    between tasks; one bigger than ``target_rows`` is a task of its own."""
+    tasks: list[list[ReadUnit]] = []
+    rows = 0
+    for unit in units:
+        if tasks and rows + unit.num_rows <= target_rows:
+            tasks[-1].append(unit)
+            rows += unit.num_rows
+        else:
+            tasks.append([unit])
+            rows = unit.num_rows
+    return tasks
+
+
+def rebatch(tables: Iterable[pa.Table], rows: int) -> Iterable[pa.Table]:
+    """Tables of exactly ``rows`` rows (the last one fewer) from a stream of smaller or equal
+    ones, e.g. the slices of several small files. Pieces whose schemas cannot be unified
+    (``promote_options="permissive"``: string vs large_string, nullability) are passed on
+    unmerged rather than failing the read."""
+    pending: list[pa.Table] = []
+    held = 0
+
+    def merged(pieces: list[pa.Table]) -> list[pa.Table]:
+        if len(pieces) == 1:
+            return pieces
+        try:
+            return [pa.concat_tables(pieces, promote_options="permissive").combine_chunks()]
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return pieces
+
+    for table in tables:
+        while table.num_rows:
+            take = min(rows - held, table.num_rows)
+            pending.append(table.slice(0, take))
+            held += take
+            table = table.slice(take)
+            if held == rows:
+                yield from merged(pending)
+                pending, held = [], 0
+    if pending:
+        yield from merged(pending)
+
+
 def read_unit(
     fs: pafs.FileSystem,
     unit: ReadUnit,
@@ -382,7 +429,8 @@ def make_datasource(
     """A Ray Data ``Datasource`` reading ``files`` (imported lazily: Ray is heavy).
 
     One read task covers consecutive row groups of one file, about ``rows_per_task`` rows (a
-    single bigger row group is one task, streamed in slices, never held whole). Every row carries
+    single bigger row group is one task, streamed in slices, never held whole), and small files
+    share tasks (:func:`pack_units`) whose slices are re-cut into blocks of ``block_rows``. Every row carries
     its row group and index (:data:`HIDDEN_COLUMNS`); ``done`` (row group key → staged row ranges,
     from an interrupted attempt) is cut down to each task's own groups. Tasks whose rows are all
     staged are not created at all."""
@@ -390,13 +438,18 @@ def make_datasource(
     from ray.data.datasource import Datasource, ReadTask
 
     done = done or {}
-    tasks_spec = []
-    for unit in plan_units(files, rows_per_task):
-        keys = {g: row_group_key(unit.file, g) for g in unit.row_groups}
-        mine = {g: done[k] for g, k in keys.items() if k in done}
-        remaining = unit.num_rows - sum(b - a for r in mine.values() for a, b in r)
+    tasks_spec = []  # per read task: [(unit, its staged ranges), ...] and the rows left to read
+    for packed in pack_units(plan_units(files, rows_per_task), rows_per_task):
+        parts, remaining = [], 0
+        for unit in packed:
+            keys = {g: row_group_key(unit.file, g) for g in unit.row_groups}
+            mine = {g: done[k] for g, k in keys.items() if k in done}
+            left = unit.num_rows - sum(b - a for r in mine.values() for a, b in r)
+            if left > 0:
+                parts.append((unit, mine))
+                remaining += left
         if remaining > 0:
-            tasks_spec.append((unit, mine, remaining))
+            tasks_spec.append((parts, remaining))
 
     class ParquetRowGroupDatasource(Datasource):
         def estimate_inmemory_data_size(self) -> Optional[int]:
@@ -411,15 +464,20 @@ def make_datasource(
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
             tasks = []
-            for unit, mine, remaining in tasks_spec:
+            for parts, remaining in tasks_spec:
 
-                def read_fn(unit: ReadUnit = unit, mine: dict = mine) -> Iterable[pa.Table]:
-                    for _, table in iter_row_group_slices(
-                        fs, unit.file, unit.row_groups, columns, id_column, block_rows, mine, tag=True
-                    ):
-                        yield table
+                def read_fn(parts: list = parts) -> Iterable[pa.Table]:
+                    slices = (
+                        table
+                        for unit, mine in parts
+                        for _, table in iter_row_group_slices(
+                            fs, unit.file, unit.row_groups, columns, id_column, block_rows, mine, tag=True
+                        )
+                    )
+                    yield from rebatch(slices, block_rows)
 
-                meta = BlockMetadata(num_rows=remaining, size_bytes=None, exec_stats=None, input_files=[unit.file.path])
+                paths = list(dict.fromkeys(unit.file.path for unit, _ in parts))
+                meta = BlockMetadata(num_rows=remaining, size_bytes=None, exec_stats=None, input_files=paths)
                 tasks.append(ReadTask(read_fn, meta))
             return tasks
 

@@ -41,8 +41,10 @@ from rayformers.pipeline.source import (
     UNIT_COLUMN,
     discover_files,
     iter_row_group_slices,
+    pack_units,
     plan_units,
     read_unit,
+    rebatch,
     row_group_key,
 )
 
@@ -153,6 +155,26 @@ def test_discovery_dirs_globs_hive_and_stable_ids(tmp_path):
     ]
     with pytest.raises(ValueError, match="does not exist"):
         discover_files(str(tmp_path / "missing"))
+
+
+def test_small_files_share_read_tasks_and_are_recut_into_full_blocks(tmp_path):
+    (tmp_path / "in").mkdir()
+    for k, n in enumerate([5, 3, 9, 2]):
+        pq.write_table(pa.table({"text": [f"f{k} r{i}" for i in range(n)]}), tmp_path / "in" / f"f{k}.parquet")
+    fs, files = discover_files(str(tmp_path / "in"))
+    units = plan_units(files, target_rows=8)
+    tasks = pack_units(units, target_rows=8)
+    # 5+3 fill a task; 9 is bigger than the target and alone; 2 starts the last task
+    assert [[u.num_rows for u in t] for t in tasks] == [[5, 3], [9], [2]]
+    slices = (t for u in units for _, t in iter_row_group_slices(fs, u.file, u.row_groups, ["text"], None, 4, tag=True))
+    blocks = list(rebatch(slices, 4))
+    assert [b.num_rows for b in blocks] == [4, 4, 4, 4, 3]
+    texts = [x for b in blocks for x in b.column("text").to_pylist()]
+    assert texts == [f"f{k} r{i}" for k, n in enumerate([5, 3, 9, 2]) for i in range(n)], "every row once, in order"
+    assert len(set(blocks[1].column(UNIT_COLUMN).to_pylist())) == 2, "f0 row 4 and f1 rows 0-2 share a block"
+    # pieces whose schemas cannot be unified pass unmerged, nothing dropped
+    a, b = pa.table({"x": [1, 2]}), pa.table({"x": ["a"]})
+    assert [t.num_rows for t in rebatch([a, b], 4)] == [2, 1]
 
 
 # --- commit protocol ---------------------------------------------------------------------------

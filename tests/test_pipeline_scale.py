@@ -47,6 +47,24 @@ def test_one_big_row_group_flows_as_blocks_of_batch_size(ray_session, tmp_path, 
     assert sorted(r["rows"] for r in sizes) == [200] + [300] * 6
 
 
+def test_many_small_files_flow_as_full_blocks_and_publish_every_row_once(ray_session, tmp_path, classifier):
+    from rayformers.pipeline.dataflow import build_dataset
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for k in range(7):
+        pq.write_table(pa.table({"text": [f"file {k} row {i}" for i in range(50)]}), inp / f"f{k}.parquet")
+    job = {"input": {"path": str(inp)}, "model": {"path": str(classifier), "task": "classify"},
+           "compute": {"batch_size": 128}, "output": {"path": str(tmp_path / "out")}}
+    sizes = build_dataset(preflight(load_config(job))).map_batches(
+        lambda t: pa.table({"rows": [t.num_rows]}), batch_size=None, batch_format="pyarrow"
+    ).take_all()
+    assert sorted(r["rows"] for r in sizes) == [94, 128, 128], "7 files of 50 rows packed into 128-row blocks"
+    report = run(job)
+    ids = read_output(report.output_path).column("id").to_pylist()
+    assert report.rows == 350 and len(set(ids)) == 350 == len(ids)
+
+
 def test_small_staged_files_are_merged_before_publishing(ray_session, tmp_path, classifier):
     inp = spark_like_input(tmp_path / "in", 400)
     out = tmp_path / "out"
