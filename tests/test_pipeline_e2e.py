@@ -289,7 +289,7 @@ def test_killing_a_model_actor_mid_run_loses_and_duplicates_nothing(ray_session,
 
     def killer():
         _wait_for(lambda: _staged_parts(out))
-        pids = _wait_for(lambda: _pids_of("MapWorker(MapBatches(EmbedOperator))", raylet))
+        pids = _wait_for(lambda: _pids_of("MapWorker(MapBatches(EmbedActor))", raylet))
         os.kill(pids[0], signal.SIGKILL)
         killed.append(pids[0])
 
