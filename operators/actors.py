@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _TASKS
+
 
 class ModelActor:
     """Builds the task's operator inside the actor and forwards each block to it."""
@@ -30,37 +32,16 @@ class ModelActor:
         return self.operator(batch)
 
 
-class ClassifyActor(ModelActor):
-    operator_name = "ClassifyOperator"
+def _actor_class(operator_name: str) -> type[ModelActor]:
+    """``ClassifyOperator`` -> a ``ClassifyActor`` subclass, defined in this module under that
+    name so Ray pickles it by reference like any top-level class."""
+    name = operator_name.replace("Operator", "Actor")
+    cls = type(name, (ModelActor,), {"operator_name": operator_name, "__module__": __name__, "__qualname__": name})
+    globals()[name] = cls
+    return cls
 
 
-class TokenClassifyActor(ModelActor):
-    operator_name = "TokenClassifyOperator"
+# One per task, from the operators' own task table (no second list to keep in step).
+ACTOR_FOR_TASK = {task: _actor_class(operator_name) for task, operator_name in _TASKS.items()}
 
-
-class GenerateActor(ModelActor):
-    operator_name = "GenerateOperator"
-
-
-class EmbedActor(ModelActor):
-    operator_name = "EmbedOperator"
-
-
-class ZeroShotClassifyActor(ModelActor):
-    operator_name = "ZeroShotClassifyOperator"
-
-
-class SparseEmbedActor(ModelActor):
-    operator_name = "SparseEmbedOperator"
-
-
-ACTOR_FOR_TASK = {
-    "classify": ClassifyActor,
-    "token-classify": TokenClassifyActor,
-    "generate": GenerateActor,
-    "embed": EmbedActor,
-    "zero-shot-classify": ZeroShotClassifyActor,
-    "sparse-embed": SparseEmbedActor,
-}
-
-__all__ = ["ACTOR_FOR_TASK", "ModelActor"]
+__all__ = ["ACTOR_FOR_TASK", "ModelActor", *(cls.__name__ for cls in ACTOR_FOR_TASK.values())]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
@@ -217,8 +218,6 @@ def apply_model_actor_env() -> bool:
     """Put :data:`MODEL_ACTOR_ENV` into this process's environment (a value the user set wins).
     Returns False, changing nothing, when torch is already loaded here (OpenMP has read its
     settings; only a worker that ran torch code before could be in that state)."""
-    import sys
-
     if "torch" in sys.modules:
         return False
     for key, value in MODEL_ACTOR_ENV.items():
