@@ -9,7 +9,7 @@ the same work in both arms. Inputs: mixed-length English texts (truncated at 128
 
 * ours: ``rayformers.pipeline.run`` with task ``generate`` (tokenizer actor, one model actor,
   length-sorted continuous batching of ``--max-batch`` rows, staged write), fp32, or bf16 when
-  this CPU computes bf16 natively (detected, never assumed).
+  this CPU computes bf16 natively (detected, never assumed; ``--dtype`` forces one).
 * docs: Ray's batch-inference docs pattern: ``read_parquet`` → ``map_batches`` with a callable
   class holding transformers' ``BartForConditionalGeneration`` + tokenizer, batches of 16 rows
   in file order padded to their longest, ``generate``, ``batch_decode`` → ``write_parquet``.
@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--max-batch", type=int, default=128)
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="both arms' dtype; auto: bfloat16 where this CPU computes it natively, else float32")
     args = p.parse_args(argv)
 
     import ray
@@ -120,14 +122,15 @@ def main(argv=None) -> int:
     from bench_pipeline import make_dataset
     from rayformers.operators.loading import cpu_has_native_bf16
 
-    dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
+    native = cpu_has_native_bf16()
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if native else "float32")
     t0 = time.perf_counter()
     ROOT.mkdir(parents=True, exist_ok=True)
     model = build_model(ROOT / "model")
     inp, _ = make_dataset(ROOT / "in", args.rows)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     print(f"start-up (checkpoint, data, Ray): {time.perf_counter() - t0:.1f} s; dtype {dtype} "
-          f"({'native bf16' if dtype == 'bfloat16' else 'no native bf16 on this CPU: fp32'})")
+          f"({'native bf16 on this CPU' if native else 'no native bf16 on this CPU'})")
 
     report, ours = run_ours(inp, ROOT / "ours", str(model), args.new_tokens, dtype, args.max_batch)
     docs_wall, docs = run_docs(inp, ROOT / "docs", str(model), args.new_tokens, dtype)

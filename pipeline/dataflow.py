@@ -78,7 +78,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
 
     cfg = spec.config
     c = cfg.compute
-    if c.tokenizer_max_actors is None:
+    if c.tokenizer_max_actors is None or c.tokenizer_min_actors is None:
         size_tokenizer_pool(cfg, float(ray.cluster_resources().get("CPU", 0)))
     ds = blocks_of(ds, c.block_rows(), c.io_num_cpus)
     ds = ds.map_batches(

@@ -478,13 +478,16 @@ TOKENIZERS_PER_MODEL_ACTOR = {"cpu": 1, "gpu": 4}
 
 def size_tokenizer_pool(cfg: JobConfig, total_cpus: float) -> int:
     """Fill in ``compute.tokenizer_max_actors`` when unset: sized to the model pool, within the
-    CPUs left once model actors and one read/write task have theirs."""
+    CPUs left once model actors and one read/write task have theirs; and
+    ``compute.tokenizer_min_actors`` when unset: the maximum (see there). Idempotent."""
     c = cfg.compute
     if c.tokenizer_max_actors is None:
         per = TOKENIZERS_PER_MODEL_ACTOR["gpu" if c.model_num_gpus else "cpu"]
         free = total_cpus - c.model_max_actors * c.model_num_cpus - c.io_num_cpus
         fits = int(free // c.tokenizer_num_cpus) if c.tokenizer_num_cpus > 0 else per * c.model_max_actors
-        c.tokenizer_max_actors = max(c.tokenizer_min_actors, min(per * c.model_max_actors, fits))
+        c.tokenizer_max_actors = max(c.tokenizer_min_actors or 1, min(per * c.model_max_actors, fits))
+    if c.tokenizer_min_actors is None:
+        c.tokenizer_min_actors = c.tokenizer_max_actors
     return c.tokenizer_max_actors
 
 

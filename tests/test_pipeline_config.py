@@ -310,6 +310,21 @@ def test_tokenizer_pool_is_sized_to_the_model_pool_within_free_cpus():
     assert sized(8, model_num_gpus=1, tokenizer_max_actors=6) == 6  # explicit wins
 
 
+def test_tokenizer_pool_starts_whole_unless_a_minimum_is_set():
+    from rayformers.pipeline.preflight import size_tokenizer_pool
+
+    def pool(cpus, **compute):
+        cfg = load_config({"compute": compute})
+        size_tokenizer_pool(cfg, cpus)
+        size_tokenizer_pool(cfg, cpus)  # idempotent: run() and the plan both call it
+        return cfg.compute.tokenizer_min_actors, cfg.compute.tokenizer_max_actors
+
+    assert pool(8, model_num_gpus=1) == (4, 4)               # every tokenizer starts with the job
+    assert pool(8, tokenizer_max_actors=3) == (3, 3)         # an explicit maximum: min follows it
+    assert pool(8, model_num_gpus=1, tokenizer_min_actors=1) == (1, 4)  # Ray Data autoscales 1..4
+    assert pool(2, tokenizer_min_actors=2) == (2, 2)         # a minimum above the sized maximum lifts it
+
+
 def test_block_rows_default_by_device_and_explicit_value_wins():
     assert load_config({}).compute.block_rows() == 1024
     assert load_config({"compute": {"model_num_gpus": 1}}).compute.block_rows() == 4096
