@@ -7,7 +7,10 @@ The recording was made by the per-row code on this table (tiny random checkpoint
 fixed seed, MiniLM's real tokenizer, a small token budget so that there are many micro-batches
 and many ties between equal lengths), so any difference in planning, padding, row order, null
 handling, label lookup or column types shows here. Strings, ints, nulls and schemas must match
-exactly; floats to 1e-6 (only BLAS kernels differ between CPUs, and they could move the last bit).
+exactly; floats to 1e-5 absolute or relative. Only the BLAS kernels differ between CPUs: the
+recording was made on an AVX2 CPU, and on an AVX-512 one a regression score of the
+large-weight (``initializer_range`` 0.5) classifier moved by 1.9e-6 (1.9e-5 relative); a
+planning, padding or order mistake moves outputs by orders of magnitude more.
 
 Re-record (only when an output is meant to change): ``RAYFORMERS_RECORD_OUTPUTS=1 pytest
 tests/test_operator_outputs.py``.
@@ -109,7 +112,7 @@ def run_case(name: str, tmp_path: Path) -> dict:
 
 def assert_same(got, want, where: str) -> None:
     if isinstance(want, float) and isinstance(got, float):
-        assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-6), f"{where}: {got} != {want}"
+        assert math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-5), f"{where}: {got} != {want}"
     elif isinstance(want, dict) and isinstance(got, dict):
         assert list(got) == list(want), f"{where}: keys {list(got)} != {list(want)}"
         for k in want:
