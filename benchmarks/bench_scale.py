@@ -234,7 +234,7 @@ def main() -> None:
     inputs = {n: build_input(work / f"in-{n}", n) for n in args.rows}
     n_big = args.rows[-1]
     # The reference is timed before and after the jobs and the faster taken: on a shared machine
-    # one-thread encode_batch alone varied 17-23k rows/s between runs minutes apart.
+    # one-thread encode_batch alone varied 17-24k rows/s between runs minutes apart.
     refs = [encode_batch_rows_per_s(inputs[n_big], model / "tokenizer.json")]
     for n in args.rows:
         inp = inputs[n]
