@@ -5,7 +5,10 @@ that would only fail at run time on some path is caught here."""
 
 from __future__ import annotations
 
-import ast
+import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,15 +18,34 @@ LAYERS = ["models", "operators", "pipeline", "jobs"]
 FORBIDDEN_EXTRA = {"models": {"ray"}}
 
 
-def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+SCAN = """
+import ast, json, sys
+out = {}
+for path in sys.argv[1:]:
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), filename=path)):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-    return names
+    out[path] = sorted(names)
+print(json.dumps(out))
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def imported_modules_of_layers() -> dict[str, set[str]]:
+    """Every layer file's absolute imports, parsed in a fresh interpreter: CPython 3.11.7's
+    ``ast.parse`` can raise a spurious "AST constructor recursion depth mismatch" SystemError in a
+    process whose threads have run a lot (here, after the Ray test modules), a bug fixed in later
+    3.11 releases; the parse itself does not depend on this process."""
+    paths = [str(p) for layer in LAYERS for p in sorted((ROOT / layer).rglob("*.py"))]
+    result = subprocess.run([sys.executable, "-c", SCAN, *paths], capture_output=True, text=True, check=True)
+    return {path: set(names) for path, names in json.loads(result.stdout).items()}
+
+
+def imported_modules(path: Path) -> set[str]:
+    return imported_modules_of_layers()[str(path)]
 
 
 @pytest.mark.parametrize("layer", LAYERS)
@@ -42,9 +64,6 @@ def test_the_plan_builders_actor_classes_import_no_torch():
     """The driver pickles the model actor's class by reference, so it imports that class's module:
     ``operators/actors.py`` must stay torch-free (importing torch costs the driver ~3.5 s of CPU
     before the first row is read) and name an operator for every task."""
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "from rayformers.operators.actors import ACTOR_FOR_TASK\n"
@@ -60,9 +79,6 @@ def test_the_plan_builders_actor_classes_import_no_torch():
 
 def test_model_actor_env_is_set_before_torch_loads_and_a_users_value_wins():
     import os
-    import subprocess
-    import sys
-
     code = (
         "import os\n"
         "from rayformers.operators.loading import apply_model_actor_env\n"
