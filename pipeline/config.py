@@ -291,10 +291,13 @@ class ComputeConfig:
     """Rows per Ray block, whatever the input's row groups (a 1M-row group is read in slices and
     kept as blocks of this size end to end): one tokenizer call and one model call (sorted by
     length inside). The unit of work and retry; staged files gather ``output.stage_rows``.
-    Default: 1,024 on CPU, 4,096 with ``model_num_gpus``. Ray's per-block cost across the
-    stages is ~0.1 s on a 2-CPU node (near-free model, 300k rows: 256-row blocks 1,804 rows/s,
-    1,024 4,936, 4,096 5,952); a real CPU model spends 1-8 s per 1,024 rows, a GPU actor tens
-    of milliseconds per 4,096."""
+    Default: 1,024 on CPU, 16,384 with ``model_num_gpus``. Ray's own cost per block (its
+    driver loop, stats and autoscaling actors, raylet, task workers) is ~0.13 CPU-seconds
+    whatever the block's size (near-free model, 1M rows, 2 CPUs: 8,192-row blocks 64.0
+    CPU-seconds in all, 65,536-row blocks 49.8). A real CPU model spends 1-8 s per 1,024 rows,
+    so there it is a few percent and a retry loses seconds; a GPU actor scoring ~30k short
+    rows/s would pay about a core of it at 4,096-row blocks, a quarter of one at 16,384 (one
+    block per staged write of ``output.stage_rows``)."""
     read_rows_per_task: int = 65536
     """Rows per read task (consecutive row groups of one file; a bigger row group is one task,
     streamed in ``batch_size`` slices)."""
@@ -317,7 +320,7 @@ class ComputeConfig:
         """``batch_size``, or its device default (see there)."""
         if self.batch_size is not None:
             return int(self.batch_size)
-        return 4096 if self.model_num_gpus else 1024
+        return 16384 if self.model_num_gpus else 1024
 
 
 @dataclass

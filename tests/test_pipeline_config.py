@@ -327,5 +327,5 @@ def test_tokenizer_pool_starts_whole_unless_a_minimum_is_set():
 
 def test_block_rows_default_by_device_and_explicit_value_wins():
     assert load_config({}).compute.block_rows() == 1024
-    assert load_config({"compute": {"model_num_gpus": 1}}).compute.block_rows() == 4096
+    assert load_config({"compute": {"model_num_gpus": 1}}).compute.block_rows() == 16384
     assert load_config({"compute": {"model_num_gpus": 1, "batch_size": 512}}).compute.block_rows() == 512
