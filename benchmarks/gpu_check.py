@@ -180,10 +180,18 @@ def check_generate(cpu: bool, work: Path, results: list) -> None:
            f"transformers {made / ref_s:,.0f} tokens/s = {ref_s / ours_s:.2f}x", results)
 
 
+def gpu_block_rows() -> int:
+    """The pipeline's default block size on GPU actors: the check scores a few blocks of it, so
+    the tokenizer and model stages overlap as they do in a real job."""
+    from rayformers.pipeline.config import ComputeConfig
+
+    return ComputeConfig(model_num_gpus=1).block_rows()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="tiny dry run on CPU (no GPU needed)")
-    p.add_argument("--rows", type=int, default=None, help="pipeline rows (default 65536 on GPU: four of its default 16,384-row blocks; 64 with --cpu)")
+    p.add_argument("--rows", type=int, default=None, help="pipeline rows (default: four of the GPU default blocks, 65,536 rows; 64 with --cpu)")
     p.add_argument("--skip-pipeline", action="store_true", help="only the in-process checks (no Ray)")
     args = p.parse_args(argv)
 
@@ -200,7 +208,7 @@ def main(argv=None) -> int:
     check_precision(model_dir, device, results)
     check_generate(args.cpu, work, results)
     if not args.skip_pipeline:
-        check_pipeline(model_dir, args.cpu, args.rows or (64 if args.cpu else 65_536), work, results)
+        check_pipeline(model_dir, args.cpu, args.rows or (64 if args.cpu else 4 * gpu_block_rows()), work, results)
     print(f"{sum(results)}/{len(results)} checks passed", flush=True)
     return 0 if all(results) else 1
 
