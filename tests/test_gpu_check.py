@@ -49,3 +49,10 @@ def test_generation_agreement_excuses_only_first_differences_at_near_ties():
     identical, ties, real = gpu_check.generation_agreement(want, got, logits, tie_margin=2e-4)
     assert (identical, ties) == (1, 1)
     assert [(r, t) for r, t, _ in real] == [(2, 1)] and abs(real[0][2] - 0.5) < 1e-6
+
+
+def test_pipeline_comparison_is_a_true_cosine():
+    # our pipeline normalises sentence-transformers models only; a plain dot product of an
+    # unnormalised embedding passed the 0.9999 bar with values above 1
+    assert gpu_check.cosine([3.0, 0.0, 4.0], [0.6, 0.0, 0.8]) == 1.0
+    assert abs(gpu_check.cosine([1.0, 0.0], [0.0, 2.0])) < 1e-12
