@@ -294,6 +294,17 @@ def check_generate(cpu: bool, work: Path, results: list) -> None:
            + (f"; NOT near-ties (row, position, margin): {real[:5]}" if real else ""), results)
 
 
+def attempt(name: str, check, results: list, start: float) -> None:
+    """Run one check; an exception is that check's FAIL line (the first lines of its message),
+    not the end of the script, so one command reports on every check."""
+    try:
+        check()
+    except Exception as err:  # noqa: BLE001 - any error is a failed check, reported and counted
+        message = " ".join(str(err).strip().splitlines()[:3])[:500]
+        report(name, False, f"{type(err).__name__}: {message}", results)
+    print(f"       ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="tiny dry run on CPU (no GPU needed)")
@@ -314,18 +325,17 @@ def main(argv=None) -> int:
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     start = time.perf_counter()
+    model_dir = embed_model_dir(args.cpu, work)
     try:
-        model_dir = embed_model_dir(args.cpu, work)
-        check_precision(model_dir, device, results)
-        print(f"       ({time.perf_counter() - start:.0f} s)", flush=True)
-        check_generate(args.cpu, work, results)
-        print(f"       ({time.perf_counter() - start:.0f} s)", flush=True)
+        attempt("precision parity", lambda: check_precision(model_dir, device, results), results, start)
+        attempt("generate", lambda: check_generate(args.cpu, work, results), results, start)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     if device == "cuda":
         torch.cuda.empty_cache()  # the pipeline's GPU actors are other processes
     if not args.skip_pipeline:
-        check_pipeline(model_dir, args.cpu, args.rows or (64 if args.cpu else GPU_ROWS), work, results)
+        rows = args.rows or (64 if args.cpu else GPU_ROWS)
+        attempt("pipeline", lambda: check_pipeline(model_dir, args.cpu, rows, work, results), results, start)
     print(f"{sum(results)}/{len(results)} checks passed in {time.perf_counter() - start:.0f} s", flush=True)
     return 0 if all(results) else 1
 

@@ -56,3 +56,16 @@ def test_pipeline_comparison_is_a_true_cosine():
     # unnormalised embedding passed the 0.9999 bar with values above 1
     assert gpu_check.cosine([3.0, 0.0, 4.0], [0.6, 0.0, 0.8]) == 1.0
     assert abs(gpu_check.cosine([1.0, 0.0], [0.0, 2.0])) < 1e-12
+
+
+def test_a_check_that_raises_is_a_fail_line_and_the_script_goes_on(capsys):
+    results: list = []
+
+    def broken():
+        raise ValueError("You must provide batch_size to map_batches when requesting GPUs\nmore")
+
+    gpu_check.attempt("pipeline", broken, results, start=0.0)
+    gpu_check.attempt("generate", lambda: gpu_check.report("generate", True, "ok", results), results, start=0.0)
+    out = capsys.readouterr().out
+    assert results == [False, True]
+    assert "[FAIL] pipeline: ValueError: You must provide batch_size to map_batches when requesting GPUs more" in out
