@@ -83,8 +83,33 @@ def restore_rng_state(state: dict) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda_states = cuda_rng_states_to_restore(state, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if cuda_states is not None:
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def cuda_rng_states_to_restore(state: dict, visible_gpus: int):
+    """The saved per-GPU RNG states when this process sees as many GPUs as the saver did; else
+    ``None`` with a warning.
+
+    ``torch.cuda.set_rng_state_all`` assigns the i-th saved state to the i-th visible GPU: with
+    another GPU count (a resume on CPU, on fewer or more GPUs) the states either do not fit or
+    would be applied to the wrong devices, so they are skipped and the CUDA generators keep the
+    run's seed. Python, numpy and CPU torch states are restored either way."""
+    import warnings
+
+    saved = state.get("cuda")
+    if not saved:
+        return None
+    if len(saved) != visible_gpus:
+        warnings.warn(
+            f"checkpoint holds the CUDA RNG state of {len(saved)} GPU(s) but this worker sees {visible_gpus}: "
+            "CUDA RNG state not restored (dropout draws on the GPU differ from the original run)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return saved
 
 
 def save_training_state(
@@ -119,6 +144,13 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _load(path: str) -> Any:
+    """``torch.load`` of a training-state file: plain data only, every tensor onto the CPU."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_training_state(directory: str) -> dict:
     """The ``trainer_state.json`` of a local checkpoint directory."""
     path = os.path.join(directory, TRAINER_STATE_DIR, TRAINER_STATE_FILE)
@@ -132,21 +164,21 @@ def load_training_state(directory: str, *, rank: int, optimizer: Any = None, sch
     """Restore optimizer, scheduler and this rank's RNG from a checkpoint; return its JSON state.
 
     Everything is read with ``torch.load(weights_only=True)`` (tensors and plain data only), so a
-    checkpoint from elsewhere cannot run code when resumed.
+    checkpoint from elsewhere cannot run code when resumed, and with ``map_location="cpu"``: a
+    checkpoint written on ``cuda:k`` resumes on a CPU or on another GPU index
+    (``optimizer.load_state_dict`` then moves the optimizer state to its parameters' device).
 
     A rank without its own RNG file (the run was restarted with more workers) keeps a fresh,
     seeded RNG."""
-    import torch
-
     folder = os.path.join(directory, TRAINER_STATE_DIR)
     state = read_training_state(directory)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER_FILE), weights_only=True))
+        optimizer.load_state_dict(_load(os.path.join(folder, OPTIMIZER_FILE)))
     if scheduler is not None:
-        scheduler.load_state_dict(torch.load(os.path.join(folder, SCHEDULER_FILE), weights_only=True))
+        scheduler.load_state_dict(_load(os.path.join(folder, SCHEDULER_FILE)))
     rng = os.path.join(folder, f"rng_rank{rank}.pt")
     if os.path.isfile(rng):
-        restore_rng_state(torch.load(rng, weights_only=True))
+        restore_rng_state(_load(rng))
     return state
 
 

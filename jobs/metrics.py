@@ -4,9 +4,9 @@ Why sufficient statistics instead of "compute the metric on my rows": evaluation
 the Ray Train workers, and a mean of per-worker F1 scores is not the F1 of the whole eval set.
 Each worker therefore accumulates additive counts (a confusion matrix, sums of ROUGE-L scores,
 loss sums) in a :class:`MetricState`, the states are summed across workers with one
-``all_reduce``, and the final numbers are computed once from the totals. The pure functions
-(:func:`accuracy`, :func:`f1_macro`, :func:`rouge_l`) are the reference the accumulators are
-tested against.
+``all_reduce`` on the worker's device (:mod:`.collectives`), and the final numbers are computed
+once from the totals. The pure functions (:func:`accuracy`, :func:`f1_macro`, :func:`rouge_l`)
+are the reference the accumulators are tested against.
 
 Conventions (documented because libraries differ):
 
@@ -166,14 +166,15 @@ class MetricState:
         self.head = vector[:6].clone()
         self.confusion = vector[6:].clone().view(self.confusion.shape)
 
-    def all_reduce(self) -> None:
-        """Sum the statistics over all workers (no-op without a process group)."""
-        import torch.distributed as dist
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum the statistics over all workers (no-op without a process group).
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            v = self.vector()
-            dist.all_reduce(v, op=dist.ReduceOp.SUM)
-            self.load_vector(v)
+        The statistics are kept on the host; the collective runs on ``device``, the worker's
+        device (NCCL accepts only CUDA tensors), and the sums come back to the host."""
+        from .collectives import all_reduce_sum, world_size
+
+        if world_size() > 1:
+            self.load_vector(all_reduce_sum(self.vector(), device))
 
     def totals(self, prefix: str = "eval_") -> dict[str, float]:
         """Final metrics from the (reduced) statistics."""

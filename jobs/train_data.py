@@ -798,7 +798,8 @@ def pad_list_column(column, pad_value: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def collate(batch: pa.Table, pad_token_id: int) -> dict:
-    """Dynamic padding of one micro-batch; returns CPU tensors (Ray moves them to the device)."""
+    """Dynamic padding of one micro-batch; returns CPU tensors (the training loop checks the
+    micro-batch index on the host, then copies the model inputs to the device)."""
     import torch
 
     ids, lengths = pad_list_column(batch.column("input_ids"), pad_token_id)

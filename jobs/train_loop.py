@@ -12,7 +12,11 @@ only padded here. What it does, in order:
   averages a fixed number of rows per step; seq2seq divides the summed token loss by the number
   of target tokens of the whole global batch (one all-reduce), so 1 worker and W workers compute
   the same gradient for the same rows;
-* evaluation sharded over workers with additive statistics (:mod:`.metrics`);
+* every collective on the worker's device (:mod:`.collectives`; NCCL takes only CUDA tensors),
+  and no host synchronisation per micro-batch: batches are checked on the host before they are
+  copied to the device, step losses stay on the device until the next logging step;
+* evaluation sharded over workers with additive statistics (:mod:`.metrics`), its batches kept on
+  the host and moved to the device one at a time;
 * ``ray.train.report`` every ``log_every`` steps (metrics) and every checkpoint step (metrics +
   an HF-format checkpoint written by rank 0, RNG state by every rank, see :mod:`.checkpoints`).
 
@@ -34,6 +38,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import checkpoints as ckpt
+from .collectives import all_reduce_sum
 from .metrics import MetricState, format_metrics
 from .train_data import MICRO_COLUMN, make_collate_fn
 
@@ -146,22 +151,13 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
 # Loss.
 
 
-def _world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if _world() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
 def _model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != MICRO_COLUMN}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A host batch's tensors on ``device`` (asynchronous from pinned memory on CUDA)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -176,36 +172,52 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 EVAL_CACHE_ROWS = 50_000
-"""Eval shards up to this many rows per worker are kept in memory after the first evaluation, so
-later evaluations do not read and tokenize the eval data again."""
+"""Eval shards up to this many rows per worker are kept in host memory after the first
+evaluation, so later evaluations do not read and tokenize the eval data again."""
 
 
 class EvalBatches:
-    """This worker's eval batches: streamed from Ray Data the first time, then from memory."""
+    """This worker's eval batches, on ``device`` one at a time.
 
-    def __init__(self, spec: WorkerSpec, device: torch.device):
-        self.spec, self.device = spec, device
+    ``source()`` yields host (CPU) batches: the first evaluation streams them (from Ray Data in a
+    run), later ones replay a host-memory copy when the shard has at most
+    :data:`EVAL_CACHE_ROWS` rows. The copy is never kept on the device: the eval set would
+    otherwise hold GPU memory for the whole run, unbounded by anything but its size. Each batch
+    moves to the device when it is used and is freed after."""
+
+    def __init__(self, source: Callable[[], Any], device: torch.device, cache_rows: int = EVAL_CACHE_ROWS):
+        self.source, self.device, self.cache_rows = source, torch.device(device), cache_rows
         self.cached: Optional[list] = None
 
     def __iter__(self):
         if self.cached is not None:
-            yield from self.cached
+            for batch in self.cached:
+                yield to_device(batch, self.device)
             return
-        import ray.train
-
-        shard = ray.train.get_dataset_shard("eval")
         keep: Optional[list] = []
         rows = 0
-        for batch in shard.iter_torch_batches(
-            batch_size=self.spec.eval_batch_size, collate_fn=make_collate_fn(self.spec.pad_token_id), device=self.device
-        ):
+        for batch in self.source():
             rows += batch["input_ids"].shape[0]
-            if keep is not None and rows <= EVAL_CACHE_ROWS:
-                keep.append(batch)
+            if keep is not None and rows <= self.cache_rows:
+                keep.append({k: v.cpu() for k, v in batch.items()})
             else:
                 keep = None
-            yield batch
+            yield to_device(batch, self.device)
         self.cached = keep
+
+
+def ray_eval_source(spec: WorkerSpec, device: torch.device) -> Callable[[], Any]:
+    """This worker's eval shard as host batches (pinned for fast copies when training on CUDA)."""
+
+    def source():
+        import ray.train
+
+        return ray.train.get_dataset_shard("eval").iter_torch_batches(
+            batch_size=spec.eval_batch_size, collate_fn=make_collate_fn(spec.pad_token_id), device="cpu",
+            pin_memory=torch.device(device).type == "cuda",
+        )
+
+    return source
 
 
 def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: EvalBatches,
@@ -239,7 +251,7 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
                 n = labels.shape[0]
                 state.add_loss(float(out.loss) * n, n)
                 state.add_classification(out.logits, labels)
-    state.all_reduce()
+    state.all_reduce(device)
     if was_training:
         model.train()
     return state.totals("eval_")
@@ -316,13 +328,17 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
     unwrapped = model
     autocast = _autocast(spec, device)
     shard = ray.train.get_dataset_shard("train")
+    # Batches arrive on the host: the micro-batch index is checked there (on the device every
+    # check would be a host synchronisation), then the model inputs are copied to the device.
     batches = shard.iter_torch_batches(
-        batch_size=spec.batch_size, collate_fn=make_collate_fn(spec.pad_token_id), device=device, prefetch_batches=2
+        batch_size=spec.batch_size, collate_fn=make_collate_fn(spec.pad_token_id), device="cpu", prefetch_batches=2,
+        pin_memory=device.type == "cuda",
     )
 
-    eval_batches = EvalBatches(spec, device)
+    eval_batches = EvalBatches(ray_eval_source(spec, device), device)
     pending: list = []
-    window_loss, window_steps, window_rows = 0.0, 0, 0
+    unlogged = StepLosses()
+    window_rows = 0
     window_start = time.perf_counter()
     last_eval: dict = {}
     timed = _TimedIterator(batches)
@@ -338,17 +354,15 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
                 f"rank {rank}: data stream out of step: got micro-batch {first}..{int(micro[-1])} of "
                 f"{micro.shape[0]} rows, expected micro-batch {expected} of {spec.batch_size} rows"
             )
-        pending.append(_model_inputs(batch))
+        pending.append(to_device(_model_inputs(batch), device))
         if len(pending) < spec.accumulation:
             continue
 
-        step_loss = _optimizer_step(ddp_model, unwrapped, optimizer, scheduler, pending, spec, autocast, world)
+        step_loss = _optimizer_step(ddp_model, unwrapped, optimizer, scheduler, pending, spec, autocast, world, device)
         pending = []
         step += 1
-        window_loss += step_loss
-        window_steps += 1
+        unlogged.add(step, step_loss, scheduler.get_last_lr()[0])
         window_rows += spec.batch_size * spec.accumulation * world
-        log_history.append({"step": step, "loss": step_loss, "learning_rate": scheduler.get_last_lr()[0]})
         if spec.on_step_end is not None:
             spec.on_step_end(step, rank)
 
@@ -358,11 +372,13 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
         do_log = do_checkpoint or do_eval or step % spec.log_every == 0
         if not do_log:
             continue
+        step_entries = unlogged.read()  # the window's one host synchronisation
+        log_history.extend(step_entries)
         elapsed = max(time.perf_counter() - window_start, 1e-9)
         metrics = {
             "step": step,
             "epoch": step / max(1, spec.steps_per_epoch),
-            "train_loss": window_loss / max(1, window_steps),
+            "train_loss": sum(e["loss"] for e in step_entries) / max(1, len(step_entries)),
             "learning_rate": scheduler.get_last_lr()[0],
             "samples_per_s": window_rows / elapsed,
             "data_wait_fraction": min(1.0, (timed.waited - waited_before) / elapsed),
@@ -377,7 +393,7 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
             _report_with_checkpoint(unwrapped, tokenizer, optimizer, scheduler, spec, rank, step, metrics, log_history)
         else:
             ray.train.report(metrics)
-        window_loss, window_steps, window_rows = 0.0, 0, 0
+        window_rows = 0
         waited_before = timed.waited
         window_start = time.perf_counter()
         if step >= spec.total_steps:
@@ -408,14 +424,42 @@ class _TimedIterator:
             self.waited += time.perf_counter() - start
 
 
-def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec, autocast, world) -> float:
+class StepLosses:
+    """Per-step losses kept on the device until the next logging step.
+
+    Reading a device tensor (``float``, ``.item()``) waits for the GPU to finish all queued work;
+    doing it per micro-batch or per step starves the GPU. The loop adds each step's loss tensor
+    here and :meth:`read` copies all of them to the host at once, one synchronisation per
+    logging window."""
+
+    def __init__(self):
+        self.entries: list = []
+
+    def add(self, step: int, loss: torch.Tensor, learning_rate: float) -> None:
+        self.entries.append((step, loss.detach(), learning_rate))
+
+    def read(self) -> list:
+        """``{"step", "loss", "learning_rate"}`` of every step since the last read."""
+        if not self.entries:
+            return []
+        losses = torch.stack([loss for _, loss, _ in self.entries]).tolist()
+        out = [{"step": s, "loss": loss, "learning_rate": lr} for (s, _, lr), loss in zip(self.entries, losses)]
+        self.entries = []
+        return out
+
+
+def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec, autocast, world,
+                    device: torch.device) -> torch.Tensor:
     """Forward/backward over the accumulated micro-batches, then one optimizer step; returns the
-    step's loss averaged over the whole global batch (all workers)."""
+    step's loss averaged over the whole global batch (all workers) as a 0-d tensor on ``device``.
+
+    Nothing here reads a device value on the host: the target-token count, the loss total and
+    their all-reduces stay on the device (see :class:`StepLosses`)."""
     seq2seq = spec.task == "generate"
     if seq2seq:
-        tokens = torch.tensor(float(sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)))
-        global_tokens = float(_all_reduce(tokens))
-    loss_total = torch.zeros((), dtype=torch.float64)
+        tokens = sum((mb["labels"] != -100).sum() for mb in micro_batches).float()
+        global_tokens = all_reduce_sum(tokens, device).clamp(min=1.0)
+    loss_total = torch.zeros((), dtype=torch.float64, device=device)
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if (last or world == 1) else ddp_model.no_sync()
@@ -424,18 +468,18 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
                 out = ddp_model(**mb)
             if seq2seq:
                 summed = token_loss_sum(out.logits, mb["labels"])
-                loss = summed * world / max(global_tokens, 1.0)
-                loss_total += float(summed.detach()) / max(global_tokens, 1.0)
+                loss = summed * world / global_tokens
+                loss_total += summed.detach().double() / global_tokens
             else:
                 loss = out.loss.float() / len(micro_batches)
-                loss_total += float(loss.detach()) / world
+                loss_total += loss.detach().double() / world
             loss.backward()
     if spec.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(_all_reduce(loss_total))
+    return all_reduce_sum(loss_total, device)
 
 
 def _report_with_checkpoint(model, tokenizer, optimizer, scheduler, spec, rank, step, metrics, log_history):

@@ -7,6 +7,7 @@ comparable across worker counts.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 
@@ -126,3 +127,70 @@ def classify_config(model: str, train_path: str, storage: str, name: str, **trai
         "compute": {"torch_threads": 1},
         "train": section,
     }
+
+
+def worker_spec(task: str, **kw):
+    """A :class:`WorkerSpec` for in-process steps (tiny batches, no Ray)."""
+    from rayformers.jobs.train_loop import WorkerSpec
+
+    base = dict(
+        task=task, model_path="", tokenizer_path="", revision=None, local_files_only=False, label_kwargs={},
+        metric_kind="seq2seq" if task == "generate" else "single_label_classification", num_labels=3,
+        ignore_mismatched_sizes=True, pad_token_id=1, batch_size=4, accumulation=2, world_size=1, total_steps=8,
+        steps_per_epoch=8, eval_every=8, checkpoint_every=8, log_every=8, learning_rate=3e-3, weight_decay=0.0,
+        adam_epsilon=1e-8, lr_scheduler="constant", warmup_steps=0, max_grad_norm=1.0, bf16=False, seed=0,
+        has_eval=False, eval_generate=False, generation_kwargs={}, eval_batch_size=4, best_metric="train_loss",
+        best_metric_order="min", torch_threads=None, data_fingerprint="x",
+    )
+    base.update(kw)
+    return WorkerSpec(**base)
+
+
+def record_collectives_worker(rank: int, world: int, init_file: str, classify_model: str, seq2seq_model: str,
+                              result_dir: str) -> None:
+    """One rank of a real 2-process gloo group (``torch.multiprocessing.spawn`` target): an
+    accumulated classification step, a seq2seq step and an evaluation, with every
+    ``torch.distributed.all_reduce`` call recorded (device, shape) on its way to gloo."""
+    import json
+
+    import torch.distributed as dist
+
+    from rayformers.jobs.train_loop import EvalBatches, _optimizer_step, evaluate, lr_lambda, make_optimizer
+    from rayformers.models import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    seen: list = []
+    real_all_reduce = dist.all_reduce
+
+    def recording_all_reduce(tensor, *args, **kwargs):
+        seen.append({"device": str(tensor.device), "shape": list(tensor.shape)})
+        return real_all_reduce(tensor, *args, **kwargs)
+
+    dist.all_reduce = recording_all_reduce
+    try:
+        device = torch.device("cpu")  # this worker's device
+        torch.manual_seed(rank)
+        ids = torch.randint(5, 100, (4, 6))
+        batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2, 1])}] * 2
+        model = AutoModelForSequenceClassification.from_pretrained(classify_model)
+        spec = worker_spec("classify", world_size=world)
+        losses = {}
+        for name, mdl, sp, mbs in [
+            ("classify", model, spec, batches),
+            ("seq2seq", AutoModelForSeq2SeqLM.from_pretrained(seq2seq_model), worker_spec("generate", world_size=world),
+             [{"input_ids": ids % 14, "attention_mask": torch.ones_like(ids),
+               "labels": torch.tensor([[5, 6, -100], [7, 8, 9], [4, -100, -100], [6, 6, 6]])}] * 2),
+        ]:
+            mdl.train()
+            ddp = torch.nn.parallel.DistributedDataParallel(mdl)
+            optimizer = make_optimizer(mdl, sp)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant", 0, 1))
+            losses[name] = float(_optimizer_step(ddp, mdl, optimizer, scheduler, mbs, sp, contextlib.nullcontext(),
+                                                 world, device))
+        metrics = evaluate(model, spec, None, EvalBatches(lambda: iter(batches[:1]), device), device)
+    finally:
+        dist.all_reduce = real_all_reduce
+        dist.destroy_process_group()
+    with open(f"{result_dir}/rank{rank}.json", "w") as f:
+        json.dump({"worker_device": str(device), "all_reduce": seen, "losses": losses, "eval": metrics}, f)

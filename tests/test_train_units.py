@@ -34,7 +34,7 @@ from rayformers.jobs.train_data import (
 )
 from rayformers.jobs.train_loop import lr_lambda, make_optimizer
 
-from test_train_helpers import classify_config, minilm_dir, sentiment_rows, tiny_bert, write_parquet
+from test_train_helpers import classify_config, minilm_dir, sentiment_rows, tiny_bert, worker_spec, write_parquet
 
 
 # ------------------------------------------------------------------------------------------------
@@ -467,22 +467,6 @@ def test_cli_describe_and_bad_config_exit_codes(tmp_path, capsys):
 # MEGA and EncoderDecoder train through the same Auto classes and optimizer step as BERT/BART.
 
 
-def _spec(task: str, **kw):
-    from rayformers.jobs.train_loop import WorkerSpec
-
-    base = dict(
-        task=task, model_path="", tokenizer_path="", revision=None, local_files_only=False, label_kwargs={},
-        metric_kind="seq2seq" if task == "generate" else "single_label_classification", num_labels=3,
-        ignore_mismatched_sizes=True, pad_token_id=1, batch_size=4, accumulation=2, world_size=1, total_steps=8,
-        steps_per_epoch=8, eval_every=8, checkpoint_every=8, log_every=8, learning_rate=3e-3, weight_decay=0.0,
-        adam_epsilon=1e-8, lr_scheduler="constant", warmup_steps=0, max_grad_norm=1.0, bf16=False, seed=0,
-        has_eval=False, eval_generate=False, generation_kwargs={}, eval_batch_size=4, best_metric="train_loss",
-        best_metric_order="min", torch_threads=None, data_fingerprint="x",
-    )
-    base.update(kw)
-    return WorkerSpec(**base)
-
-
 def _steps(model, spec, micro_batches, n=8):
     import contextlib
 
@@ -491,8 +475,8 @@ def _steps(model, spec, micro_batches, n=8):
     model.train()
     optimizer = make_optimizer(model, spec)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant", 0, n))
-    return [_optimizer_step(model, model, optimizer, scheduler, micro_batches, spec, contextlib.nullcontext(), 1)
-            for _ in range(n)]
+    return [float(_optimizer_step(model, model, optimizer, scheduler, micro_batches, spec, contextlib.nullcontext(), 1,
+                                  torch.device("cpu"))) for _ in range(n)]
 
 
 def test_mega_classifier_and_encoder_decoder_train_through_auto_classes(tmp_path):
@@ -511,7 +495,7 @@ def test_mega_classifier_and_encoder_decoder_train_through_auto_classes(tmp_path
     assert type(mega).__name__ == "MegaForSequenceClassification" and mega.config.id2label[2] == "z"
     ids = torch.randint(2, 64, (4, 7))
     batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2, 1])}] * 2
-    losses = _steps(mega, _spec("classify", learning_rate=1e-2), batches, n=12)
+    losses = _steps(mega, worker_spec("classify", learning_rate=1e-2), batches, n=12)
     assert losses[-1] < 0.5 * losses[0]
 
     bert = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -525,7 +509,7 @@ def test_mega_classifier_and_encoder_decoder_train_through_auto_classes(tmp_path
     labels = torch.randint(3, 64, (4, 5))
     labels[0, 3:] = -100
     batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}] * 2
-    losses = _steps(ed, _spec("generate", learning_rate=1e-2), batches, n=12)
+    losses = _steps(ed, worker_spec("generate", learning_rate=1e-2), batches, n=12)
     assert losses[-1] < 0.7 * losses[0]
     # the step loss is the token-weighted mean over the whole (accumulated) batch
     ed.eval()
@@ -547,3 +531,207 @@ def test_rng_state_round_trip_covers_python_numpy_and_torch(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     ckpt.load_training_state(str(tmp_path), rank=3)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU readiness, proven on CPU: collectives on the worker's device, eval batches on the host, no
+# host synchronisation per step, checkpoints written on a GPU resume elsewhere.
+
+
+COLLECTIVES = {"all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
+               "broadcast", "reduce", "all_to_all", "gather", "scatter", "barrier"}
+
+
+def test_only_the_device_aware_helper_calls_torch_distributed_collectives():
+    """NCCL rejects CPU tensors: a collective called with a host tensor anywhere in the jobs layer
+    crashes the first multi-GPU run, though gloo (every CPU test) accepts it. So every collective
+    goes through ``collectives.all_reduce_sum(tensor, device)``."""
+    import ast
+
+    jobs = Path(ckpt.__file__).resolve().parent
+    offenders = []
+    for path in sorted(jobs.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in COLLECTIVES:
+                owner = node.func.value
+                if isinstance(owner, ast.Name) and owner.id in ("dist", "distributed") and path.name != "collectives.py":
+                    offenders.append(f"{path.name}:{node.lineno} {owner.id}.{node.func.attr}")
+    assert offenders == []
+    source = (jobs / "collectives.py").read_text()
+    assert "tensor = tensor.to(torch.device(device))" in source.split("dist.all_reduce(")[0]
+
+
+def test_all_reduce_sum_moves_the_tensor_to_the_worker_device():
+    from rayformers.jobs.collectives import all_reduce_sum
+
+    host = torch.tensor([1.0, 2.0])
+    moved = all_reduce_sum(host, torch.device("meta"))  # without a process group: the move only
+    assert moved.device.type == "meta" and moved.shape == host.shape
+    assert all_reduce_sum(host, "cpu") is host
+
+
+def test_every_all_reduce_of_a_two_rank_step_and_evaluation_gets_the_worker_device(tmp_path):
+    """A real 2-process gloo group runs an accumulated classification step, a seq2seq step (token
+    count + loss) and an evaluation; every tensor handed to ``torch.distributed.all_reduce`` is
+    recorded. On CPU the worker's device is the CPU, so this proves the call sites and the sums;
+    the device rule itself is the test above."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from test_train_helpers import record_collectives_worker, tiny_letter_bart
+
+    classify = tiny_bert(tmp_path / "bert", head="BertForSequenceClassification", num_labels=3)
+    seq2seq = tiny_letter_bart(tmp_path / "bart", hidden=16)
+    mp.spawn(record_collectives_worker, args=(2, str(tmp_path / "pg"), classify, seq2seq, str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for result in ranks:
+        # classify: the step loss; seq2seq: the target-token count and the step loss; eval: metrics
+        assert [c["shape"] for c in result["all_reduce"]] == [[], [], [], [6 + 9]]
+        assert {c["device"] for c in result["all_reduce"]} == {result["worker_device"]}
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # the reduced (global) loss on every rank
+    assert ranks[0]["eval"]["eval_rows"] == ranks[1]["eval"]["eval_rows"] == 8  # 4 rows on each rank
+
+
+def test_eval_batches_are_kept_on_the_host_and_moved_to_the_device_one_at_a_time():
+    from rayformers.jobs.train_loop import EvalBatches
+
+    reads = []
+
+    def source():
+        reads.append(1)
+        for i in range(3):
+            ids = torch.full((4, 5), i)
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(4)}
+
+    device = torch.device("meta")  # stands for the GPU: a device that is not the host
+    batches = EvalBatches(source, device, cache_rows=12)
+    for _ in range(2):
+        seen = list(batches)
+        assert len(seen) == 3 and all(t.device == device for b in seen for t in b.values())
+    assert len(reads) == 1  # the second pass replays the host copy
+    assert all(t.device.type == "cpu" for b in batches.cached for t in b.values())
+    assert [int(b["input_ids"][0, 0]) for b in batches.cached] == [0, 1, 2]
+
+    bounded = EvalBatches(source, device, cache_rows=8)  # 12 rows do not fit: streamed every time
+    list(bounded), list(bounded)
+    assert bounded.cached is None and len(reads) == 3
+
+
+def test_training_steps_do_not_read_device_values_until_the_logging_step(tmp_path):
+    """A host read of a device tensor (float, .item, .tolist, int, bool) waits for the GPU; the
+    loop may do it once per logging window, never per micro-batch or step. Counted with a real
+    ``TorchFunctionMode`` over the calls made from the jobs package."""
+    import contextlib
+    import sys
+
+    from torch.overrides import TorchFunctionMode
+
+    from rayformers.jobs import train_loop
+    from rayformers.jobs.train_loop import StepLosses, _optimizer_step
+    from rayformers.models import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    from test_train_helpers import tiny_letter_bart
+
+    reads = []
+    jobs_dir = Path(train_loop.__file__).parent  # the loop, the collectives and the metrics
+
+    class CountHostReads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in ("__float__", "__int__", "__bool__", "item", "tolist", "numpy", "cpu"):
+                if Path(sys._getframe(1).f_code.co_filename).parent == jobs_dir:
+                    reads.append(name)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    ids = torch.randint(4, 14, (4, 6))
+    cases = [
+        ("classify", AutoModelForSequenceClassification.from_pretrained(
+            tiny_bert(tmp_path / "bert", head="BertForSequenceClassification", num_labels=3)),
+         torch.tensor([0, 1, 2, 1])),
+        ("generate", AutoModelForSeq2SeqLM.from_pretrained(tiny_letter_bart(tmp_path / "bart", hidden=16)),
+         torch.tensor([[5, 6, -100], [7, 8, 9], [4, -100, -100], [6, 6, 6]])),
+    ]
+    for task, model, labels in cases:
+        spec = worker_spec(task)
+        model.train()
+        optimizer = make_optimizer(model, spec)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant", 0, 4))
+        micro_batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}] * 2
+        window = StepLosses()
+        reads.clear()
+        with CountHostReads():
+            for step in range(1, 5):
+                window.add(step, _optimizer_step(model, model, optimizer, scheduler, micro_batches, spec,
+                                                 contextlib.nullcontext(), 1, torch.device("cpu")), 0.1)
+            assert reads == [], f"{task}: host reads during the steps: {reads}"
+            entries = window.read()
+        assert reads == ["tolist"]  # one synchronisation for the whole window
+        assert [e["step"] for e in entries] == [1, 2, 3, 4] and all(isinstance(e["loss"], float) for e in entries)
+        assert entries[-1]["loss"] < entries[0]["loss"] and window.read() == []
+
+
+def test_checkpoint_written_on_a_gpu_resumes_on_a_cpu(tmp_path):
+    """Optimizer, scheduler and RNG files whose tensors were saved on ``cuda:1`` (the storage
+    location tag a GPU run writes, produced here by a location tagger in a separate process) load
+    through the real resume path on a machine without that GPU."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch, torch.serialization
+        from rayformers.jobs import checkpoints as ckpt
+        # every CPU storage is written as if it lived on GPU 1
+        torch.serialization.register_package(0, lambda s: "cuda:1" if s.device.type == "cpu" else None,
+                                             lambda obj, location: None)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step(); sched.step()
+        torch.manual_seed(123)
+        ckpt.save_training_state({str(tmp_path)!r}, {{"global_step": 7}}, rank=0, optimizer=opt, scheduler=sched)
+        torch.save(opt.state_dict()["state"][0]["exp_avg"], {str(tmp_path / "exp_avg.pt")!r})
+        print(repr(torch.rand(3).tolist()))
+    """)
+    made = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    folder = tmp_path / ckpt.TRAINER_STATE_DIR
+    with pytest.raises(RuntimeError, match="CUDA"):  # what a plain torch.load does with these files here
+        torch.load(folder / "optimizer.pt", weights_only=True)
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    state = ckpt.load_training_state(str(tmp_path), rank=0, optimizer=opt, scheduler=sched)
+    assert state["global_step"] == 7 and sched.last_epoch == 1
+    assert torch.rand(3).tolist() == eval(made.stdout.strip().splitlines()[-1])  # RNG restored too
+    exp_avg = opt.state_dict()["state"][0]["exp_avg"]
+    assert exp_avg.device.type == "cpu"
+    assert torch.equal(exp_avg, torch.load(tmp_path / "exp_avg.pt", map_location="cpu", weights_only=True))
+
+
+def test_cuda_rng_state_is_restored_only_with_the_same_gpu_count(tmp_path):
+    saved = {"cuda": [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]}
+    assert ckpt.cuda_rng_states_to_restore(saved, 2) is saved["cuda"]
+    for visible in (0, 1, 4):
+        with pytest.warns(RuntimeWarning, match=f"CUDA RNG state of 2 GPU\\(s\\) but this worker sees {visible}"):
+            assert ckpt.cuda_rng_states_to_restore(saved, visible) is None
+    assert ckpt.cuda_rng_states_to_restore({}, 1) is None
+
+    # the resume path on this machine (no GPU): warns, and restores the CPU generators
+    torch.manual_seed(5)
+    rng = {**ckpt.capture_rng_state(), **saved}
+    expected = torch.rand(2)
+    folder = tmp_path / ckpt.TRAINER_STATE_DIR
+    folder.mkdir()
+    (folder / ckpt.TRAINER_STATE_FILE).write_text("{}")
+    torch.save(rng, folder / "rng_rank0.pt")
+    torch.manual_seed(9)
+    with pytest.warns(RuntimeWarning, match="CUDA RNG state not restored"):
+        ckpt.load_training_state(str(tmp_path), rank=0)
+    assert torch.equal(torch.rand(2), expected)
