@@ -17,6 +17,7 @@ from .files import (
 )
 from .converters import SLOW_FILE_CONVERTERS, slow_file_names
 from .profiles import _MODEL_TYPE_TO_TOKENIZER, known_profile_name
+from .bos_eos import BosEosTokenizerFast
 from .translation import LanguageCodeTokenizerFast, M2M100Tokenizer, MarianTokenizer
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class AutoTokenizer:
         slow_files = {key: resolve(filename) for key, filename in _slow_file_names(profile_name).items()}
         slow_files = {key: path for key, path in slow_files.items() if path is not None}
         tokenizer_path = None
-        if tokenizer_class is PreTrainedTokenizerFast or tokenizer_class is LanguageCodeTokenizerFast:
+        if tokenizer_class in (PreTrainedTokenizerFast, LanguageCodeTokenizerFast, BosEosTokenizerFast):
             tokenizer_path = resolve(_versioned_tokenizer_file(tokenizer_config))
         if tokenizer_path is None and not _enough_slow_files(profile_name, slow_files):
             _raise_no_tokenizer_files(name, class_name, profile_name, slow_files, hub_options)
@@ -107,6 +108,8 @@ _TOKENIZER_CLASSES = {
     "MBart50TokenizerFast": LanguageCodeTokenizerFast,
     "MarianTokenizer": MarianTokenizer,
     "M2M100Tokenizer": M2M100Tokenizer,
+    "LlamaTokenizerFast": BosEosTokenizerFast,
+    "GemmaTokenizerFast": BosEosTokenizerFast,
 }
 
 # Slow-only classes: init kwarg -> file, and which of them are required.

@@ -88,7 +88,7 @@ class PreTrainedTokenizerFast:
             backend = _read_backend(tokenizer_file)
         elif slow_file_names(profile.name) and any(kwargs.get(key) for key in slow_file_names(profile.name)):
             # transformers builds the slow tokenizer from these files and converts it (convert_slow_tokenizer).
-            backend = backend_from_slow_files(profile.name, kwargs)
+            backend = backend_from_slow_files(profile.name, {**kwargs, "added_tokens_decoder": added_tokens_decoder})
             for key, value in slow_class_defaults(profile.name).items():
                 kwargs.setdefault(key, value)
         elif from_slow:
