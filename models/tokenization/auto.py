@@ -11,7 +11,7 @@ from tokenizers import AddedToken
 from ..hub import resolve_file
 from .fast import PreTrainedTokenizerFast
 from .files import (
-    _FILE_KEYS, ADDED_TOKENS_FILE, CHAT_TEMPLATE_FILE, MODEL_CONFIG_FILE, REFERENCE_TRANSFORMERS_VERSION,
+    _FILE_KEYS, ADDED_TOKENS_FILE, ADDITIONAL_CHAT_TEMPLATES_DIR, CHAT_TEMPLATE_FILE, MODEL_CONFIG_FILE, REFERENCE_TRANSFORMERS_VERSION,
     SPECIAL_TOKENS_ATTRIBUTES, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
     SLOW_FILES_KWARG, TokenizerFormatError, TokenizerNotFoundError, _added_token, _added_tokens_from_json, _read_json,
 )
@@ -90,15 +90,35 @@ class AutoTokenizer:
         elif slow_files:
             # Only used when the class must rebuild from them (from_slow); not part of init_kwargs then.
             init_kwargs[SLOW_FILES_KWARG] = slow_files
-        chat_template_path = resolve(CHAT_TEMPLATE_FILE)
-        if chat_template_path is not None:
-            with open(chat_template_path, encoding="utf-8") as handle:
-                init_kwargs["chat_template"] = handle.read()
+        chat_templates = _chat_template_files(name, resolve(CHAT_TEMPLATE_FILE), hub_options["subfolder"])
+        if len(chat_templates) == 1 and "default" in chat_templates:
+            init_kwargs["chat_template"] = chat_templates["default"]
+        elif chat_templates:
+            init_kwargs["chat_template"] = chat_templates
         init_kwargs["name_or_path"] = name
         if tokenizer_class in (MarianTokenizer, M2M100Tokenizer):
             return tokenizer_class(**init_kwargs)
         return tokenizer_class(tokenizer_file=tokenizer_path, tokenizer_class=class_name or "PreTrainedTokenizerFast",
                                **init_kwargs)
+
+
+def _chat_template_files(name: str, default_path: str | None, subfolder: str) -> dict[str, str]:
+    """Template files, which win over tokenizer_config.json's "chat_template" (as in transformers).
+
+    chat_template.jinja is the "default" template; a local checkpoint's additional_chat_templates/
+    folder adds one named template per `<name>.jinja` file.
+    """
+    templates = {}
+    if default_path is not None:
+        with open(default_path, encoding="utf-8") as handle:
+            templates["default"] = handle.read()
+    folder = os.path.join(name, subfolder, ADDITIONAL_CHAT_TEMPLATES_DIR)
+    if os.path.isdir(folder):
+        for file_name in sorted(os.listdir(folder)):
+            if file_name.endswith(".jinja"):
+                with open(os.path.join(folder, file_name), encoding="utf-8") as handle:
+                    templates[file_name[: -len(".jinja")]] = handle.read()
+    return templates
 
 
 # transformers classes that need more than the generic wrapper (language tokens, two SentencePiece models).
