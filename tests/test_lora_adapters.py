@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from model_test_utils import ATOL, single_thread  # noqa: F401  (autouse fixture)
-from rayformers.models import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from rayformers.models import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from rayformers.models.adapters import AdapterError
 from rayformers.models.bert import BertForSequenceClassification
 
@@ -185,3 +185,21 @@ def test_adapter_from_another_base_is_named(tmp_path):
         other)
     with pytest.raises(AdapterError, match="shape"):
         AutoModelForSequenceClassification.from_pretrained(adapter_dir, base_model=str(other))
+
+
+def test_pipeline_loaders_take_an_adapter_directory_and_its_base_tokenizer(tmp_path):
+    """`model.path` of a job may be an adapter directory: the operators' loaders get the merged model,
+    and the tokenizer comes from the base when the adapter was saved without one."""
+    from rayformers.operators.loading import load_model, load_tokenizer
+
+    reference, adapter_dir, base_dir = _build(tmp_path, peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8,
+                                                                        target_modules=["query", "value"]), seed=7)
+    (base_dir / "vocab.txt").write_text("".join(f"{t}\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                                                 + [f"w{i}" for i in range(BERT["vocab_size"] - 5)]))
+    (base_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    tokenizer = load_tokenizer(str(adapter_dir))
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(base_dir).get_vocab()
+    model = load_model("classify", str(adapter_dir))
+    inputs = tokenizer(["w1 w2 w3", "w4"], padding=True, return_tensors="pt")
+    inputs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    torch.testing.assert_close(_logits(model, **inputs), _logits(reference, **inputs), rtol=0, atol=ATOL)

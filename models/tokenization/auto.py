@@ -8,6 +8,7 @@ import re
 
 from tokenizers import AddedToken
 
+from ..adapters import adapter_base
 from ..hub import resolve_file
 from .fast import PreTrainedTokenizerFast
 from .files import (
@@ -42,6 +43,7 @@ class AutoTokenizer:
     def from_pretrained(cls, name_or_path, cache_dir=None, revision=None, local_files_only: bool = False,
                         token=None, **overrides) -> PreTrainedTokenizerFast:
         name = os.fspath(name_or_path)
+        given_overrides = dict(overrides)
         if os.path.isfile(name):
             raise ValueError(f"{name} is a file; pass the directory (or Hub repo id) that contains tokenizer.json.")
         if overrides.pop("use_fast", True) is False:
@@ -77,6 +79,11 @@ class AutoTokenizer:
         if tokenizer_class in (PreTrainedTokenizerFast, LanguageCodeTokenizerFast, BosEosTokenizerFast):
             tokenizer_path = resolve(_versioned_tokenizer_file(tokenizer_config))
         if tokenizer_path is None and not _enough_slow_files(profile_name, slow_files):
+            # A LoRA adapter saved without tokenizer files uses its base model's tokenizer.
+            base = adapter_base(name, **hub_options) if tokenizer_config is None else None
+            if base is not None:
+                given_overrides.pop("subfolder", None)
+                return cls.from_pretrained(base[0], **base[1], **given_overrides)
             _raise_no_tokenizer_files(name, class_name, profile_name, slow_files, hub_options)
 
         init_kwargs = _init_kwargs_from_files(
