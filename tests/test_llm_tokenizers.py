@@ -156,6 +156,18 @@ def test_tokenizer_json_with_add_bos_eos_overrides_match_transformers(spm_dirs, 
         assert ours("x")["input_ids"][0] == (ref.bos_token_id if add_bos else ref("x")["input_ids"][0])
 
 
+@pytest.mark.parametrize("overrides", [{"legacy": False, "from_slow": True}, {"from_slow": True},
+                                       {"add_prefix_space": False}, {"legacy": False}])
+def test_saved_llama_tokenizer_rebuilt_from_tokenizer_model_matches_transformers(spm_dirs, tmp_path, overrides):
+    """A saved fast tokenizer (tokenizer.json + tokenizer.model, "add_prefix_space": null in its config)
+    rebuilt from the SentencePiece model: the explicit null reaches the slow class, unlike a missing key."""
+    transformers.AutoTokenizer.from_pretrained(spm_dirs["llama"]).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["add_prefix_space"] is None
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path, **overrides)
+    ours = AutoTokenizer.from_pretrained(tmp_path, **overrides)
+    _assert_same(ours, ref)
+
+
 def test_setting_add_eos_token_rebuilds_the_post_processor(spm_dirs):
     ref = transformers.AutoTokenizer.from_pretrained(spm_dirs["llama"])
     ours = AutoTokenizer.from_pretrained(spm_dirs["llama"])

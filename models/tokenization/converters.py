@@ -517,9 +517,9 @@ class LlamaConverter(SpmConverter):
         return 0
 
     def add_prefix_space(self) -> bool:
-        # The slow LlamaTokenizer (which transformers converts) defaults to True; None means unset.
-        value = self.kwargs.get("add_prefix_space")
-        return True if value is None else bool(value)
+        # The slow LlamaTokenizer's default (True) arrives through the profile's slow_defaults; an
+        # explicit null in tokenizer_config.json (what a saved fast tokenizer holds) means no prefix.
+        return bool(self.kwargs.get("add_prefix_space", True))
 
     def legacy(self) -> bool:
         value = self.kwargs.get("legacy")

@@ -71,6 +71,7 @@ class PreTrainedTokenizerFast:
         # Saved back as given, so transformers still picks its own class for a checkpoint whose class
         # we only load generically.
         self._declared_tokenizer_class = tokenizer_class
+        given = set(kwargs)  # keys set by the files or the caller, not by class defaults
         kwargs = self._apply_class_defaults(profile, kwargs)
 
         from_slow = kwargs.pop("from_slow", False)
@@ -89,7 +90,9 @@ class PreTrainedTokenizerFast:
             backend = _read_backend(tokenizer_file)
         elif slow_file_names(profile.name) and any(kwargs.get(key) for key in slow_file_names(profile.name)):
             # transformers builds the slow tokenizer from these files and converts it (convert_slow_tokenizer).
-            backend = backend_from_slow_files(profile.name, {**kwargs, "added_tokens_decoder": added_tokens_decoder})
+            # transformers converts a slow tokenizer built from the files with the slow class's defaults.
+            slow_kwargs = {**kwargs, **{key: value for key, value in profile.slow_defaults.items() if key not in given}}
+            backend = backend_from_slow_files(profile.name, {**slow_kwargs, "added_tokens_decoder": added_tokens_decoder})
             for key, value in slow_class_defaults(profile.name).items():
                 kwargs.setdefault(key, value)
         elif from_slow:

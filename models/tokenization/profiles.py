@@ -44,6 +44,9 @@ class TokenizerProfile:
     writes_slow_vocabulary: bool = False
     requires_prefix_space_for_words: bool = False
     attributes: tuple[str, ...] = ()
+    # Defaults of the slow class that differ from the fast one's, used when converting slow files
+    # (transformers builds the slow tokenizer from the files, so it sees its own defaults).
+    slow_defaults: Mapping[str, Any] = field(default_factory=dict)
     prepare: Callable[[dict], None] | None = None
     finish: Callable[[PreTrainedTokenizerFast, dict], None] | None = None
 
@@ -332,7 +335,7 @@ _PROFILES: dict[str, TokenizerProfile] = {
             defaults={"clean_up_tokenization_spaces": False, "unk_token": "<unk>", "bos_token": "<s>",
                       "eos_token": "</s>", "add_bos_token": True, "add_eos_token": False,
                       "use_default_system_prompt": False, "legacy": None, "add_prefix_space": None},
-            attributes=("legacy",), prepare=_prepare_llama,
+            attributes=("legacy",), prepare=_prepare_llama, slow_defaults={"add_prefix_space": True},
         ),
         TokenizerProfile(
             name="GemmaTokenizerFast", model_input_names=_TWO_INPUTS, padding_side="left",
