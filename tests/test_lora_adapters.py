@@ -43,7 +43,7 @@ def _randomize_adapter(model: peft.PeftModel, seed: int = 0, biases: bool = Fals
 
 
 def _build(tmp_path, lora_config: peft.LoraConfig, *, head: str = "cls", base_as_encoder: bool = False,
-           seed: int = 0, biases: bool = False):
+           seed: int = 0, biases: bool = False, safe_serialization: bool = True):
     """(peft model in eval mode, adapter dir, base dir)."""
     torch.manual_seed(seed)
     base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
@@ -59,7 +59,7 @@ def _build(tmp_path, lora_config: peft.LoraConfig, *, head: str = "cls", base_as
     model = peft.get_peft_model(base, lora_config)
     _randomize_adapter(model, seed, biases)
     model.eval()
-    model.save_pretrained(adapter_dir)
+    model.save_pretrained(adapter_dir, safe_serialization=safe_serialization)
     return model, adapter_dir, base_dir
 
 
@@ -176,6 +176,18 @@ def test_unsupported_adapters_are_refused(tmp_path, case, config, match):
     _build(tmp_path, config, seed=6)
     with pytest.raises(AdapterError, match=match):
         AutoModelForSequenceClassification.from_pretrained(tmp_path / "adapter")
+
+
+def test_pickled_adapter_weights_load_and_missing_weights_are_named(tmp_path):
+    reference, adapter_dir, _ = _build(tmp_path, peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8,
+                                                                 target_modules=["key"]), seed=8,
+                                       safe_serialization=False)
+    assert (adapter_dir / "adapter_model.bin").is_file()
+    ours = AutoModelForSequenceClassification.from_pretrained(adapter_dir)
+    torch.testing.assert_close(_logits(ours), _logits(reference), rtol=0, atol=ATOL)
+    (adapter_dir / "adapter_model.bin").unlink()
+    with pytest.raises(AdapterError, match="no adapter weights"):
+        AutoModelForSequenceClassification.from_pretrained(adapter_dir)
 
 
 def test_adapter_from_another_base_is_named(tmp_path):
