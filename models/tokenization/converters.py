@@ -25,7 +25,7 @@ from typing import Any, Callable
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, Unigram, WordPiece
 
-from .files import TokenizerFormatError
+from .files import SPECIAL_TOKENS_ATTRIBUTES, TokenizerFormatError
 from .language_codes import FAIRSEQ_MBART50_CODES, FAIRSEQ_MBART_CODES
 from .sentencepiece_model import MODEL_BPE, MODEL_UNIGRAM, PIECE_CONTROL, PIECE_USER_DEFINED, load_sentencepiece_model
 
@@ -88,7 +88,7 @@ def slow_added_token_ids(base_vocabulary, kwargs: dict) -> dict[str, int]:
     known = set(base_vocabulary) | set(ids)
     next_id = len(known)
     candidates = []
-    for key in SPECIAL_TOKEN_ORDER:
+    for key in SPECIAL_TOKENS_ATTRIBUTES:  # transformers' order: bos, eos, unk, sep, pad, cls, mask, additional
         value = kwargs.get(key)
         if value is None:
             continue
@@ -99,10 +99,6 @@ def slow_added_token_ids(base_vocabulary, kwargs: dict) -> dict[str, int]:
             known.add(token)
             next_id += 1
     return ids
-
-
-SPECIAL_TOKEN_ORDER = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
-                       "additional_special_tokens")
 
 
 def _lookup(vocab: dict[str, int], token, unk_token, kwargs: dict | None = None) -> int:
@@ -288,9 +284,11 @@ class SpmConverter:
         if not hasattr(self, "_slow_added_ids"):
             base = [piece for piece in self.token_ids if piece not in self.appended_by_slow_class]
             self._slow_added_ids = slow_added_token_ids(base, self.kwargs)
-        index = self._slow_added_ids.get(token, self.unk_id(self.proto))
+        if token not in self._slow_added_ids:
+            return self.unk_id(self.proto)
+        index = self._slow_added_ids[token]
         taken_by = next((piece for piece, piece_id in self.token_ids.items() if piece_id == index), None)
-        if token in self._slow_added_ids and taken_by is not None:
+        if taken_by is not None:
             # CamemBERT without <s> in its model: transformers' slow class gives <s> the id its fast class
             # gives <mask>. Kept for parity, since a model trained with transformers saw that id.
             logger.warning("%s: %s is not in the SentencePiece model; as in transformers, the post-processor "
