@@ -14,6 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .adapters import adapter_base
 from .hub import resolve_file
 
 if TYPE_CHECKING:
@@ -243,7 +244,13 @@ class PretrainedConfig:
             config_file = path
         else:
             filename = kwargs.pop("_configuration_file", CONFIG_NAME)
-            config_file = resolve_file(path, filename, subfolder=subfolder, required=True, **hub_kwargs)
+            config_file = resolve_file(path, filename, subfolder=subfolder, required=False, **hub_kwargs)
+            if config_file is None:
+                # A PEFT LoRA adapter has no config.json: its config is the base model's (adapters.py).
+                base = adapter_base(path, subfolder=subfolder, base_model=kwargs.get("base_model"), **hub_kwargs)
+                if base is not None:
+                    return cls.get_config_dict(base[0], **base[1], **kwargs)
+                config_file = resolve_file(path, filename, subfolder=subfolder, required=True, **hub_kwargs)
         config_dict = _read_json(config_file)
         return config_dict, kwargs
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import checkpoint_io
+from .adapters import find_adapter, merge_adapter
 from .configuration_utils import PretrainedConfig
 from .hub import CheckpointNotFoundError, resolve_file
 
@@ -176,6 +177,12 @@ class PreTrainedModel(nn.Module):
         own dtype, from config.json or the first floating tensor). The model is returned in eval mode.
         """
         hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+        # A PEFT LoRA adapter directory/repo: load its base model, with the adapter merged into the weights.
+        adapter = find_adapter(pretrained_model_name_or_path, subfolder=subfolder,
+                               base_model=kwargs.pop("base_model", None), **hub_kwargs)
+        name_or_path = str(pretrained_model_name_or_path)
+        if adapter is not None:
+            pretrained_model_name_or_path, subfolder, hub_kwargs = adapter.base, "", adapter.base_hub_kwargs
         dtype = dtype if dtype is not None else torch_dtype
         if not isinstance(config, PretrainedConfig):
             if cls.config_class is None:
@@ -187,13 +194,15 @@ class PreTrainedModel(nn.Module):
         else:
             config = copy.deepcopy(config)
             model_kwargs = kwargs
-        config.name_or_path = str(pretrained_model_name_or_path)
+        config.name_or_path = name_or_path
 
         if state_dict is None:
             weight_files = checkpoint_io.resolve_weight_files(
                 pretrained_model_name_or_path, subfolder=subfolder, use_safetensors=use_safetensors, **hub_kwargs
             )
             state_dict = checkpoint_io.load_state_dict_files(weight_files)
+        if adapter is not None:
+            state_dict = merge_adapter(adapter, state_dict, cls.base_model_prefix)
         target_dtype = _resolve_target_dtype(dtype, config, state_dict)
         if target_dtype is not None:
             config.dtype = target_dtype

@@ -134,13 +134,12 @@ def spm_dirs(spm_models, tmp_path_factory):
     return out
 
 
-def _wordpiece_dir(root, lowercase: bool):
+def _wordpiece_dir(root, lowercase: bool, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")):
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=200, show_progress=False,
-                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    trainer = trainers.WordPieceTrainer(vocab_size=200, show_progress=False, special_tokens=list(specials))
     tok.train_from_iterator([t.lower() for t in CORPUS] if lowercase else CORPUS, trainer)
-    directory = root / f"bert-{'uncased' if lowercase else 'cased'}"
+    directory = root / f"bert-{'uncased' if lowercase else 'cased'}{'' if len(specials) == 5 else '-few-specials'}"
     directory.mkdir()
     vocab = sorted(tok.get_vocab().items(), key=lambda item: item[1])
     (directory / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
@@ -403,6 +402,48 @@ def test_m2m100_matches_transformers(m2m100_dir):
 # ---------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------
+
+
+# Special tokens that are no piece of the vocabulary file: the slow class adds them after its
+# vocabulary, and transformers' converters write those ids (not the unknown id) into the post-processor.
+ADDED_SPECIALS_LAYOUTS = {
+    # name: (SentencePiece model without the special pieces, file name, tokenizer_config)
+    "t5-without-eos": ("no-eos", "spiece.model", {"tokenizer_class": "T5Tokenizer", "extra_ids": 2}),
+    "albert-without-cls-sep": ("no-eos", "spiece.model", {"tokenizer_class": "AlbertTokenizer"}),
+    "deberta-v2-without-cls-sep": ("no-eos", "spm.model", {"tokenizer_class": "DebertaV2Tokenizer",
+                                                           "unk_token": "<unk>", "pad_token": "<pad>"}),
+    "camembert-without-bos-eos": ("no-bos", "sentencepiece.bpe.model", {"tokenizer_class": "CamembertTokenizer"}),
+}
+
+
+@pytest.fixture(scope="module")
+def added_specials_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("added-specials")
+    models_ = {
+        "no-eos": _train_spm(str(root / "no-eos"), CORPUS, "unigram", 90, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1),
+        "no-bos": _train_spm(str(root / "no-bos"), CORPUS, "unigram", 90, unk_id=0, bos_id=-1, eos_id=-1),
+    }
+    out = {name: _spm_checkpoint(root, name, models_[key], file_name, **config)
+           for name, (key, file_name, config) in ADDED_SPECIALS_LAYOUTS.items()}
+    bert = _wordpiece_dir(root, lowercase=True, specials=["[PAD]", "[UNK]", "[MASK]"])
+    out["bert-without-cls-sep"] = bert
+    return out
+
+
+@pytest.mark.parametrize("case", [*ADDED_SPECIALS_LAYOUTS, "bert-without-cls-sep"])
+def test_special_tokens_outside_the_vocabulary_get_the_slow_class_ids(added_specials_dirs, tmp_path, case):
+    ref = transformers.AutoTokenizer.from_pretrained(added_specials_dirs[case])
+    ours = AutoTokenizer.from_pretrained(added_specials_dirs[case])
+    _assert_same_vocabulary(ours, ref)
+    _assert_same_encodings(ours, ref)
+    ids = ours("Hello world", "x")["input_ids"]
+    assert ours.unk_token_id not in ids  # the wrapping tokens are real ids, not <unk>
+    # The same through what the slow class saves (added_tokens_decoder in tokenizer_config.json).
+    transformers.AutoTokenizer.from_pretrained(added_specials_dirs[case], use_fast=False).save_pretrained(tmp_path)
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = AutoTokenizer.from_pretrained(tmp_path)
+    _assert_same_vocabulary(ours, ref)
+    _assert_same_encodings(ours, ref)
 
 
 def test_directory_without_any_tokenizer_file_names_what_it_looked_for(tmp_path):

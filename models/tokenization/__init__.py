@@ -13,12 +13,13 @@ outputs, so every such rule is mirrored here from transformers 4.57.6 and tested
 What loads: a `tokenizer.json` (every "fast" tokenizer), or the slow-tokenizer files alone, which
 are converted at load exactly as transformers' `convert_slow_tokenizer` does (`converters.py`):
 BERT `vocab.txt`, GPT-2/RoBERTa/BART `vocab.json` + `merges.txt`, and SentencePiece models (T5,
-Pegasus, ALBERT, XLM-R, CamemBERT, DeBERTa-v2, NLLB, mBART, mBART-50) read with our own protobuf
-schema (`sentencepiece_model.py`). Marian and M2M100, which transformers only has as slow classes,
+Pegasus, ALBERT, XLM-R, CamemBERT, DeBERTa-v2, NLLB, mBART, mBART-50, Llama, Gemma) read with our
+own protobuf schema (`sentencepiece_model.py`). Marian and M2M100, which transformers only has as slow classes,
 are rebuilt on the same wrapper (`translation.py`), as are the language codes (`src_lang` /
 `tgt_lang`) of NLLB, mBART, mBART-50 and M2M100.
 
 Modules: `fast.py` (the wrapper), `profiles.py` (per-class rules), `auto.py` (finding the files),
+`bos_eos.py` (Llama/Gemma bos/eos rules), `chat_template.py` (apply_chat_template's rendering),
 `converters.py` + `sentencepiece_model.py` (slow files -> backend), `translation.py` (language
 codes, Marian, M2M100), `batch_encoding.py`, `files.py` (names, errors, JSON helpers).
 
@@ -33,6 +34,7 @@ from tokenizers import AddedToken
 
 from .auto import AutoTokenizer
 from .batch_encoding import BatchEncoding
+from .chat_template import ChatTemplateError
 from .fast import PreTrainedTokenizerFast
 from .files import TokenizerFormatError, TokenizerNotFoundError
 from .language_codes import UnknownLanguageCodeError
@@ -43,6 +45,7 @@ __all__ = [
     "AddedToken",
     "AutoTokenizer",
     "BatchEncoding",
+    "ChatTemplateError",
     "LanguageCodeTokenizerFast",
     "M2M100Tokenizer",
     "MarianTokenizer",

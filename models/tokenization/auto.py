@@ -8,15 +8,17 @@ import re
 
 from tokenizers import AddedToken
 
+from ..adapters import adapter_base
 from ..hub import resolve_file
 from .fast import PreTrainedTokenizerFast
 from .files import (
-    _FILE_KEYS, ADDED_TOKENS_FILE, CHAT_TEMPLATE_FILE, MODEL_CONFIG_FILE, REFERENCE_TRANSFORMERS_VERSION,
+    _FILE_KEYS, ADDED_TOKENS_FILE, ADDITIONAL_CHAT_TEMPLATES_DIR, CHAT_TEMPLATE_FILE, MODEL_CONFIG_FILE, REFERENCE_TRANSFORMERS_VERSION,
     SPECIAL_TOKENS_ATTRIBUTES, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
     SLOW_FILES_KWARG, TokenizerFormatError, TokenizerNotFoundError, _added_token, _added_tokens_from_json, _read_json,
 )
 from .converters import SLOW_FILE_CONVERTERS, slow_file_names
 from .profiles import _MODEL_TYPE_TO_TOKENIZER, known_profile_name
+from .bos_eos import BosEosTokenizerFast
 from .translation import LanguageCodeTokenizerFast, M2M100Tokenizer, MarianTokenizer
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class AutoTokenizer:
     def from_pretrained(cls, name_or_path, cache_dir=None, revision=None, local_files_only: bool = False,
                         token=None, **overrides) -> PreTrainedTokenizerFast:
         name = os.fspath(name_or_path)
+        given_overrides = dict(overrides)
         if os.path.isfile(name):
             raise ValueError(f"{name} is a file; pass the directory (or Hub repo id) that contains tokenizer.json.")
         if overrides.pop("use_fast", True) is False:
@@ -73,9 +76,14 @@ class AutoTokenizer:
         slow_files = {key: resolve(filename) for key, filename in _slow_file_names(profile_name).items()}
         slow_files = {key: path for key, path in slow_files.items() if path is not None}
         tokenizer_path = None
-        if tokenizer_class is PreTrainedTokenizerFast or tokenizer_class is LanguageCodeTokenizerFast:
+        if tokenizer_class in (PreTrainedTokenizerFast, LanguageCodeTokenizerFast, BosEosTokenizerFast):
             tokenizer_path = resolve(_versioned_tokenizer_file(tokenizer_config))
         if tokenizer_path is None and not _enough_slow_files(profile_name, slow_files):
+            # A LoRA adapter saved without tokenizer files uses its base model's tokenizer.
+            base = adapter_base(name, **hub_options) if tokenizer_config is None else None
+            if base is not None:
+                given_overrides.pop("subfolder", None)
+                return cls.from_pretrained(base[0], **base[1], **given_overrides)
             _raise_no_tokenizer_files(name, class_name, profile_name, slow_files, hub_options)
 
         init_kwargs = _init_kwargs_from_files(
@@ -89,15 +97,35 @@ class AutoTokenizer:
         elif slow_files:
             # Only used when the class must rebuild from them (from_slow); not part of init_kwargs then.
             init_kwargs[SLOW_FILES_KWARG] = slow_files
-        chat_template_path = resolve(CHAT_TEMPLATE_FILE)
-        if chat_template_path is not None:
-            with open(chat_template_path, encoding="utf-8") as handle:
-                init_kwargs["chat_template"] = handle.read()
+        chat_templates = _chat_template_files(name, resolve(CHAT_TEMPLATE_FILE), hub_options["subfolder"])
+        if len(chat_templates) == 1 and "default" in chat_templates:
+            init_kwargs["chat_template"] = chat_templates["default"]
+        elif chat_templates:
+            init_kwargs["chat_template"] = chat_templates
         init_kwargs["name_or_path"] = name
         if tokenizer_class in (MarianTokenizer, M2M100Tokenizer):
             return tokenizer_class(**init_kwargs)
         return tokenizer_class(tokenizer_file=tokenizer_path, tokenizer_class=class_name or "PreTrainedTokenizerFast",
                                **init_kwargs)
+
+
+def _chat_template_files(name: str, default_path: str | None, subfolder: str) -> dict[str, str]:
+    """Template files, which win over tokenizer_config.json's "chat_template" (as in transformers).
+
+    chat_template.jinja is the "default" template; a local checkpoint's additional_chat_templates/
+    folder adds one named template per `<name>.jinja` file.
+    """
+    templates = {}
+    if default_path is not None:
+        with open(default_path, encoding="utf-8") as handle:
+            templates["default"] = handle.read()
+    folder = os.path.join(name, subfolder, ADDITIONAL_CHAT_TEMPLATES_DIR)
+    if os.path.isdir(folder):
+        for file_name in sorted(os.listdir(folder)):
+            if file_name.endswith(".jinja"):
+                with open(os.path.join(folder, file_name), encoding="utf-8") as handle:
+                    templates[file_name[: -len(".jinja")]] = handle.read()
+    return templates
 
 
 # transformers classes that need more than the generic wrapper (language tokens, two SentencePiece models).
@@ -107,6 +135,8 @@ _TOKENIZER_CLASSES = {
     "MBart50TokenizerFast": LanguageCodeTokenizerFast,
     "MarianTokenizer": MarianTokenizer,
     "M2M100Tokenizer": M2M100Tokenizer,
+    "LlamaTokenizerFast": BosEosTokenizerFast,
+    "GemmaTokenizerFast": BosEosTokenizerFast,
 }
 
 # Slow-only classes: init kwarg -> file, and which of them are required.

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, Unigram, WordPiece
 
-from .files import TokenizerFormatError
+from .files import SPECIAL_TOKENS_ATTRIBUTES, TokenizerFormatError
 from .language_codes import FAIRSEQ_MBART50_CODES, FAIRSEQ_MBART_CODES
 from .sentencepiece_model import MODEL_BPE, MODEL_UNIGRAM, PIECE_CONTROL, PIECE_USER_DEFINED, load_sentencepiece_model
 
@@ -74,8 +74,43 @@ def load_bpe_merges(path: str) -> list[tuple[str, str]]:
     return merges
 
 
-def _lookup(vocab: dict[str, int], token, unk_token) -> int:
-    return vocab.get(str(token), vocab.get(str(unk_token)))
+def slow_added_token_ids(base_vocabulary, kwargs: dict) -> dict[str, int]:
+    """Ids a transformers slow tokenizer gives the tokens it adds on top of its vocabulary file.
+
+    `PreTrainedTokenizer.__init__` registers tokenizer_config.json's `added_tokens_decoder` at their
+    ids, then appends each special token it still lacks (bos, eos, unk, sep, pad, cls, mask, then the
+    additional ones) at the current number of distinct vocabulary entries. transformers' converters
+    write these ids into the post-processor, so ours must too -- the unknown id would be wrong.
+    """
+    ids: dict[str, int] = {}
+    for index, token in sorted((kwargs.get("added_tokens_decoder") or {}).items()):
+        ids.setdefault(str(token), int(index))
+    known = set(base_vocabulary) | set(ids)
+    next_id = len(known)
+    candidates = []
+    for key in SPECIAL_TOKENS_ATTRIBUTES:  # transformers' order: bos, eos, unk, sep, pad, cls, mask, additional
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        candidates += [str(item) for item in value] if key == "additional_special_tokens" else [str(value)]
+    for token in candidates:
+        if token and token not in known:
+            ids[token] = next_id
+            known.add(token)
+            next_id += 1
+    return ids
+
+
+def _lookup(vocab: dict[str, int], token, unk_token, kwargs: dict | None = None) -> int:
+    """A special token's id for a post-processor: in the vocabulary file, else as the slow class adds it."""
+    token = str(token)
+    if token in vocab:
+        return vocab[token]
+    if kwargs is not None:
+        added = slow_added_token_ids(vocab, kwargs)
+        if token in added:
+            return added[token]
+    return vocab.get(str(unk_token))
 
 
 def bert_backend(files: dict[str, str], kwargs: dict) -> Tokenizer:
@@ -94,7 +129,7 @@ def bert_backend(files: dict[str, str], kwargs: dict) -> Tokenizer:
     cls, sep = str(kwargs["cls_token"]), str(kwargs["sep_token"])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, _lookup(vocab, cls, unk)), (sep, _lookup(vocab, sep, unk))],
+        special_tokens=[(cls, _lookup(vocab, cls, unk, kwargs)), (sep, _lookup(vocab, sep, unk, kwargs))],
     )
     tokenizer.decoder = decoders.WordPiece(prefix="##")
     return tokenizer
@@ -121,7 +156,7 @@ def gpt2_backend(files: dict[str, str], kwargs: dict) -> Tokenizer:
         bos = str(kwargs["bos_token"])
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1",
-            special_tokens=[(bos, _lookup(vocab, bos, kwargs.get("unk_token")))])
+            special_tokens=[(bos, _lookup(vocab, bos, kwargs.get("unk_token"), kwargs))])
     else:
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     return tokenizer
@@ -134,7 +169,7 @@ def roberta_backend(files: dict[str, str], kwargs: dict) -> Tokenizer:
     unk = kwargs.get("unk_token")
     sep, cls = str(kwargs["sep_token"]), str(kwargs["cls_token"])
     tokenizer.post_processor = processors.RobertaProcessing(
-        sep=(sep, _lookup(vocab, sep, unk)), cls=(cls, _lookup(vocab, cls, unk)),
+        sep=(sep, _lookup(vocab, sep, unk, kwargs)), cls=(cls, _lookup(vocab, cls, unk, kwargs)),
         add_prefix_space=add_prefix_space, trim_offsets=True,
     )
     return tokenizer
@@ -179,11 +214,19 @@ class SpmConverter:
     normalizer and the post-processor, as their transformers namesakes do.
     """
 
+    # Whether the backend keeps SentencePiece's byte fallback (<0x..> pieces for unknown characters).
+    handle_byte_fallback = False
+    # User-defined pieces that become special added tokens anyway (Gemma's turn markers).
+    special_pieces: frozenset[str] = frozenset()
+    # Converted-vocabulary entries the slow tokenizer does not have in its base vocabulary but adds
+    # afterwards as a special token (CamemBERT's <mask>); see `token_id`.
+    appended_by_slow_class: tuple[str, ...] = ()
+
     def __init__(self, files: dict[str, str], kwargs: dict, model_file_key: str = "vocab_file"):
         self.path = files[model_file_key]
         self.kwargs = kwargs
         self.proto = load_sentencepiece_model(self.path)
-        if self.proto.trainer_spec.byte_fallback:
+        if self.proto.trainer_spec.byte_fallback and not self.handle_byte_fallback:
             warnings.warn(
                 f"{self.path} uses SentencePiece byte fallback, which the converted fast tokenizer does not "
                 "implement (as in transformers): unknown characters become the unknown token instead of bytes.",
@@ -199,13 +242,19 @@ class SpmConverter:
     def model(self, proto, vocab_scores: list[tuple[str, float]]):
         model_type = proto.trainer_spec.model_type
         if model_type == MODEL_UNIGRAM:
-            return Unigram(vocab_scores, unk_id=self.unk_id(proto), byte_fallback=False)
+            return Unigram(vocab_scores, unk_id=self.unk_id(proto), byte_fallback=self.handle_byte_fallback)
         assert model_type == MODEL_BPE  # load_sentencepiece_model refuses the others
-        original = {piece.piece: index for index, piece in enumerate(proto.pieces)}
-        merges = generate_merges(original, vocab_scores)
+        merges = generate_merges(self.merge_vocab(proto), vocab_scores)
         bpe_vocab = {word: index for index, (word, _) in enumerate(vocab_scores)}
-        return BPE(bpe_vocab, merges, unk_token=proto.trainer_spec.unk_piece, fuse_unk=True, byte_fallback=False,
-                   dropout=None)
+        return BPE(bpe_vocab, merges, unk_token=proto.trainer_spec.unk_piece, fuse_unk=True,
+                   byte_fallback=self.handle_byte_fallback, dropout=None)
+
+    def merge_vocab(self, proto) -> dict[str, int]:
+        """The SentencePiece vocabulary the BPE merges are recovered from (transformers' SentencePieceExtractor)."""
+        original: dict[str, int] = {}
+        for index, piece in enumerate(proto.pieces):
+            original[piece.piece] = index
+        return original
 
     def tokenizer(self, proto) -> Tokenizer:
         vocab_scores = self.vocab(proto)
@@ -214,14 +263,37 @@ class SpmConverter:
             self.token_ids.setdefault(piece, index)
         tokenizer = Tokenizer(self.model(proto, vocab_scores))
         # Control pieces are special added tokens, user-defined pieces plain added tokens.
-        added = [AddedToken(piece.piece, normalized=False, special=piece.type == PIECE_CONTROL)
+        added = [AddedToken(piece.piece, normalized=False,
+                            special=piece.type == PIECE_CONTROL or piece.piece in self.special_pieces)
                  for piece in proto.pieces if piece.type in (PIECE_CONTROL, PIECE_USER_DEFINED)]
         tokenizer.add_tokens(added)
         return tokenizer
 
     def token_id(self, token) -> int:
-        """The id the slow tokenizer gives a token: its place in the converted vocabulary, else unk."""
-        return self.token_ids.get(str(token), self.unk_id(self.proto))
+        """The id the slow tokenizer gives a token, which transformers writes into the post-processor.
+
+        A piece of the converted vocabulary has its place there. A special token that is no piece
+        (T5 `</s>` or ALBERT `[CLS]` missing from the SentencePiece model) is an added token of the
+        slow tokenizer: its id comes from tokenizer_config.json's `added_tokens_decoder`, else from the
+        order in which the slow tokenizer appends missing special tokens (`slow_added_token_ids`).
+        Only a token that is none of these gets the unknown id.
+        """
+        token = str(token)
+        if token in self.token_ids:
+            return self.token_ids[token]
+        if not hasattr(self, "_slow_added_ids"):
+            base = [piece for piece in self.token_ids if piece not in self.appended_by_slow_class]
+            self._slow_added_ids = slow_added_token_ids(base, self.kwargs)
+        if token not in self._slow_added_ids:
+            return self.unk_id(self.proto)
+        index = self._slow_added_ids[token]
+        taken_by = next((piece for piece, piece_id in self.token_ids.items() if piece_id == index), None)
+        if taken_by is not None:
+            # CamemBERT without <s> in its model: transformers' slow class gives <s> the id its fast class
+            # gives <mask>. Kept for parity, since a model trained with transformers saw that id.
+            logger.warning("%s: %s is not in the SentencePiece model; as in transformers, the post-processor "
+                           "inserts id %d, which the vocabulary also gives %r.", self.path, token, index, taken_by)
+        return index
 
     def normalizer(self, proto):
         charsmap = proto.normalizer_spec.precompiled_charsmap
@@ -311,6 +383,8 @@ class AlbertConverter(CLSSEPConverter):
 
 
 class CamembertConverter(SpmConverter):
+    appended_by_slow_class = ("<mask>",)
+
     def vocab(self, proto):
         vocab = [("<s>NOTUSED", 0.0), ("<pad>", 0.0), ("</s>NOTUSED", 0.0), ("<unk>", 0.0), ("<unk>NOTUSED", -100)]
         vocab += [(piece.piece, piece.score) for piece in proto.pieces[1:]]
@@ -419,6 +493,90 @@ class T5Converter(SpmConverter):
                                              special_tokens=[("</s>", self.token_id("</s>"))])
 
 
+class LlamaConverter(SpmConverter):
+    """transformers' LlamaConverter (Llama-1/2, Mistral v0.1, Phi-3 `tokenizer.model`): byte fallback kept.
+
+    `legacy` (default True) decides where the "▁" prefix comes from: a normalizer that prepends it to
+    the whole text and replaces every space (legacy), or a Metaspace pre-tokenizer that prepends it only
+    to the first section (legacy=False, so the text after a special token gets none). The bos/eos
+    post-processor is set by the tokenizer (`add_bos_token` / `add_eos_token`), not here.
+    """
+
+    handle_byte_fallback = True
+
+    def vocab(self, proto):
+        first = [piece.piece for piece in proto.pieces[:3]]
+        for index, token in (self.kwargs.get("added_tokens_decoder") or {}).items():
+            if int(index) < 3:  # the slow tokenizer's ids 0-2 are its added tokens when it has them there
+                first[int(index)] = str(token)
+        return [(piece, 0.0) for piece in first] + [(piece.piece, piece.score) for piece in proto.pieces[3:]]
+
+    def unk_id(self, proto):
+        return 0
+
+    def add_prefix_space(self) -> bool:
+        # The slow LlamaTokenizer's default (True) arrives through the profile's slow_defaults; an
+        # explicit null in tokenizer_config.json (what a saved fast tokenizer holds) means no prefix.
+        return bool(self.kwargs.get("add_prefix_space", True))
+
+    def legacy(self) -> bool:
+        value = self.kwargs.get("legacy")
+        return True if value is None else bool(value)
+
+    def normalizer(self, proto):
+        if not self.legacy():
+            return None
+        steps = [normalizers.Prepend(prepend=SPIECE_UNDERLINE)] if self.add_prefix_space() else []
+        return normalizers.Sequence(steps + [normalizers.Replace(pattern=" ", content=SPIECE_UNDERLINE)])
+
+    def pre_tokenizer(self, replacement, add_prefix_space):
+        if self.legacy():
+            return None
+        return pre_tokenizers.Metaspace(replacement=replacement, split=False,
+                                        prepend_scheme=_prepend_scheme(add_prefix_space, False))
+
+    def decoder(self, replacement, add_prefix_space):
+        steps = [decoders.Replace(SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse()]
+        if add_prefix_space:
+            steps.append(decoders.Strip(content=" ", left=1))
+        return decoders.Sequence(steps)
+
+
+class GemmaConverter(SpmConverter):
+    """transformers' GemmaConverter (Gemma `tokenizer.model`): spaces are pieces, never prefixed."""
+
+    handle_byte_fallback = True
+    special_pieces = frozenset({"<start_of_turn>", "<end_of_turn>"})
+
+    def vocab(self, proto):
+        kwargs = self.kwargs
+        vocab = [(str(kwargs["pad_token"]), 0.0), (str(kwargs["eos_token"]), 0.0), (str(kwargs["bos_token"]), 0.0)]
+        vocab += [(piece.piece, piece.score) for piece in proto.pieces[3:]]
+        if not any(piece == "\t" for piece, _ in vocab):  # older Gemma models lack the tab piece
+            index = next((i for i, (piece, _) in enumerate(vocab) if piece == "<0x09>"), None)
+            if index is not None:
+                vocab[index] = ("\t", 0.0)
+        return vocab
+
+    def merge_vocab(self, proto):
+        original = super().merge_vocab(proto)
+        if "\t" not in original:
+            original["\t"] = original.get("<0x09>")
+        return original
+
+    def unk_id(self, proto):
+        return 3
+
+    def normalizer(self, proto):
+        return normalizers.Replace(" ", SPIECE_UNDERLINE)
+
+    def pre_tokenizer(self, replacement, add_prefix_space):
+        return pre_tokenizers.Split(" ", "merged_with_previous")
+
+    def decoder(self, replacement, add_prefix_space):
+        return decoders.Sequence([decoders.Replace(SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse()])
+
+
 def _spm(converter_class) -> Callable[[dict, dict], Tokenizer]:
     def build(files: dict[str, str], kwargs: dict) -> Tokenizer:
         return converter_class(files, kwargs).converted()
@@ -446,6 +604,8 @@ SLOW_FILE_CONVERTERS: dict[str, tuple[dict[str, str], Callable[[dict, dict], Tok
     "NllbTokenizerFast": ({"vocab_file": "sentencepiece.bpe.model"}, _spm(NllbConverter)),
     "MBartTokenizerFast": ({"vocab_file": "sentencepiece.bpe.model"}, _spm(MBartConverter)),
     "MBart50TokenizerFast": ({"vocab_file": "sentencepiece.bpe.model"}, _spm(MBart50Converter)),
+    "LlamaTokenizerFast": ({"vocab_file": "tokenizer.model"}, _spm(LlamaConverter)),
+    "GemmaTokenizerFast": ({"vocab_file": "tokenizer.model"}, _spm(GemmaConverter)),
 }
 
 

@@ -20,6 +20,7 @@ from .files import (
     SLOW_FILES_KWARG, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TRUNCATION_STRATEGIES, VERY_LARGE_INTEGER,
     _added_tokens_to_json, _read_backend, _write_json,
 )
+from .chat_template import render_conversations, select_chat_template
 from .converters import backend_from_slow_files, slow_class_defaults, slow_file_names
 from .profiles import TokenizerProfile, tokenizer_profile
 
@@ -70,6 +71,7 @@ class PreTrainedTokenizerFast:
         # Saved back as given, so transformers still picks its own class for a checkpoint whose class
         # we only load generically.
         self._declared_tokenizer_class = tokenizer_class
+        given = set(kwargs)  # keys set by the files or the caller, not by class defaults
         kwargs = self._apply_class_defaults(profile, kwargs)
 
         from_slow = kwargs.pop("from_slow", False)
@@ -88,7 +90,9 @@ class PreTrainedTokenizerFast:
             backend = _read_backend(tokenizer_file)
         elif slow_file_names(profile.name) and any(kwargs.get(key) for key in slow_file_names(profile.name)):
             # transformers builds the slow tokenizer from these files and converts it (convert_slow_tokenizer).
-            backend = backend_from_slow_files(profile.name, kwargs)
+            # transformers converts a slow tokenizer built from the files with the slow class's defaults.
+            slow_kwargs = {**kwargs, **{key: value for key, value in profile.slow_defaults.items() if key not in given}}
+            backend = backend_from_slow_files(profile.name, {**slow_kwargs, "added_tokens_decoder": added_tokens_decoder})
             for key, value in slow_class_defaults(profile.name).items():
                 kwargs.setdefault(key, value)
         elif from_slow:
@@ -848,6 +852,74 @@ class PreTrainedTokenizerFast:
             row["special_tokens_mask"] = extend(row["special_tokens_mask"], 1)
         row[main_input] = extend(required, self.pad_token_id)
         return row
+
+    # ---- chat templates ----
+
+    def get_chat_template(self, chat_template: str | None = None, tools=None) -> str:
+        """The template string `apply_chat_template` would render with (transformers' rules; see chat_template.py)."""
+        return select_chat_template(self.chat_template, chat_template, tools, self.name_or_path)
+
+    def apply_chat_template(self, conversation, tools=None, documents=None, chat_template: str | None = None,
+                            add_generation_prompt: bool = False, continue_final_message: bool = False,
+                            tokenize: bool = True, padding=False, truncation: bool = False,
+                            max_length: int | None = None, return_tensors: str | None = None,
+                            return_dict: bool = False, return_assistant_tokens_mask: bool = False,
+                            tokenizer_kwargs: dict | None = None, **kwargs):
+        """Render a conversation (list of `{"role", "content"}` dicts, or a batch of them) with the chat template.
+
+        Same arguments and results as transformers: the text (`tokenize=False`), its ids, or a
+        BatchEncoding (`return_dict=True`). Extra keyword arguments become template variables, after
+        the special tokens (`bos_token`, `eos_token`, ...), which they override. The rendered text is
+        tokenized without adding special tokens, since the template writes them itself.
+        """
+        if return_dict and not tokenize:
+            raise ValueError("`return_dict=True` is incompatible with `tokenize=False`, because there is no dict of "
+                             "tokenizer outputs to return.")
+        if return_assistant_tokens_mask and not return_dict:
+            raise ValueError("`return_assistant_tokens_mask=True` is incompatible with `return_dict=False`")
+        template = self.get_chat_template(chat_template, tools)
+        if isinstance(conversation, (list, tuple)) and conversation and (
+                isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")):
+            conversations, is_batched = conversation, True
+        else:
+            conversations, is_batched = [conversation], False
+        if continue_final_message:
+            if add_generation_prompt:
+                raise ValueError(
+                    "continue_final_message and add_generation_prompt are not compatible. Use continue_final_message "
+                    "when you want the model to continue the final message, and add_generation_prompt when you want "
+                    "to add a header that will prompt it to start a new assistant message instead.")
+            if return_assistant_tokens_mask:
+                raise ValueError("continue_final_message is not compatible with return_assistant_tokens_mask.")
+        rendered, generation_indices = render_conversations(
+            conversations, template, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, return_assistant_tokens_mask=return_assistant_tokens_mask,
+            **{**self.special_tokens_map, **kwargs})
+        if not is_batched:
+            rendered = rendered[0]
+        if not tokenize:
+            return rendered
+        out = self(rendered, padding=padding, truncation=truncation, max_length=max_length, add_special_tokens=False,
+                   return_tensors=return_tensors, **(tokenizer_kwargs or {}))
+        if not return_dict:
+            return out["input_ids"]
+        if return_assistant_tokens_mask:
+            input_ids = out["input_ids"] if is_batched or return_tensors else [out["input_ids"]]
+            masks = []
+            for index in range(len(input_ids)):
+                mask = [0] * len(input_ids[index])
+                for start_char, end_char in generation_indices[index]:
+                    start_token = out.char_to_token(index, start_char)
+                    end_token = out.char_to_token(index, end_char - 1)
+                    if start_token is None:
+                        break  # past a truncation
+                    for token_index in range(start_token, end_token + 1 if end_token else len(input_ids[index])):
+                        mask[token_index] = 1
+                masks.append(mask)
+            out["assistant_masks"] = masks if is_batched or return_tensors else masks[0]
+            if return_tensors:
+                out.convert_to_tensors(tensor_type=return_tensors)
+        return out
 
     # ---- decoding ----
 

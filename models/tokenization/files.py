@@ -19,6 +19,7 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 ADDED_TOKENS_FILE = "added_tokens.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+ADDITIONAL_CHAT_TEMPLATES_DIR = "additional_chat_templates"
 MODEL_CONFIG_FILE = "config.json"
 
 # `fast_tokenizer_files` in tokenizer_config.json may name versioned files (tokenizer.<version>.json);

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from tokenizers import AddedToken
 from tokenizers import normalizers as backend_normalizers
 from tokenizers import processors as backend_processors
 
@@ -43,6 +44,9 @@ class TokenizerProfile:
     writes_slow_vocabulary: bool = False
     requires_prefix_space_for_words: bool = False
     attributes: tuple[str, ...] = ()
+    # Defaults of the slow class that differ from the fast one's, used when converting slow files
+    # (transformers builds the slow tokenizer from the files, so it sees its own defaults).
+    slow_defaults: Mapping[str, Any] = field(default_factory=dict)
     prepare: Callable[[dict], None] | None = None
     finish: Callable[[PreTrainedTokenizerFast, dict], None] | None = None
 
@@ -153,6 +157,27 @@ def _prepare_pegasus(kwargs: dict) -> None:
             )
         kwargs["from_slow"] = True
     kwargs.pop("added_tokens_decoder", None)
+
+
+def _prepare_llama(kwargs: dict) -> None:
+    """LlamaTokenizerFast: `legacy` unset means True; `add_prefix_space` set rebuilds from tokenizer.model."""
+    if kwargs.get("legacy") is None:
+        kwargs["legacy"] = True
+    if kwargs.get("add_prefix_space") is not None:
+        if not _has_slow_vocabulary(kwargs):
+            raise ValueError(
+                "LlamaTokenizerFast with add_prefix_space set is rebuilt from the SentencePiece model (tokenizer.model) "
+                "by transformers, and this checkpoint has none. Remove add_prefix_space, or load a directory that "
+                "holds tokenizer.model."
+            )
+        kwargs["from_slow"] = True
+
+
+def _prepare_qwen2(kwargs: dict) -> None:
+    """Qwen2TokenizerFast: string bos/eos/unk/pad tokens become special, unnormalized AddedTokens."""
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        if isinstance(kwargs.get(key), str):
+            kwargs[key] = AddedToken(kwargs[key], lstrip=False, rstrip=False, special=True, normalized=False)
 
 
 def _set_gpt2_attributes(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
@@ -306,6 +331,24 @@ _PROFILES: dict[str, TokenizerProfile] = {
                       "pad_token": "<pad>", "unk_token": "<unk>", "language_codes": "m2m100", "num_madeup_words": 8},
         ),
         TokenizerProfile(
+            name="LlamaTokenizerFast", model_input_names=_TWO_INPUTS, padding_side="left",
+            defaults={"clean_up_tokenization_spaces": False, "unk_token": "<unk>", "bos_token": "<s>",
+                      "eos_token": "</s>", "add_bos_token": True, "add_eos_token": False,
+                      "use_default_system_prompt": False, "legacy": None, "add_prefix_space": None},
+            attributes=("legacy",), prepare=_prepare_llama, slow_defaults={"add_prefix_space": True},
+        ),
+        TokenizerProfile(
+            name="GemmaTokenizerFast", model_input_names=_TWO_INPUTS, padding_side="left",
+            defaults={"clean_up_tokenization_spaces": False, "unk_token": "<unk>", "bos_token": "<bos>",
+                      "eos_token": "<eos>", "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False},
+        ),
+        TokenizerProfile(
+            name="Qwen2TokenizerFast", model_input_names=_TWO_INPUTS,
+            defaults={"unk_token": "<|endoftext|>", "bos_token": None, "eos_token": "<|endoftext|>",
+                      "pad_token": "<|endoftext|>"},
+            prepare=_prepare_qwen2,
+        ),
+        TokenizerProfile(
             name="AlbertTokenizerFast",
             defaults={"do_lower_case": True, "remove_space": True, "keep_accents": False, "bos_token": "[CLS]",
                       "eos_token": "[SEP]", "unk_token": "<unk>", "sep_token": "[SEP]", "pad_token": "<pad>",
@@ -326,7 +369,15 @@ _MODEL_TYPE_TO_TOKENIZER = {
     "deberta-v2": "DebertaV2TokenizerFast",
     "distilbert": "DistilBertTokenizerFast",
     "electra": "ElectraTokenizerFast",
+    "gemma": "GemmaTokenizerFast",
+    "gemma2": "GemmaTokenizerFast",
     "gpt2": "GPT2TokenizerFast",
+    "llama": "LlamaTokenizerFast",
+    "mistral": "LlamaTokenizerFast",
+    "mixtral": "LlamaTokenizerFast",
+    "phi3": "LlamaTokenizerFast",
+    "qwen2": "Qwen2TokenizerFast",
+    "qwen3": "Qwen2TokenizerFast",
     "longformer": "LongformerTokenizerFast",
     "m2m_100": "M2M100Tokenizer",
     "marian": "MarianTokenizer",
