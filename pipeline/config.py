@@ -120,6 +120,10 @@ class ModelConfig:
     """With ``quantization``: the least agreement with float32 on the sample that lets the job run."""
     agreement_rows: int = 256
     """With ``quantization``: rows of the input scored both ways for the agreement check."""
+    allow_new_head: bool = False
+    """Run a checkpoint that lacks the task's head (classifier, LM / masked-LM head, ...) with that
+    head initialised at random, instead of refusing the job. Random head, for tests/debugging only:
+    every prediction is noise."""
 
 
 @dataclass
@@ -381,6 +385,7 @@ class JobConfig:
             for section, key in (("tokenizer", "overflow"), ("tokenizer", "stride"), ("task", "chunk_aggregate")):
                 if key != "overflow" or d[section][key] == "truncate":
                     d[section].pop(key)
+        d["model"].pop("allow_new_head")  # changes no prediction of a checkpoint that has its head
         relevant = {
             "input": {k: v for k, v in d["input"].items() if k not in ("filesystem", "check_unique_ids")},
             "model": d["model"],

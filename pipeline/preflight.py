@@ -213,6 +213,7 @@ def resolve_model(cfg: JobConfig):
         auto.check_supported(model_config)
     except ValueError as e:
         raise PreflightError(f"model.task {m.task!r} is not available for model.path {m.path!r}: {e}") from e
+    check_task_head(cfg, model_config)
     if m.quantization != "none" and (cfg.compute.model_num_gpus or m.dtype != "float32"):
         raise PreflightError(
             f"model.quantization {m.quantization} runs on CPU actors in float32: set compute.model_num_gpus: 0 "
@@ -221,6 +222,38 @@ def resolve_model(cfg: JobConfig):
     if m.dtype == "float16" and cfg.compute.model_num_gpus == 0:
         raise PreflightError("model.dtype float16 needs a GPU (compute.model_num_gpus > 0); use bfloat16 or float32 on CPU")
     return model_config
+
+
+def check_task_head(cfg: JobConfig, model_config: Any) -> None:
+    """Refuse a checkpoint that has none of the weights of the head ``model.task`` loads (a bare
+    encoder asked to classify: every row would get a label from a random head). Reads only the
+    tensor names (safetensors header or shard index), no tensor and no torch; where the names
+    cannot be listed cheaply (``.bin`` weights, a Hub id not cached yet) the model actors' own
+    check after loading (``operators.loading.refuse_new_head``) still refuses."""
+    from rayformers.models.head_weights import absent_head
+    from rayformers.models.weight_names import checkpoint_weight_names
+    from rayformers.operators.loading import missing_head_message
+
+    m = cfg.model
+    if m.allow_new_head:
+        return
+    names = checkpoint_weight_names(m.path, m.revision)
+    if names is None:
+        return
+    class_name = _model_class_name(m.task, model_config)
+    missing = absent_head(class_name, model_config, names) if class_name else []
+    if missing:
+        raise PreflightError(missing_head_message(m.task, m.path, class_name, missing,
+                                                  getattr(model_config, "architectures", None)))
+
+
+def _model_class_name(task: str, model_config: Any) -> Optional[str]:
+    """The model class ``task`` loads for ``model_config`` (from the Auto tables, no import)."""
+    from rayformers.models.auto import MODEL_NAMES, TASK_TO_AUTO_CLASS
+
+    auto = auto_class_name(task, model_config)
+    column = next((t for t, cls in TASK_TO_AUTO_CLASS.items() if cls.__name__ == auto), None)
+    return MODEL_NAMES.get(getattr(model_config, "model_type", ""), {}).get(column)
 
 
 def resolve_max_length(cfg: JobConfig, tokenizer: Any, model_config: Any, st: dict) -> Optional[int]:
