@@ -416,6 +416,31 @@ def resolve_stride(cfg: JobConfig, tokenizer: Any, max_length: Optional[int]) ->
     return stride
 
 
+def output_columns(cfg: JobConfig, id_generated: bool = False) -> set[str]:
+    """The columns the job adds to every row (predictions, ``num_tokens``, ``error``, ...)."""
+    added = {ERROR_COLUMN, "num_tokens", *PREDICTION_COLUMNS[cfg.model.task]}
+    if overflow_mode(cfg.tokenizer) == "chunk" and cfg.task.chunk_aggregate == "none":
+        added |= {"chunk_index", "chunk_start", "chunk_end"}
+    if id_generated:
+        added.add(ID_COLUMN)
+    return added
+
+
+def check_output_collisions(cfg: JobConfig, kept_columns: Collection[str], where: str,
+                            id_generated: bool = False) -> None:
+    """Refuse input columns kept in the output under the name of a column the job writes: the
+    prediction would silently replace the input's value (a ``label`` column in the data would
+    come out as the predicted label). Shared by ``run()`` (its passthrough columns) and
+    ``build_processor`` (every column of the caller's dataset)."""
+    added = output_columns(cfg, id_generated)
+    clash = [c for c in kept_columns if c in added]
+    if clash:
+        raise PreflightError(
+            f"{where}: {', '.join(clash)} would collide with output columns ({', '.join(sorted(added))}); "
+            "rename or drop them before scoring"
+        )
+
+
 def resolve_model_reference_in_config(cfg: JobConfig) -> None:
     """`runs/<name>@best` / `@latest` / `@step-N`: a checkpoint of a `rayformers train` run."""
     if "@" not in cfg.model.path:
@@ -451,17 +476,7 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         raise PreflightError("input.text_column is empty")
     id_generated = inp.id_column is None
     id_column = inp.id_column or ID_COLUMN
-    reserved = {ERROR_COLUMN, "num_tokens", *PREDICTION_COLUMNS[cfg.model.task]}
-    if overflow_mode(cfg.tokenizer) == "chunk" and cfg.task.chunk_aggregate == "none":
-        reserved |= {"chunk_index", "chunk_start", "chunk_end"}
-    if id_generated:
-        reserved.add(ID_COLUMN)
-    clash = [c for c in inp.passthrough_columns if c in reserved]
-    if clash:
-        raise PreflightError(
-            f"input.passthrough_columns: {', '.join(clash)} would collide with output columns "
-            f"({', '.join(sorted(reserved))})"
-        )
+    check_output_collisions(cfg, inp.passthrough_columns, "input.passthrough_columns", id_generated)
     try:
         fs, files = discover_files(inp.path, inp.filesystem, inp.partitioning, only=input_files)
     except InputError as e:
