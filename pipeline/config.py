@@ -135,7 +135,8 @@ class TokenizerConfig:
     max_length: Optional[int] = None
     """Token limit per row including special tokens. Default: the sentence-transformers
     ``max_seq_length`` when the checkpoint has one, else the tokenizer's ``model_max_length``,
-    capped by the model's ``max_position_embeddings``."""
+    capped by the model's ``max_position_embeddings``. A value above the positions the model has
+    is refused (never cut silently); the limit used is in the manifest (``max_length``)."""
     truncation: str = "longest_first"
     """``longest_first``, ``only_first``, ``only_second`` or ``none`` (a synonym of
     ``overflow: error``: rows longer than ``max_length`` become error records instead of being cut)."""

@@ -257,26 +257,61 @@ def _model_class_name(task: str, model_config: Any) -> Optional[str]:
 
 
 def resolve_max_length(cfg: JobConfig, tokenizer: Any, model_config: Any, st: dict) -> Optional[int]:
-    """Explicit ``tokenizer.max_length``, else the checkpoint's limits (see TokenizerConfig)."""
-    limit = cfg.tokenizer.max_length
+    """Explicit ``tokenizer.max_length``, else the checkpoint's limits (see TokenizerConfig).
+
+    An explicit value the model cannot take (more tokens than its position embeddings) is refused,
+    never cut down behind the user's back: the rows would be truncated to fewer tokens than the
+    config (and the manifest) say. The checkpoint's own defaults are capped to the positions."""
+    explicit = cfg.tokenizer.max_length
+    limit = explicit
     if limit is None:
         limit = st.get("max_length")
     if limit is None:
         mml = getattr(tokenizer, "model_max_length", None)
         if isinstance(mml, int) and 0 < mml < 1_000_000:
             limit = mml
-    positions = getattr(model_config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        if getattr(model_config, "model_type", "") in ("roberta", "camembert", "xlm-roberta"):
-            positions -= 2  # position ids start after padding_idx
+    positions = prompt_positions(cfg, model_config)
+    if positions is not None:
+        if explicit is not None and explicit > positions:
+            raise PreflightError(max_length_message(cfg, model_config, explicit, positions))
         limit = positions if limit is None else min(limit, positions)
-        new_tokens = cfg.task.generation.max_new_tokens
-        if cfg.model.task == "generate" and auto_class_name("generate", model_config) == "AutoModelForCausalLM" \
-                and new_tokens:
-            limit = min(limit, positions - new_tokens)  # a decoder-only prompt shares the positions with its continuation
     if limit is not None and limit < 2:
         raise PreflightError(f"tokenizer.max_length {limit} is too small")
     return limit
+
+
+def prompt_positions(cfg: JobConfig, model_config: Any) -> Optional[int]:
+    """The most tokens one row can have in this model (None when unbounded): see
+    :func:`_position_reservations`."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not (isinstance(positions, int) and positions > 0):
+        return None
+    return positions - sum(n for n, _ in _position_reservations(cfg, model_config))
+
+
+def _position_reservations(cfg: JobConfig, model_config: Any) -> list[tuple[int, str]]:
+    """Positions a row's tokens cannot use: RoBERTa-family ids start after ``padding_idx``; a
+    decoder-only ``generate`` continuation shares the positions with its prompt."""
+    taken = []
+    if getattr(model_config, "model_type", "") in ("roberta", "camembert", "xlm-roberta"):
+        taken.append((2, "2 before the first token (padding_idx)"))
+    new_tokens = cfg.task.generation.max_new_tokens
+    if cfg.model.task == "generate" and new_tokens \
+            and auto_class_name("generate", model_config) == "AutoModelForCausalLM":
+        taken.append((new_tokens, f"{new_tokens} for the continuation (task.generation.max_new_tokens)"))
+    return taken
+
+
+def max_length_message(cfg: JobConfig, model_config: Any, asked: int, positions: int) -> str:
+    """Why ``tokenizer.max_length`` is refused, with both numbers and what to set instead."""
+    why = f"max_position_embeddings {model_config.max_position_embeddings}"
+    why += "".join(f", less {text}" for _, text in _position_reservations(cfg, model_config))
+    return (
+        f"tokenizer.max_length {asked} is more than the {positions} tokens a row can have in model.path "
+        f"{cfg.model.path!r} ({why}); it would be cut to {positions} silently. Set tokenizer.max_length to "
+        f"{positions} or less, or leave it unset for the checkpoint's own limit (tokenizer.overflow: chunk scores "
+        "longer rows as windows)."
+    )
 
 
 @dataclass
