@@ -227,9 +227,9 @@ def resolve_model(cfg: JobConfig):
 def check_task_head(cfg: JobConfig, model_config: Any) -> None:
     """Refuse a checkpoint that has none of the weights of the head ``model.task`` loads (a bare
     encoder asked to classify: every row would get a label from a random head). Reads only the
-    tensor names (safetensors header or shard index), no tensor and no torch; where the names
-    cannot be listed cheaply (``.bin`` weights, a Hub id not cached yet) the model actors' own
-    check after loading (``operators.loading.refuse_new_head``) still refuses."""
+    tensor names (safetensors header, shard index or a ``.bin``'s pickle), no tensor and no torch;
+    where the names cannot be listed cheaply (a Hub id not cached yet) the model actors' own check
+    after loading (``operators.loading.refuse_new_head``) still refuses."""
     from rayformers.models.head_weights import absent_head
     from rayformers.models.weight_names import checkpoint_weight_names
     from rayformers.operators.loading import missing_head_message

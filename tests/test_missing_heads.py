@@ -117,12 +117,26 @@ def test_weight_names_come_from_the_safetensors_header_or_the_shard_index(tmp_pa
     (tmp_path / "sharded" / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"classifier.bias": "model-00002-of-00002.safetensors", "x": "model-00001-of-00002.safetensors"}}))
     assert checkpoint_weight_names(str(tmp_path / "sharded")) == ["classifier.bias", "x"]
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"")
-    assert checkpoint_weight_names(str(tmp_path / "bin")) is None  # not listable cheaply: the actors check
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "pytorch_model.bin").write_bytes(b"not a zip")
+    assert checkpoint_weight_names(str(tmp_path / "bad")) is None  # unreadable here: the loader says why
     config = AutoConfig.for_model("bert")
     assert absent_head("BertForSequenceClassification", config, ["classifier.bias", "x"]) == []
     assert absent_head("BertForSequenceClassification", config, ["x"]) == ["classifier.weight", "classifier.bias"]
+
+
+def test_a_pytorch_model_bin_is_read_from_its_pickle_without_loading_it(tmp_path):
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32)
+    model = transformers.BertModel(config)
+    model.save_pretrained(tmp_path / "safe")
+    model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert not (tmp_path / "bin" / "model.safetensors").exists()
+    assert sorted(checkpoint_weight_names(str(tmp_path / "bin"))) == sorted(checkpoint_weight_names(str(tmp_path / "safe")))
+    with pytest.raises(PreflightError, match=r"classifier\.weight, classifier\.bias"):
+        resolve_model(load_config(job(tmp_path / "bin", "classify")))
 
 
 def test_the_driver_check_imports_no_torch():
