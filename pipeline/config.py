@@ -129,7 +129,7 @@ class ModelConfig:
     allow_new_head: bool = False
     """Run a checkpoint that lacks the task's head (classifier, LM / masked-LM head, ...) with that
     head initialised at random, instead of refusing the job. Random head, for tests/debugging only:
-    every prediction is noise."""
+    every prediction is noise. Inference only: ``rayformers train`` always starts a new head."""
 
 
 @dataclass

@@ -511,7 +511,10 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         raise PreflightError("input.text_column is empty")
     id_generated = inp.id_column is None
     id_column = inp.id_column or ID_COLUMN
-    check_output_collisions(cfg, inp.passthrough_columns, "input.passthrough_columns", id_generated)
+    for where, kept in (("input.id_column", [inp.id_column] if inp.id_column else []),
+                        ("input.passthrough_columns", inp.passthrough_columns),
+                        ("input.text_column (kept by output.keep_text)", [inp.text_column] if out.keep_text else [])):
+        check_output_collisions(cfg, kept, where, id_generated)
     try:
         fs, files = discover_files(inp.path, inp.filesystem, inp.partitioning, only=input_files)
     except InputError as e:

@@ -141,6 +141,23 @@ def test_run_ignores_the_sections_of_train_and_etl_in_a_shared_file(tmp_path, ca
     assert "output.path is empty" in err and "unknown" not in err  # past the config, refused by preflight
 
 
+@pytest.mark.parametrize("input_keys, output_keys, where", [
+    ({"id_column": "label"}, {}, "input.id_column"),
+    ({"passthrough_columns": ["lang", "score"]}, {}, "input.passthrough_columns"),
+    ({"text_column": "label"}, {"keep_text": True}, "input.text_column (kept by output.keep_text)"),
+])
+def test_input_columns_kept_under_an_output_columns_name_are_refused(tmp_path, input_keys, output_keys, where):
+    """The prediction would silently replace the kept value (ids, passthrough, kept text)."""
+    from rayformers.pipeline.preflight import preflight
+
+    cfg = load_config({"input": {"path": str(tmp_path / "in"), **input_keys}, "model": {"path": "m", "task": "classify"},
+                       "output": {"path": str(tmp_path / "out"), **output_keys}})
+    with pytest.raises(PreflightError) as refused:
+        preflight(cfg)
+    assert str(refused.value).startswith(f"{where}: ")
+    assert "would collide with output columns (" in str(refused.value)
+
+
 def test_fingerprint_ignores_compute_but_not_model():
     a = load_config({"model": {"path": "m"}})
     assert a.fingerprint() == load_config({"model": {"path": "m"}, "compute": {"batch_size": 8}}).fingerprint()

@@ -55,3 +55,17 @@ def test_positions_reserved_by_roberta_ids_and_a_causal_continuation_count():
         resolve_max_length(load_config({**job, "tokenizer": {"max_length": 64}}), None, decoder, {})
     assert resolve_max_length(load_config({**job, "tokenizer": {"max_length": 48}}), None, decoder, {}) == 48
     assert resolve_max_length(load_config(job), None, decoder, {}) == 48
+
+
+def test_training_refuses_the_same_explicit_max_length(tmp_path, classifier):
+    from test_train_helpers import classify_config
+
+    from rayformers.jobs import train as train_job
+    from rayformers.jobs.train_config import load_train_config
+    from rayformers.pipeline.config import ConfigError
+
+    cfg = load_train_config(classify_config(str(classifier), str(tmp_path), str(tmp_path / "runs"), "r"),
+                            ["tokenizer.max_length=4096"])
+    model_config = train_job._model_config(cfg, str(classifier))
+    with pytest.raises(ConfigError, match="tokenizer.max_length 4096 is more than the 64 tokens"):
+        train_job._tokenizer_settings(cfg, str(classifier), model_config)
