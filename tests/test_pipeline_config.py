@@ -161,6 +161,8 @@ def test_input_columns_kept_under_an_output_columns_name_are_refused(tmp_path, i
 def test_fingerprint_ignores_compute_but_not_model():
     a = load_config({"model": {"path": "m"}})
     assert a.fingerprint() == load_config({"model": {"path": "m"}, "compute": {"batch_size": 8}}).fingerprint()
+    # allow_new_head changes no prediction of a checkpoint with its head: outputs staged before the key existed resume
+    assert a.fingerprint() == load_config({"model": {"path": "m", "allow_new_head": True}}).fingerprint()
     assert a.fingerprint() != load_config({"model": {"path": "m", "dtype": "bfloat16"}}).fingerprint()
 
 
