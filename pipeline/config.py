@@ -661,9 +661,10 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe(cls: type = JobConfig, prefix: str = "") -> list[str]:
+def describe(cls: type = JobConfig, prefix: str = "", choices: Optional[dict] = None) -> list[str]:
     """Every accepted key with its default and documentation, one line each (keys with a fixed
-    set of values list them, from the same table loading checks)."""
+    set of values list them, from the same table loading checks: ``choices``, keyed by
+    ``(section, key)``, default the job config's)."""
     lines = []
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -671,10 +672,10 @@ def describe(cls: type = JobConfig, prefix: str = "") -> list[str]:
         hints = typing.get_type_hints(cls)
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            lines.extend(describe(tp, key + "."))
+            lines.extend(describe(tp, key + ".", choices))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        choices = _CHOICES.get((prefix.rstrip(".").split(".")[-1], f.name))
-        accepted = f" [one of: {', '.join(choices)}]" if choices else ""
+        accepted = (_CHOICES if choices is None else choices).get((prefix.rstrip(".").split(".")[-1], f.name))
+        accepted = f" [one of: {', '.join(accepted)}]" if accepted else ""
         lines.append(f"{key} = {default!r}  # {docs.get(f.name, '')}{accepted}")
     return lines

@@ -52,7 +52,8 @@ class Processor:
             raise PreflightError(
                 f"the dataset has no column {missing[0]!r} (configured in input.*); its columns: {', '.join(names)}"
             )
-        check_output_collisions(self.config, names, "the dataset's columns")
+        kept = [c for c in names if c not in self.spec.drop_after_tokenize]  # those go before predictions come
+        check_output_collisions(self.config, kept, "the dataset's columns")
 
     def __call__(self, ds: Any, keep_stage_times: bool = False) -> Any:
         from .dataflow import calibrate_embedding_ranges, processing_stages

@@ -113,7 +113,7 @@ def accepted_keys(cls, prefix: str = "") -> set[str]:
 
 def test_describe_lists_every_key_the_config_classes_accept_and_every_choice(capsys):
     from rayformers.jobs.etl import EtlJobConfig
-    from rayformers.jobs.train_config import TrainJobConfig
+    from rayformers.jobs.train_config import _TRAIN_CHOICES, TrainJobConfig
     from rayformers.pipeline.config import _CHOICES, TASKS
 
     assert cli.main(["describe"]) == cli.EXIT_OK
@@ -126,7 +126,7 @@ def test_describe_lists_every_key_the_config_classes_accept_and_every_choice(cap
         assert task in described["model.task"]
     for key in described:
         section, name = key.rsplit(".", 1)
-        for choice in _CHOICES.get((section.split(".")[-1], name), ()):
+        for choice in _CHOICES.get((section.split(".")[-1], name), ()) + _TRAIN_CHOICES.get(name, ()) * (section == "train"):
             assert choice in described[key], key
 
 
