@@ -308,7 +308,8 @@ def max_length_message(cfg: JobConfig, model_config: Any, asked: int, positions:
     why += "".join(f", less {text}" for _, text in _position_reservations(cfg, model_config))
     return (
         f"tokenizer.max_length {asked} is more than the {positions} tokens a row can have in model.path "
-        f"{cfg.model.path!r} ({why}); it would be cut to {positions} silently. Set tokenizer.max_length to "
+        f"{cfg.model.path!r} ({why}): rows would be cut to {positions} tokens, not the {asked} the config says. "
+        f"Set tokenizer.max_length to "
         f"{positions} or less, or leave it unset for the checkpoint's own limit (tokenizer.overflow: chunk scores "
         "longer rows as windows)."
     )
@@ -465,8 +466,8 @@ def check_output_collisions(cfg: JobConfig, kept_columns: Collection[str], where
                             id_generated: bool = False) -> None:
     """Refuse input columns kept in the output under the name of a column the job writes: the
     prediction would silently replace the input's value (a ``label`` column in the data would
-    come out as the predicted label). Shared by ``run()`` (its passthrough columns) and
-    ``build_processor`` (every column of the caller's dataset)."""
+    come out as the predicted label). Shared by ``run()`` (its id, passthrough and kept text
+    columns) and ``build_processor`` (every column of the caller's dataset it keeps)."""
     added = output_columns(cfg, id_generated)
     clash = [c for c in kept_columns if c in added]
     if clash:
