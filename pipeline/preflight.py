@@ -235,16 +235,17 @@ def check_task_head(cfg: JobConfig, model_config: Any) -> None:
     from rayformers.operators.loading import missing_head_message
 
     m = cfg.model
-    if m.allow_new_head:
-        return
     names = checkpoint_weight_names(m.path, m.revision)
     if names is None:
         return
     class_name = _model_class_name(m.task, model_config)
     missing = absent_head(class_name, model_config, names) if class_name else []
-    if missing:
-        raise PreflightError(missing_head_message(m.task, m.path, class_name, missing,
-                                                  getattr(model_config, "architectures", None)))
+    if not missing:
+        return
+    message = missing_head_message(m.task, m.path, class_name, missing, getattr(model_config, "architectures", None))
+    if not m.allow_new_head:
+        raise PreflightError(message)
+    logger.warning("model.allow_new_head is set, running with a random head: %s", message)
 
 
 def _model_class_name(task: str, model_config: Any) -> Optional[str]:

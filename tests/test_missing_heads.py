@@ -103,9 +103,12 @@ def test_preflight_refuses_a_bare_encoder_for_a_head_task_naming_what_loading_wo
     assert "model.task: embed" in message and "model.allow_new_head" in message and "BertModel" in message
 
 
-def test_embed_on_the_bare_encoder_and_the_opt_in_pass():
-    resolve_model(load_config(job(minilm_dir(), "embed")))
-    resolve_model(load_config(job(minilm_dir(), "classify", allow_new_head=True)))
+def test_embed_on_the_bare_encoder_and_the_opt_in_pass_the_opt_in_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="rayformers.pipeline.preflight"):
+        resolve_model(load_config(job(minilm_dir(), "embed")))
+        assert not caplog.text
+        resolve_model(load_config(job(minilm_dir(), "classify", allow_new_head=True)))
+    assert "running with a random head" in caplog.text and "classifier.weight" in caplog.text
 
 
 def test_weight_names_come_from_the_safetensors_header_or_the_shard_index(tmp_path):
