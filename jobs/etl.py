@@ -68,7 +68,7 @@ from rayformers.pipeline.commit import (
     staging_path,
     write_part,
 )
-from rayformers.pipeline.config import ConfigError, JobConfig, build_dataclass, load_config
+from rayformers.pipeline.config import ConfigError, JobConfig, build_dataclass, describe, load_config
 from rayformers.pipeline.output_safety import UnsafeOutputError, check_disjoint, location
 from rayformers.pipeline.source import ID_COLUMN, resolve_filesystem
 
@@ -126,6 +126,11 @@ class EtlJobConfig(JobConfig):
         d = dataclasses.asdict(self)
         d.pop("etl")
         return build_dataclass(JobConfig, d)
+
+
+def describe_etl() -> list[str]:
+    """Every accepted ``etl.*`` key with its default and documentation (``rayformers describe``)."""
+    return describe(EtlSettings, "etl.")
 
 
 class EtlError(RuntimeError):

@@ -120,9 +120,12 @@ def load_model(
     local_files_only: bool = False,
     device: str = "cpu",
     quantization: str = "none",
+    allow_new_head: bool = False,
 ):
     """``AutoModelFor<Task>.from_pretrained`` in eval mode on ``device`` (``quantization:
-    int8-dynamic``: its Linear layers quantised, CPU only)."""
+    int8-dynamic``: its Linear layers quantised, CPU only). Refuses a checkpoint without the task's
+    head (:class:`MissingHeadError`) unless ``allow_new_head``: the driver checks the same before
+    the job (``pipeline.preflight.check_task_head``); this is the check of what was really loaded."""
     import torch
 
     import rayformers.models as models
@@ -139,7 +142,9 @@ def load_model(
         kwargs["local_files_only"] = True
     model_config = models.AutoConfig.from_pretrained(path, **kwargs) if task == "generate" else None
     auto = getattr(models, auto_class_name(task, model_config))
-    model = auto.from_pretrained(path, dtype=torch.float32 if dtype == "auto" else torch_dtype(dtype), **kwargs)
+    model, info = auto.from_pretrained(path, dtype=torch.float32 if dtype == "auto" else torch_dtype(dtype),
+                                       output_loading_info=True, **kwargs)
+    refuse_new_head(model, info, task, path, allow_new_head)
     if dtype == "auto":  # chosen for this device (and family), whatever the checkpoint was saved in
         model = model.to(torch_dtype("auto", device, getattr(model.config, "model_type", "")))
     model.eval()
@@ -148,6 +153,50 @@ def load_model(
     if quantization == "int8-dynamic":
         model = quantize_int8_dynamic(model, device)
     return model
+
+
+class MissingHeadError(ValueError):
+    """The checkpoint has no weights for the task's head: loading would initialise it at random."""
+
+
+def missing_head_message(task: str, path: str, class_name: str, missing: list[str],
+                         architectures: Optional[list] = None) -> str:
+    """What to tell a user whose checkpoint lacks the head ``task`` needs (driver and actors)."""
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    made_as = f" (its config.json names {', '.join(map(str, architectures))})" if architectures else ""
+    return (
+        f"model.task {task!r}: checkpoint {path!r}{made_as} has no weights for the {class_name} head "
+        f"({shown}); they would be initialised at random and every prediction would be noise. Use a "
+        f"checkpoint fine-tuned for {task}, or the task this checkpoint was made for (a bare encoder, e.g. a "
+        "sentence-embedding model: model.task: embed). model.allow_new_head: true runs it anyway (random head, "
+        "for tests/debugging only)."
+    )
+
+
+def missing_head_keys(model: Any, info: dict) -> list[str]:
+    """The weights ``from_pretrained`` reported missing (``info["missing_keys"]``) that belong to the
+    task's head, i.e. lie outside the base model; ``[]`` for a bare base model (no head)."""
+    from rayformers.models.head_weights import head_weight_names
+
+    missing = list(info.get("missing_keys") or [])
+    if not missing or head_weight_names(type(model).__name__, model.config) == ():
+        return []
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    return [k for k in missing if not (prefix and k.startswith(prefix + "."))]
+
+
+def refuse_new_head(model: Any, info: dict, task: str, path: str, allow_new_head: bool = False) -> list[str]:
+    """Raise :class:`MissingHeadError` when loading left head weights at their random
+    initialisation; with ``allow_new_head`` log them instead. Returns them."""
+    missing = missing_head_keys(model, info)
+    if not missing:
+        return []
+    message = missing_head_message(task, path, type(model).__name__, missing,
+                                   getattr(model.config, "architectures", None))
+    if not allow_new_head:
+        raise MissingHeadError(message)
+    logger.warning("model.allow_new_head is set, running with a random head: %s", message)
+    return missing
 
 
 def quantize_int8_dynamic(model, device: str = "cpu"):

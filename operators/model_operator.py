@@ -64,6 +64,7 @@ class ModelOperator:
         drop_columns: tuple = (),
         model: Any = None,
         quantization: str = "none",
+        allow_new_head: bool = False,
         **task_options: Any,
     ):
         self.revision = revision
@@ -72,7 +73,8 @@ class ModelOperator:
         if self.device == "cpu":
             configure_cpu_threads(torch_threads, model_actors)
         if model is None:
-            model = load_model(self.task, model_path, dtype, revision, local_files_only, self.device, quantization)
+            model = load_model(self.task, model_path, dtype, revision, local_files_only, self.device, quantization,
+                               allow_new_head)
         self.model = model
         self.config = getattr(model, "config", None)
         if pad_token_id is None:

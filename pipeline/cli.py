@@ -69,10 +69,28 @@ def _plan_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _describe_command(args: argparse.Namespace) -> int:
+JOB_SECTIONS = {
+    "train": ("rayformers.jobs.train_config", "describe_train"),
+    "etl": ("rayformers.jobs.etl", "describe_etl"),
+}
+"""The section each job command adds to the shared config, and the function listing its keys."""
+
+
+def describe_all() -> list[str]:
+    """Every key a config file may hold: the sections every command shares (``rayformers run``),
+    then each job command's own section (``rayformers run`` ignores those)."""
     from .config import JobConfig, describe
 
-    print("\n".join(describe(JobConfig)))
+    lines = ["# input, model, tokenizer, task, compute, output: rayformers run, train and etl"]
+    lines += describe(JobConfig)
+    for name, (module_name, function) in JOB_SECTIONS.items():
+        lines.append(f"# {name}: rayformers {name} only (rayformers run ignores this section)")
+        lines += getattr(importlib.import_module(module_name), function)()
+    return lines
+
+
+def _describe_command(args: argparse.Namespace) -> int:
+    print("\n".join(describe_all()))
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import types
 import typing
@@ -38,6 +39,9 @@ TRUNCATIONS = ("longest_first", "only_first", "only_second", "none")
 CHUNK_AGGREGATES = ("mean", "max", "none")
 CHUNK_TASKS = ("classify", "embed", "token-classify")
 """Tasks that can score a long row as overlapping windows (``tokenizer.overflow: chunk``)."""
+
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -71,8 +75,8 @@ class InputConfig:
     """Optional second text column (cross-encoders, NLI): tokenized as a pair with ``text_column``."""
     id_column: Optional[str] = None
     """Column with a unique row id. If unset, a stable id ``<file>:<row>`` is generated from the
-    input file's relative path and the row's position in it (stable across re-runs, so ``resume``
-    works)."""
+    input file's relative path and the row's position in it (the same on every run, so a resumed
+    or re-run output has the same ids)."""
     passthrough_columns: list = field(default_factory=list)
     """Input columns copied unchanged to the output (hive partition keys allowed)."""
     partitioning: Optional[str] = "hive"
@@ -102,8 +106,10 @@ class ModelConfig:
     """Local checkpoint directory or Hugging Face Hub id (resolved offline from the cache when
     ``HF_HUB_OFFLINE=1``)."""
     task: str = "classify"
-    """``classify``, ``token-classify``, ``generate``, ``embed`` or ``zero-shot-classify`` (an NLI
-    checkpoint scoring ``task.candidate_labels``); picks the Auto class."""
+    """``classify``, ``token-classify``, ``generate``, ``embed``, ``zero-shot-classify`` (an NLI
+    checkpoint scoring ``task.candidate_labels``) or ``sparse-embed`` (a SPLADE-style masked-LM
+    checkpoint); picks the Auto class. The checkpoint must have the task's head (see
+    ``allow_new_head``)."""
     dtype: str = "float32"
     """``float32``, ``bfloat16``, ``float16`` (GPU only) or ``auto``: bfloat16 on GPUs and CPUs that
     compute it natively, float16 on older GPUs, float32 elsewhere (``operators.loading.auto_dtype``)."""
@@ -120,6 +126,10 @@ class ModelConfig:
     """With ``quantization``: the least agreement with float32 on the sample that lets the job run."""
     agreement_rows: int = 256
     """With ``quantization``: rows of the input scored both ways for the agreement check."""
+    allow_new_head: bool = False
+    """Run a checkpoint that lacks the task's head (classifier, LM / masked-LM head, ...) with that
+    head initialised at random, instead of refusing the job. Random head, for tests/debugging only:
+    every prediction is noise. Inference only: ``rayformers train`` always starts a new head."""
 
 
 @dataclass
@@ -131,7 +141,8 @@ class TokenizerConfig:
     max_length: Optional[int] = None
     """Token limit per row including special tokens. Default: the sentence-transformers
     ``max_seq_length`` when the checkpoint has one, else the tokenizer's ``model_max_length``,
-    capped by the model's ``max_position_embeddings``."""
+    capped by the model's ``max_position_embeddings``. A value above the positions the model has
+    is refused (never cut silently); the limit used is in the manifest (``max_length``)."""
     truncation: str = "longest_first"
     """``longest_first``, ``only_first``, ``only_second`` or ``none`` (a synonym of
     ``overflow: error``: rows longer than ``max_length`` become error records instead of being cut)."""
@@ -331,8 +342,9 @@ class OutputConfig:
     """Output directory (local or pyarrow URI). Published atomically with ``_manifest.json`` and
     ``_SUCCESS``; readers should trust only those."""
     mode: str = "error-if-exists"
-    """``error-if-exists``, ``overwrite`` or ``resume`` (continue an interrupted run: only rows
-    whose id is not yet written are scored)."""
+    """``error-if-exists``, ``overwrite`` or ``resume`` (continue an interrupted run: the input row
+    ranges its staged files already hold are skipped, the rest is scored; refused when the config's
+    fingerprint or the input files changed)."""
     max_error_fraction: float = 0.0
     """Share of rows allowed to be error records; past it the job writes what it has to the
     staging directory and exits non-zero."""
@@ -381,6 +393,7 @@ class JobConfig:
             for section, key in (("tokenizer", "overflow"), ("tokenizer", "stride"), ("task", "chunk_aggregate")):
                 if key != "overflow" or d[section][key] == "truncate":
                     d[section].pop(key)
+        d["model"].pop("allow_new_head")  # changes no prediction of a checkpoint that has its head
         relevant = {
             "input": {k: v for k, v in d["input"].items() if k not in ("filesystem", "check_unique_ids")},
             "model": d["model"],
@@ -608,7 +621,23 @@ def load_config(
     else:
         data = load_yaml(source)
     data = deep_merge(data, parse_overrides(overrides))
+    if cls is JobConfig:
+        data = without_other_commands_sections(data)
     return build_dataclass(cls, data)
+
+
+OTHER_COMMANDS_SECTIONS = ("etl", "train")
+"""Sections of the same YAML that belong to ``rayformers etl`` / ``rayformers train``: one file can
+describe a job for every command, and ``rayformers run`` ignores them."""
+
+
+def without_other_commands_sections(data: dict) -> dict:
+    """``data`` less :data:`OTHER_COMMANDS_SECTIONS` (logged, so the skip is visible)."""
+    ignored = [name for name in OTHER_COMMANDS_SECTIONS if name in data]
+    if not ignored:
+        return data
+    logger.info("config section(s) %s ignored: they are for rayformers %s", ", ".join(ignored), "/".join(ignored))
+    return {k: v for k, v in data.items() if k not in ignored}
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -632,8 +661,10 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe(cls: type = JobConfig, prefix: str = "") -> list[str]:
-    """Every accepted key with its default and documentation, one line each."""
+def describe(cls: type = JobConfig, prefix: str = "", choices: Optional[dict] = None) -> list[str]:
+    """Every accepted key with its default and documentation, one line each (keys with a fixed
+    set of values list them, from the same table loading checks: ``choices``, keyed by
+    ``(section, key)``, default the job config's)."""
     lines = []
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -641,8 +672,10 @@ def describe(cls: type = JobConfig, prefix: str = "") -> list[str]:
         hints = typing.get_type_hints(cls)
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            lines.extend(describe(tp, key + "."))
+            lines.extend(describe(tp, key + ".", choices))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"{key} = {default!r}  # {docs.get(f.name, '')}")
+        accepted = (_CHOICES if choices is None else choices).get((prefix.rstrip(".").split(".")[-1], f.name))
+        accepted = f" [one of: {', '.join(accepted)}]" if accepted else ""
+        lines.append(f"{key} = {default!r}  # {docs.get(f.name, '')}{accepted}")
     return lines

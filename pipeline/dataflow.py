@@ -123,6 +123,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             max_rows_per_batch=c.max_rows_per_batch,
             pad_token_id=spec.pad_token_id,
             quantization=cfg.model.quantization,
+            allow_new_head=cfg.model.allow_new_head,
             drop_columns=tuple(spec.drop_after_model),
             **spec.task_options,
         ),

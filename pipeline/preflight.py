@@ -213,6 +213,7 @@ def resolve_model(cfg: JobConfig):
         auto.check_supported(model_config)
     except ValueError as e:
         raise PreflightError(f"model.task {m.task!r} is not available for model.path {m.path!r}: {e}") from e
+    check_task_head(cfg, model_config)
     if m.quantization != "none" and (cfg.compute.model_num_gpus or m.dtype != "float32"):
         raise PreflightError(
             f"model.quantization {m.quantization} runs on CPU actors in float32: set compute.model_num_gpus: 0 "
@@ -223,27 +224,96 @@ def resolve_model(cfg: JobConfig):
     return model_config
 
 
+def check_task_head(cfg: JobConfig, model_config: Any) -> None:
+    """Refuse a checkpoint that has none of the weights of the head ``model.task`` loads (a bare
+    encoder asked to classify: every row would get a label from a random head). Reads only the
+    tensor names (safetensors header, shard index or a ``.bin``'s pickle), no tensor and no torch;
+    where the names cannot be listed cheaply (a Hub id not cached yet) the model actors' own check
+    after loading (``operators.loading.refuse_new_head``) still refuses."""
+    from rayformers.models.head_weights import absent_head
+    from rayformers.models.weight_names import checkpoint_weight_names
+    from rayformers.operators.loading import missing_head_message
+
+    m = cfg.model
+    names = checkpoint_weight_names(m.path, m.revision)
+    if names is None:
+        return
+    class_name = _model_class_name(m.task, model_config)
+    missing = absent_head(class_name, model_config, names) if class_name else []
+    if not missing:
+        return
+    message = missing_head_message(m.task, m.path, class_name, missing, getattr(model_config, "architectures", None))
+    if not m.allow_new_head:
+        raise PreflightError(message)
+    logger.warning("model.allow_new_head is set, running with a random head: %s", message)
+
+
+def _model_class_name(task: str, model_config: Any) -> Optional[str]:
+    """The model class ``task`` loads for ``model_config`` (from the Auto tables, no import)."""
+    from rayformers.models.auto import MODEL_NAMES, TASK_TO_AUTO_CLASS
+
+    auto = auto_class_name(task, model_config)
+    column = next((t for t, cls in TASK_TO_AUTO_CLASS.items() if cls.__name__ == auto), None)
+    return MODEL_NAMES.get(getattr(model_config, "model_type", ""), {}).get(column)
+
+
 def resolve_max_length(cfg: JobConfig, tokenizer: Any, model_config: Any, st: dict) -> Optional[int]:
-    """Explicit ``tokenizer.max_length``, else the checkpoint's limits (see TokenizerConfig)."""
-    limit = cfg.tokenizer.max_length
+    """Explicit ``tokenizer.max_length``, else the checkpoint's limits (see TokenizerConfig).
+
+    An explicit value the model cannot take (more tokens than its position embeddings) is refused,
+    never cut down behind the user's back: the rows would be truncated to fewer tokens than the
+    config (and the manifest) say. The checkpoint's own defaults are capped to the positions."""
+    explicit = cfg.tokenizer.max_length
+    limit = explicit
     if limit is None:
         limit = st.get("max_length")
     if limit is None:
         mml = getattr(tokenizer, "model_max_length", None)
         if isinstance(mml, int) and 0 < mml < 1_000_000:
             limit = mml
-    positions = getattr(model_config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        if getattr(model_config, "model_type", "") in ("roberta", "camembert", "xlm-roberta"):
-            positions -= 2  # position ids start after padding_idx
+    positions = prompt_positions(cfg, model_config)
+    if positions is not None:
+        if explicit is not None and explicit > positions:
+            raise PreflightError(max_length_message(cfg, model_config, explicit, positions))
         limit = positions if limit is None else min(limit, positions)
-        new_tokens = cfg.task.generation.max_new_tokens
-        if cfg.model.task == "generate" and auto_class_name("generate", model_config) == "AutoModelForCausalLM" \
-                and new_tokens:
-            limit = min(limit, positions - new_tokens)  # a decoder-only prompt shares the positions with its continuation
     if limit is not None and limit < 2:
         raise PreflightError(f"tokenizer.max_length {limit} is too small")
     return limit
+
+
+def prompt_positions(cfg: JobConfig, model_config: Any) -> Optional[int]:
+    """The most tokens one row can have in this model (None when unbounded): see
+    :func:`_position_reservations`."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not (isinstance(positions, int) and positions > 0):
+        return None
+    return positions - sum(n for n, _ in _position_reservations(cfg, model_config))
+
+
+def _position_reservations(cfg: JobConfig, model_config: Any) -> list[tuple[int, str]]:
+    """Positions a row's tokens cannot use: RoBERTa-family ids start after ``padding_idx``; a
+    decoder-only ``generate`` continuation shares the positions with its prompt."""
+    taken = []
+    if getattr(model_config, "model_type", "") in ("roberta", "camembert", "xlm-roberta"):
+        taken.append((2, "2 before the first token (padding_idx)"))
+    new_tokens = cfg.task.generation.max_new_tokens
+    if cfg.model.task == "generate" and new_tokens \
+            and auto_class_name("generate", model_config) == "AutoModelForCausalLM":
+        taken.append((new_tokens, f"{new_tokens} for the continuation (task.generation.max_new_tokens)"))
+    return taken
+
+
+def max_length_message(cfg: JobConfig, model_config: Any, asked: int, positions: int) -> str:
+    """Why ``tokenizer.max_length`` is refused, with both numbers and what to set instead."""
+    why = f"max_position_embeddings {model_config.max_position_embeddings}"
+    why += "".join(f", less {text}" for _, text in _position_reservations(cfg, model_config))
+    return (
+        f"tokenizer.max_length {asked} is more than the {positions} tokens a row can have in model.path "
+        f"{cfg.model.path!r} ({why}): rows would be cut to {positions} tokens, not the {asked} the config says. "
+        f"Set tokenizer.max_length to "
+        f"{positions} or less, or leave it unset for the checkpoint's own limit (tokenizer.overflow: chunk scores "
+        "longer rows as windows)."
+    )
 
 
 @dataclass
@@ -383,6 +453,31 @@ def resolve_stride(cfg: JobConfig, tokenizer: Any, max_length: Optional[int]) ->
     return stride
 
 
+def output_columns(cfg: JobConfig, id_generated: bool = False) -> set[str]:
+    """The columns the job adds to every row (predictions, ``num_tokens``, ``error``, ...)."""
+    added = {ERROR_COLUMN, "num_tokens", *PREDICTION_COLUMNS[cfg.model.task]}
+    if overflow_mode(cfg.tokenizer) == "chunk" and cfg.task.chunk_aggregate == "none":
+        added |= {"chunk_index", "chunk_start", "chunk_end"}
+    if id_generated:
+        added.add(ID_COLUMN)
+    return added
+
+
+def check_output_collisions(cfg: JobConfig, kept_columns: Collection[str], where: str,
+                            id_generated: bool = False) -> None:
+    """Refuse input columns kept in the output under the name of a column the job writes: the
+    prediction would silently replace the input's value (a ``label`` column in the data would
+    come out as the predicted label). Shared by ``run()`` (its id, passthrough and kept text
+    columns) and ``build_processor`` (every column of the caller's dataset it keeps)."""
+    added = output_columns(cfg, id_generated)
+    clash = [c for c in kept_columns if c in added]
+    if clash:
+        raise PreflightError(
+            f"{where}: {', '.join(clash)} would collide with output columns ({', '.join(sorted(added))}); "
+            "rename or drop them before scoring"
+        )
+
+
 def resolve_model_reference_in_config(cfg: JobConfig) -> None:
     """`runs/<name>@best` / `@latest` / `@step-N`: a checkpoint of a `rayformers train` run."""
     if "@" not in cfg.model.path:
@@ -418,17 +513,10 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         raise PreflightError("input.text_column is empty")
     id_generated = inp.id_column is None
     id_column = inp.id_column or ID_COLUMN
-    reserved = {ERROR_COLUMN, "num_tokens", *PREDICTION_COLUMNS[cfg.model.task]}
-    if overflow_mode(cfg.tokenizer) == "chunk" and cfg.task.chunk_aggregate == "none":
-        reserved |= {"chunk_index", "chunk_start", "chunk_end"}
-    if id_generated:
-        reserved.add(ID_COLUMN)
-    clash = [c for c in inp.passthrough_columns if c in reserved]
-    if clash:
-        raise PreflightError(
-            f"input.passthrough_columns: {', '.join(clash)} would collide with output columns "
-            f"({', '.join(sorted(reserved))})"
-        )
+    for where, kept in (("input.id_column", [inp.id_column] if inp.id_column else []),
+                        ("input.passthrough_columns", inp.passthrough_columns),
+                        ("input.text_column (kept by output.keep_text)", [inp.text_column] if out.keep_text else [])):
+        check_output_collisions(cfg, kept, where, id_generated)
     try:
         fs, files = discover_files(inp.path, inp.filesystem, inp.partitioning, only=input_files)
     except InputError as e:

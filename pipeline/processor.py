@@ -24,7 +24,8 @@ from rayformers.operators.embedding_outputs import CALIBRATED
 from rayformers.operators.tokenize import STAGE_TIME_PREFIX
 
 from .config import ConfigError, JobConfig, load_config
-from .preflight import PreflightError, ProcessingSpec, resolve_model_reference_in_config, resolve_processing
+from .preflight import (PreflightError, ProcessingSpec, check_output_collisions, resolve_model_reference_in_config,
+                        resolve_processing)
 from .source import HIDDEN_COLUMNS
 
 class Processor:
@@ -40,7 +41,8 @@ class Processor:
         return [c for c in (inp.text_column, inp.text_pair_column, inp.id_column, *inp.passthrough_columns) if c]
 
     def check_schema(self, ds: Any) -> None:
-        """Columns named in ``input`` must exist (Ray may run the first block to know the schema)."""
+        """Columns named in ``input`` must exist, and no column may share a name with one the
+        scoring adds (Ray may run the first block to know the schema)."""
         schema = ds.schema(fetch_if_missing=True)
         if schema is None:
             return
@@ -50,6 +52,8 @@ class Processor:
             raise PreflightError(
                 f"the dataset has no column {missing[0]!r} (configured in input.*); its columns: {', '.join(names)}"
             )
+        kept = [c for c in names if c not in self.spec.drop_after_tokenize]  # those go before predictions come
+        check_output_collisions(self.config, kept, "the dataset's columns")
 
     def __call__(self, ds: Any, keep_stage_times: bool = False) -> Any:
         from .dataflow import calibrate_embedding_ranges, processing_stages

@@ -58,6 +58,7 @@ def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
         "config": cfg.to_dict(),
         "task": cfg.model.task,
         "model_type": job.model_type,
+        "max_length": job.max_length,  # the token limit rows were cut to: tokenizer.max_length or the checkpoint's
         "id_column": job.id_column,
         "id_generated": job.id_generated,
         "input_files": [{"path": f.path, "rows": f.num_rows} for f in job.files],

@@ -96,9 +96,73 @@ def test_shared_sections_are_importable_dataclasses_with_docs():
     assert all("#" in line and line.split("# ", 1)[1] for line in lines), "every field documented"
 
 
+def accepted_keys(cls, prefix: str = "") -> set[str]:
+    """Every leaf key ``build_dataclass`` accepts for ``cls`` (nested sections walked)."""
+    import dataclasses
+    import typing
+
+    keys = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys |= accepted_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.add(prefix + f.name)
+    return keys
+
+
+def test_describe_lists_every_key_the_config_classes_accept_and_every_choice(capsys):
+    from rayformers.jobs.etl import EtlJobConfig
+    from rayformers.jobs.train_config import _TRAIN_CHOICES, TrainJobConfig
+    from rayformers.pipeline.config import _CHOICES, TASKS
+
+    assert cli.main(["describe"]) == cli.EXIT_OK
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    described = {line.split(" = ", 1)[0]: line for line in lines}
+    assert len(described) == len(lines)  # each key once
+    assert set(described) == accepted_keys(JobConfig) | accepted_keys(TrainJobConfig) | accepted_keys(EtlJobConfig)
+    assert all(line.split("  # ", 1)[1].strip() for line in lines), "every key documented"
+    for task in TASKS:
+        assert task in described["model.task"]
+    for key in described:
+        section, name = key.rsplit(".", 1)
+        for choice in _CHOICES.get((section.split(".")[-1], name), ()) + _TRAIN_CHOICES.get(name, ()) * (section == "train"):
+            assert choice in described[key], key
+
+
+def test_run_ignores_the_sections_of_train_and_etl_in_a_shared_file(tmp_path, capsys):
+    cfg = load_config({"model": {"path": "m"}, "etl": {"every": "15m"}, "train": {"epochs": 3}}, ["etl.cron=@daily"])
+    assert cfg.model.path == "m" and not hasattr(cfg, "etl")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config({"model": {"path": "m"}, "etls": {"every": "15m"}})  # a typo is still one
+    p = write_yaml(tmp_path, "model: {path: m, task: embed}\netl: {every: 15m}\n")
+    assert cli.main(["run", str(p)]) == cli.EXIT_BAD_CONFIG
+    err = capsys.readouterr().err
+    assert "output.path is empty" in err and "unknown" not in err  # past the config, refused by preflight
+
+
+@pytest.mark.parametrize("input_keys, output_keys, where", [
+    ({"id_column": "label"}, {}, "input.id_column"),
+    ({"passthrough_columns": ["lang", "score"]}, {}, "input.passthrough_columns"),
+    ({"text_column": "label"}, {"keep_text": True}, "input.text_column (kept by output.keep_text)"),
+])
+def test_input_columns_kept_under_an_output_columns_name_are_refused(tmp_path, input_keys, output_keys, where):
+    """The prediction would silently replace the kept value (ids, passthrough, kept text)."""
+    from rayformers.pipeline.preflight import preflight
+
+    cfg = load_config({"input": {"path": str(tmp_path / "in"), **input_keys}, "model": {"path": "m", "task": "classify"},
+                       "output": {"path": str(tmp_path / "out"), **output_keys}})
+    with pytest.raises(PreflightError) as refused:
+        preflight(cfg)
+    assert str(refused.value).startswith(f"{where}: ")
+    assert "would collide with output columns (" in str(refused.value)
+
+
 def test_fingerprint_ignores_compute_but_not_model():
     a = load_config({"model": {"path": "m"}})
     assert a.fingerprint() == load_config({"model": {"path": "m"}, "compute": {"batch_size": 8}}).fingerprint()
+    # allow_new_head changes no prediction of a checkpoint with its head: outputs staged before the key existed resume
+    assert a.fingerprint() == load_config({"model": {"path": "m", "allow_new_head": True}}).fingerprint()
     assert a.fingerprint() != load_config({"model": {"path": "m", "dtype": "bfloat16"}}).fingerprint()
 
 

@@ -96,6 +96,7 @@ def test_classify_poison_rows_budget_then_resume_publishes(ray_session, tmp_path
     assert table.num_rows == 71 and len(set(table.column("id").to_pylist())) == 71
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["input_rows"] == 71 and manifest["error_rows"] == 5 and len(manifest["input_files"]) == 2
+    assert manifest["max_length"] == 64  # unset: the checkpoint's limit, capped to its 64 positions, recorded
 
     rows = {r["id"]: r for r in table.to_pylist()}
     ordered = [rows[f"part{k}.parquet:{i}"] for k in range(2) for i in range(36 if k == 0 else 35)]

@@ -128,6 +128,28 @@ def test_processor_on_any_dataset_equals_run(ray_session, tmp_path, classifier):
         processor(ray.data.from_pandas(df.rename(columns={"text": "body"})))
 
 
+def test_processor_refuses_a_dataset_column_named_like_a_prediction_as_run_does(ray_session, tmp_path, classifier):
+    """A ``label`` column in the caller's data would come out as the predicted label."""
+    import ray
+
+    from rayformers.pipeline import build_processor
+
+    processor = build_processor({"model": {"path": str(classifier), "task": "classify"}})
+    with pytest.raises(PreflightError) as from_processor:
+        processor(ray.data.from_items([{"text": "a fine day", "label": "gold"}]))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(pa.table({"text": ["a fine day"], "label": ["gold"]}), inp / "p.parquet")
+    with pytest.raises(PreflightError) as from_run:
+        preflight(load_config({"input": {"path": str(inp), "passthrough_columns": ["label"]},
+                               "model": {"path": str(classifier), "task": "classify"},
+                               "output": {"path": str(tmp_path / "out")}}))
+    assert str(from_processor.value).startswith("the dataset's columns: label would collide with output columns (")
+    assert str(from_run.value).startswith("input.passthrough_columns: label would collide with output columns (")
+    for refused in (from_processor, from_run):
+        assert str(refused.value).endswith("labels, num_tokens, score, top_k_labels, top_k_scores); rename or drop them before scoring")
+
+
 def test_plan_estimates_within_2x_of_a_real_run_and_writes_nothing(ray_session, tmp_path, classifier, capsys):
     from rayformers.pipeline import cli
 
