@@ -418,6 +418,8 @@ def check_output_mode(
                     changes = compare_input(manifest["input_files"], input_files)
                     refuse_finished_changes(changes, output_path)
                     check.new_files = changes.new
+                if check.new_files and check.stage_exists:  # the published rows join what is staged
+                    _refuse_staged_other_config(fs, staging, fingerprint)
                 return check
             if not check.stage_exists:
                 raise OutputError(
@@ -425,16 +427,20 @@ def check_output_mode(
                     f"use output.mode=overwrite or another path"
                 )
         if check.stage_exists:
-            job = _read_json(fs, posixpath.join(staging, JOB_FILE)) or {}
-            if job.get("config_fingerprint") not in (None, fingerprint):
-                raise OutputError(
-                    f"the staged run in {staging} used a different configuration (fingerprint "
-                    f"{job.get('config_fingerprint')} != {fingerprint}): resuming would mix predictions; "
-                    f"use output.mode=overwrite"
-                )
+            _refuse_staged_other_config(fs, staging, fingerprint)
     elif mode != "overwrite":
         raise OutputError(f"unknown output.mode {mode!r}")
     return check
+
+
+def _refuse_staged_other_config(fs: pafs.FileSystem, staging: str, fingerprint: str) -> None:
+    job = _read_json(fs, posixpath.join(staging, JOB_FILE)) or {}
+    if job.get("config_fingerprint") not in (None, fingerprint):
+        raise OutputError(
+            f"the staged run in {staging} used a different configuration (fingerprint "
+            f"{job.get('config_fingerprint')} != {fingerprint}): resuming would mix predictions; "
+            f"use output.mode=overwrite"
+        )
 
 
 def _stage_published(fs: pafs.FileSystem, output_path: str, data_dir: str) -> int:

@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayformers.pipeline import PreflightError, cli, read_output, run
-from rayformers.pipeline.commit import OutputError
+from rayformers.pipeline.commit import OutputError, collect_staged, prepare_output, publish, staging_path, write_part
 from rayformers.pipeline.config import load_config
 from rayformers.pipeline.preflight import check_unique_ids, preflight
-from rayformers.pipeline.source import discover_files, row_group_key
+from rayformers.pipeline.source import ROW_COLUMN, UNIT_COLUMN, discover_files, row_group_key, row_groups_of
 
 from model_test_utils import tiny_bert
 
@@ -93,6 +93,39 @@ def test_a_same_size_rewrite_with_its_mtime_kept_is_another_version(tmp_path):
 
 
 # --- a published output: new files scored, changed / vanished files refused ------------------------
+
+
+def test_resume_stages_a_published_output_again_for_new_files_only_with_its_own_config(tmp_path):
+    """The commit side alone (no Ray): what ``resume`` stages when the input gained a file."""
+    fs = pafs.LocalFileSystem()
+    inp = tmp_path / "in"
+    write(inp / "a.parquet", texts(3))
+    _, files = discover_files(str(inp))
+    key = row_group_key(files[0], 0)
+    out = str(tmp_path / "out")
+    st = prepare_output(fs, out, "error-if-exists", "fp", {})
+    write_part(fs, st.data_dir, pa.table({"id": ["a:0", "a:1", "a:2"], "error": pa.array([None] * 3, pa.string()),
+                                          UNIT_COLUMN: [key] * 3, ROW_COLUMN: [0, 1, 2]}), "snappy")
+    publish(st, {"config_fingerprint": "fp", "input_files": [f.version() for f in files]},
+            collect_staged(fs, st.data_dir, {key: 3}).files)
+    assert prepare_output(fs, out, "resume", "fp", {}, {key: 3}, files).already_complete
+
+    write(inp / "b.parquet", texts(2, start=3))
+    _, grown = discover_files(str(inp))
+    units = {g.key: g.num_rows for g in row_groups_of(grown)}
+    # An interrupted overwrite of another configuration is staged: its rows must not be mixed in.
+    prepare_output(fs, out, "overwrite", "other", {})
+    with pytest.raises(OutputError, match="staged run .* used a different configuration"):
+        prepare_output(fs, out, "resume", "fp", {}, units, grown)
+    shutil.rmtree(staging_path(out))
+
+    for attempt in range(2):  # the second as after a crash right after staging: the same state
+        st = prepare_output(fs, out, "resume", "fp", {}, units, grown)
+        assert (st.already_complete, st.new_input_files, st.resumed_rows) == (False, 1, 3)
+        assert st.done == {key: [(0, 3)]}
+        [published] = Path(out).glob("part-*.parquet")
+        [staged] = Path(st.data_dir).glob("part-*.parquet")
+        assert staged.name == published.name and staged.stat().st_ino == published.stat().st_ino  # a hard link
 
 
 def test_resume_of_a_published_output_scores_new_files_and_refuses_changed_or_vanished_ones(
