@@ -22,8 +22,6 @@ from typing import Optional, Sequence
 from .output_safety import OutputError
 from .source import InputFile, parse_row_group_key
 
-VERSION_FIELDS = ("rows", "row_groups", "size", "mtime_ns", "footer_sha1")
-
 
 @dataclass
 class InputChanges:
@@ -120,8 +118,9 @@ def refuse_stale_staged_rows(stale_keys: Sequence[str], staging: str, current: O
     (``stale_keys``: row group keys of staged rows that the input as it is now does not have)."""
     if not stale_keys:
         return
-    old = parse_row_group_key(stale_keys[0])
-    paths = sorted({parse_row_group_key(k)["path"] for k in stale_keys})
+    versions = sorted((parse_row_group_key(k) for k in stale_keys), key=lambda v: v["path"])
+    old = versions[0]
+    paths = sorted({v["path"] for v in versions})
     now = {f.path: f for f in current or []}
     f = now.get(old["path"])
     if f is not None:
