@@ -56,13 +56,14 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _plan_command(args: argparse.Namespace) -> int:
+    from .commit import OutputError
     from .config import ConfigError
     from .estimate import plan
     from .preflight import PreflightError
 
     try:
         report = plan(args.config, args.set, target=args.target, sample_rows=args.sample_rows)
-    except (ConfigError, PreflightError) as e:
+    except (ConfigError, PreflightError, OutputError) as e:
         print(f"rayformers plan: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     print(json.dumps(report.to_dict()) if args.json else report.format())

@@ -16,7 +16,9 @@ driver never collects row ids:
   its ranges), so it replaces rather than duplicates.
 * **Resume by ranges** (:func:`prepare_output`): an interrupted run's staged ranges are handed to
   the read, which skips those rows (whole row groups are not even read): nothing staged is
-  scored again, and no id is shipped anywhere.
+  scored again, and no id is shipped anywhere. A published output whose input gained new files
+  is resumed the same way: its files are staged again (hard links on local disks), so only the
+  new files are scored; a changed or vanished input file is refused (:mod:`.input_changes`).
 * **Right-sized files**: a write task waits for ``output.stage_rows`` rows (Ray's
   ``min_rows_per_write``): that is what a crash can lose per write in flight. Before publishing,
   staged files smaller than half of ``output.target_file_mb`` are merged, in parallel Ray tasks,
@@ -350,6 +352,130 @@ class OutputState:
     resumed_rows: int = 0
     done: dict = field(default_factory=dict)
     """Unit key → row ranges staged by an interrupted attempt (skipped by the read)."""
+    new_input_files: int = 0
+    """``resume`` of a published output: input files added since it was published (scored now;
+    the published rows are kept)."""
+
+
+@dataclass
+class OutputCheck:
+    """What :func:`check_output_mode` found, for ``prepare_output`` to act on."""
+
+    out_exists: bool = False
+    stage_exists: bool = False
+    finished: bool = False
+    """``resume``: the output is a published run of this configuration."""
+    new_files: list = field(default_factory=list)
+    """``resume`` of a published run: input files it has not scored."""
+
+
+def check_output_mode(
+    fs: pafs.FileSystem,
+    output_path: str,
+    mode: str,
+    fingerprint: str,
+    input_files: Optional[Sequence] = None,
+) -> OutputCheck:
+    """Every refusal ``output.mode`` can give, reading only listings and small JSON files: run by
+    the pre-flight (so ``run`` refuses before Ray starts and ``plan`` refuses like a run) and again
+    by :func:`prepare_output` under the output's lock.
+
+    ``input_files`` (the input as it is now): ``resume`` of a published output compares it with
+    the manifest's record of the input (:mod:`.input_changes`): new files are to be scored, a
+    changed or vanished file is refused naming it."""
+    from .input_changes import compare_input, refuse_finished_changes
+
+    staging = staging_path(output_path)
+    check = OutputCheck()
+    check.out_exists = _exists(fs, output_path) and bool(_list_files(fs, output_path))
+    check.stage_exists = check_staging_is_ours(fs, staging)
+    if mode in ("overwrite", "resume"):
+        # Whatever the mode, publishing replaces output_path: it must be empty or ours.
+        check_replaceable(fs, output_path, why=f"output.mode={mode}")
+    if mode == "error-if-exists":
+        if check.out_exists:
+            raise OutputError(
+                f"output.path {output_path} already exists; choose output.mode=overwrite to replace it "
+                f"or output.mode=resume to complete it"
+            )
+        if check.stage_exists:
+            raise OutputError(
+                f"an interrupted run left staged output in {staging}; use output.mode=resume to finish "
+                f"it or output.mode=overwrite to start over"
+            )
+    elif mode == "resume":
+        if check.out_exists:
+            manifest = _read_json(fs, posixpath.join(output_path, MANIFEST))
+            if _exists(fs, posixpath.join(output_path, SUCCESS)) and manifest:
+                if manifest.get("config_fingerprint") != fingerprint:
+                    raise OutputError(
+                        f"output.path {output_path} holds a finished run of a different configuration "
+                        f"(fingerprint {manifest.get('config_fingerprint')} != {fingerprint}); "
+                        f"use output.mode=overwrite"
+                    )
+                check.finished = True
+                if input_files is not None and "input_files" in manifest:
+                    changes = compare_input(manifest["input_files"], input_files)
+                    refuse_finished_changes(changes, output_path)
+                    check.new_files = changes.new
+                if check.new_files and check.stage_exists:  # the published rows join what is staged
+                    _refuse_staged_other_config(fs, staging, fingerprint)
+                return check
+            if not check.stage_exists:
+                raise OutputError(
+                    f"output.path {output_path} exists but is not a rayformers output (no {SUCCESS}); "
+                    f"use output.mode=overwrite or another path"
+                )
+        if check.stage_exists:
+            _refuse_staged_other_config(fs, staging, fingerprint)
+    elif mode != "overwrite":
+        raise OutputError(f"unknown output.mode {mode!r}")
+    return check
+
+
+def _refuse_staged_other_config(fs: pafs.FileSystem, staging: str, fingerprint: str) -> None:
+    job = _read_json(fs, posixpath.join(staging, JOB_FILE)) or {}
+    if job.get("config_fingerprint") not in (None, fingerprint):
+        raise OutputError(
+            f"the staged run in {staging} used a different configuration (fingerprint "
+            f"{job.get('config_fingerprint')} != {fingerprint}): resuming would mix predictions; "
+            f"use output.mode=overwrite"
+        )
+
+
+def _stage_published(fs: pafs.FileSystem, output_path: str, data_dir: str) -> int:
+    """Put the published output's data files into the staging directory, so that resuming there
+    keeps their rows (their footers hold their ranges) and scores only what is new; returns how
+    many. Local disks: hard links (no copy; publishing replaces the old directory, the links keep
+    the data). Elsewhere, or where links fail: a copy (server-side on object stores). A file
+    already staged (an earlier attempt) is kept; every file appears whole under its name or not
+    at all, so a crash midway leaves a state the next attempt completes."""
+    import os
+    import shutil
+
+    fs.create_dir(data_dir, recursive=True)
+    staged = {posixpath.basename(i.path) for i in _list_files(fs, data_dir)}
+    sources = [i for i in _list_files(fs, output_path) if i.path.endswith(".parquet")
+               and posixpath.basename(i.path) not in staged]
+    local = isinstance(fs, pafs.LocalFileSystem)
+
+    def stage(info: pafs.FileInfo) -> None:
+        name = posixpath.basename(info.path)
+        target = posixpath.join(data_dir, name)
+        if local:
+            try:
+                os.link(info.path, target)
+                return
+            except OSError:
+                tmp = posixpath.join(data_dir, f".tmp-{uuid.uuid4().hex}-{name}")
+                shutil.copyfile(info.path, tmp)
+                os.replace(tmp, target)
+                return
+        fs.copy_file(info.path, target)
+
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        list(pool.map(stage, sources))
+    return len(sources)
 
 
 def prepare_output(
@@ -359,73 +485,48 @@ def prepare_output(
     fingerprint: str,
     job_info: dict,
     plan_units: Optional[dict] = None,
+    input_files: Optional[Sequence] = None,
 ) -> OutputState:
     """Apply ``output.mode`` before any work starts (clear errors, nothing half-done).
 
     ``plan_units`` (unit key → rows) lets ``resume`` refuse staged rows of input files that
-    changed or vanished since the interrupted attempt."""
+    changed or vanished since the interrupted attempt; ``input_files`` (the input as it is now)
+    lets it compare a published output's recorded input with the input: with new files only, the
+    published rows are staged again and only the new files are scored (see
+    :func:`check_output_mode`)."""
+    from .input_changes import refuse_stale_staged_rows
+
     staging = staging_path(output_path)
     state = OutputState(fs, output_path, staging, posixpath.join(staging, "data"))
-    out_exists = _exists(fs, output_path) and bool(_list_files(fs, output_path))
-    stage_exists = check_staging_is_ours(fs, staging)
-    if mode in ("overwrite", "resume"):
-        # Whatever the mode, publishing replaces output_path: it must be empty or ours.
-        check_replaceable(fs, output_path, why=f"output.mode={mode}")
-    if mode == "error-if-exists":
-        if out_exists:
-            raise OutputError(
-                f"output.path {output_path} already exists; choose output.mode=overwrite to replace it "
-                f"or output.mode=resume to complete it"
-            )
-        if stage_exists:
-            raise OutputError(
-                f"an interrupted run left staged output in {staging}; use output.mode=resume to finish "
-                f"it or output.mode=overwrite to start over"
-            )
-    elif mode == "overwrite":
+    check = check_output_mode(fs, output_path, mode, fingerprint, input_files)
+    stage_exists = check.stage_exists
+    if mode == "overwrite":
         if stage_exists:
             fs.delete_dir(staging)
     elif mode == "resume":
-        if out_exists:
-            manifest = _read_json(fs, posixpath.join(output_path, MANIFEST))
-            if _exists(fs, posixpath.join(output_path, SUCCESS)) and manifest:
-                if manifest.get("config_fingerprint") != fingerprint:
-                    raise OutputError(
-                        f"output.path {output_path} holds a finished run of a different configuration "
-                        f"(fingerprint {manifest.get('config_fingerprint')} != {fingerprint}); "
-                        f"use output.mode=overwrite"
-                    )
+        if check.finished:
+            if not check.new_files:
                 state.already_complete = True
                 return state
-            if not stage_exists:
-                raise OutputError(
-                    f"output.path {output_path} exists but is not a rayformers output (no {SUCCESS}); "
-                    f"use output.mode=overwrite or another path"
-                )
+            # New input files: keep the published rows, score the new files, publish the whole.
+            _write_job_file(fs, staging, job_info, fingerprint)
+            _stage_published(fs, output_path, state.data_dir)
+            state.new_input_files = len(check.new_files)
+            stage_exists = True
         if stage_exists:
-            job = _read_json(fs, posixpath.join(staging, JOB_FILE)) or {}
-            if job.get("config_fingerprint") not in (None, fingerprint):
-                raise OutputError(
-                    f"the staged run in {staging} used a different configuration (fingerprint "
-                    f"{job.get('config_fingerprint')} != {fingerprint}): resuming would mix predictions; "
-                    f"use output.mode=overwrite"
-                )
             staged = read_staged(fs, state.data_dir)
             state.done = staged_ranges(staged)
             if plan_units is not None:
-                stale = [u for u in state.done if u not in plan_units]
-                if stale:
-                    raise OutputError(
-                        f"the staged run in {staging} holds rows of {len(stale)} input row groups that are not in "
-                        f"the input as it is now (e.g. {stale[0]}: the file changed or vanished); resuming would "
-                        f"mix versions: use output.mode=overwrite"
-                    )
+                refuse_stale_staged_rows([u for u in state.done if u not in plan_units], staging, input_files)
             state.resumed_rows = sum(b - a for spans in state.done.values() for a, b in spans)
-    else:
-        raise OutputError(f"unknown output.mode {mode!r}")
-    fs.create_dir(state.data_dir, recursive=True)
-    _write_text(fs, posixpath.join(staging, JOB_FILE), json.dumps({**job_info, "config_fingerprint": fingerprint}, indent=2, default=str))
+    _write_job_file(fs, staging, job_info, fingerprint)
     return state
+
+
+def _write_job_file(fs: pafs.FileSystem, staging: str, job_info: dict, fingerprint: str) -> None:
+    """The staging directory with its ``job.json`` (what marks it as ours)."""
+    fs.create_dir(posixpath.join(staging, "data"), recursive=True)
+    _write_text(fs, posixpath.join(staging, JOB_FILE), json.dumps({**job_info, "config_fingerprint": fingerprint}, indent=2, default=str))
 
 
 @dataclass
@@ -680,6 +781,7 @@ __all__ = [
     "OutputState",
     "StagedFile",
     "UnsafeOutputError",
+    "check_output_mode",
     "collect_staged",
     "compact_staged",
     "make_datasink",

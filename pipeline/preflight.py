@@ -23,12 +23,22 @@ from rayformers.operators.loading import auto_class_name
 from rayformers.operators.records import ERROR_COLUMN
 from rayformers.operators.tokenize import check_stride
 
-from .commit import staging_path
+from .commit import check_output_mode, staging_path
 
 from .config import TASKS, ConfigError, JobConfig, overflow_mode
 from .locks import lock_path_for
 from .output_safety import UnsafeOutputError, check_disjoint, location
-from .source import ID_COLUMN, InputError, InputFile, discover_files, file_schema, resolve_filesystem
+from .source import (
+    ID_COLUMN,
+    ColumnTypeConflict,
+    InputError,
+    InputFile,
+    decoded_type,
+    discover_files,
+    file_schema,
+    resolve_filesystem,
+    unify_column_type,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +100,14 @@ def _is_text_type(t: pa.DataType) -> bool:
 
 
 def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -> None:
-    """Every configured column exists in every file, text columns hold text."""
+    """Every configured column exists in every file, text columns hold text (dictionary-encoded
+    text included), and the id and passthrough columns have one type across files
+    (:func:`resolve_read_types`)."""
     inp = cfg.input
+    schemas = []
     for f in files:
         schema = file_schema(fs, f)
+        schemas.append(schema)
         names = schema.names
         wanted = [("input.text_column", inp.text_column)]
         if inp.text_pair_column:
@@ -110,15 +124,46 @@ def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -
                 )
         for key, col in wanted[: 2 if inp.text_pair_column else 1]:
             t = schema.field(col).type
-            if not _is_text_type(t):
+            if not _is_text_type(decoded_type(t)):
                 raise PreflightError(
                     f"{key}: column {col!r} in {f.path} has type {t}, expected a string column "
                     f"(string or UTF-8 binary)"
                 )
         if inp.id_column:
-            t = schema.field(inp.id_column).type
+            t = decoded_type(schema.field(inp.id_column).type)
             if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
                 raise PreflightError(f"input.id_column: column {inp.id_column!r} in {f.path} has type {t}; use an integer or string id")
+    resolve_read_types(cfg, files, schemas)
+
+
+def resolve_read_types(cfg: JobConfig, files: list[InputFile], schemas: list[pa.Schema]) -> None:
+    """Set each file's ``casts`` so that every file is read with one schema: dictionary-encoded
+    columns as their values (text, id, passthrough), and the id and passthrough columns as the
+    one type they share across files (integer widths unified). Without it, the duplicate-id
+    check, the read's blocks and the staged files meet columns of different types across files.
+
+    Raises :class:`PreflightError` naming the key, the files and their types when a column's
+    types cannot be unified (an int64 id in one file, a string id in another)."""
+    inp = cfg.input
+    columns = [("input.text_column", inp.text_column), ("input.text_pair_column", inp.text_pair_column),
+               ("input.source_language_column", inp.source_language_column), ("input.id_column", inp.id_column)]
+    columns += [("input.passthrough_columns", c) for c in inp.passthrough_columns]
+    unify = {inp.id_column, *inp.passthrough_columns}
+    for key, col in columns:
+        if not col:
+            continue
+        typed = [(f.path, s.field(col).type) for f, s in zip(files, schemas) if col not in f.partition]
+        if not typed:
+            continue
+        try:
+            target = unify_column_type(col, typed, key) if col in unify else None
+        except ColumnTypeConflict as e:
+            hint = " or unset input.id_column to use generated <file>:<row> ids" if col == inp.id_column else ""
+            raise PreflightError(f"{e}{hint}") from e
+        for (_, t), f in zip(typed, [f for f in files if col not in f.partition]):
+            want = target if target is not None else decoded_type(t)
+            if not t.equals(want):
+                f.casts[col] = want
 
 
 def _duplicate_error(n_dup: int, examples: list) -> PreflightError:
@@ -138,6 +183,8 @@ def check_unique_ids(fs: pafs.FileSystem, files: list[InputFile], id_column: str
     arrays = []
     for f in files:
         col = pq.read_table(f.path, columns=[id_column], filesystem=fs).column(id_column)
+        if id_column in f.casts:  # one type across files (see resolve_read_types)
+            col = col.cast(f.casts[id_column])
         if col.null_count:
             raise PreflightError(f"input.id_column: {col.null_count} null ids in {f.path}; every row needs an id")
         arrays.extend(col.chunks)
@@ -158,6 +205,10 @@ def check_unique_ids_distributed(fs: pafs.FileSystem, files: list[InputFile], id
     import ray
 
     ds = ray.data.read_parquet([f.path for f in files], filesystem=fs, columns=[id_column])
+    target = next((f.casts[id_column] for f in files if id_column in f.casts), None)
+    if target is not None:  # files of different id types (see resolve_read_types): one type first
+        ds = ds.map_batches(lambda t: t.set_column(0, id_column, t.column(id_column).cast(target)),
+                            batch_format="pyarrow", batch_size=None)
     counts = ds.groupby(id_column).count()
 
     def suspicious(t: pa.Table) -> pa.Table:
@@ -522,6 +573,8 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
     except InputError as e:
         raise PreflightError(str(e)) from e
     check_columns(cfg, fs, files)
+    # output.mode's refusals (an existing output, a changed input under resume) before Ray starts
+    check_output_mode(out_fs, out_path, out.mode, cfg.fingerprint(), files)
 
     id_check_deferred = False
     if inp.id_column and inp.check_unique_ids:

@@ -61,7 +61,7 @@ def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
         "max_length": job.max_length,  # the token limit rows were cut to: tokenizer.max_length or the checkpoint's
         "id_column": job.id_column,
         "id_generated": job.id_generated,
-        "input_files": [{"path": f.path, "rows": f.num_rows} for f in job.files],
+        "input_files": [f.version() for f in job.files],  # what resume compares the input with
         "input_rows": job.total_rows,
         "output_rows": counts.rows,
         "error_rows": counts.errors,
@@ -148,6 +148,7 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         fingerprint,
         {"config": cfg.to_dict(), "started_at": datetime.now(timezone.utc).isoformat()},
         plan_units=units,
+        input_files=job.files,
     )
     if state.already_complete:
         m = read_manifest(job.output_fs, job.output_path) or {}
@@ -197,6 +198,11 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         duplicates_removed=counts.duplicates_removed,
         checks=dict(checks or {}),
     )
+    if state.new_input_files:
+        report.message = (
+            f"{state.new_input_files} input files added since the output was published were scored; the "
+            f"{state.resumed_rows} rows published before are kept"
+        )
     budget = cfg.output.max_error_fraction
     if counts.rows and counts.errors / counts.rows > budget:
         report.status = "error-budget-exceeded"
@@ -205,8 +211,11 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         report.message = (
             f"{counts.errors} of {counts.rows} rows ({100 * counts.errors / counts.rows:.2f}%) are error records, "
             f"more than output.max_error_fraction={budget:g}. Nothing was published; the rows are staged in "
-            f"{state.data_dir} (see the 'error' column) with a manifest in {path}. Fix the input or raise "
-            f"the budget and re-run with output.mode=resume (rows already written are not scored again)."
+            f"{state.data_dir} (see the 'error' column) with a manifest in {path}. To publish these rows as "
+            f"they are, raise output.max_error_fraction and re-run with output.mode=resume (rows already "
+            f"written are not scored again). To fix the input instead, correct the files and re-run with "
+            f"output.mode=overwrite (every row is scored again: resume refuses input files that changed since "
+            f"their rows were staged)."
         )
         raise ErrorBudgetExceeded(report.message, report)
     counts = compact_staged(

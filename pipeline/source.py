@@ -11,6 +11,7 @@ read; hive partition keys (``key=value`` folders) become columns when asked for.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -66,9 +67,63 @@ class InputFile:
     row_group_rows: list[int]
     partition: dict = field(default_factory=dict)
     size: int = 0
-    """Bytes and modification time at discovery: with the path they are the file's version, part
-    of every read unit's identity, so staged rows of an older version are never resumed."""
+    """Bytes, modification time and footer digest at discovery: with the path they are the file's
+    version, part of every read unit's identity, so staged rows of an older version are never
+    resumed (see :func:`read_footer` for what the digest adds to size and mtime)."""
     mtime_ns: int = 0
+    footer_sha1: str = ""
+    casts: dict = field(default_factory=dict)
+    """Column → Arrow type this file's column is cast to when read (set by the pre-flight): a
+    dictionary-encoded column decoded to its values, an integer id widened to the type every
+    file shares, so that every file yields one schema."""
+
+    def version(self) -> dict:
+        """What the manifest records of this file, and what ``resume`` compares it with."""
+        return {
+            "path": self.path,
+            "rows": self.num_rows,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "footer_sha1": self.footer_sha1,
+            "row_groups": list(self.row_group_rows),
+        }
+
+
+FOOTER_READ_BYTES = 64 << 10
+"""Bytes read from the end of a Parquet file to get its footer in one request (Arrow's own
+default); a bigger footer costs a second read."""
+
+
+def read_footer(fs: pafs.FileSystem, path: str) -> tuple[pq.FileMetaData, str, int]:
+    """``(metadata, digest, size)`` of one Parquet file from one read of its tail.
+
+    The digest (first 16 hex digits of the SHA-1 of the footer bytes) is part of the file's
+    identity besides size and mtime, because a file rewritten in place with the same byte size
+    and its mtime restored (``cp -p``, ``rsync -t``) keeps both. The footer holds every row
+    group's row count and byte sizes and every column chunk's offsets, compressed and
+    uncompressed sizes, encodings and (when the writer writes them, as pyarrow, Spark and
+    pandas do) min/max/null-count statistics, plus the writer's key-value metadata: a rewrite
+    that changes any of these changes the digest. Reading the footer is needed anyway (row
+    counts), so the digest costs a hash of bytes already read."""
+    try:
+        with fs.open_input_file(path) as fh:
+            size = fh.size()
+            tail_len = min(size, FOOTER_READ_BYTES)
+            fh.seek(size - tail_len)
+            tail = fh.read(tail_len)
+            if size < 12 or tail[-4:] != b"PAR1":
+                raise ValueError("no Parquet footer (the file does not end with PAR1)")
+            n = int.from_bytes(tail[-8:-4], "little")
+            if n + 12 > size:
+                raise ValueError(f"the footer length {n} is larger than the file ({size} bytes)")
+            if n + 8 > len(tail):
+                fh.seek(size - n - 8)
+                tail = fh.read(n + 8)
+        footer = tail[len(tail) - n - 8 : len(tail) - 8]
+        meta = pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail[-8:]))
+    except Exception as e:  # noqa: BLE001 - report which file is broken
+        raise InputError(f"input file {path} is not a readable Parquet file: {e}") from e
+    return meta, hashlib.sha1(footer).hexdigest()[:16], size
 
 
 def _hive_partition(relpath: str) -> dict:
@@ -158,10 +213,7 @@ def discover_files(
         if only is not None:
             found = [(p, rel, info) for p, rel, info in found if p in wanted]
         for p, rel, info in sorted(found, key=lambda x: x[:2]):
-            try:
-                meta = pq.ParquetFile(p, filesystem=fs_i).metadata
-            except Exception as e:  # noqa: BLE001 - report which file is broken
-                raise InputError(f"input file {p} is not a readable Parquet file: {e}") from e
+            meta, digest, size = read_footer(fs_i, p)
             rg = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
             files.append(
                 InputFile(
@@ -170,8 +222,9 @@ def discover_files(
                     num_rows=meta.num_rows,
                     row_group_rows=rg,
                     partition=_hive_partition(rel) if partitioning == "hive" else {},
-                    size=int(info.size or 0),
+                    size=size,
                     mtime_ns=int(info.mtime_ns or 0),
+                    footer_sha1=digest,
                 )
             )
     if only is not None:
@@ -190,6 +243,59 @@ def file_schema(fs: pafs.FileSystem, f: InputFile) -> pa.Schema:
         if k not in schema.names:
             schema = schema.append(pa.field(k, pa.string()))
     return schema
+
+
+def decoded_type(t: pa.DataType) -> pa.DataType:
+    """The type a column is read as: a dictionary-encoded column (what pandas categoricals and
+    some Spark writers leave in the Arrow schema) as its values' type, anything else as is."""
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def apply_casts(table: pa.Table, casts: dict) -> pa.Table:
+    """``table`` with the columns named in ``casts`` cast to their type (see ``InputFile.casts``).
+    Casts are safe: a value that does not fit (e.g. a uint64 id above int64's range) raises."""
+    for name, t in casts.items():
+        if name in table.column_names:
+            i = table.column_names.index(name)
+            table = table.set_column(i, name, table.column(i).cast(t))
+    return table
+
+
+class ColumnTypeConflict(InputError):
+    """A column has types in different files that cannot be read as one."""
+
+
+def unify_column_type(column: str, typed: list[tuple[str, pa.DataType]], key: str) -> pa.DataType:
+    """The one type ``column`` is read as across files (``typed``: ``(path, type)`` per file).
+
+    Dictionary columns count as their values; integers of different widths become the type that
+    holds them all (int32 + int64 → int64), string + large_string → large_string. Anything else
+    that differs (an int64 id in one file, a string id in another) raises
+    :class:`ColumnTypeConflict` naming ``key``, the files of each type and the fix."""
+    decoded = [(p, decoded_type(t)) for p, t in typed]
+    first = decoded[0][1]
+    if all(t.equals(first) for _, t in decoded):
+        return first
+    try:
+        schemas = [pa.schema([(column, t)]) for _, t in decoded]
+        unified = pa.unify_schemas(schemas, promote_options="permissive").field(column).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        unified = None
+    numeric = all(pa.types.is_integer(t) for _, t in decoded)
+    stringy = all(pa.types.is_string(t) or pa.types.is_large_string(t) for _, t in decoded)
+    if unified is None or not (numeric or stringy):
+        by_type: dict[str, list[str]] = {}
+        for p, t in typed:
+            by_type.setdefault(str(t), []).append(p)
+        shown = "; ".join(
+            f"{t} in {paths[0]}" + (f" (and {len(paths) - 1} more files)" if len(paths) > 1 else "")
+            for t, paths in by_type.items()
+        )
+        raise ColumnTypeConflict(
+            f"{key}: column {column!r} has different types across the input files ({shown}); they cannot be read "
+            f"as one column. Rewrite the files so that {column!r} has one type (e.g. cast it to string everywhere)"
+        )
+    return unified
 
 
 @dataclass
@@ -307,8 +413,24 @@ class RowGroup:
 
 
 def row_group_key(f: InputFile, index: int) -> str:
-    """Stable identity of row group ``index`` of this version of ``f`` (see :class:`RowGroup`)."""
-    return f"{f.path}@{f.size}:{f.mtime_ns}#rg{index}"
+    """Stable identity of row group ``index`` of this version of ``f`` (see :class:`RowGroup`):
+    ``<path>@<size>:<mtime_ns>:<footer digest>#rg<index>``."""
+    return f"{f.path}@{f.size}:{f.mtime_ns}:{f.footer_sha1}#rg{index}"
+
+
+def parse_row_group_key(key: str) -> dict:
+    """The file version a :func:`row_group_key` names: ``{"path", "size", "mtime_ns",
+    "footer_sha1", "row_group"}`` (fields a key of an older format lacks are absent)."""
+    path, _, rest = key.rpartition("@")
+    version, _, index = rest.rpartition("#rg")
+    parts = version.split(":")
+    out: dict = {"path": path, "row_group": int(index) if index.isdigit() else None}
+    for name, value in zip(("size", "mtime_ns"), parts[:2]):
+        if value.isdigit():
+            out[name] = int(value)
+    if len(parts) > 2:
+        out["footer_sha1"] = parts[2]
+    return out
 
 
 def row_groups_of(files: list[InputFile]) -> list[RowGroup]:
@@ -377,6 +499,7 @@ def iter_row_group_slices(
                 if k in columns and k not in table.column_names:
                     table = table.append_column(k, pa.repeat(pa.scalar(v, pa.string()), n))
             table = table.select(columns)
+            table = apply_casts(table, f.casts)
             if id_column is None:
                 table = table.append_column(ID_COLUMN, _generated_ids(f.relpath, first_of[g] + start, n))
             if tag:

@@ -305,7 +305,7 @@ def test_resume_skips_staged_ranges_and_refuses_changed_config_or_input(tmp_path
         prepare_output(fs, out, "error-if-exists", "fp1", {})
     with pytest.raises(OutputError, match="different configuration"):
         prepare_output(fs, out, "resume", "fp9", {})
-    with pytest.raises(OutputError, match="not in the input as it is now"):
+    with pytest.raises(OutputError, match="holds rows of input file /in/a.parquet, which changed or vanished"):
         prepare_output(fs, out, "resume", "fp1", {}, plan_units={U1: 3})
     st2 = prepare_output(fs, out, "resume", "fp1", {}, plan_units={U1: 3, U2: 2})
     assert st2.done == {U1: [(0, 2)], U2: [(1, 2)]} and st2.resumed_rows == 3

@@ -76,11 +76,19 @@ def test_classify_reads_from_and_publishes_to_s3(s3, ray_session, tmp_path, mini
         assert rows[key]["score"] == pytest.approx(float(probs.max()), abs=1e-5)
     assert rows["day=1/part.parquet:20"]["error"] == "text: text is null"
 
-    # resume of a complete output does nothing; overwrite replaces it in place (copy, not rename)
+    # resume of a complete output does nothing; with a new input file it scores that file only
+    # (the published objects are copied into the staging prefix server-side, then published anew)
     assert run(config, ["output.mode=resume"]).status == "already-complete"
+    pq.write_table(pa.table({"text": ["a new day", "of rows"]}), "bucket/in/day=2/part.parquet", filesystem=fs)
+    grown = run(config, ["output.mode=resume"])
+    assert (grown.status, grown.rows, grown.rows_scored, grown.rows_resumed) == ("succeeded", 43, 2, 41)
+    table = read_output("bucket/out", filesystem=fs)
+    assert table.num_rows == len(set(table.column("id").to_pylist())) == 43
+    assert {r["id"]: r["score"] for r in table.to_pylist() if r["id"] in rows} == {k: r["score"] for k, r in rows.items()}
+    # overwrite replaces it in place (copy, not rename)
     again = run(config, ["output.mode=overwrite"])
-    assert again.status == "succeeded" and again.rows_scored == 41
-    assert read_output("bucket/out", filesystem=fs).num_rows == 41
+    assert again.status == "succeeded" and again.rows_scored == 43
+    assert read_output("bucket/out", filesystem=fs).num_rows == 43
     # the run's lease object was released, and no staging is left
     assert not [i for i in fs.get_file_info(pafs.FileSelector("bucket", recursive=True)) if "rayformers-lease" in i.path]
 
