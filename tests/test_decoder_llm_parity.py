@@ -258,3 +258,28 @@ def test_unknown_model_type_names_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama9"}')
     with pytest.raises(ValueError, match=r"Unrecognized model type 'llama9'.*gemma2.*llama.*qwen3_moe"):
         AutoConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "mixtral"])
+def test_stream_generate_equals_generate(family, tmp_path):
+    """Continuous batching (slot refill, caches of joining rows left-padded) yields each prompt's own
+    generate() continuation, sliding windows and soft-caps included."""
+    import random
+
+    from rayformers.models.generation import stream_generate
+    from rayformers.models.generation.continuous_causal import _continuation
+
+    hf = _hf_model(family, "causal_lm", seed=6)
+    hf.save_pretrained(tmp_path)
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path)
+    rng = random.Random(0)
+    inputs = [(f"doc-{i}", [rng.randrange(3, VOCAB) for _ in range(rng.randrange(1, 10))]) for i in range(9)]
+    eos = [EOS, 5, 6, 7]  # several eos ids: rows finish at different steps and free their slots
+    for settings in (dict(max_new_tokens=9, eos_token_id=eos),
+                     dict(max_new_tokens=7, eos_token_id=eos, do_sample=True, top_k=10)):
+        got = dict(stream_generate(ours, iter(inputs), seed=100, max_batch_size=4, pad_token_id=PAD, **settings))
+        for index, (key, ids) in enumerate(inputs):
+            if settings.get("do_sample"):
+                torch.manual_seed(100 + index)
+            row = ours.generate(torch.tensor([ids]), pad_token_id=PAD, **settings)[0].tolist()
+            assert got[key] == _continuation(row, len(ids), eos), (settings, key)
