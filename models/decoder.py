@@ -26,7 +26,7 @@ from torch import nn
 from .generation import GenerationConfig, GenerationMixin
 from .layers import (causal_lm_loss, check_input_ids, get_activation, sequence_classification_loss,
                      span_logits_and_loss, to_legacy_cache, token_cross_entropy)
-from .modeling_utils import PreTrainedModel
+from .modeling_utils import _EMPTY_INIT, PreTrainedModel
 from .outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast, QuestionAnsweringModelOutput,
                       SequenceClassifierOutputWithPast, TokenClassifierOutput)
 
@@ -280,12 +280,23 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
 # ---------------------------------------------------------------------------------- blocks
 
 
+def _param_device():
+    """"meta" while `from_pretrained` builds the model (parameters are about to be replaced by the
+    checkpoint's tensors): creating them there directly skips allocating, then discarding, real storage
+    for every weight, which costs more than the rest of the load on a large checkpoint."""
+    return "meta" if _EMPTY_INIT.active else None
+
+
+def _linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    return nn.Linear(in_features, out_features, bias=bias, device=_param_device())
+
+
 class RMSNorm(nn.Module):
     """Llama's RMSNorm: normalise in float32, cast back, then multiply by the weight."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, device=_param_device()))
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -300,7 +311,7 @@ class GemmaRMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(dim))
+        self.weight = nn.Parameter(torch.zeros(dim, device=_param_device()))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,9 +331,9 @@ class GatedMLP(nn.Module):
                  names: tuple = ("gate_proj", "up_proj", "down_proj")):
         super().__init__()
         self._names = names
-        setattr(self, names[0], nn.Linear(hidden, intermediate, bias=bias))
-        setattr(self, names[1], nn.Linear(hidden, intermediate, bias=bias))
-        setattr(self, names[2], nn.Linear(intermediate, hidden, bias=bias))
+        setattr(self, names[0], _linear(hidden, intermediate, bias=bias))
+        setattr(self, names[1], _linear(hidden, intermediate, bias=bias))
+        setattr(self, names[2], _linear(intermediate, hidden, bias=bias))
         self.act_fn = get_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -335,8 +346,8 @@ class FusedGatedMLP(nn.Module):
 
     def __init__(self, hidden: int, intermediate: int, activation: str):
         super().__init__()
-        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up_proj = _linear(hidden, 2 * intermediate, bias=False)
+        self.down_proj = _linear(intermediate, hidden, bias=False)
         self.activation_fn = get_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -353,7 +364,7 @@ class SparseMoeBlock(nn.Module):
         self.top_k = spec.moe_top_k
         self.num_experts = spec.moe_experts
         self.normalize = spec.moe_normalize
-        self.gate = nn.Linear(spec.hidden_size, spec.moe_experts, bias=False)
+        self.gate = _linear(spec.hidden_size, spec.moe_experts, bias=False)
         self.experts = nn.ModuleList(
             GatedMLP(spec.hidden_size, spec.moe_intermediate_size, spec.activation, names=spec.moe_expert_names)
             for _ in range(spec.moe_experts)
@@ -387,12 +398,12 @@ class DecoderAttention(nn.Module):
         self.sliding_window = spec.windows[layer_idx]
         q_size, kv_size = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
         if spec.fused_qkv:
-            self.qkv_proj = nn.Linear(spec.hidden_size, q_size + 2 * kv_size, bias=spec.qkv_bias)
+            self.qkv_proj = _linear(spec.hidden_size, q_size + 2 * kv_size, bias=spec.qkv_bias)
         else:
-            self.q_proj = nn.Linear(spec.hidden_size, q_size, bias=spec.qkv_bias)
-            self.k_proj = nn.Linear(spec.hidden_size, kv_size, bias=spec.qkv_bias)
-            self.v_proj = nn.Linear(spec.hidden_size, kv_size, bias=spec.qkv_bias)
-        self.o_proj = nn.Linear(q_size, spec.hidden_size, bias=spec.o_bias)
+            self.q_proj = _linear(spec.hidden_size, q_size, bias=spec.qkv_bias)
+            self.k_proj = _linear(spec.hidden_size, kv_size, bias=spec.qkv_bias)
+            self.v_proj = _linear(spec.hidden_size, kv_size, bias=spec.qkv_bias)
+        self.o_proj = _linear(q_size, spec.hidden_size, bias=spec.o_bias)
         if spec.qk_norm:
             self.q_norm = _norm(spec, spec.head_dim)
             self.k_norm = _norm(spec, spec.head_dim)
@@ -514,19 +525,20 @@ class DecoderPreTrainedModel(PreTrainedModel):
 class DecoderModel(DecoderPreTrainedModel):
     """The bare decoder: embeddings, layers, final norm; returns the last hidden state and the KV cache."""
 
-    def __init__(self, config, spec: DecoderSpec | None = None):
+    def __init__(self, config, spec: DecoderSpec | None = None, post_init: bool = True):
         super().__init__(config)
         spec = spec or self._spec(config)
         self.spec = spec
         pad = spec.pad_token_id if spec.pad_token_id is not None and 0 <= spec.pad_token_id < spec.vocab_size else None
         self.padding_idx = pad
-        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, pad)
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, pad, device=_param_device())
         self.layers = nn.ModuleList(DecoderLayer(spec, i) for i in range(spec.num_layers))
         self.norm = _norm(spec, spec.hidden_size)
         self.rotary_emb = RotaryEmbedding(spec.rope)
         if spec.local_rope is not None:
             self.rotary_emb_local = RotaryEmbedding(spec.local_rope)
-        self.post_init()
+        if post_init:  # a head initialises (or, loading, ties) the whole model in its own post_init
+            self.post_init()
 
     def get_input_embeddings(self):
         return self.embed_tokens
@@ -598,7 +610,7 @@ class _DecoderHead(DecoderPreTrainedModel):
     """A base decoder under `base_model_prefix` plus a head."""
 
     def _attach_decoder(self, config) -> DecoderModel:
-        decoder = DecoderModel(config, self._spec(config))
+        decoder = DecoderModel(config, self._spec(config), post_init=False)
         setattr(self, self.base_model_prefix, decoder)
         return decoder
 
@@ -629,7 +641,7 @@ class DecoderForCausalLM(_DecoderHead, GenerationMixin):
     def __init__(self, config):
         super().__init__(config)
         decoder = self._attach_decoder(config)
-        self.lm_head = nn.Linear(decoder.spec.hidden_size, decoder.spec.vocab_size, bias=False)
+        self.lm_head = _linear(decoder.spec.hidden_size, decoder.spec.vocab_size, bias=False)
         self.generation_config = GenerationConfig.from_model_config(config)
         self.post_init()
 
@@ -673,7 +685,7 @@ class DecoderForSequenceClassification(_DecoderHead):
         super().__init__(config)
         decoder = self._attach_decoder(config)
         self.num_labels = config.num_labels
-        self.score = nn.Linear(decoder.spec.hidden_size, config.num_labels, bias=False)
+        self.score = _linear(decoder.spec.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -717,7 +729,7 @@ class DecoderForTokenClassification(_DecoderHead):
         else:
             dropout = 0.1
         self.dropout = nn.Dropout(dropout)
-        self.score = nn.Linear(decoder.spec.hidden_size, config.num_labels)
+        self.score = _linear(decoder.spec.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -740,7 +752,7 @@ class DecoderForQuestionAnswering(_DecoderHead):
     def __init__(self, config):
         super().__init__(config)
         decoder = self._attach_decoder(config)
-        self.qa_outputs = nn.Linear(decoder.spec.hidden_size, 2)
+        self.qa_outputs = _linear(decoder.spec.hidden_size, 2)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,

@@ -283,3 +283,17 @@ def test_stream_generate_equals_generate(family, tmp_path):
                 torch.manual_seed(100 + index)
             row = ours.generate(torch.tensor([ids]), pad_token_id=PAD, **settings)[0].tolist()
             assert got[key] == _continuation(row, len(ids), eos), (settings, key)
+
+
+def test_head_missing_from_checkpoint_is_initialised(tmp_path):
+    """A causal-LM checkpoint loaded for classification: the new `score` gets real, initialised weights
+    (the rest is built on the meta device and replaced by the checkpoint's tensors)."""
+    hf = _hf_model("mistral", "causal_lm")
+    hf.save_pretrained(tmp_path)
+    ours, info = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=3, output_loading_info=True)
+    assert info["missing_keys"] == ["score.weight"] and info["unexpected_keys"] == ["lm_head.weight"]
+    assert not any(p.is_meta for p in ours.parameters())
+    assert 0 < ours.score.weight.std().item() < 0.1  # normal(0, initializer_range=0.02)
+    ids, mask = _batch()
+    with torch.no_grad():
+        assert torch.isfinite(ours(input_ids=ids, attention_mask=mask).logits).all()
