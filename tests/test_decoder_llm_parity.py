@@ -297,3 +297,14 @@ def test_head_missing_from_checkpoint_is_initialised(tmp_path):
     ids, mask = _batch()
     with torch.no_grad():
         assert torch.isfinite(ours(input_ids=ids, attention_mask=mask).logits).all()
+
+
+def test_pipeline_generate_task_picks_the_causal_lm_class():
+    """The `generate` task continues prompts of an LLM family with AutoModelForCausalLM (their configs
+    leave is_decoder False); encoder-decoder checkpoints keep AutoModelForSeq2SeqLM."""
+    from rayformers.models import BartConfig, Qwen2Config
+    from rayformers.operators.loading import auto_class_name
+
+    assert auto_class_name("generate", Qwen2Config(**COMMON)) == "AutoModelForCausalLM"
+    assert auto_class_name("generate", BartConfig()) == "AutoModelForSeq2SeqLM"
+    assert auto_class_name("classify", Qwen2Config(**COMMON)) == "AutoModelForSequenceClassification"
