@@ -80,6 +80,8 @@ class DecoderSpec:
     embed_scale: float | None = None  # Gemma: embeddings times sqrt(hidden_size), in the weights' dtype
     embed_scale_on_lookup: bool = False  # Gemma 3 scales in the embedding lookup (not given inputs_embeds)
     pad_token_id: int | None = None
+    attention_dropout: float = 0.0  # on the attention weights, in training
+    resid_dropout: float = 0.0  # Phi-3 resid_pdrop: on the attention and MLP outputs, in training
 
 
 # ---------------------------------------------------------------------------------- RoPE
@@ -436,9 +438,11 @@ class DecoderAttention(nn.Module):
                 scores = torch.tanh(scores / self.spec.attn_softcap) * self.spec.attn_softcap
             scores = scores + mask
             weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            out = torch.matmul(weights, vr)
+            dropped = F.dropout(weights, p=self.spec.attention_dropout, training=self.training)
+            out = torch.matmul(dropped, vr)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling,
+                                                 dropout_p=self.spec.attention_dropout if self.training else 0.0,
                                                  enable_gqa=self.num_heads != self.num_kv_heads)
         out = out.transpose(1, 2).reshape(batch, seq, -1)
         return self.o_proj(out), present, (weights if output_attentions else None)
@@ -461,18 +465,19 @@ class DecoderLayer(nn.Module):
         if spec.sandwich_norms:
             self.pre_feedforward_layernorm = _norm(spec, spec.hidden_size)
             self.post_feedforward_layernorm = _norm(spec, spec.hidden_size)
+        self.resid_dropout = nn.Dropout(spec.resid_dropout)
 
     def forward(self, x, cos, sin, mask, past, output_attentions: bool):
         sandwich = self.spec.sandwich_norms
         h, present, weights = self.self_attn(self.input_layernorm(x), cos, sin, mask, past, output_attentions)
         if sandwich:
             h = self.post_attention_layernorm(h)
-        x = x + h
+        x = x + self.resid_dropout(h)
         h = self.pre_feedforward_layernorm(x) if sandwich else self.post_attention_layernorm(x)
         h = getattr(self, self.spec.mlp_name)(h)
         if sandwich:
             h = self.post_feedforward_layernorm(h)
-        return x + h, present, weights
+        return x + self.resid_dropout(h), present, weights
 
 
 def attention_masks(attention_mask: torch.Tensor, query_len: int, windows, dtype: torch.dtype) -> dict:

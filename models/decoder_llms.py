@@ -45,7 +45,8 @@ def _common(config, *, head_dim: int, activation_field: str, windows, rope_scali
         eps=config.rms_norm_eps, activation=activation,
         rope=rope_spec(config, config.rope_theta, head_dim, getattr(config, "rope_scaling", None)
                        if rope_scaling is None else rope_scaling),
-        windows=tuple(windows), pad_token_id=config.pad_token_id, **fields,
+        windows=tuple(windows), pad_token_id=config.pad_token_id,
+        attention_dropout=float(getattr(config, "attention_dropout", 0.0) or 0.0), **fields,
     )
 
 
@@ -123,7 +124,7 @@ def _gemma3_spec(config) -> DecoderSpec:
 def _phi3_spec(config) -> DecoderSpec:
     return _common(config, head_dim=config.hidden_size // config.num_attention_heads, activation_field="hidden_act",
                    windows=[config.sliding_window] * config.num_hidden_layers, fused_qkv=True,
-                   mlp_kind="fused_gated")
+                   mlp_kind="fused_gated", resid_dropout=float(config.resid_pdrop or 0.0))
 
 
 # model_type -> (config class, spec builder, base attribute of the QA head: transformers keeps the old

@@ -308,3 +308,18 @@ def test_pipeline_generate_task_picks_the_causal_lm_class():
     assert auto_class_name("generate", Qwen2Config(**COMMON)) == "AutoModelForCausalLM"
     assert auto_class_name("generate", BartConfig()) == "AutoModelForSeq2SeqLM"
     assert auto_class_name("classify", Qwen2Config(**COMMON)) == "AutoModelForSequenceClassification"
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "phi3"])
+def test_dropout_applies_in_training_only(family, tmp_path):
+    """attention_dropout (and Phi-3's resid_pdrop) act in train mode, as in transformers; eval is exact."""
+    extra = {"resid_pdrop": 0.3} if family == "phi3" else {"attention_dropout": 0.3}  # each on its own
+    hf = _hf_model(family, "causal_lm", **extra)
+    hf.save_pretrained(tmp_path)
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path)
+    ids, mask = _batch()
+    with torch.no_grad():
+        _assert_close(ours(input_ids=ids).logits, hf(input_ids=ids).logits, "eval logits")
+        ours.train()
+        first, second = ours(input_ids=ids).logits, ours(input_ids=ids).logits
+    assert not torch.allclose(first, second)
