@@ -505,7 +505,6 @@ class DecoderPreTrainedModel(PreTrainedModel):
     """Base of every decoder-only family class; `spec_builder` (set per family) maps a config to a spec."""
 
     base_model_prefix = "model"
-    _no_split_modules = ["DecoderLayer"]
     spec_builder = None  # staticmethod(config) -> DecoderSpec, set by decoder_llms
 
     def _spec(self, config) -> DecoderSpec:
