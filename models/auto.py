@@ -107,6 +107,12 @@ MODEL_NAMES: dict[str, dict[str, str]] = {
     **DECODER_MODEL_NAMES,
 }
 
+# Known model types we do not load, and what to use instead.
+_UNSUPPORTED_HINTS = {
+    "gemma3": "Multimodal Gemma 3 (vision tower) is not supported; its text decoder is: load a text-only "
+              "checkpoint (model_type 'gemma3_text', e.g. google/gemma-3-1b-it).",
+}
+
 _REGISTERED_CONFIGS: dict[str, type[PretrainedConfig]] = {}
 _REGISTERED_MODELS: dict[tuple[str, type[PretrainedConfig]], type] = {}
 
@@ -124,8 +130,10 @@ def config_class_for(model_type: str) -> type[PretrainedConfig]:
     if model_type in _REGISTERED_CONFIGS:
         return _REGISTERED_CONFIGS[model_type]
     if model_type not in CONFIG_MAPPING_NAMES:
+        hint = _UNSUPPORTED_HINTS.get(model_type, "")
         raise ValueError(
             f"Unrecognized model type {model_type!r}. Supported model types: {', '.join(supported_model_types())}."
+            + (f" {hint}" if hint else "")
         )
     return _import_class(model_type, CONFIG_MAPPING_NAMES[model_type], MODEL_TYPE_TO_CONFIG_MODULE)
 

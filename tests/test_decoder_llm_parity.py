@@ -323,3 +323,9 @@ def test_dropout_applies_in_training_only(family, tmp_path):
         ours.train()
         first, second = ours(input_ids=ids).logits, ours(input_ids=ids).logits
     assert not torch.allclose(first, second)
+
+
+def test_multimodal_gemma3_is_refused_with_the_text_alternative(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gemma3", "text_config": {}}')
+    with pytest.raises(ValueError, match=r"Unrecognized model type 'gemma3'.*gemma3_text"):
+        AutoConfig.from_pretrained(tmp_path)
