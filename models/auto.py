@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from collections import OrderedDict
 
+from .configuration_decoder import DECODER_CONFIGS, DECODER_MODEL_NAMES
 from .configuration_utils import PretrainedConfig
 
 # model_type -> module (inside rayformers.models) holding the family.
@@ -37,12 +38,16 @@ MODEL_TYPE_TO_MODULE: dict[str, str] = OrderedDict(
         ("mpnet", "mpnet"),
         ("modernbert", "modernbert"),
         ("encoder-decoder", "encoder_decoder"),
+        # Decoder-only LLM families: one shared module (decoder.py) and their classes in decoder_llms.py.
+        *((model_type, "decoder_llms") for model_type in DECODER_MODEL_NAMES),
     ]
 )
 
 # model_type -> module holding its config class: `configuration_<family module>`, imports no torch.
+# The LLM families share a modelling module but keep one config module each.
 MODEL_TYPE_TO_CONFIG_MODULE: dict[str, str] = OrderedDict(
-    (model_type, f"configuration_{module}") for model_type, module in MODEL_TYPE_TO_MODULE.items()
+    (model_type, DECODER_CONFIGS[model_type][0] if model_type in DECODER_CONFIGS else f"configuration_{module}")
+    for model_type, module in MODEL_TYPE_TO_MODULE.items()
 )
 
 CONFIG_MAPPING_NAMES: dict[str, str] = {
@@ -63,6 +68,7 @@ CONFIG_MAPPING_NAMES: dict[str, str] = {
     "mpnet": "MPNetConfig",
     "modernbert": "ModernBertConfig",
     "encoder-decoder": "EncoderDecoderConfig",
+    **{model_type: class_name for model_type, (_, class_name) in DECODER_CONFIGS.items()},
 }
 
 
@@ -98,6 +104,13 @@ MODEL_NAMES: dict[str, dict[str, str]] = {
     "mpnet": {k: v for k, v in _bert_like("MPNet").items() if k != "causal_lm"},
     "modernbert": {k: v for k, v in _bert_like("ModernBert").items() if k != "causal_lm"},
     "encoder-decoder": {"seq2seq_lm": "EncoderDecoderModel"},
+    **DECODER_MODEL_NAMES,
+}
+
+# Known model types we do not load, and what to use instead.
+_UNSUPPORTED_HINTS = {
+    "gemma3": "Multimodal Gemma 3 (vision tower) is not supported; its text decoder is: load a text-only "
+              "checkpoint (model_type 'gemma3_text', e.g. google/gemma-3-1b-it).",
 }
 
 _REGISTERED_CONFIGS: dict[str, type[PretrainedConfig]] = {}
@@ -117,8 +130,10 @@ def config_class_for(model_type: str) -> type[PretrainedConfig]:
     if model_type in _REGISTERED_CONFIGS:
         return _REGISTERED_CONFIGS[model_type]
     if model_type not in CONFIG_MAPPING_NAMES:
+        hint = _UNSUPPORTED_HINTS.get(model_type, "")
         raise ValueError(
             f"Unrecognized model type {model_type!r}. Supported model types: {', '.join(supported_model_types())}."
+            + (f" {hint}" if hint else "")
         )
     return _import_class(model_type, CONFIG_MAPPING_NAMES[model_type], MODEL_TYPE_TO_CONFIG_MODULE)
 

@@ -77,6 +77,16 @@ class BaseModelOutputWithPastAndCrossAttentions(ModelOutput):
 
 
 @dataclass
+class BaseModelOutputWithPast(ModelOutput):
+    """Decoder-only LLMs (Llama, Qwen, Gemma, ...)."""
+
+    last_hidden_state: Tensor = None
+    past_key_values: Any = None
+    hidden_states: Tensors = None
+    attentions: Tensors = None
+
+
+@dataclass
 class BaseModelOutputWithPoolingAndCrossAttentions(ModelOutput):
     last_hidden_state: Tensor = None
     pooler_output: Tensor = None
@@ -94,6 +104,24 @@ class CausalLMOutputWithCrossAttentions(ModelOutput):
     hidden_states: Tensors = None
     attentions: Tensors = None
     cross_attentions: Tensors = None
+
+
+@dataclass
+class CausalLMOutputWithPast(ModelOutput):
+    loss: Tensor = None
+    logits: Tensor = None
+    past_key_values: Any = None
+    hidden_states: Tensors = None
+    attentions: Tensors = None
+
+
+@dataclass
+class SequenceClassifierOutputWithPast(ModelOutput):
+    loss: Tensor = None
+    logits: Tensor = None
+    past_key_values: Any = None
+    hidden_states: Tensors = None
+    attentions: Tensors = None
 
 
 @dataclass

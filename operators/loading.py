@@ -28,13 +28,22 @@ TASK_AUTO_CLASS = {
 
 def auto_class_name(task: str, model_config: Any = None) -> str:
     """The Auto class for ``task``; ``generate`` on a decoder-only checkpoint (config ``is_decoder``
-    without ``is_encoder_decoder``: BERT-family causal heads, MEGA) continues prompts with
-    ``AutoModelForCausalLM`` instead of ``AutoModelForSeq2SeqLM``."""
+    without ``is_encoder_decoder``: BERT-family causal heads, MEGA; or a family that is only ever
+    decoder-only: Llama, Qwen, Gemma, ...) continues prompts with ``AutoModelForCausalLM`` instead of
+    ``AutoModelForSeq2SeqLM``."""
     name = TASK_AUTO_CLASS[task]
-    if (task == "generate" and model_config is not None and getattr(model_config, "is_decoder", False)
-            and not getattr(model_config, "is_encoder_decoder", False)):
+    if task != "generate" or model_config is None or getattr(model_config, "is_encoder_decoder", False):
+        return name
+    if getattr(model_config, "is_decoder", False) or _decoder_only_family(getattr(model_config, "model_type", "")):
         return "AutoModelForCausalLM"
     return name
+
+
+def _decoder_only_family(model_type: str) -> bool:
+    """One of the decoder-only LLM families (Llama, Qwen, Gemma, ...; a torch-free table)."""
+    from rayformers.models.configuration_decoder import DECODER_MODEL_NAMES
+
+    return model_type in DECODER_MODEL_NAMES
 
 
 _DTYPES = ("float32", "bfloat16", "float16")

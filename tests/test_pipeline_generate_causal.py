@@ -59,3 +59,41 @@ def test_generate_task_continues_prompts_of_a_causal_lm(ray_session, tmp_path):
         assert row["error"] is None
         assert row["generated_text"] == tok.decode(continuation, skip_special_tokens=True), text
         assert row["generated_tokens"] == SETTINGS["max_new_tokens"]  # the continuation only, not the prompt
+
+
+def test_generate_task_continues_prompts_of_an_llm_family(ray_session, tmp_path):
+    """A Llama checkpoint (config without is_decoder, as every LLM's) runs through the same task."""
+    import transformers
+
+    from rayformers.models import AutoModelForCausalLM, AutoTokenizer
+    from model_test_utils import with_minilm_tokenizer
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      pad_token_id=0, bos_token_id=101, eos_token_id=102, initializer_range=0.2)
+    model_dir = tmp_path / "llama"
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(model_dir)
+    with_minilm_tokenizer(model_dir)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    texts = [t for t in TEXTS if t]
+    pq.write_table(pa.table({"text": texts}), inp / "part0.parquet")
+    report = run({
+        "input": {"path": str(inp)},
+        "model": {"path": str(model_dir), "task": "generate"},
+        "task": {"generation": {**SETTINGS, "max_batch_size": 3}},
+        "output": {"path": str(tmp_path / "out")},
+    })
+    assert report.rows == len(texts) and report.errors == 0
+    rows = {r["id"]: r for r in read_output(str(tmp_path / "out")).to_pylist()}
+    ours = AutoModelForCausalLM.from_pretrained(model_dir)
+    hf = transformers.LlamaForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for i, text in enumerate(texts):
+        prompt = tok([text], truncation=True, max_length=64 - SETTINGS["max_new_tokens"], return_tensors="pt")
+        prompt.pop("token_type_ids")  # BERT's tokenizer makes them; Llama has no token types
+        want = ours.generate(**prompt, **SETTINGS)
+        assert want.tolist() == hf.generate(**prompt, **SETTINGS).tolist()
+        continuation = want[0, prompt["input_ids"].shape[1]:]
+        assert rows[f"part0.parquet:{i}"]["generated_text"] == tok.decode(continuation, skip_special_tokens=True)

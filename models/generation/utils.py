@@ -225,7 +225,9 @@ def _check_decoder_only_model(model) -> None:
             "heads BertLMHeadModel, RobertaForCausalLM, CamembertForCausalLM, XLMRobertaForCausalLM and "
             "MegaForCausalLM generate."
         )
-    if not getattr(model.config, "is_decoder", False):
+    # Decoder-only LLMs (Llama, Qwen, ...) are causal by construction (`_always_causal`); their configs leave
+    # is_decoder False, as transformers' do.
+    if not getattr(model.config, "is_decoder", False) and not getattr(model, "_always_causal", False):
         raise ValueError(
             f"{name}.generate needs config.is_decoder=True (a left-to-right LM); with is_decoder=False the model "
             "attends in both directions and has no cache. Load the checkpoint with is_decoder=True."

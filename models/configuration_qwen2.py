@@ -1,0 +1,41 @@
+"""Configuration of Qwen2 (see decoder_llms.py for the models): transformers 4.57.6's `Qwen2Config`."""
+
+from __future__ import annotations
+
+from .configuration_decoder import check_layer_types, normalize_rope_scaling, windowed_layer_types
+from .configuration_utils import PretrainedConfig
+
+
+class Qwen2Config(PretrainedConfig):
+    """Qwen2 / Qwen2.5: Llama's block with q/k/v biases; with `use_sliding_window` the layers from
+    `max_window_layers` on (or those `layer_types` names) attend within `sliding_window`."""
+
+    model_type = "qwen2"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(self, vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, hidden_act="silu", max_position_embeddings=32768,
+                 initializer_range=0.02, rms_norm_eps=1e-6, use_cache=True, tie_word_embeddings=False,
+                 rope_theta=10000.0, rope_scaling=None, use_sliding_window=False, sliding_window=4096,
+                 max_window_layers=28, layer_types=None, attention_dropout=0.0, **kwargs):
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.use_sliding_window = use_sliding_window
+        self.sliding_window = sliding_window if use_sliding_window else None
+        self.max_window_layers = max_window_layers
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.hidden_act = hidden_act
+        self.initializer_range = initializer_range
+        self.rms_norm_eps = rms_norm_eps
+        self.use_cache = use_cache
+        self.rope_theta = rope_theta
+        self.rope_scaling = normalize_rope_scaling(rope_scaling)
+        self.attention_dropout = attention_dropout
+        self.layer_types = layer_types or windowed_layer_types(self.sliding_window, max_window_layers,
+                                                              num_hidden_layers)
+        check_layer_types(self.layer_types, num_hidden_layers)
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
