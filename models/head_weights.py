@@ -33,6 +33,8 @@ _DISTILBERT_CLASSIFIER = ("pre_classifier.weight", "pre_classifier.bias", *_CLAS
 _DEBERTA_CLASSIFIER = ("pooler.dense.weight", "pooler.dense.bias", *_CLASSIFIER)
 _MODERNBERT_HEAD = ("head.dense.weight", "head.norm.weight")
 
+_LLM_FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Gemma3", "Phi3", "Mixtral", "Qwen3Moe")
+
 HEAD_WEIGHTS: dict[str, tuple[str, ...]] = {
     "BertForSequenceClassification": _CLASSIFIER,
     "BertForTokenClassification": _CLASSIFIER,
@@ -79,6 +81,14 @@ HEAD_WEIGHTS: dict[str, tuple[str, ...]] = {
     **{f"ModernBertFor{head}": (*_MODERNBERT_HEAD, *_CLASSIFIER)
        for head in ("SequenceClassification", "TokenClassification", "QuestionAnswering", "MultipleChoice")},
     "ModernBertForMaskedLM": (*_MODERNBERT_HEAD, "decoder.bias"),
+    # Decoder-only LLM families: a bias-free ``score`` for sequence classification (last non-pad
+    # token), ``score`` with bias for tokens, ``qa_outputs`` for spans; the LM head may be tied.
+    **{f"{family}ForCausalLM": () for family in _LLM_FAMILIES},
+    **{f"{family}ForSequenceClassification": ("score.weight",) for family in _LLM_FAMILIES if family != "Gemma3"},
+    "Gemma3TextForSequenceClassification": ("score.weight",),
+    **{f"{family}ForTokenClassification": ("score.weight", "score.bias")
+       for family in _LLM_FAMILIES if family != "Gemma3"},
+    **{f"{family}ForQuestionAnswering": _QA for family in _LLM_FAMILIES if family not in ("Gemma2", "Gemma3", "Phi3")},
 }
 
 TIED_HEAD_WEIGHTS: dict[str, tuple[str, ...]] = {
@@ -95,6 +105,7 @@ TIED_HEAD_WEIGHTS: dict[str, tuple[str, ...]] = {
     "DebertaV2ForMaskedLM": _BERT_LM_TIED,
     "MPNetForMaskedLM": _ROBERTA_LM_TIED,
     "ModernBertForMaskedLM": ("decoder.weight",),
+    **{f"{family}ForCausalLM": ("lm_head.weight",) for family in _LLM_FAMILIES},
 }
 
 
