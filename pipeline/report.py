@@ -31,6 +31,8 @@ class JobReport:
     """Checks run before scoring, e.g. ``quantization``: agreement with float32 on a sample."""
     manifest_path: Optional[str] = None
     message: str = ""
+    model_dtype: Optional[str] = None
+    """The precision the model actors computed in (``model.dtype`` resolved for their device)."""
 
     @property
     def rows_per_s(self) -> float:

@@ -30,6 +30,7 @@ from .commit import (
 )
 from .config import JobConfig, load_config
 from .locks import output_lock
+from .model_device import resolve_model_dtype
 from .preflight import ResolvedJob, check_cluster_cpus, check_unique_ids_distributed, preflight
 from .report import JobReport
 from .source import row_groups_of
@@ -58,6 +59,8 @@ def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
         "config": cfg.to_dict(),
         "task": cfg.model.task,
         "model_type": job.model_type,
+        "model_dtype": job.model_dtype,
+        "model_device": job.device_facts or None,
         "id_column": job.id_column,
         "id_generated": job.id_generated,
         "input_files": [{"path": f.path, "rows": f.num_rows} for f in job.files],
@@ -98,6 +101,7 @@ def run(
     job = preflight(cfg, input_files)
     ensure_ray(ray_init_kwargs)
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
+    resolve_model_dtype(job)  # the model actors' device checked, their precision settled (see there)
     if job.id_check_deferred:
         check_unique_ids_distributed(job.input_fs, job.files, cfg.input.id_column)
     if cfg.model.task == "embed" and cfg.task.embedding_precision in CALIBRATED:
@@ -195,6 +199,7 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         stage_s=stage,
         duplicates_removed=counts.duplicates_removed,
         checks=dict(checks or {}),
+        model_dtype=job.model_dtype,
     )
     budget = cfg.output.max_error_fraction
     if counts.rows and counts.errors / counts.rows > budget:
