@@ -31,8 +31,8 @@ def probe_model_device(cfg) -> dict:
     import ray
 
     c = cfg.compute
-    probe = ray.remote(device_facts).options(
-        num_cpus=c.model_num_cpus, num_gpus=c.model_num_gpus or 0, resources=c.model_resources or None, max_calls=1,
+    probe = ray.remote(max_calls=1)(device_facts).options(
+        num_cpus=c.model_num_cpus, num_gpus=c.model_num_gpus or 0, resources=c.model_resources or None,
         name="rayformers-model-device-probe")
     try:
         return ray.get(probe.remote(c.model_num_gpus))
