@@ -247,6 +247,19 @@ def test_an_out_of_range_id_fails_its_rows_before_the_device_copy(small_vocab_cl
     assert "token id 7592 is outside the model's input embeddings (2000 ids)" in errors[1]
 
 
+def test_loops_without_micro_batches_drop_out_of_range_rows_first(small_vocab_classifier):
+    """Generation's continuous batching feeds rows to the model itself: rows with an id past the
+    embeddings are taken out first (one max over the flat ids) and become error records."""
+    from rayformers.models import AutoModelForSequenceClassification
+
+    op = ClassifyOperator(model=AutoModelForSequenceClassification.from_pretrained(small_vocab_classifier))
+    tokens = TokenLists.from_lists([[101, 1037, 102], [101, 7592, 102], [], [101, 1999, 102]])
+    failures: dict = {}
+    kept = op.drop_out_of_vocab_rows(tokens, np.array([0, 1, 3]), failures)
+    assert kept.tolist() == [0, 3] and list(failures) == [1] and "token id 7592" in failures[1]
+    assert op.drop_out_of_vocab_rows(tokens, np.array([0, 3]), {}).tolist() == [0, 3]
+
+
 # --- device results stay on the device inside predict -----------------------------------------
 
 
