@@ -228,22 +228,26 @@ class ModelOperator:
     def _run(self, host_batches: Iterator[MicroBatch], batch, tokens, types, failures) -> list[Chunk]:
         """Predict every micro-batch, one ahead on an accelerator.
 
-        CUDA kernels run asynchronously: while micro-batch k runs, the host pads micro-batch k+1
-        and queues its (pinned, non-blocking) copy; only then are k's results copied back, which
-        waits for k. On CPU the same loop simply runs k to completion first."""
+        CUDA kernels run asynchronously: while micro-batch k runs, the host finishes k-1's
+        results (:meth:`host_result`: per-row Python such as token-classify's entities), pads
+        micro-batch k+1 and queues its (pinned, non-blocking) copy; only then are k's results
+        copied back, which waits for k. On CPU the same loop simply runs k to completion first."""
         chunks: list[Chunk] = []
+        fetched: list[Chunk] = []  # the previous micro-batch's results, on the host
         current = self._to_device(next(host_batches, None))
         while current is not None:
             launched = self._predict_isolating_failures(current, batch, tokens, types, failures)
+            chunks.extend((rows, self.host_result(rows, result, batch)) for rows, result in fetched)
             following = self._to_device(next(host_batches, None))
-            chunks.extend((rows, self.host_result(rows, self._to_host(result), batch)) for rows, result in launched)
+            fetched = [(rows, self._to_host(result)) for rows, result in launched]
             current = following
+        chunks.extend((rows, self.host_result(rows, result, batch)) for rows, result in fetched)
         return chunks
 
     def host_result(self, units: np.ndarray, result: Any, batch: pa.Table) -> Any:
         """A micro-batch's result once on the host (``units``: its ``mb.rows``), before it joins
         the chunks: per-row Python post-processing goes here, not in ``predict``, so that it runs
-        while the next micro-batch is already queued on the device."""
+        while the next micro-batch computes on the device."""
         return result
 
     def to_host(self, result: dict) -> dict:
