@@ -60,6 +60,8 @@ class JobReport:
             f"throughput    {self.rows_per_s:.1f} rows/s, {self.tokens_per_s:.0f} tokens/s",
             f"wall time     {self.wall_s:.2f} s",
         ]
+        if self.model_dtype:
+            lines.append(f"model dtype   {self.model_dtype}")
         if self.stage_s:
             stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_s.items())
             lines.append(f"stages        {stages}")

@@ -137,7 +137,7 @@ def test_gpu_defaults_resolve_auto_precision_and_record_it(cpu_run, classifier, 
 
     inp, want = cpu_run
     report = run(job(classifier, inp, tmp_path / "gpu", model_num_gpus=1))
-    assert report.model_dtype == "bfloat16"
+    assert report.model_dtype == "bfloat16" and "model dtype   bfloat16" in report.format()
     manifest = json.loads((tmp_path / "gpu" / "_manifest.json").read_text())
     assert manifest["model_dtype"] == "bfloat16" and manifest["config"]["model"]["dtype"] is None
     assert manifest["report"]["model_dtype"] == "bfloat16"
