@@ -31,6 +31,9 @@ class MicroBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     token_type_ids: Optional[torch.Tensor]
+    max_id: Optional[int] = None
+    """The largest token id, read on the host before the copy to the device (set by the model
+    operator's host loop; None until then)."""
 
     @property
     def padded_tokens(self) -> int:

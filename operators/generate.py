@@ -111,6 +111,7 @@ class GenerateOperator(ModelOperator):
         # Longest first: long inputs start early, short ones fill the slots they free.
         positions = positions[np.argsort(-tokens.lengths[positions], kind="stable")]
         failures: dict[int, str] = {}
+        positions = self.drop_out_of_vocab_rows(tokens, positions, failures)
         finished: dict[int, list[int]] = {}
         values = tokens.values
         try:

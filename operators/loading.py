@@ -70,27 +70,57 @@ def torch_dtype(name: str, device: str = "cpu", model_type: str = "") -> torch.d
         raise ValueError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16, auto") from None
 
 
-def auto_dtype(device: str, model_type: str = "", cuda_bf16: Optional[bool] = None,
-               cpu_bf16: Optional[bool] = None) -> torch.dtype:
-    """The fastest precision this device computes natively, never an emulated one.
+def auto_dtype_name(gpu: bool, model_type: str = "", cuda_bf16: bool = False, cpu_bf16: bool = False) -> str:
+    """What ``auto`` means, from the hardware facts alone (no torch: the driver calls it).
 
-    * CUDA with bfloat16 (Ampere and later): bfloat16 (float32's range, so no overflow).
-    * older CUDA GPUs (Volta, Turing): float16, whose tensor cores they have; float32 for the
+    * a GPU with bfloat16 (Ampere and later): bfloat16 (float32's range, so no overflow).
+    * older GPUs (Volta, Turing): float16, whose tensor cores they have; float32 for the
       families known to overflow in float16 (:data:`FLOAT16_OVERFLOW_MODEL_TYPES`).
     * CPU with native bfloat16 (AVX512-BF16 / AMX): bfloat16; any other CPU: float32 (half
-      precision is emulated there and runs several times slower).
+      precision is emulated there and runs several times slower)."""
+    if gpu:
+        if cuda_bf16:
+            return "bfloat16"
+        return "float32" if model_type in FLOAT16_OVERFLOW_MODEL_TYPES else "float16"
+    return "bfloat16" if cpu_bf16 else "float32"
+
+
+def resolve_dtype_name(requested: Optional[str], gpu: bool, model_type: str = "", cuda_bf16: bool = False,
+                       cpu_bf16: bool = False) -> str:
+    """The concrete precision a model actor loads: ``model.dtype`` as set, ``auto`` per
+    :func:`auto_dtype_name`, and unset (``None``) as ``auto`` on a GPU actor (float32 there runs
+    ~10x below bfloat16 on an H100) and float32 on a CPU actor (as always)."""
+    if requested is None:
+        requested = "auto" if gpu else "float32"
+    if requested == "auto":
+        return auto_dtype_name(gpu, model_type, cuda_bf16, cpu_bf16)
+    if requested not in _DTYPES:
+        raise ValueError(f"unknown dtype {requested!r}; use one of float32, bfloat16, float16, auto")
+    return requested
+
+
+def auto_dtype(device: str, model_type: str = "", cuda_bf16: Optional[bool] = None,
+               cpu_bf16: Optional[bool] = None) -> torch.dtype:
+    """:func:`auto_dtype_name` for ``device`` as a torch dtype, probing this machine's hardware.
     ``cuda_bf16`` / ``cpu_bf16`` override the hardware probes (tests)."""
     import torch
 
-    if device != "cpu":
-        if cuda_bf16 is None:
-            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if cuda_bf16:
-            return torch.bfloat16
-        return torch.float32 if model_type in FLOAT16_OVERFLOW_MODEL_TYPES else torch.float16
-    if cpu_bf16 is None:
+    gpu = device != "cpu"
+    if gpu and cuda_bf16 is None:
+        cuda_bf16 = cuda_has_bf16()
+    if not gpu and cpu_bf16 is None:
         cpu_bf16 = cpu_has_native_bf16()
-    return torch.bfloat16 if cpu_bf16 else torch.float32
+    return getattr(torch, auto_dtype_name(gpu, model_type, bool(cuda_bf16), bool(cpu_bf16)))
+
+
+def cuda_has_bf16() -> bool:
+    """Whether this process's GPU computes bfloat16 natively; True for the test-only stand-in GPU
+    (:data:`GPU_ON_CPU_ENV`), whose CPU computes bfloat16 (slowly) whatever it is."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return gpu_on_cpu_for_tests()
 
 
 def load_tokenizer(path: str, revision: Optional[str] = None, local_files_only: bool = False,
@@ -124,17 +154,26 @@ def forced_target_language_id(tokenizer, target_language: str) -> int:
 def load_model(
     task: str,
     path: str,
-    dtype: str = "float32",
+    dtype: Optional[str] = "float32",
     revision: Optional[str] = None,
     local_files_only: bool = False,
     device: str = "cpu",
     quantization: str = "none",
     allow_new_head: bool = False,
+    gpu: Optional[bool] = None,
 ):
     """``AutoModelFor<Task>.from_pretrained`` in eval mode on ``device`` (``quantization:
-    int8-dynamic``: its Linear layers quantised, CPU only). Refuses a checkpoint without the task's
-    head (:class:`MissingHeadError`) unless ``allow_new_head``: the driver checks the same before
-    the job (``pipeline.preflight.check_task_head``); this is the check of what was really loaded."""
+    int8-dynamic``: its Linear layers quantised, CPU only).
+
+    Refuses a checkpoint without the task's head (:class:`MissingHeadError`) unless
+    ``allow_new_head``: the driver checks the same before the job
+    (``pipeline.preflight.check_task_head``); this is the check of what was really loaded.
+
+    ``dtype`` ``auto`` or unset is resolved first (:func:`resolve_dtype_name`, for a GPU actor
+    when ``gpu``, default: ``device`` is not the CPU) and the checkpoint is loaded in that dtype
+    by the same ``from_pretrained`` path as an explicit dtype: loading float32 and casting the
+    whole model afterwards would also cast what must stay float32 (rotary ``inv_freq`` buffers,
+    ``_keep_in_fp32_modules``). float32 on a CUDA device allows TF32 matrix products."""
     import torch
 
     import rayformers.models as models
@@ -149,16 +188,19 @@ def load_model(
         kwargs["revision"] = revision
     if local_files_only:
         kwargs["local_files_only"] = True
-    model_config = models.AutoConfig.from_pretrained(path, **kwargs) if task == "generate" else None
+    gpu = device != "cpu" if gpu is None else gpu
+    needs_config = task == "generate" or dtype in (None, "auto")
+    model_config = models.AutoConfig.from_pretrained(path, **kwargs) if needs_config else None
+    name = model_dtype_for(dtype, gpu, getattr(model_config, "model_type", ""))
     auto = getattr(models, auto_class_name(task, model_config))
-    model, info = auto.from_pretrained(path, dtype=torch.float32 if dtype == "auto" else torch_dtype(dtype),
-                                       output_loading_info=True, **kwargs)
+    model, info = auto.from_pretrained(path, dtype=torch_dtype(name), output_loading_info=True, **kwargs)
     refuse_new_head(model, info, task, path, allow_new_head)
-    if dtype == "auto":  # chosen for this device (and family), whatever the checkpoint was saved in
-        model = model.to(torch_dtype("auto", device, getattr(model.config, "model_type", "")))
     model.eval()
-    warn_slow_cpu_dtype(model.dtype, device)
+    if not gpu:
+        warn_slow_cpu_dtype(model.dtype, device)
     model = model.to(device)
+    if device != "cpu" and name == "float32":
+        allow_tf32()
     if quantization == "int8-dynamic":
         model = quantize_int8_dynamic(model, device)
     return model
@@ -206,6 +248,23 @@ def refuse_new_head(model: Any, info: dict, task: str, path: str, allow_new_head
         raise MissingHeadError(message)
     logger.warning("model.allow_new_head is set, running with a random head: %s", message)
     return missing
+
+
+def model_dtype_for(dtype: Optional[str], gpu: bool, model_type: str = "") -> str:
+    """:func:`resolve_dtype_name` with this process's hardware as the probes."""
+    if dtype not in (None, "auto"):
+        return resolve_dtype_name(dtype, gpu)
+    return resolve_dtype_name(dtype, gpu, model_type, cuda_bf16=gpu and cuda_has_bf16(),
+                              cpu_bf16=not gpu and cpu_has_native_bf16())
+
+
+def allow_tf32() -> None:
+    """float32 matrix products and convolutions on TF32 tensor cores (Ampere and later): ~8x the
+    float32 rate at a 10-bit mantissa, the precision transformers' own GPU pipelines accept."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def quantize_int8_dynamic(model, device: str = "cpu"):
@@ -256,13 +315,65 @@ def warn_slow_cpu_dtype(dtype: torch.dtype, device: str) -> Optional[str]:
     return message
 
 
+GPU_ON_CPU_ENV = "RAYFORMERS_TEST_GPU_ON_CPU"
+"""Test-only switch: ``1`` lets a model actor that Ray gave a GPU compute on the CPU, so the GPU
+plan (resources, batch sizes, GPU defaults, one-ahead loop) runs end to end on machines without
+one. Never set it in production: a job would silently score on the CPU."""
+
+
+def gpu_on_cpu_for_tests() -> bool:
+    """Whether :data:`GPU_ON_CPU_ENV` is set (tests only)."""
+    return os.environ.get(GPU_ON_CPU_ENV, "") not in ("", "0")
+
+
 def pick_device(num_gpus: float) -> str:
-    """``cuda`` when this actor was given a GPU, else ``cpu``."""
+    """``cuda`` when this actor was given a GPU, else ``cpu``.
+
+    An actor given a GPU whose torch cannot use CUDA (a CPU-only torch wheel on a GPU node, the
+    usual install mistake) raises instead of scoring on the CPU at a fraction of the speed,
+    unless the test-only :data:`GPU_ON_CPU_ENV` is set."""
     import torch
 
-    if num_gpus and torch.cuda.is_available():
+    if not num_gpus:
+        return "cpu"
+    if torch.cuda.is_available():
         return "cuda"
-    return "cpu"
+    if gpu_on_cpu_for_tests():
+        return "cpu"
+    raise RuntimeError(no_cuda_message(num_gpus))
+
+
+def no_cuda_message(num_gpus: float) -> str:
+    """Why an actor given a GPU cannot use it, and how to fix the install."""
+    import torch
+
+    build = torch.version.cuda
+    cause = (f"this torch build ({torch.__version__}) has no CUDA support: a CPU-only wheel" if build is None else
+             f"torch {torch.__version__} (built for CUDA {build}) finds no usable CUDA device: check the NVIDIA driver "
+             "(nvidia-smi) and CUDA_VISIBLE_DEVICES")
+    return (f"compute.model_num_gpus={num_gpus:g}: Ray gave this model actor a GPU, but CUDA is not available: {cause}. "
+            "Install a CUDA build of torch on the GPU nodes (e.g. pip install torch --index-url "
+            "https://download.pytorch.org/whl/cu124, matching the driver's CUDA version), or set "
+            "compute.model_num_gpus: 0 to score on CPUs.")
+
+
+def device_facts(num_gpus: float) -> dict:
+    """What the pipeline's driver needs to know about a model actor's machine before the job (run
+    as a Ray task with the model actors' resources): its device (raising as :func:`pick_device`
+    does when a GPU cannot be used) and the precision facts ``auto`` is resolved from."""
+    import torch
+
+    device = pick_device(num_gpus)
+    gpu = bool(num_gpus)
+    return {
+        "device": device,
+        "gpu": gpu,
+        "gpu_name": torch.cuda.get_device_name() if device == "cuda" else ("cpu (test stand-in)" if gpu else None),
+        "cuda_bf16": gpu and cuda_has_bf16(),
+        "cpu_bf16": cpu_has_native_bf16(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+    }
 
 
 MODEL_ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}

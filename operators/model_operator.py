@@ -52,7 +52,7 @@ class ModelOperator:
     def __init__(
         self,
         model_path: str = "",
-        dtype: str = "float32",
+        dtype: Optional[str] = "float32",
         revision: Optional[str] = None,
         local_files_only: bool = False,
         num_gpus: float = 0.0,
@@ -69,19 +69,23 @@ class ModelOperator:
     ):
         self.revision = revision
         self.local_files_only = local_files_only
+        self.gpu = bool(num_gpus)
+        """Ray gave this actor a GPU: the GPU defaults apply (token budget, precision), also on the
+        test-only CPU stand-in (``loading.GPU_ON_CPU_ENV``)."""
         self.device = pick_device(num_gpus)
         if self.device == "cpu":
             configure_cpu_threads(torch_threads, model_actors)
         if model is None:
             model = load_model(self.task, model_path, dtype, revision, local_files_only, self.device, quantization,
-                               allow_new_head)
+                               allow_new_head, gpu=self.gpu)
         self.model = model
+        self.vocab_size = input_vocab_size(model)
         self.config = getattr(model, "config", None)
         if pad_token_id is None:
             pad_token_id = getattr(self.config, "pad_token_id", None)
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
         if max_tokens_per_batch is None:
-            max_tokens_per_batch = self.default_token_budget["cpu" if self.device == "cpu" else "cuda"]
+            max_tokens_per_batch = self.default_token_budget["cuda" if self.gpu else "cpu"]
         self.max_tokens = int(max_tokens_per_batch)
         self.max_rows = int(max_rows_per_batch)
         # Chunked MEGA needs inputs padded to whole chunks; every other model reports None.
@@ -225,34 +229,81 @@ class ModelOperator:
     def _run(self, host_batches: Iterator[MicroBatch], batch, tokens, types, failures) -> list[Chunk]:
         """Predict every micro-batch, one ahead on an accelerator.
 
-        CUDA kernels run asynchronously: while micro-batch k runs, the host pads micro-batch k+1
-        and queues its (pinned, non-blocking) copy; only then are k's results copied back, which
-        waits for k. On CPU the same loop simply runs k to completion first."""
+        CUDA kernels run asynchronously: while micro-batch k runs, the host finishes k-1's
+        results (:meth:`host_result`: per-row Python such as token-classify's entities), pads
+        micro-batch k+1 and queues its (pinned, non-blocking) copy; only then are k's results
+        copied back, which waits for k. On CPU the same loop simply runs k to completion first."""
         chunks: list[Chunk] = []
+        fetched: list[Chunk] = []  # the previous micro-batch's results, on the host
         current = self._to_device(next(host_batches, None))
         while current is not None:
             launched = self._predict_isolating_failures(current, batch, tokens, types, failures)
+            chunks.extend((rows, self.host_result(rows, result, batch)) for rows, result in fetched)
             following = self._to_device(next(host_batches, None))
-            chunks.extend((rows, self._to_host(result)) for rows, result in launched)
+            fetched = [(rows, self._to_host(result)) for rows, result in launched]
             current = following
+        chunks.extend((rows, self.host_result(rows, result, batch)) for rows, result in fetched)
         return chunks
 
-    @staticmethod
-    def _to_host(result: Any) -> Any:
+    def host_result(self, units: np.ndarray, result: Any, batch: pa.Table) -> Any:
+        """A micro-batch's result once on the host (``units``: its ``mb.rows``), before it joins
+        the chunks: per-row Python post-processing goes here, not in ``predict``, so that it runs
+        while the next micro-batch computes on the device."""
+        return result
+
+    def to_host(self, result: dict) -> dict:
+        """Device tensors of a ``predict`` result → numpy arrays. Called after the next micro-batch
+        is queued, so work that syncs with the device (a boolean-mask selection, whose size the
+        host must learn) belongs in an override of this, not in ``predict``."""
+        return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+
+    def _to_host(self, result: Any) -> Any:
         """A ``predict`` result with its tensors as numpy arrays (waits for the device)."""
         if isinstance(result, dict):
-            return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+            return self.to_host(result)
         return result
 
     def _to_device(self, mb: Optional[MicroBatch]) -> Optional[MicroBatch]:
-        if mb is None or self.device == "cpu":
+        """The micro-batch on this actor's device (its copy queued, not awaited), with its largest
+        token id read on the host first (see :meth:`check_token_ids`)."""
+        if mb is None:
+            return mb
+        ids = mb.input_ids
+        max_id = int(ids.numpy().max()) if ids.numel() and ids.device.type == "cpu" else mb.max_id
+        if self.device == "cpu":
+            mb.max_id = max_id
             return mb
         move = lambda t: None if t is None else t.to(self.device, non_blocking=self.pin_memory)  # noqa: E731
-        return MicroBatch(mb.rows, move(mb.input_ids), move(mb.attention_mask), move(mb.token_type_ids))
+        return MicroBatch(mb.rows, move(mb.input_ids), move(mb.attention_mask), move(mb.token_type_ids), max_id)
+
+    def check_token_ids(self, mb: MicroBatch) -> None:
+        """Refuse a micro-batch holding a token id the model's input embedding does not have.
+
+        On a GPU such an id is a device-side assert that poisons the actor's CUDA context (every
+        later call fails too); checked on the host, it is a ValueError that the row-by-row retry
+        of :meth:`_predict_isolating_failures` turns into the affected rows' error records."""
+        if self.vocab_size is None or mb.max_id is None or mb.max_id < self.vocab_size:
+            return
+        raise ValueError(out_of_vocab_message(mb.max_id, self.vocab_size))
+
+    def drop_out_of_vocab_rows(self, tokens: TokenLists, positions: np.ndarray, failures: dict) -> np.ndarray:
+        """``positions`` without the rows holding a token id past the model's input embeddings
+        (each recorded in ``failures``): one max over the flat ids, per-row work only when it
+        fails. For loops that hand rows to the model without micro-batches of their own."""
+        if self.vocab_size is None or not len(tokens.values) or int(tokens.values.max()) < self.vocab_size:
+            return positions
+        bad = [int(r) for r in positions
+               if tokens.lengths[r] and tokens.values[tokens.starts[r]:tokens.starts[r] + tokens.lengths[r]].max()
+               >= self.vocab_size]
+        for row in bad:
+            row_max = int(tokens.values[tokens.starts[row]:tokens.starts[row] + tokens.lengths[row]].max())
+            failures[row] = f"model failed on this row: ValueError: {out_of_vocab_message(row_max, self.vocab_size)}"
+        return positions[~np.isin(positions, bad)]
 
     def _predict_isolating_failures(self, mb, batch, tokens, types, failures) -> list[Chunk]:
         """Predict a micro-batch; if the model raises, retry row by row so only the culprit fails."""
         try:
+            self.check_token_ids(mb)
             return [(np.asarray(mb.rows, dtype=np.int64), self.predict(mb, batch))]
         except Exception as exc:  # noqa: BLE001 - any model failure becomes a row error below
             if len(mb.rows) == 1:
@@ -268,6 +319,21 @@ class ModelOperator:
         ids, mask = pad_flat(tokens, rows, self.pad_token_id, self.pad_to_multiple_of)
         type_ids = None if types is None else pad_flat(types, rows, 0, self.pad_to_multiple_of)[0]
         return self._to_device(MicroBatch([row], ids, mask, type_ids))
+
+
+def out_of_vocab_message(token_id: int, vocab_size: int) -> str:
+    return (f"token id {token_id} is outside the model's input embeddings ({vocab_size} ids): the tokenizer does not "
+            "match the checkpoint (use the checkpoint's own tokenizer, or a model whose vocabulary covers it)")
+
+
+def input_vocab_size(model: Any) -> Optional[int]:
+    """How many token ids the model's input embedding has (None when it exposes none)."""
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    size = getattr(embeddings, "num_embeddings", None)
+    return None if size is None else int(size)
 
 
 def subset_chunk(chunk: Chunk, keep: np.ndarray) -> Chunk:

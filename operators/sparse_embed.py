@@ -29,14 +29,26 @@ def splade_weights(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.
     return (activated * attention_mask.unsqueeze(-1).to(activated.dtype)).amax(dim=1)
 
 
+def top_weights(weights: torch.Tensor, top_k: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the ``top_k`` largest weights (all when None), largest first: ``(values, ids)``,
+    fixed-size, on the weights' device (no host sync)."""
+    k = weights.shape[1] if top_k is None else min(int(top_k), weights.shape[1])
+    return torch.topk(weights, k, dim=1, sorted=True)
+
+
+def compact_sparse(values: torch.Tensor, ids: torch.Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of :func:`top_weights` above ``threshold``, on the host: ``(flat token ids, flat
+    weights, per-row counts)``. Selected on the device (only the kept pairs cross); the selection's
+    size is data-dependent, so this waits for the device."""
+    keep = values > threshold
+    return ids[keep].cpu().numpy(), values[keep].cpu().numpy(), keep.sum(dim=1).cpu().numpy()
+
+
 def keep_sparse(weights: torch.Tensor, threshold: float, top_k: Optional[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, the weights above ``threshold`` (the ``top_k`` largest at most), largest first:
     ``(flat token ids, flat weights, per-row counts)``."""
-    k = weights.shape[1] if top_k is None else min(int(top_k), weights.shape[1])
-    values, ids = torch.topk(weights, k, dim=1, sorted=True)
-    keep = values > threshold
-    counts = keep.sum(dim=1)
-    return ids[keep].cpu().numpy(), values[keep].cpu().numpy(), counts.cpu().numpy()
+    values, ids = top_weights(weights, top_k)
+    return compact_sparse(values, ids, threshold)
 
 
 class SparseEmbedOperator(ModelOperator):
@@ -57,9 +69,14 @@ class SparseEmbedOperator(ModelOperator):
             self.tokenizer = tokenizer
 
     def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
+        """Each row's ``top_k`` weights and ids, left on the device; cut at the threshold in
+        :meth:`to_host`, once the next micro-batch is queued."""
         logits = self.forward(mb).logits
-        weights = splade_weights(logits, mb.attention_mask.to(logits.device))
-        ids, values, counts = keep_sparse(weights, self.threshold, self.top_k)
+        values, ids = top_weights(splade_weights(logits, mb.attention_mask.to(logits.device)), self.top_k)
+        return {"top_values": values, "top_ids": ids}
+
+    def to_host(self, result: dict) -> dict:
+        ids, values, counts = compact_sparse(result["top_values"], result["top_ids"], self.threshold)
         return {"ids": ids, "weights": values, "counts": counts}
 
     def output_fields(self) -> list[pa.Field]:
@@ -99,4 +116,4 @@ class SparseEmbedOperator(ModelOperator):
         return [lists, pa.array(np.where(has, counts, 0).astype(np.int32), mask=~has)]
 
 
-__all__ = ["SparseEmbedOperator", "keep_sparse", "splade_weights"]
+__all__ = ["SparseEmbedOperator", "compact_sparse", "keep_sparse", "splade_weights", "top_weights"]

@@ -158,6 +158,14 @@ def aggregate_overlapping_entities(entities: list[dict]) -> list[dict]:
     return out
 
 
+def token_probabilities(logits):
+    """Softmax over the classes in float32, on the logits' device (as transformers' pipeline
+    computes it in numpy: the max subtracted before ``exp``)."""
+    logits = logits.float()
+    e = (logits - logits.amax(dim=-1, keepdim=True)).exp()
+    return e / e.sum(dim=-1, keepdim=True)
+
+
 class TokenClassifyOperator(ModelOperator):
     task = "token-classify"
 
@@ -182,24 +190,25 @@ class TokenClassifyOperator(ModelOperator):
             ignore_labels,
         )
 
-    def predict(self, mb: MicroBatch, batch: pa.Table) -> list:
+    def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
+        """Per-token class probabilities (float32, left on the device); the entities are built
+        from them on the host in :meth:`host_result`, while the next micro-batch runs."""
+        return {"probs": token_probabilities(self.forward(mb).logits)}
+
+    def host_result(self, units: np.ndarray, result: dict, batch: pa.Table) -> list:
         """Entities of each unit (a row, or a window of a long row: its tokens' offsets point into
         the row's whole text, so window entities are already in the row's coordinates)."""
-        logits = self.forward(mb).logits.float().cpu().numpy()
-        maxes = logits.max(axis=-1, keepdims=True)
-        e = np.exp(logits - maxes)
-        probs = e / e.sum(axis=-1, keepdims=True)
-        texts = column_to_pylist(batch.column(self.text_column).take(pa.array(self.batch_rows(mb.rows))))
-        starts, ends, special = (self.unit_lists(batch, c) for c in ("offset_start", "offset_end", "special_tokens_mask"))
-        ids = mb.input_ids.numpy() if mb.input_ids.device.type == "cpu" else mb.input_ids.cpu().numpy()
+        probs = result["probs"]
+        texts = column_to_pylist(batch.column(self.text_column).take(pa.array(self.batch_rows(units))))
+        ids, starts, ends, special = (self.unit_lists(batch, c)
+                                      for c in ("input_ids", "offset_start", "offset_end", "special_tokens_mask"))
         rows = []
-        for r, unit in enumerate(mb.rows):
+        for r, unit in enumerate(units.tolist()):
             a, n = int(starts.starts[unit]), int(starts.lengths[unit])
             text = texts[r].decode("utf-8") if isinstance(texts[r], bytes) else texts[r]
-            b = int(special.starts[unit])
-            rows.append(self.aggregator(text, ids[r, :n].tolist(), probs[r, :n], starts.values[a:a + n].tolist(),
-                                        ends.values[int(ends.starts[unit]):int(ends.starts[unit]) + n].tolist(),
-                                        special.values[b:b + n].tolist()))
+            i, b, e = int(ids.starts[unit]), int(special.starts[unit]), int(ends.starts[unit])
+            rows.append(self.aggregator(text, ids.values[i:i + n].tolist(), probs[r, :n], starts.values[a:a + n].tolist(),
+                                        ends.values[e:e + n].tolist(), special.values[b:b + n].tolist()))
         return rows
 
     def merge_windows(self, chunks: list, windows, num_rows: int) -> list:

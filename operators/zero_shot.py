@@ -78,8 +78,10 @@ class ZeroShotClassifyOperator(ModelOperator):
         scores = [None if r is None else r[1] for r in results]
         return [pa.array(labels, type=pa.list_(pa.string())), pa.array(scores, type=pa.list_(pa.float64()))]
 
-    def predict(self, mb: MicroBatch, batch: pa.Table) -> list:
-        return list(self.forward(mb).logits.float().cpu())
+    def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
+        """The pairs' NLI logits in float32, left on the device (copied once the next micro-batch
+        is queued)."""
+        return {"logits": self.forward(mb).logits.float()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import time
@@ -98,12 +100,11 @@ class ZeroShotClassifyOperator(ModelOperator):
         pair_failures: dict = {}
         logits: list = [None] * len(pair_ids)
         with torch.inference_mode():
-            for mb in iter_micro_batches(pair_tokens, np.arange(len(pair_ids)), self.pad_token_id, self.max_tokens,
-                                         self.max_rows, pair_type_ids, self.pad_to_multiple_of):
-                for pairs, res in self._predict_isolating_failures(mb, batch, pair_tokens, pair_type_ids,
-                                                                   pair_failures):
-                    for pair, row_logits in zip(pairs.tolist(), res):
-                        logits[pair] = row_logits
+            host_batches = iter_micro_batches(pair_tokens, np.arange(len(pair_ids)), self.pad_token_id, self.max_tokens,
+                                              self.max_rows, pair_type_ids, self.pad_to_multiple_of, self.pin_memory)
+            for pairs, res in self._run(host_batches, batch, pair_tokens, pair_type_ids, pair_failures):
+                for pair, row_logits in zip(pairs.tolist(), res["logits"]):
+                    logits[pair] = row_logits
         results: list = [None] * batch.num_rows
         for j, row in enumerate(rows):
             own = range(j * n_labels, (j + 1) * n_labels)
@@ -111,7 +112,8 @@ class ZeroShotClassifyOperator(ModelOperator):
             if bad is not None:
                 errors[row] = f"{pair_failures[bad]} (hypothesis {self.hypotheses[bad - own.start]!r})"
                 continue
-            scores = zero_shot_scores(torch.stack([logits[k] for k in own]), self.entailment, self.multi_label)
+            scores = zero_shot_scores(torch.from_numpy(np.stack([logits[k] for k in own])), self.entailment,
+                                      self.multi_label)
             order = sorted(range(n_labels), key=lambda k: -scores[k])
             results[row] = ([self.labels[k] for k in order], [scores[k] for k in order])
         out = batch.drop_columns([c for c in (*INTERNAL_COLUMNS, *self.drop_columns) if c in batch.column_names])

@@ -110,9 +110,12 @@ class ModelConfig:
     checkpoint scoring ``task.candidate_labels``) or ``sparse-embed`` (a SPLADE-style masked-LM
     checkpoint); picks the Auto class. The checkpoint must have the task's head (see
     ``allow_new_head``)."""
-    dtype: str = "float32"
+    dtype: Optional[str] = None
     """``float32``, ``bfloat16``, ``float16`` (GPU only) or ``auto``: bfloat16 on GPUs and CPUs that
-    compute it natively, float16 on older GPUs, float32 elsewhere (``operators.loading.auto_dtype``)."""
+    compute it natively, float16 on older GPUs (float32 for T5-family models, which overflow it),
+    float32 elsewhere (``operators.loading.auto_dtype_name``). Default (unset): ``auto`` when the
+    model actors have a GPU (float32 left there computes on TF32 tensor cores), ``float32`` on CPU.
+    The dtype a job used is in its report and manifest (``model_dtype``)."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) when ``path`` is a Hub id."""
     local_files_only: bool = False
@@ -291,7 +294,9 @@ class ComputeConfig:
     model_max_actors: int = 1
     """Model actor pool: maximum size."""
     model_num_gpus: float = 0.0
-    """GPUs per model actor (set 1 on GPU nodes); 0 runs the model on CPU."""
+    """GPUs per model actor (set 1 on GPU nodes); 0 runs the model on CPU. At most 1: a model
+    actor runs its whole model on one GPU, so scale with more actors (``model_max_actors`` = the
+    GPUs to use); a fraction (0.5) lets actors share a GPU."""
     model_num_cpus: float = 0.5
     """CPUs reserved per model actor. A reservation, not a thread count: see ``torch_threads``."""
     torch_threads: Optional[int] = None
@@ -326,6 +331,9 @@ class ComputeConfig:
     model_resources: dict = field(default_factory=dict)
     """Custom Ray resources each model actor requires, e.g. ``{gpu_node: 0.001}`` to place model
     actors on the GPU nodes of cluster.yaml."""
+
+    def __post_init__(self):
+        check_model_gpus(self.model_num_gpus)
 
     def block_rows(self) -> int:
         """``batch_size``, or its device default (see there)."""
@@ -394,6 +402,7 @@ class JobConfig:
                 if key != "overflow" or d[section][key] == "truncate":
                     d[section].pop(key)
         d["model"].pop("allow_new_head")  # changes no prediction of a checkpoint that has its head
+        d["model"]["dtype"] = resolved_dtype_setting(self)  # unset = its default: old fingerprints still match
         relevant = {
             "input": {k: v for k, v in d["input"].items() if k not in ("filesystem", "check_unique_ids")},
             "model": d["model"],
@@ -403,6 +412,25 @@ class JobConfig:
         }
         blob = json.dumps(relevant, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def check_model_gpus(num_gpus: float) -> None:
+    """``compute.model_num_gpus`` above 1 would load the whole model on the actor's first GPU and
+    leave the others idle (placing a model's layers across GPUs is not built)."""
+    if num_gpus < 0:
+        raise ConfigError(f"compute.model_num_gpus must be 0 (CPU) or up to 1, got {num_gpus:g}")
+    if num_gpus > 1:
+        raise ConfigError(
+            f"compute.model_num_gpus={num_gpus:g}: a model actor runs its whole model on one GPU, so more would "
+            "sit idle. Use model_num_gpus: 1 and one model actor per GPU (compute.model_max_actors = the GPUs to "
+            "use); placing one model's layers across several GPUs (models that do not fit one) is not built.")
+
+
+def resolved_dtype_setting(cfg: "JobConfig") -> str:
+    """``model.dtype`` with its default spelled out: ``auto`` for GPU actors, ``float32`` on CPU."""
+    if cfg.model.dtype is not None:
+        return cfg.model.dtype
+    return "auto" if cfg.compute.model_num_gpus else "float32"
 
 
 def check_overflow(cfg: "JobConfig") -> None:
@@ -523,6 +551,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _default_of(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+
+
 def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from a mapping; unknown keys raise a :class:`ConfigError`."""
     where = prefix or "config"
@@ -549,6 +582,8 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     section = prefix.split(".")[-1] if prefix else ""
     for name in names:
         choices = _CHOICES.get((section, name))
+        if choices is not None and getattr(obj, name) is None and _default_of(cls, name) is None:
+            continue  # unset: the key's own default applies (e.g. model.dtype per device)
         if choices is not None and getattr(obj, name) not in choices:
             key = f"{prefix}.{name}" if prefix else name
             raise ConfigError(

@@ -22,6 +22,7 @@ from rayformers.operators import TokenizeOperator
 from rayformers.operators.actors import ACTOR_FOR_TASK
 
 from .config import overflow_mode
+from .model_device import resolve_model_dtype
 from .preflight import ProcessingSpec, ResolvedJob, size_tokenizer_pool
 
 
@@ -113,7 +114,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
         ACTOR_FOR_TASK[cfg.model.task],
         fn_constructor_kwargs=dict(
             model_path=cfg.model.path,
-            dtype=cfg.model.dtype,
+            dtype=resolve_model_dtype(spec),
             revision=cfg.model.revision,
             local_files_only=cfg.model.local_files_only,
             num_gpus=c.model_num_gpus,
@@ -131,11 +132,20 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
         num_cpus=c.model_num_cpus,
         num_gpus=c.model_num_gpus or None,
         resources=c.model_resources or None,
-        batch_size=None,
+        batch_size=model_batch_rows(c),
         batch_format="pyarrow",
         zero_copy_batch=True,
     )
     return ds
+
+
+def model_batch_rows(compute) -> Optional[int]:
+    """Rows per model call: one block. CPU actors take each block as it comes (``None``); Ray Data
+    refuses GPU actors without an explicit size, so GPU actors ask for the block size itself.
+    Blocks leave the repartition at that size, so a batch is one whole block; only a short block
+    (a read unit's last) is topped up from the next one, which each row's place column makes
+    harmless (a row is never split, only its neighbours change)."""
+    return compute.block_rows() if compute.model_num_gpus else None
 
 
 def calibrate_embedding_ranges(spec: ProcessingSpec | ResolvedJob, sample) -> list:

@@ -25,7 +25,7 @@ from rayformers.operators.tokenize import check_stride
 
 from .commit import check_output_mode, staging_path
 
-from .config import TASKS, ConfigError, JobConfig, overflow_mode
+from .config import TASKS, ConfigError, JobConfig, overflow_mode, resolved_dtype_setting
 from .locks import lock_path_for
 from .output_safety import UnsafeOutputError, check_disjoint, location
 from .source import (
@@ -86,6 +86,10 @@ class ResolvedJob:
     """See :class:`ProcessingSpec`."""
     id_check_deferred: bool = False
     """The input is too large for the driver-side id check: run the distributed one with Ray."""
+    model_dtype: Optional[str] = None
+    """See :class:`ProcessingSpec`."""
+    device_facts: dict = field(default_factory=dict)
+    """See :class:`ProcessingSpec`."""
 
     @property
     def total_rows(self) -> int:
@@ -265,7 +269,7 @@ def resolve_model(cfg: JobConfig):
     except ValueError as e:
         raise PreflightError(f"model.task {m.task!r} is not available for model.path {m.path!r}: {e}") from e
     check_task_head(cfg, model_config)
-    if m.quantization != "none" and (cfg.compute.model_num_gpus or m.dtype != "float32"):
+    if m.quantization != "none" and (cfg.compute.model_num_gpus or resolved_dtype_setting(cfg) != "float32"):
         raise PreflightError(
             f"model.quantization {m.quantization} runs on CPU actors in float32: set compute.model_num_gpus: 0 "
             f"and model.dtype: float32 (or quantization: none on GPUs, where bf16/fp16 is the fast path)"
@@ -384,6 +388,10 @@ class ProcessingSpec:
     """Prepended to every text before tokenizing (an embedding model's prompt)."""
     stride: int = 0
     """``tokenizer.overflow: chunk``: tokens a window repeats of the previous one (resolved)."""
+    model_dtype: Optional[str] = None
+    """The model actors' concrete dtype, once resolved with Ray up (``model_device``)."""
+    device_facts: dict = field(default_factory=dict)
+    """What the model actors' device probe reported (empty when none ran)."""
 
 
 def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Collection[str] = ()) -> ProcessingSpec:
@@ -407,6 +415,7 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
     if inp.source_language and inp.source_language_column:
         raise PreflightError("set input.source_language (one language for every row) or input.source_language_column "
                              "(per row), not both")
+    check_vocabulary(tokenizer, model_config, tok_path, cfg.model.path)
     st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
     max_length = resolve_max_length(cfg, tokenizer, model_config, st)
     stride = resolve_stride(cfg, tokenizer, max_length)
@@ -484,6 +493,38 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
         drop_after_model=drop if text_needed_by_model else [],
         text_prefix=prefix,
         stride=stride,
+    )
+
+
+def tokenizer_id_bound(tokenizer: Any) -> Optional[int]:
+    """One past the largest token id the tokenizer can produce (added tokens included)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        return None
+    return max(vocab.values()) + 1 if vocab else None
+
+
+def model_input_vocab_size(model_config: Any) -> Optional[int]:
+    """Rows of the model's input embedding, from its config (an encoder-decoder's encoder's)."""
+    encoder = getattr(model_config, "encoder", None)
+    if getattr(model_config, "is_encoder_decoder", False) and getattr(encoder, "vocab_size", None):
+        return int(encoder.vocab_size)
+    size = getattr(model_config, "vocab_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def check_vocabulary(tokenizer: Any, model_config: Any, tok_path: str, model_path: str) -> None:
+    """Refuse a tokenizer whose ids go past the model's input embeddings, before any row: on a GPU
+    such an id is a device-side assert that kills the model actor's CUDA context (rows that do
+    meet one at run time are error records: the model actors check every micro-batch too)."""
+    bound, size = tokenizer_id_bound(tokenizer), model_input_vocab_size(model_config)
+    if bound is None or size is None or bound <= size:
+        return
+    raise PreflightError(
+        f"tokenizer {tok_path!r} has {bound} token ids (0-{bound - 1}) but the model {model_path!r} embeds only "
+        f"{size} (its config's vocab_size): ids from {size} on would fail the model. Use the checkpoint's own "
+        "tokenizer (unset tokenizer.path) or a model trained with this tokenizer."
     )
 
 

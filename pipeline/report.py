@@ -31,6 +31,8 @@ class JobReport:
     """Checks run before scoring, e.g. ``quantization``: agreement with float32 on a sample."""
     manifest_path: Optional[str] = None
     message: str = ""
+    model_dtype: Optional[str] = None
+    """The precision the model actors computed in (``model.dtype`` resolved for their device)."""
 
     @property
     def rows_per_s(self) -> float:
@@ -58,6 +60,8 @@ class JobReport:
             f"throughput    {self.rows_per_s:.1f} rows/s, {self.tokens_per_s:.0f} tokens/s",
             f"wall time     {self.wall_s:.2f} s",
         ]
+        if self.model_dtype:
+            lines.append(f"model dtype   {self.model_dtype}")
         if self.stage_s:
             stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_s.items())
             lines.append(f"stages        {stages}")

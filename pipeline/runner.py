@@ -30,6 +30,7 @@ from .commit import (
 )
 from .config import JobConfig, load_config
 from .locks import output_lock
+from .model_device import resolve_model_dtype
 from .preflight import ResolvedJob, check_cluster_cpus, check_unique_ids_distributed, preflight
 from .report import JobReport
 from .source import row_groups_of
@@ -59,6 +60,8 @@ def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
         "task": cfg.model.task,
         "model_type": job.model_type,
         "max_length": job.max_length,  # the token limit rows were cut to: tokenizer.max_length or the checkpoint's
+        "model_dtype": job.model_dtype,
+        "model_device": job.device_facts or None,
         "id_column": job.id_column,
         "id_generated": job.id_generated,
         "input_files": [f.version() for f in job.files],  # what resume compares the input with
@@ -99,6 +102,7 @@ def run(
     job = preflight(cfg, input_files)
     ensure_ray(ray_init_kwargs)
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
+    resolve_model_dtype(job)  # the model actors' device checked, their precision settled (see there)
     if job.id_check_deferred:
         check_unique_ids_distributed(job.input_fs, job.files, cfg.input.id_column)
     if cfg.model.task == "embed" and cfg.task.embedding_precision in CALIBRATED:
@@ -197,6 +201,7 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         stage_s=stage,
         duplicates_removed=counts.duplicates_removed,
         checks=dict(checks or {}),
+        model_dtype=job.model_dtype,
     )
     if state.new_input_files:
         report.message = (

@@ -71,11 +71,8 @@ def test_node_types_have_one_job_each(cluster):
     assert cluster["file_mounts"] == {"~/rayformers": "."}
 
 
-def test_the_documented_compute_section_places_actors_with_the_node_markers(cluster):
-    """The job config printed in cluster.yaml's header must load and use the markers defined in
-    ``available_node_types``."""
-    from rayformers.pipeline.config import ComputeConfig, JobConfig, load_config
-
+def documented_compute() -> dict:
+    """The ``compute:`` section of the job config printed in cluster.yaml's header."""
     header = [ln[2:] if ln.startswith("# ") else ln[1:] for ln in CLUSTER_YAML.read_text().splitlines() if ln.startswith("#")]
     start = header.index("  compute:")
     block = []
@@ -83,10 +80,33 @@ def test_the_documented_compute_section_places_actors_with_the_node_markers(clus
         if block and not ln.startswith("    "):
             break
         block.append(ln)
-    documented = yaml.safe_load("\n".join(block))["compute"]
+    return yaml.safe_load("\n".join(block))["compute"]
+
+
+def test_the_documented_compute_section_places_actors_with_the_node_markers(cluster):
+    """The job config printed in cluster.yaml's header must load and use the markers defined in
+    ``available_node_types``."""
+    from rayformers.pipeline.config import ComputeConfig, JobConfig, load_config
+
+    documented = documented_compute()
     markers = {k for t in cluster["available_node_types"].values() for k in t["resources"] if k not in ("CPU", "GPU")}
     assert set(documented["tokenizer_resources"]) | set(documented["model_resources"]) <= markers
     if "model_resources" not in {f.name for f in dataclasses.fields(ComputeConfig)}:
         pytest.skip("the pipeline config has no compute.tokenizer_resources/model_resources yet")
     cfg = load_config({"compute": documented}, cls=JobConfig)
     assert cfg.compute.model_resources == {"gpu_node": 0.001}
+
+
+GPUS_PER_INSTANCE = {"g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.12xlarge": 4, "g5.48xlarge": 8,
+                     "g6.2xlarge": 1, "g6.12xlarge": 4, "p4d.24xlarge": 8, "p5.48xlarge": 8}
+"""GPUs of the AWS instance types a gpu_worker may use (add the type when cluster.yaml changes it)."""
+
+
+def test_the_documented_model_pool_has_one_actor_per_gpu(cluster):
+    """One GPU per model actor and no more actors than the GPU nodes have GPUs (an actor past
+    that waits forever for a GPU; two GPUs per actor would leave one idle)."""
+    documented = documented_compute()
+    gpu = cluster["available_node_types"]["gpu_worker"]
+    gpus = gpu["max_workers"] * GPUS_PER_INSTANCE[gpu["node_config"]["InstanceType"]]
+    assert documented["model_num_gpus"] == 1
+    assert documented["model_max_actors"] == gpus

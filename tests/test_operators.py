@@ -385,6 +385,32 @@ def test_next_micro_batch_is_queued_before_the_current_results_are_fetched():
     assert events == want
 
 
+def test_host_post_processing_of_a_micro_batch_runs_while_the_next_one_computes():
+    """``host_result`` (per-row Python, e.g. token-classify's entities) of micro-batch k runs
+    after k+1 is launched, so a GPU is not left idle while the host builds k's outputs."""
+    events = []
+
+    class Logged(ClassifyOperator):
+        def predict(self, mb, batch):
+            events.append(("predict", tuple(mb.rows)))
+            return super().predict(mb, batch)
+
+        def host_result(self, units, result, batch):
+            events.append(("host", tuple(units.tolist())))
+            return super().host_result(units, result, batch)
+
+    batch = tokenized(TEXTS)
+    out = Logged(model=TinyEncoder(), max_tokens_per_batch=40, max_rows_per_batch=2)(batch)
+    plain = ClassifyOperator(model=TinyEncoder(), max_tokens_per_batch=40, max_rows_per_batch=2)(batch)
+    assert out.column("label").equals(plain.column("label")) and out.column("score").equals(plain.column("score"))
+    batches = [rows for kind, rows in events if kind == "predict"]
+    assert len(batches) >= 2
+    want = [("predict", batches[0])]
+    for k in range(1, len(batches)):
+        want += [("predict", batches[k]), ("host", batches[k - 1])]
+    assert events == want + [("host", batches[-1])]
+
+
 def test_auto_dtype_picks_native_precision_per_device(tmp_path):
     from model_test_utils import tiny_bert
 

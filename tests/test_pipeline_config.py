@@ -393,3 +393,26 @@ def test_block_rows_default_by_device_and_explicit_value_wins():
     assert load_config({}).compute.block_rows() == 1024
     assert load_config({"compute": {"model_num_gpus": 1}}).compute.block_rows() == 16384
     assert load_config({"compute": {"model_num_gpus": 1, "batch_size": 512}}).compute.block_rows() == 512
+
+
+def test_model_num_gpus_above_one_is_refused_pointing_at_more_actors():
+    """Several GPUs per actor left all but the first idle (the model is placed on one)."""
+    for bad in (2, 1.5, 4):
+        with pytest.raises(ConfigError, match=r"model_num_gpus=.*one model actor per GPU.*model_max_actors.*not built"):
+            load_config({"compute": {"model_num_gpus": bad}})
+    with pytest.raises(ConfigError, match="model_num_gpus"):
+        load_config({"compute": {"model_num_gpus": -1}})
+    assert load_config({"compute": {"model_num_gpus": 0.5}}).compute.model_num_gpus == 0.5  # actors sharing a GPU
+
+
+def test_dtype_default_is_float32_on_cpu_and_auto_on_gpu_actors_with_fingerprints_kept():
+    from rayformers.pipeline.config import resolved_dtype_setting
+
+    cpu, gpu = load_config({"model": {"path": "m"}}), load_config({"model": {"path": "m"}, "compute": {"model_num_gpus": 1}})
+    assert cpu.model.dtype is None and resolved_dtype_setting(cpu) == "float32" and resolved_dtype_setting(gpu) == "auto"
+    assert resolved_dtype_setting(load_config({"model": {"dtype": "float32"}, "compute": {"model_num_gpus": 1}})) == "float32"
+    # unset on CPU is the float32 of before: outputs written then still resume
+    assert cpu.fingerprint() == load_config({"model": {"path": "m", "dtype": "float32"}}).fingerprint()
+    assert gpu.fingerprint() == load_config({"model": {"path": "m", "dtype": "auto"}}).fingerprint()
+    with pytest.raises(ConfigError, match="model.dtype"):
+        load_config({"model": {"dtype": "fp8"}})
