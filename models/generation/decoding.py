@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import transfer
 from .logits_process import ProcessorList
 from .session import DecoderSession
 
@@ -28,6 +29,7 @@ from .session import DecoderSession
 class DecodeSettings:
     max_length: int  # total decoder length, decoder prompt included
     eos_token_ids: torch.Tensor | None  # 1-D LongTensor or None
+    eos_token_list: list[int] | None  # the same ids on the host (stop checks on the step's tokens)
     pad_token_id: int | None
     do_sample: bool
     num_beams: int = 1
@@ -47,14 +49,37 @@ def _sampling_noise(shape, device) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float32, device=device).exponential_(1)
 
 
+def invalid_probability_rows(probs: torch.Tensor) -> torch.Tensor:
+    """[rows] bool on the device: rows whose sampling distribution is unusable (NaN / inf / all zero)."""
+    return ~torch.isfinite(probs).all(dim=-1) | (probs.sum(dim=-1) <= 0)
+
+
+def raise_invalid_probabilities(rows: list[int]) -> None:
+    """The error for sampling rows without a valid probability (`rows`: their numbers in the batch)."""
+    raise RuntimeError(
+        f"sampling rows {rows[:10]} have no valid probability (all scores -inf or NaN); relax top_k/top_p, "
+        "bad_words_ids or forced tokens."
+    )
+
+
 def _check_probs(probs: torch.Tensor) -> None:
-    bad = ~torch.isfinite(probs).all(dim=-1) | (probs.sum(dim=-1) <= 0)
+    bad = invalid_probability_rows(probs)
     if bool(bad.any()):
-        rows = bad.nonzero().flatten().tolist()
-        raise RuntimeError(
-            f"sampling rows {rows[:10]} have no valid probability (all scores -inf or NaN); relax top_k/top_p, "
-            "bad_words_ids or forced tokens."
-        )
+        raise_invalid_probabilities(bad.nonzero().flatten().tolist())
+
+
+def read_step(next_tokens: torch.Tensor, invalid: torch.Tensor | None) -> tuple[list[int], list[bool] | None]:
+    """The one device read of a decode step: the new tokens (and, when sampling, the invalid-row flags).
+
+    Raises the sampling error for invalid rows, so no caller uses tokens drawn from them.
+    """
+    if invalid is None:
+        return transfer.to_host(next_tokens), None
+    tokens, flags = transfer.to_host(torch.stack([next_tokens, invalid.to(next_tokens.dtype)]))
+    bad = [row for row, flag in enumerate(flags) if flag]
+    if bad:
+        raise_invalid_probabilities(bad)
+    return tokens, flags
 
 
 # ---------------------------------------------------------------------------------- greedy / sample
@@ -71,14 +96,18 @@ def greedy_or_sample(
 
     `expand` > 1 (several samples per input) repeats each input after the first step. Returns
     [inputs * expand, length] with finished rows padded with `pad_token_id`, as the reference.
+    Each step reads the device once (`read_step`: the new tokens); which rows finished and which
+    stay is decided on the host from them.
     """
     device = decoder_input_ids.device
     eos, pad = settings.eos_token_ids, settings.pad_token_id
+    eos_ids = frozenset() if eos is None else frozenset(settings.eos_token_list)
     sequences = decoder_input_ids
     total_rows = sequences.shape[0] * expand
     cur_len = sequences.shape[1]
-    active = torch.arange(total_rows, device=device)  # original row of each active row
-    finished_rows: list[torch.Tensor] = []
+    active_rows = list(range(total_rows))  # original row of each active row (host)
+    active = torch.arange(total_rows, device=device)  # the same on the device (sampling noise rows)
+    finished_rows: list[list[int]] = []
     finished_seqs: list[torch.Tensor] = []
 
     logits = session.step(sequences)
@@ -88,30 +117,38 @@ def greedy_or_sample(
         sequences = sequences.repeat_interleave(expand, dim=0)
     while True:
         scores = processors(sequences, logits)
+        invalid = None
         if settings.do_sample:
             noise = _sampling_noise((total_rows, scores.shape[-1]), device)
             probs = F.softmax(scores, dim=-1)
-            _check_probs(probs)
+            invalid = invalid_probability_rows(probs)
             next_tokens = (probs / noise.index_select(0, active)).argmax(dim=-1)
         else:
             next_tokens = torch.argmax(scores, dim=-1)
         sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
         cur_len += 1
-        done = _hits_eos(next_tokens, eos) if cur_len < settings.max_length else torch.ones_like(next_tokens, dtype=torch.bool)
-        if bool(done.any()):
-            finished_rows.append(active[done])
-            finished_seqs.append(sequences[done])
-            if bool(done.all()):
+        tokens, _ = read_step(next_tokens, invalid)
+        if cur_len >= settings.max_length:
+            done = [True] * len(tokens)
+        else:
+            done = [token in eos_ids for token in tokens]
+        if any(done):
+            leaving = [row for row, flag in enumerate(done) if flag]
+            finished_rows.append([active_rows[row] for row in leaving])
+            finished_seqs.append(sequences.index_select(0, transfer.to_device(leaving, device)))
+            if len(leaving) == len(done):
                 break
-            keep = (~done).nonzero().flatten()
-            active, sequences = active[keep], sequences[keep]
+            staying = [row for row, flag in enumerate(done) if not flag]
+            keep = transfer.to_device(staying, device)
+            active_rows = [active_rows[row] for row in staying]
+            active, sequences = active.index_select(0, keep), sequences.index_select(0, keep)
             session.keep(keep)
         logits = session.step(sequences[:, -1:])
 
     fill = pad if pad is not None else 0
     output = torch.full((total_rows, cur_len), fill, dtype=sequences.dtype, device=device)
     for rows, seqs in zip(finished_rows, finished_seqs):
-        output[rows, : seqs.shape[1]] = seqs
+        output[transfer.to_device(rows, device), : seqs.shape[1]] = seqs
     return output
 
 

@@ -48,6 +48,7 @@ import warnings
 import torch
 
 from ..hub import CheckpointNotFoundError
+from . import transfer
 from .configuration import DEFAULTS, GenerationConfig
 from .decoding import DecodeSettings, beam_search, greedy_or_sample
 from .logits_process import build_processors, check_supported
@@ -442,9 +443,10 @@ def _resolve_lengths(model, cfg: GenerationConfig, prompt_len: int, kwargs: dict
 
 
 def _decode_settings(cfg: GenerationConfig, eos, pad, device) -> DecodeSettings:
-    eos_tensor = torch.tensor(eos, dtype=torch.long, device=device) if eos is not None else None
+    eos_tensor = transfer.to_device(list(eos), device) if eos is not None else None
     return DecodeSettings(
-        max_length=cfg.max_length, eos_token_ids=eos_tensor, pad_token_id=pad, do_sample=bool(cfg.do_sample),
+        max_length=cfg.max_length, eos_token_ids=eos_tensor, eos_token_list=None if eos is None else list(eos),
+        pad_token_id=pad, do_sample=bool(cfg.do_sample),
         num_beams=cfg.num_beams, num_return_sequences=cfg.num_return_sequences,
         length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
     )
