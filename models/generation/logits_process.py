@@ -270,7 +270,7 @@ class TopP:
         sorted_logits, sorted_indices = torch.sort(scores, descending=False)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         remove_sorted = cumulative <= (1 - self.top_p)
-        remove_sorted[..., -self.min_tokens_to_keep:] = 0
+        remove_sorted[..., -self.min_tokens_to_keep:].fill_(False)  # fill_: no host scalar made into a tensor
         remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
         return scores.masked_fill(remove, -float("inf"))
 
