@@ -46,6 +46,14 @@ UNSUPPORTED_FIELDS: dict[str, object] = {
 }
 
 
+# transformers' `cache_implementation` values that only choose how the KV cache is laid out in memory
+# (static / sliding-window / offloaded buffers; Gemma's generation_config.json says "hybrid"): the
+# attention computed is the same, so our own cache serves them. "quantized" changes the keys and
+# values themselves and is refused.
+CACHE_LAYOUTS = (None, "dynamic", "dynamic_full", "offloaded", "static", "offloaded_static", "sliding_window",
+                 "hybrid", "hybrid_chunked", "offloaded_hybrid", "offloaded_hybrid_chunked")
+
+
 def check_supported(generation_config) -> None:
     """Refuse settings we do not implement instead of silently generating something else."""
     unsupported = []
@@ -53,7 +61,7 @@ def check_supported(generation_config) -> None:
         value = getattr(generation_config, name, off)
         if value is not None and value != off:
             unsupported.append(f"{name}={value!r}")
-    if generation_config.cache_implementation not in (None, "dynamic"):
+    if generation_config.cache_implementation not in CACHE_LAYOUTS:
         unsupported.append(f"cache_implementation={generation_config.cache_implementation!r}")
     if unsupported:
         raise NotImplementedError(

@@ -35,7 +35,8 @@ Decoder-only models (BertLMHeadModel and its RoBERTa/CamemBERT/XLM-R subclasses,
 inherit the same mixin with `config.is_encoder_decoder = False` and `config.is_decoder = True`:
 `forward(input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, return_dict=None,
 ...)` with the mask over cached + new positions, a batch-first cache, and the class attributes
-described in causal_session.py. The prompt (`input_ids`, LEFT-padded) is the start of the output, as
+described in causal_session.py (models that are causal whatever `config.is_decoder` says, such as
+Llama-style LMs, declare `_generation_always_causal = True`). The prompt (`input_ids`, LEFT-padded) is the start of the output, as
 in transformers, and `max_length` counts it.
 """
 
@@ -196,6 +197,9 @@ def prepare_decoding(model, generation_config, use_model_defaults, kwargs):
     check_supported(cfg)
     if not cfg.use_cache:
         logger.info("use_cache=False is ignored: rayformers generate always uses the KV cache (same tokens)")
+    if cfg.cache_implementation not in (None, "dynamic"):
+        logger.info("cache_implementation=%r only lays the KV cache out differently; rayformers uses its own cache "
+                    "(same attention)", cfg.cache_implementation)
     cfg.validate_for_generate(model._vocab_size_for_generation())
     eos = _as_id_list(cfg.eos_token_id)
     pad = cfg.pad_token_id
@@ -226,7 +230,7 @@ def _check_decoder_only_model(model) -> None:
             "heads BertLMHeadModel, RobertaForCausalLM, CamembertForCausalLM, XLMRobertaForCausalLM and "
             "MegaForCausalLM generate."
         )
-    if not getattr(model.config, "is_decoder", False):
+    if not getattr(model, "_generation_always_causal", False) and not getattr(model.config, "is_decoder", False):
         raise ValueError(
             f"{name}.generate needs config.is_decoder=True (a left-to-right LM); with is_decoder=False the model "
             "attends in both directions and has no cache. Load the checkpoint with is_decoder=True."
