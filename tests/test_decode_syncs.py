@@ -16,8 +16,9 @@ A CPU run cannot time such stalls, so the tests look at what the decode loops as
   code never calls them (or `.item()`, `.numpy()`, `.nonzero()`) outside transfer.py.
 
 Asserted: no unrouted sync at all, and `to_host` at most once between two decoder forwards, i.e. at
-most one sync per decode step, for greedy search and sampling with the common processors, for
-`generate` and `stream_generate`, encoder-decoder and decoder-only.
+most one sync per decode step, for greedy search and sampling with the common processors (and beam
+search / beam sampling in `generate`), for `generate` and `stream_generate`, encoder-decoder and
+decoder-only.
 """
 
 from __future__ import annotations
@@ -116,9 +117,11 @@ class SyncRecorder(TorchDispatchMode):
     def syncs(self) -> int:
         return self.events.count("S")
 
-    def max_syncs_between_forwards(self) -> int:
+    def max_syncs_between_forwards(self, final: int = 0) -> int:
+        """The most `to_host` calls between two decoder forwards, leaving out `final` reads after the
+        last step (beam search reads the output length once per call)."""
         most = run = 0
-        for event in self.events:
+        for event in self.events[:len(self.events) - final]:
             run = run + 1 if event == "S" else 0
             most = max(most, run)
         return most
@@ -166,13 +169,19 @@ SETTINGS = {
     "sample": dict(max_new_tokens=12, eos_token_id=EOS_LIST, do_sample=True, temperature=0.8, top_k=20, top_p=0.9,
                    num_return_sequences=2, repetition_penalty=1.2, min_length=3),
 }
+BEAM_SETTINGS = {  # generate only (stream_generate runs batched generate for beams)
+    "beam": dict(max_new_tokens=10, eos_token_id=EOS_LIST, num_beams=3, num_return_sequences=2,
+                 no_repeat_ngram_size=2, length_penalty=0.7),
+    "beam-sample": dict(max_new_tokens=10, eos_token_id=EOS_LIST, num_beams=3, do_sample=True, top_k=15,
+                        early_stopping=True),
+}
 
 
-def _assert_one_sync_per_step(recorder):
+def _assert_one_sync_per_step(recorder, final: int = 0):
     assert recorder.unrouted == [], f"device reads outside transfer.to_host: {sorted(set(recorder.unrouted))}"
     assert recorder.syncs() >= 3, recorder.events  # the loop ran several steps through to_host
-    assert recorder.max_syncs_between_forwards() == 1, "".join(recorder.events)
-    assert recorder.syncs() <= recorder.events.count("F")
+    assert recorder.max_syncs_between_forwards(final) == 1, "".join(recorder.events)
+    assert recorder.syncs() - final <= recorder.events.count("F")
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
@@ -200,6 +209,19 @@ def test_generate_reads_the_device_once_per_step(bart, bert_lm, monkeypatch, kin
     assert recorder.syncs() == recorder.events.count("F")  # one read per step, every step
 
 
+@pytest.mark.parametrize("name", list(BEAM_SETTINGS))
+@pytest.mark.parametrize("kind", ["encoder-decoder", "decoder-only"])
+def test_beam_search_reads_the_device_once_per_step(bart, bert_lm, monkeypatch, kind, name):
+    model = bart if kind == "encoder-decoder" else bert_lm
+    input_ids = torch.tensor([[5, 8, 9, 11, 4], [1, 1, 7, 3, 12], [1, 1, 1, 20, 21]])
+    mask = (input_ids != 1).long()
+    torch.manual_seed(3)
+    recorder, _ = _record(model, monkeypatch, lambda: model.generate(input_ids, attention_mask=mask,
+                                                                     **BEAM_SETTINGS[name]))
+    _assert_one_sync_per_step(recorder, final=1)
+    assert recorder.events[-2:] == ["S", "S"]  # the last step's read, then the output length
+
+
 def test_the_recorder_catches_a_device_read(bart, monkeypatch):
     """The recorder is not blind: an engine step that reads the device is reported."""
     original = continuous_engine.ContinuousEngine._is_padded
@@ -220,7 +242,8 @@ def test_the_recorder_catches_a_device_read(bart, monkeypatch):
 # every logits processor and generate's greedy / sampling loop.
 _STEP_CODE = [
     continuous_engine.ContinuousEngine, continuous_seq2seq.EncoderDecoderRows, continuous_causal.DecoderOnlyRows,
-    decoding.greedy_or_sample, decoding.read_step, decoding.invalid_probability_rows,
+    decoding.greedy_or_sample, decoding.beam_search, decoding.read_step, decoding.invalid_probability_rows,
+    decoding._BeamState.keep, decoding._gather_beams,
     session.DecoderSession.step, session.DecoderSession.keep, session.DecoderSession.trim_left,
     session.DecoderSession.pad_self_attention, session.DecoderSession.append,
     causal_session.CausalSession.step, causal_session.CausalSession._forward, causal_session.CausalSession.keep,

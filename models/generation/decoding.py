@@ -62,12 +62,6 @@ def raise_invalid_probabilities(rows: list[int]) -> None:
     )
 
 
-def _check_probs(probs: torch.Tensor) -> None:
-    bad = invalid_probability_rows(probs)
-    if bool(bad.any()):
-        raise_invalid_probabilities(bad.nonzero().flatten().tolist())
-
-
 def read_step(next_tokens: torch.Tensor, invalid: torch.Tensor | None) -> tuple[list[int], list[bool] | None]:
     """The one device read of a decode step: the new tokens (and, when sampling, the invalid-row flags).
 
@@ -197,7 +191,8 @@ def beam_search(
     """Beam search (`do_sample=True`: beam sampling) for `decoder_input_ids` [inputs, prompt].
 
     The session holds one row per input; it is expanded to `num_beams` rows after the first step.
-    Returns [inputs * num_return_sequences, length], as the reference.
+    Returns [inputs * num_return_sequences, length], as the reference. Each step reads the device
+    once (the stop conditions and which inputs leave, in one small transfer).
     """
     device = decoder_input_ids.device
     num_beams, eos = settings.num_beams, settings.eos_token_ids
@@ -214,7 +209,7 @@ def beam_search(
     if eos is None:
         fill_value = -1
     else:
-        fill_value = settings.pad_token_id if settings.pad_token_id else int(eos[0])
+        fill_value = settings.pad_token_id if settings.pad_token_id else settings.eos_token_list[0]
     state = _BeamState(decoder_input_ids, num_beams, max_length, fill_value)
     done_items: list[torch.Tensor] = []
     done_sequences: list[torch.Tensor] = []
@@ -242,10 +237,11 @@ def beam_search(
         if settings.do_sample:
             noise = _sampling_noise((batch, num_beams * vocab_size), device)
             probs = F.softmax(log_probs, dim=-1)
-            _check_probs(probs)
+            invalid = invalid_probability_rows(probs)
             topk_indices = torch.topk(probs / noise.index_select(0, state.original_index), beams_to_keep).indices
             topk_log_probs = torch.gather(log_probs, 1, topk_indices)
         else:
+            invalid = None
             topk_log_probs, topk_indices = torch.topk(log_probs, k=beams_to_keep)
         topk_current_beam_indices = topk_indices // vocab_size
         topk_running_beam_indices = _gather_beams(state.running_beam_indices, topk_current_beam_indices)
@@ -300,19 +296,29 @@ def beam_search(
             best_running > worst_finished, dim=-1, keepdim=True
         )
         all_finished = torch.all(state.is_sent_finished, dim=-1)
-        improvement_possible = bool(state.heuristic_unsatisfied.any())
-        open_beam = not (bool(all_finished.all()) and early_stopping is True)
-        if not (improvement_possible and open_beam and not bool(hits.all())):
-            break
-
-        # -- inputs whose finished hypotheses can no longer change leave the batch
+        # inputs whose finished hypotheses can no longer change (they leave the batch below)
         frozen = ~state.heuristic_unsatisfied[:, 0]
         if early_stopping is True:
             frozen |= all_finished
         frozen &= state.beam_scores.min(dim=-1).values > -1.0e9
-        if bool(frozen.any()):
-            retire(frozen.nonzero().flatten())
-            keep_items = (~frozen).nonzero().flatten()
+
+        # -- the step's one device read: the stop conditions, the frozen inputs, invalid sampling rows
+        checks = [torch.stack([state.heuristic_unsatisfied.any(), all_finished.all(), hits.all()]), frozen]
+        flags = transfer.to_host(torch.cat(checks + ([] if invalid is None else [invalid])))
+        if invalid is not None:
+            bad = [item for item, flag in enumerate(flags[3 + items:]) if flag]
+            if bad:
+                raise_invalid_probabilities(bad)
+        improvement_possible, everything_finished, every_candidate_hit = flags[:3]
+        open_beam = not (everything_finished and early_stopping is True)
+        if not (improvement_possible and open_beam and not every_candidate_hit):
+            break
+
+        # -- inputs whose finished hypotheses can no longer change leave the batch
+        frozen_flags = flags[3:3 + items]
+        if any(frozen_flags):
+            retire(transfer.to_device([i for i, flag in enumerate(frozen_flags) if flag], device))
+            keep_items = transfer.to_device([i for i, flag in enumerate(frozen_flags) if not flag], device)
             state.keep(keep_items)
             keep_rows = (keep_items[:, None] * num_beams + torch.arange(num_beams, device=device)).reshape(-1)
             # beam_idx holds old row numbers; beams only move within their input, so the kept inputs'
@@ -329,5 +335,5 @@ def beam_search(
     sequences[items_order] = torch.cat(done_sequences)
     lengths = torch.empty((batch, nrs), dtype=torch.long, device=device)
     lengths[items_order] = torch.cat(done_lengths)
-    output_length = prompt_len + int(lengths.max())
+    output_length = prompt_len + transfer.to_host(lengths.max())  # once per call, after the last step
     return sequences.reshape(batch * nrs, max_length)[:, :output_length]
