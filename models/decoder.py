@@ -640,7 +640,7 @@ class DecoderForCausalLM(_DecoderHead, GenerationMixin):
     # Decoder-only generation contract (generation/causal_session.py).
     _generation_position_ids = True
     _cache_sequence_dims = (2, 2)
-    _always_causal = True  # a decoder-only LM: causal whatever config.is_decoder says
+    _generation_always_causal = True  # a decoder-only LM: causal whatever config.is_decoder says
 
     def __init__(self, config):
         super().__init__(config)

@@ -13,10 +13,36 @@ forward takes `position_ids` they are `cumsum(attention_mask) - 1` (padding gets
 every step, so a left-padded row sees the positions it would see alone (for RoBERTa this replaces
 its padding-offset positions exactly as transformers' generate does).
 
-Models declare what the session needs with class attributes:
-- `_generation_position_ids` (bool): pass positions as above;
+What a decoder-only LM implements to generate (`generate`, beam search included, and continuous
+batching with `stream_generate`); nothing else is called:
+- `class XForCausalLM(XPreTrainedModel, GenerationMixin)`, with
+  `self.generation_config = GenerationConfig.from_model_config(config)` in `__init__` (from_pretrained
+  then loads generation_config.json), `config.is_encoder_decoder` False, and `config.is_decoder`
+  True unless the class declares `_generation_always_causal = True` (Llama-style LMs are causal
+  whatever `is_decoder` says);
+- `forward(input_ids, attention_mask, past_key_values=None, use_cache=True, return_dict=True,
+  position_ids=...)` returning `.logits` [rows, new, vocab] (only the last position is read; any
+  float dtype, upcast to float32 here) and `.past_key_values`:
+  * the first call gets the whole LEFT-padded prompt batch and `past_key_values=None`; later calls
+    one new token per row ([rows, 1]) and the cache the previous call returned;
+  * `attention_mask` [rows, cached + new] always covers every position so far, 0 for padding;
+    padding is always on the left of a row (a row that joins a running batch gets zero columns
+    prepended, and columns that are padding for every row are cut off the left);
+  * the cache is a tuple over layers of tuples of tensors, all batch-first: the session drops,
+    repeats and reorders rows with `index_select(0, rows)` / `repeat_interleave(n, 0)` on every
+    tensor, and left-pads (zeros) or left-trims each tensor along its sequence dimension
+    (`_cache_sequence_dims`). No other per-row state may live in the model between calls;
+  * with `_generation_position_ids = True` the forward gets `position_ids` [rows, new] =
+    `cumsum(attention_mask) - 1` (1 on padding), as transformers' `prepare_inputs_for_generation`
+    makes them: rotary / absolute positions then equal those of the row alone;
+- `get_output_embeddings()` (its `out_features` is the vocabulary size checked against token ids)
+  and `config.max_position_embeddings` (prompt + new tokens must fit it).
+The class attributes (only `_cache_sequence_dims` is required: it declares this contract):
 - `_cache_sequence_dims`: for each tensor of a layer's cache its sequence dimension, or None for
-  state without one (MEGA's EMA state); used to left-pad caches when rows of different lengths join;
+  state without one (MEGA's EMA state); used to left-pad caches when rows of different lengths join
+  (a Llama-style `(key, value)` [rows, kv_heads, seq, head_dim] layer: `(2, 2)`);
+- `_generation_position_ids` (bool): pass positions as above;
+- `_generation_always_causal` (bool): skip the `config.is_decoder` check;
 - `_generation_prefill_unpadded` (bool): the model cannot prefill a left-padded batch (MEGA gives
   NaN for padded queries, as transformers does), so each group of equal-length prompts is
   prefilled without padding and their caches are left-padded and merged;

@@ -20,6 +20,10 @@ How it works (greedy search and sampling):
   still leave the batch.
 - beam search falls back to batched `generate` per length-sorted chunk.
 
+One engine runs the batch for every model kind (continuous_engine.py); what differs between
+encoder-decoder and decoder-only models is its strategy (continuous_seq2seq.py,
+continuous_causal.py). Each decode step reads the device once (see transfer.py).
+
 Every output equals the corresponding row of `model.generate` for the same settings, cut after its
 first generated eos (generate pads it further). With `do_sample=True`, input number i (0-based,
 in iteration order) samples from its own `torch.Generator` seeded `seed + i`, so its output equals
@@ -33,25 +37,17 @@ ValueError naming their key before any output of their group is produced; no inp
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
+import copy
 from typing import Any, Hashable, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 
-from .decoding import _check_probs
+from .continuous_causal import DecoderOnlyRows, _RowLimits, beam_groups
+from .continuous_engine import ContinuousEngine
+from .continuous_inputs import _InputReader
+from .continuous_seq2seq import EncoderDecoderRows, _cut_after_eos, beam_chunks  # noqa: F401 (_cut_after_eos is public here)
 from .logits_process import build_processors
-from .session import DecoderSession
-from .utils import _decode_settings, _max_source_positions, _resolve_lengths, prepare_decoding
-
-
-@dataclass
-class _Input:
-    index: int
-    key: Hashable
-    ids: list[int]
-    outputs: dict[int, list[int]] = field(default_factory=dict)  # sample number -> tokens
+from .utils import _resolve_lengths, prepare_decoding
 
 
 @torch.inference_mode()
@@ -96,319 +92,38 @@ def stream_generate(
     lookahead = lookahead or 4 * max_batch_size
     device = next(model.parameters()).device
     reader = _InputReader(model, inputs, lookahead, max_batch_tokens)
-    if decoder_only:  # prompts in, continuations out (continuous_causal.py)
-        from .continuous_causal import stream_generate_causal
-
-        yield from stream_generate_causal(model, cfg, special, reader, kwargs, max_batch_size=max_batch_size,
-                                          max_batch_tokens=max_batch_tokens, seed=seed,
-                                          refill=True if refill is None else refill, device=device)
-        return
-    if cfg.num_beams > 1:
-        yield from _beam_chunks(model, cfg, special, reader, max_batch_size, max_batch_tokens, device)
-        return
-    supported = bool(getattr(model, "_supports_left_padded_decoder", False))
-    if refill and not supported:
-        raise ValueError(
-            f"{type(model).__name__} does not support slot refill (it does not declare "
-            "`_supports_left_padded_decoder`); use refill=None or False (waves)."
-        )
-    engine = _Engine(model, cfg, special, device, max_batch_size, max_batch_tokens, seed,
-                     supported if refill is None else refill)
-    yield from engine.run(reader)
-
-
-# ---------------------------------------------------------------------------------- input handling
-
-
-class _InputReader:
-    """Reads, validates and length-sorts inputs `lookahead` at a time."""
-
-    def __init__(self, model, inputs, lookahead: int, max_batch_tokens: int | None):
-        self.iterator = iter(inputs)
-        self.lookahead = lookahead
-        self.counter = itertools.count()
-        self.pending: list[_Input] = []
-        self.exhausted = False
-        self.vocab_size = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
-        self.max_positions = _max_source_positions(model)
-        self.max_batch_tokens = max_batch_tokens
-
-    def _validate(self, key, ids) -> list[int]:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.flatten().tolist()
-        try:
-            ids = [int(t) for t in ids]
-        except (TypeError, ValueError):
-            raise ValueError(f"input {key!r}: input ids must be a sequence of integer token ids, got {ids!r}") from None
-        if not ids:
-            raise ValueError(f"input {key!r} is empty: every input needs at least one token (e.g. eos).")
-        if self.vocab_size is not None and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            bad = [t for t in ids if t < 0 or t >= self.vocab_size][:5]
-            raise ValueError(f"input {key!r} holds token ids {bad} outside the vocabulary [0, {self.vocab_size}).")
-        if self.max_positions is not None and len(ids) > self.max_positions:
-            raise ValueError(
-                f"input {key!r} has {len(ids)} tokens, more than max_position_embeddings={self.max_positions}; "
-                f"truncate it to {self.max_positions} tokens."
-            )
-        if self.max_batch_tokens is not None and len(ids) > self.max_batch_tokens:
-            raise ValueError(
-                f"input {key!r} has {len(ids)} tokens, more than max_batch_tokens={self.max_batch_tokens}; raise "
-                "max_batch_tokens or truncate the input."
-            )
-        return ids
-
-    def _fill(self) -> None:
-        if self.exhausted or len(self.pending) >= self.lookahead:
-            return
-        fresh = []
-        for item in itertools.islice(self.iterator, self.lookahead - len(self.pending)):
-            try:
-                key, ids = item
-            except (TypeError, ValueError):
-                raise ValueError(f"stream_generate inputs must be (key, input_ids) pairs, got {item!r}") from None
-            fresh.append(_Input(next(self.counter), key, self._validate(key, ids)))
-        if len(fresh) < self.lookahead - len(self.pending):
-            self.exhausted = True
-        # Longest first: similar lengths are admitted together and long inputs do not wait until the end.
-        self.pending = sorted(self.pending + fresh, key=lambda x: (-len(x.ids), x.index))
-
-    def has_pending(self) -> bool:
-        self._fill()
-        return bool(self.pending)
-
-    def take(self, max_inputs: int, token_budget: int | None) -> list[_Input]:
-        """Up to `max_inputs` pending inputs whose padded source tokens fit `token_budget`."""
-        self._fill()
-        taken: list[_Input] = []
-        while self.pending and len(taken) < max_inputs:
-            candidate = self.pending[0]
-            width = max([len(candidate.ids)] + [len(x.ids) for x in taken])
-            if token_budget is not None and taken and width * (len(taken) + 1) > token_budget:
-                break
-            taken.append(self.pending.pop(0))
-        return taken
-
-
-def _pad_inputs(group: list[_Input], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x.ids) for x in group)
-    input_ids = torch.full((len(group), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(group), width), dtype=torch.long, device=device)
-    for row, item in enumerate(group):
-        input_ids[row, : len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
-        mask[row, : len(item.ids)] = 1
-    return input_ids, mask
-
-
-def _cut_after_eos(row: list[int], eos: list[int] | None, prompt_len: int) -> list[int]:
-    if eos is None:
-        return row
-    for position in range(prompt_len, len(row)):
-        if row[position] in eos:
-            return row[: position + 1]
-    return row
-
-
-# ---------------------------------------------------------------------------------- beams: chunks
-
-
-def _beam_chunks(model, cfg, special, reader: _InputReader, max_batch_size, max_batch_tokens, device):
-    nrs = cfg.num_return_sequences
-    per_chunk = max(1, max_batch_size // cfg.num_beams)
+    nrs = cfg.num_return_sequences if cfg.do_sample else 1
     pad_id = special["pad"] if special["pad"] is not None else 0
-    while reader.has_pending():
-        group = reader.take(per_chunk, max_batch_tokens)
-        input_ids, mask = _pad_inputs(group, pad_id, device)
-        plan = {
-            "config": cfg, "input_ids": input_ids, "attention_mask": mask, "encoder_outputs": None,
-            "decoder_input_ids": torch.full((len(group), 1), int(special["decoder_start"]), dtype=torch.long, device=device),
-            "eos": special["eos"], "pad": special["pad"], "device": device,
-        }
-        output = model._run_plan(plan).tolist()
-        for number, item in enumerate(group):
-            rows = [_cut_after_eos(output[number * nrs + i], special["eos"], 1) for i in range(nrs)]
-            yield item.key, (rows[0] if nrs == 1 else rows)
-
-
-# ---------------------------------------------------------------------------------- greedy / sample
-
-
-def _replay_global_draws(generator: torch.Generator, count: int) -> None:
-    """Advance `generator` as `count` `torch.rand([])` calls advance the CPU global generator (a CUDA
-    generator is untouched by them, so it is not advanced)."""
-    if generator.device.type != "cpu":
-        return
-    for _ in range(count):
-        torch.rand([], generator=generator)
-
-
-class _Engine:
-    """The running batch for greedy search / sampling with refill (or waves)."""
-
-    def __init__(self, model, cfg, special, device, max_batch_size, max_batch_tokens, seed, refill: bool):
-        self.model = model
-        self.cfg = cfg
-        self.device = device
-        self.eos = special["eos"]
-        self.pad_id = special["pad"] if special["pad"] is not None else 0
-        self.start = None if special["decoder_start"] is None else int(special["decoder_start"])  # None: decoder-only
-        self.settings = _decode_settings(cfg, self.eos, special["pad"], device)
-        self.processors = build_processors(cfg, decoder_prompt_length=1, eos_token_ids=self.eos)
-        self.nrs = cfg.num_return_sequences if cfg.do_sample else 1
-        self.max_rows = max_batch_size
-        self.max_tokens = max_batch_tokens
-        self.seed = seed
-        self.refill = refill
-        self.position_kwarg = getattr(model, "_decoder_position_ids_kwarg", None) if self.refill else None
-        # running state, one entry per decoder row
-        self.session: DecoderSession | None = None
-        self.history = torch.empty((0, 0), dtype=torch.long, device=device)  # left-padded with the start token
-        self.lengths = torch.empty((0,), dtype=torch.long, device=device)
-        self.decoder_mask = torch.empty((0, 0), dtype=torch.long, device=device)
-        self.rows: list[tuple[_Input, int]] = []  # (input, sample number)
-        self.source_tokens = 0
-        self.generators: dict[int, torch.Generator] = {}
-        # Scalar draws a forward takes from torch's (CPU) global generator (M2M100's LayerDrop coins);
-        # replayed on each input's generator so its samples equal generate() on that input alone.
-        self.rng_draws = getattr(model, "global_rng_draws_per_forward", (0, 0))
-
-    # -- admission
-    def _admit(self, reader: _InputReader) -> torch.Tensor | None:
-        """Encode newcomers, run their first decoder step, merge them; return their logits."""
-        free_rows = self.max_rows - len(self.rows)
-        if free_rows < self.nrs or (not self.refill and self.rows):
-            return None
-        # A prefill costs about one decoder step over all weights, however few rows it admits: wait
-        # until a quarter of the batch is free (or the batch is empty) before refilling.
-        if self.rows and free_rows < max(self.nrs, self.max_rows // 4):
-            return None
-        budget = None if self.max_tokens is None else self.max_tokens - self.source_tokens
-        if budget is not None and budget <= 0:
-            return None
-        group = reader.take(free_rows // self.nrs, budget)
-        if not group:
-            return None
-        input_ids, mask = _pad_inputs(group, self.pad_id, self.device)
-        hidden = self.model.get_encoder()(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
-        newcomer = DecoderSession(self.model, hidden, mask)
-        logits = newcomer.step(torch.full((len(group), 1), self.start, dtype=torch.long, device=self.device))
-        if self.nrs > 1:
-            newcomer.repeat(self.nrs)
-            logits = logits.repeat_interleave(self.nrs, dim=0)
-        count = len(group) * self.nrs
-        for item in group:
-            self.source_tokens += len(item.ids) * self.nrs
-            if self.cfg.do_sample:
-                generator = torch.Generator(device=self.device)
-                generator.manual_seed(self.seed + item.index)
-                _replay_global_draws(generator, self.rng_draws[0])
-                self.generators[item.index] = generator
-            self.rows.extend((item, sample) for sample in range(self.nrs))
-
-        width = self.history.shape[1] if self.session is not None else 1
-        new_history = torch.full((count, width), self.start, dtype=torch.long, device=self.device)
-        new_mask = torch.zeros((count, width), dtype=torch.long, device=self.device)
-        new_mask[:, -1] = 1
-        if self.session is None:
-            self.session = newcomer
-            self.history, self.decoder_mask = new_history, new_mask
-        else:
-            source = max(self.session.encoder_hidden_states.shape[1], newcomer.encoder_hidden_states.shape[1])
-            self.session.pad_encoder(source)
-            newcomer.pad_encoder(source)
-            newcomer.pad_self_attention(self.session.self_attention_length())
-            self.session.append(newcomer)
-            self.history = torch.cat([self.history, new_history])
-            self.decoder_mask = torch.cat([self.decoder_mask, new_mask])
-        self.lengths = torch.cat([self.lengths, torch.ones(count, dtype=torch.long, device=self.device)])
-        return logits
-
-    # -- token choice
-    def _choose(self, scores: torch.Tensor) -> torch.Tensor:
-        if not self.cfg.do_sample:
-            return torch.argmax(scores, dim=-1)
-        probs = F.softmax(scores, dim=-1)
-        _check_probs(probs)
-        noise = torch.empty_like(probs)
-        # one draw of [num_return_sequences, vocab] per input and step, as generate(that input) draws
-        by_input: dict[int, list[int]] = {}
-        for row, (item, _) in enumerate(self.rows):
-            by_input.setdefault(item.index, []).append(row)
-        for index, rows in by_input.items():
-            _replay_global_draws(self.generators[index], self.rng_draws[1])
-            draw = torch.empty((self.nrs, probs.shape[-1]), dtype=probs.dtype, device=probs.device)
-            draw.exponential_(1, generator=self.generators[index])
-            samples = torch.tensor([self.rows[r][1] for r in rows], device=probs.device)
-            noise[rows] = draw.index_select(0, samples)
-        return (probs / noise).argmax(dim=-1)
-
-    # -- finishing
-    def _finish(self, done: torch.Tensor):
-        finished = []
-        lengths = self.lengths.tolist()
-        width = self.history.shape[1]
-        for row in done.nonzero().flatten().tolist():
-            item, sample = self.rows[row]
-            item.outputs[sample] = self.history[row, width - lengths[row]:].tolist()
-            if len(item.outputs) == self.nrs:
-                finished.append(item)
-        keep = (~done).nonzero().flatten()
-        self.rows = [self.rows[r] for r in keep.tolist()]
-        for item in finished:
-            self.source_tokens -= len(item.ids) * self.nrs
-            self.generators.pop(item.index, None)
-        if self.rows:
-            self.session.keep(keep)
-            self.history = self.history[keep]
-            self.lengths = self.lengths[keep]
-            self.decoder_mask = self.decoder_mask[keep]
-            self._trim_left_padding()
-        else:
-            self.session = None
-            self.history = self.history[:0, :1]
-            self.lengths = self.lengths[:0]
-            self.decoder_mask = self.decoder_mask[:0, :1]
-        for item in finished:
-            outputs = [item.outputs[s] for s in range(self.nrs)]
-            yield item.key, (outputs[0] if self.nrs == 1 else outputs)
-
-    def _trim_left_padding(self) -> None:
-        """Drop cache columns that are padding for every remaining row (after long rows left)."""
-        unused = int(self.history.shape[1] - self.lengths.max())
-        if unused <= 0:
+    if decoder_only:  # prompts in, continuations out (continuous_causal.py)
+        limits = _RowLimits(model, cfg, kwargs)
+        # Which processors exist (and their order) is decided once, as for a one-token prompt; their
+        # length limits then come per row (`limits` raises, naming the input, where one does not fit).
+        probe = copy.deepcopy(cfg)
+        try:
+            _resolve_lengths(model, probe, 1, kwargs)
+        except ValueError:
+            pass
+        if cfg.num_beams > 1:
+            yield from beam_groups(model, cfg, special, reader, limits, kwargs, max_batch_size, max_batch_tokens, device)
             return
-        self.history = self.history[:, unused:]
-        self.decoder_mask = self.decoder_mask[:, unused:]
-        self.session.past_key_values = tuple(
-            (layer[0][:, :, unused:], layer[1][:, :, unused:]) + tuple(layer[2:])
-            for layer in self.session.past_key_values
-        )
-
-    # -- main loop
-    def run(self, reader: _InputReader):
-        logits = None
-        while True:
-            new_logits = self._admit(reader)
-            if new_logits is not None:
-                logits = new_logits if logits is None else torch.cat([logits, new_logits])
-            if logits is None:
-                return  # nothing running, nothing pending
-            padded = bool((self.lengths != self.history.shape[1]).any())
-            scores = self.processors(self.history, logits, self.lengths if padded else None)
-            next_tokens = self._choose(scores)
-            self.history = torch.cat([self.history, next_tokens[:, None]], dim=1)
-            self.decoder_mask = torch.cat([self.decoder_mask, torch.ones_like(next_tokens)[:, None]], dim=1)
-            self.lengths = self.lengths + 1
-            done = self.lengths >= self.settings.max_length
-            if self.settings.eos_token_ids is not None:
-                done |= torch.isin(next_tokens, self.settings.eos_token_ids)
-            if bool(done.any()):
-                yield from self._finish(done)
-            if not self.rows:
-                logits = None
-                continue
-            step_kwargs = {}
-            if bool((self.lengths != self.history.shape[1]).any()):  # some rows are left-padded
-                step_kwargs["decoder_attention_mask"] = self.decoder_mask
-                if self.position_kwarg is not None:
-                    step_kwargs[self.position_kwarg] = (self.lengths - 1)[:, None]
-            logits = self.session.step(self.history[:, -1:], **step_kwargs)
+        refill = True if refill is None else refill
+        strategy = DecoderOnlyRows(model, limits, pad_id=pad_id, nrs=nrs, device=device)
+    else:
+        if cfg.num_beams > 1:
+            yield from beam_chunks(model, cfg, special, reader, max_batch_size, max_batch_tokens, device)
+            return
+        supported = bool(getattr(model, "_supports_left_padded_decoder", False))
+        if refill and not supported:
+            raise ValueError(
+                f"{type(model).__name__} does not support slot refill (it does not declare "
+                "`_supports_left_padded_decoder`); use refill=None or False (waves)."
+            )
+        refill = supported if refill is None else refill
+        probe = cfg
+        strategy = EncoderDecoderRows(model, start=int(special["decoder_start"]), pad_id=pad_id,
+                                      max_length=cfg.max_length, nrs=nrs, refill=refill, device=device)
+    processors = build_processors(probe, decoder_prompt_length=1, eos_token_ids=special["eos"])
+    engine = ContinuousEngine(model, strategy, processors, eos=special["eos"], do_sample=bool(cfg.do_sample), nrs=nrs,
+                              device=device, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                              seed=seed, refill=refill)
+    yield from engine.run(reader)

@@ -1,6 +1,7 @@
-"""stream_generate for decoder-only models (BertLMHeadModel family, MegaForCausalLM).
+"""Continuous batching of decoder-only models: the engine strategy and the beam-search fallback.
 
-`continuous.stream_generate` hands decoder-only models here. Each input is a prompt; what is
+`continuous.stream_generate` serves decoder-only models with `DecoderOnlyRows` (the strategy of the
+engine in continuous_engine.py) and `beam_groups`. Each input is a prompt; what is
 yielded is its continuation only (the generated tokens, ending with eos unless a length limit was
 reached), equal to `model.generate(that prompt alone)[0, len(prompt):]` cut after its first eos.
 
@@ -20,8 +21,9 @@ import copy
 
 import torch
 
+from . import transfer
 from .causal_session import CausalSession
-from .continuous import _Engine, _Input, _InputReader
+from .continuous_inputs import _Input, _InputReader
 from .utils import _resolve_lengths
 
 
@@ -44,34 +46,75 @@ class _RowLimits:
         return self.cache[length]
 
 
-def stream_generate_causal(model, cfg, special, reader: _InputReader, kwargs, *, max_batch_size, max_batch_tokens,
-                           seed, refill, device):
-    limits = _RowLimits(model, cfg, kwargs)
-    # Which processors exist (and their order) is decided once, as for a one-token prompt; their
-    # length limits then come per row (`limits` raises, naming the input, where one does not fit).
-    probe = copy.deepcopy(cfg)
-    try:
-        _resolve_lengths(model, probe, 1, kwargs)
-    except ValueError:
-        pass
-    if cfg.num_beams > 1:
-        yield from _beam_groups(model, cfg, special, reader, limits, kwargs, max_batch_size, max_batch_tokens, device)
-        return
-    engine = _CausalEngine(model, probe, special, device, max_batch_size, max_batch_tokens, seed, refill, limits)
-    yield from engine.run(reader)
+class DecoderOnlyRows:
+    """Engine strategy (see continuous_engine.py) for decoder-only models.
+
+    Prompt and continuation share one left-padded `history` [rows, width], padded with the row's own
+    first token (repetition penalty then sees only the row's tokens); `lengths` is its real length,
+    `prompt_lengths`, `max_lengths`, `min_lengths` its limits. The session's attention mask covers
+    the same `width` positions. The token budget an input holds is its full length (prompt + new
+    tokens) times the samples per input.
+    """
+
+    width_tensors = {"history": "first"}
+
+    def __init__(self, model, limits: _RowLimits, *, pad_id: int, nrs: int, device):
+        self.model = model
+        self.limits = limits
+        self.pad_id = pad_id
+        self.nrs = nrs
+        self.device = device
+
+    def cost(self, item: _Input) -> int:
+        return self.limits(item)[0] * self.nrs
+
+    def take(self, engine, reader: _InputReader, max_inputs: int) -> list[_Input]:
+        """Pending prompts whose full length (prompt + new tokens) fits the token budget."""
+        taken = []
+        while len(taken) < max_inputs and reader.has_pending():
+            cost = self.cost(reader.pending[0])
+            if engine.max_tokens is not None and (engine.rows or taken) and (
+                    engine.source_tokens + cost > engine.max_tokens):
+                break
+            taken.append(reader.pending.pop(0))
+            engine.source_tokens += cost
+        return taken
+
+    def prefill(self, group: list[_Input]):
+        width = max(len(x.ids) for x in group)
+        rows = [[x.ids[0]] * (width - len(x.ids)) + x.ids for x in group]  # history padding: the row's first token
+        ids = [[self.pad_id] * (width - len(x.ids)) + x.ids for x in group]
+        mask = [[0] * (width - len(x.ids)) + [1] * len(x.ids) for x in group]
+        limits = [self.limits(x) for x in group]
+        input_ids, mask = transfer.to_device(ids, self.device), transfer.to_device(mask, self.device)
+        session = CausalSession(self.model, mask)
+        logits = session.step(input_ids)
+        lengths, max_lengths, min_lengths = transfer.to_device(
+            [[len(x.ids) for x in group], [m for m, _ in limits], [m for _, m in limits]], self.device)
+        tensors = {"history": transfer.to_device(rows, self.device), "lengths": lengths, "prompt_lengths": lengths,
+                   "max_lengths": max_lengths, "min_lengths": min_lengths}
+        return session, logits, tensors, [(len(x.ids), m) for x, (m, _) in zip(group, limits)]
+
+    def join(self, session: CausalSession, newcomer: CausalSession, width: int) -> None:
+        session.pad_self_attention(width)
+        newcomer.pad_self_attention(width)
+        session.append(newcomer)
+
+    def after_token(self, state: dict) -> None:
+        pass  # the session extends its own attention mask
+
+    def row_limits(self, state: dict) -> dict:
+        return {"prompt_lengths": state["prompt_lengths"], "min_lengths": state["min_lengths"],
+                "max_lengths": state["max_lengths"]}
+
+    def step(self, session: CausalSession, state: dict, padded: bool) -> torch.Tensor:
+        return session.step(state["history"][:, -1:])
+
+    def output_prefix(self, item: _Input) -> list[int]:
+        return []  # the continuation only
 
 
-def _left_pad(group: list[_Input], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x.ids) for x in group)
-    input_ids = torch.full((len(group), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(group), width), dtype=torch.long, device=device)
-    for row, item in enumerate(group):
-        input_ids[row, width - len(item.ids):] = torch.tensor(item.ids, dtype=torch.long)
-        mask[row, width - len(item.ids):] = 1
-    return input_ids, mask
-
-
-def _beam_groups(model, cfg, special, reader, limits, kwargs, max_batch_size, max_batch_tokens, device):
+def beam_groups(model, cfg, special, reader, limits, kwargs, max_batch_size, max_batch_tokens, device):
     nrs = cfg.num_return_sequences
     per_chunk = max(1, max_batch_size // cfg.num_beams)
     eos = special["eos"]
@@ -95,141 +138,3 @@ def _continuation(row: list[int], prompt_len: int, eos) -> list[int]:
             if token in eos:
                 return tokens[: position + 1]
     return tokens
-
-
-class _CausalEngine(_Engine):
-    """The running batch of decoder-only rows: prompt and continuation share one left-padded history.
-
-    `history` [rows, width] holds every row's tokens so far, left-padded with the row's own first
-    token (repetition penalty then sees only the row's tokens); `lengths` its real length;
-    `prompt_lengths`, `max_lengths`, `min_lengths` its limits. The session's mask covers the same
-    `width` positions. `source_tokens` counts the full lengths (prompt + new tokens) budgeted for
-    the running rows.
-    """
-
-    def __init__(self, model, cfg, special, device, max_batch_size, max_batch_tokens, seed, refill, limits):
-        super().__init__(model, cfg, special, device, max_batch_size, max_batch_tokens, seed, refill)
-        self.limits = limits
-        self.session: CausalSession | None = None
-        self.prompt_lengths, self.max_lengths, self.min_lengths = self.lengths, self.lengths, self.lengths
-
-    def _row_tensors(self):
-        return ("history", "lengths", "prompt_lengths", "max_lengths", "min_lengths")
-
-    def _budget(self, item: _Input) -> int:
-        return self.limits(item)[0] * self.nrs
-
-    def _take(self, reader: _InputReader, max_inputs: int) -> list[_Input]:
-        """Pending prompts whose full length (prompt + new tokens) fits the token budget."""
-        taken = []
-        while len(taken) < max_inputs and reader.has_pending():
-            candidate = reader.pending[0]
-            cost = self._budget(candidate)
-            if self.max_tokens is not None and (self.rows or taken) and (
-                    self.source_tokens + cost > self.max_tokens):
-                break
-            taken.append(reader.pending.pop(0))
-            self.source_tokens += cost
-        return taken
-
-    def _admit(self, reader: _InputReader) -> torch.Tensor | None:
-        free_rows = self.max_rows - len(self.rows)
-        if free_rows < self.nrs or (not self.refill and self.rows):
-            return None
-        if self.rows and free_rows < max(self.nrs, self.max_rows // 4):
-            return None
-        group = self._take(reader, free_rows // self.nrs)
-        if not group:
-            return None
-        input_ids, mask = _left_pad(group, self.pad_id, self.device)
-        newcomer = CausalSession(self.model, mask)
-        logits = newcomer.step(input_ids)
-        first = torch.tensor([x.ids[0] for x in group], dtype=torch.long, device=self.device)
-        history = torch.where(mask.bool(), input_ids, first[:, None])
-        limits = [self.limits(x) for x in group]
-        lengths = mask.sum(dim=1)
-        max_lengths = torch.tensor([m for m, _ in limits], dtype=torch.long, device=self.device)
-        min_lengths = torch.tensor([m for _, m in limits], dtype=torch.long, device=self.device)
-        if self.nrs > 1:
-            newcomer.repeat(self.nrs)
-            logits = logits.repeat_interleave(self.nrs, dim=0)
-            history, lengths, max_lengths, min_lengths = (
-                t.repeat_interleave(self.nrs, dim=0) for t in (history, lengths, max_lengths, min_lengths))
-        for item in group:
-            if self.cfg.do_sample:
-                generator = torch.Generator(device=self.device)
-                generator.manual_seed(self.seed + item.index)
-                self.generators[item.index] = generator
-            self.rows.extend((item, sample) for sample in range(self.nrs))
-        if self.session is None:
-            self.session = newcomer
-            self.history = history
-        else:
-            width = max(self.history.shape[1], history.shape[1])
-            self.history = torch.cat([_pad_history(self.history, width), _pad_history(history, width)])
-            self.session.pad_self_attention(width)
-            newcomer.pad_self_attention(width)
-            self.session.append(newcomer)
-        self.lengths = torch.cat([self.lengths, lengths])
-        self.prompt_lengths = torch.cat([self.prompt_lengths, lengths])
-        self.max_lengths = torch.cat([self.max_lengths, max_lengths])
-        self.min_lengths = torch.cat([self.min_lengths, min_lengths])
-        return logits
-
-    def _finish(self, done: torch.Tensor):
-        finished = []
-        lengths, prompts = self.lengths.tolist(), self.prompt_lengths.tolist()
-        width = self.history.shape[1]
-        for row in done.nonzero().flatten().tolist():
-            item, sample = self.rows[row]
-            item.outputs[sample] = self.history[row, width - lengths[row] + prompts[row]:].tolist()
-            if len(item.outputs) == self.nrs:
-                finished.append(item)
-        keep = (~done).nonzero().flatten()
-        self.rows = [self.rows[r] for r in keep.tolist()]
-        for item in finished:
-            self.source_tokens -= self._budget(item)
-            self.generators.pop(item.index, None)
-        for name in self._row_tensors():
-            setattr(self, name, getattr(self, name)[keep])
-        if self.rows:
-            self.session.keep(keep)
-            unused = int(self.history.shape[1] - self.lengths.max())
-            if unused > 0:
-                self.history = self.history[:, unused:]
-                self.session.trim_left(unused)
-        else:
-            self.session = None
-        for item in finished:
-            outputs = [item.outputs[s] for s in range(self.nrs)]
-            yield item.key, (outputs[0] if self.nrs == 1 else outputs)
-
-    def run(self, reader: _InputReader):
-        logits = None
-        while True:
-            new_logits = self._admit(reader)
-            if new_logits is not None:
-                logits = new_logits if logits is None else torch.cat([logits, new_logits])
-            if logits is None:
-                return
-            scores = self.processors(self.history, logits, self.lengths, prompt_lengths=self.prompt_lengths,
-                                     min_lengths=self.min_lengths, max_lengths=self.max_lengths)
-            next_tokens = self._choose(scores)
-            self.history = torch.cat([self.history, next_tokens[:, None]], dim=1)
-            self.lengths = self.lengths + 1
-            done = self.lengths >= self.max_lengths
-            if self.settings.eos_token_ids is not None:
-                done |= torch.isin(next_tokens, self.settings.eos_token_ids)
-            if bool(done.any()):
-                yield from self._finish(done)
-            if not self.rows:
-                logits = None
-                continue
-            logits = self.session.step(self.history[:, -1:])
-
-
-def _pad_history(history: torch.Tensor, width: int) -> torch.Tensor:
-    pad = width - history.shape[1]
-    if pad <= 0:
-        return history
-    return torch.cat([history[:, :1].expand(-1, pad), history], dim=1)

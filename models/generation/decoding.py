@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import transfer
 from .logits_process import ProcessorList
 from .session import DecoderSession
 
@@ -28,6 +29,7 @@ from .session import DecoderSession
 class DecodeSettings:
     max_length: int  # total decoder length, decoder prompt included
     eos_token_ids: torch.Tensor | None  # 1-D LongTensor or None
+    eos_token_list: list[int] | None  # the same ids on the host (stop checks on the step's tokens)
     pad_token_id: int | None
     do_sample: bool
     num_beams: int = 1
@@ -47,14 +49,31 @@ def _sampling_noise(shape, device) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float32, device=device).exponential_(1)
 
 
-def _check_probs(probs: torch.Tensor) -> None:
-    bad = ~torch.isfinite(probs).all(dim=-1) | (probs.sum(dim=-1) <= 0)
-    if bool(bad.any()):
-        rows = bad.nonzero().flatten().tolist()
-        raise RuntimeError(
-            f"sampling rows {rows[:10]} have no valid probability (all scores -inf or NaN); relax top_k/top_p, "
-            "bad_words_ids or forced tokens."
-        )
+def invalid_probability_rows(probs: torch.Tensor) -> torch.Tensor:
+    """[rows] bool on the device: rows whose sampling distribution is unusable (NaN / inf / all zero)."""
+    return ~torch.isfinite(probs).all(dim=-1) | (probs.sum(dim=-1) <= 0)
+
+
+def raise_invalid_probabilities(rows: list[int]) -> None:
+    """The error for sampling rows without a valid probability (`rows`: their numbers in the batch)."""
+    raise RuntimeError(
+        f"sampling rows {rows[:10]} have no valid probability (all scores -inf or NaN); relax top_k/top_p, "
+        "bad_words_ids or forced tokens."
+    )
+
+
+def read_step(next_tokens: torch.Tensor, invalid: torch.Tensor | None) -> tuple[list[int], list[bool] | None]:
+    """The one device read of a decode step: the new tokens (and, when sampling, the invalid-row flags).
+
+    Raises the sampling error for invalid rows, so no caller uses tokens drawn from them.
+    """
+    if invalid is None:
+        return transfer.to_host(next_tokens), None
+    tokens, flags = transfer.to_host(torch.stack([next_tokens, invalid.to(next_tokens.dtype)]))
+    bad = [row for row, flag in enumerate(flags) if flag]
+    if bad:
+        raise_invalid_probabilities(bad)
+    return tokens, flags
 
 
 # ---------------------------------------------------------------------------------- greedy / sample
@@ -71,14 +90,18 @@ def greedy_or_sample(
 
     `expand` > 1 (several samples per input) repeats each input after the first step. Returns
     [inputs * expand, length] with finished rows padded with `pad_token_id`, as the reference.
+    Each step reads the device once (`read_step`: the new tokens); which rows finished and which
+    stay is decided on the host from them.
     """
     device = decoder_input_ids.device
     eos, pad = settings.eos_token_ids, settings.pad_token_id
+    eos_ids = frozenset() if eos is None else frozenset(settings.eos_token_list)
     sequences = decoder_input_ids
     total_rows = sequences.shape[0] * expand
     cur_len = sequences.shape[1]
-    active = torch.arange(total_rows, device=device)  # original row of each active row
-    finished_rows: list[torch.Tensor] = []
+    active_rows = list(range(total_rows))  # original row of each active row (host)
+    active = torch.arange(total_rows, device=device)  # the same on the device (sampling noise rows)
+    finished_rows: list[list[int]] = []
     finished_seqs: list[torch.Tensor] = []
 
     logits = session.step(sequences)
@@ -88,30 +111,38 @@ def greedy_or_sample(
         sequences = sequences.repeat_interleave(expand, dim=0)
     while True:
         scores = processors(sequences, logits)
+        invalid = None
         if settings.do_sample:
             noise = _sampling_noise((total_rows, scores.shape[-1]), device)
             probs = F.softmax(scores, dim=-1)
-            _check_probs(probs)
+            invalid = invalid_probability_rows(probs)
             next_tokens = (probs / noise.index_select(0, active)).argmax(dim=-1)
         else:
             next_tokens = torch.argmax(scores, dim=-1)
         sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
         cur_len += 1
-        done = _hits_eos(next_tokens, eos) if cur_len < settings.max_length else torch.ones_like(next_tokens, dtype=torch.bool)
-        if bool(done.any()):
-            finished_rows.append(active[done])
-            finished_seqs.append(sequences[done])
-            if bool(done.all()):
+        tokens, _ = read_step(next_tokens, invalid)
+        if cur_len >= settings.max_length:
+            done = [True] * len(tokens)
+        else:
+            done = [token in eos_ids for token in tokens]
+        if any(done):
+            leaving = [row for row, flag in enumerate(done) if flag]
+            finished_rows.append([active_rows[row] for row in leaving])
+            finished_seqs.append(sequences.index_select(0, transfer.to_device(leaving, device)))
+            if len(leaving) == len(done):
                 break
-            keep = (~done).nonzero().flatten()
-            active, sequences = active[keep], sequences[keep]
+            staying = [row for row, flag in enumerate(done) if not flag]
+            keep = transfer.to_device(staying, device)
+            active_rows = [active_rows[row] for row in staying]
+            active, sequences = active.index_select(0, keep), sequences.index_select(0, keep)
             session.keep(keep)
         logits = session.step(sequences[:, -1:])
 
     fill = pad if pad is not None else 0
     output = torch.full((total_rows, cur_len), fill, dtype=sequences.dtype, device=device)
     for rows, seqs in zip(finished_rows, finished_seqs):
-        output[rows, : seqs.shape[1]] = seqs
+        output[transfer.to_device(rows, device), : seqs.shape[1]] = seqs
     return output
 
 
@@ -160,7 +191,8 @@ def beam_search(
     """Beam search (`do_sample=True`: beam sampling) for `decoder_input_ids` [inputs, prompt].
 
     The session holds one row per input; it is expanded to `num_beams` rows after the first step.
-    Returns [inputs * num_return_sequences, length], as the reference.
+    Returns [inputs * num_return_sequences, length], as the reference. Each step reads the device
+    once (the stop conditions and which inputs leave, in one small transfer).
     """
     device = decoder_input_ids.device
     num_beams, eos = settings.num_beams, settings.eos_token_ids
@@ -177,7 +209,7 @@ def beam_search(
     if eos is None:
         fill_value = -1
     else:
-        fill_value = settings.pad_token_id if settings.pad_token_id else int(eos[0])
+        fill_value = settings.pad_token_id if settings.pad_token_id else settings.eos_token_list[0]
     state = _BeamState(decoder_input_ids, num_beams, max_length, fill_value)
     done_items: list[torch.Tensor] = []
     done_sequences: list[torch.Tensor] = []
@@ -205,10 +237,11 @@ def beam_search(
         if settings.do_sample:
             noise = _sampling_noise((batch, num_beams * vocab_size), device)
             probs = F.softmax(log_probs, dim=-1)
-            _check_probs(probs)
+            invalid = invalid_probability_rows(probs)
             topk_indices = torch.topk(probs / noise.index_select(0, state.original_index), beams_to_keep).indices
             topk_log_probs = torch.gather(log_probs, 1, topk_indices)
         else:
+            invalid = None
             topk_log_probs, topk_indices = torch.topk(log_probs, k=beams_to_keep)
         topk_current_beam_indices = topk_indices // vocab_size
         topk_running_beam_indices = _gather_beams(state.running_beam_indices, topk_current_beam_indices)
@@ -263,19 +296,29 @@ def beam_search(
             best_running > worst_finished, dim=-1, keepdim=True
         )
         all_finished = torch.all(state.is_sent_finished, dim=-1)
-        improvement_possible = bool(state.heuristic_unsatisfied.any())
-        open_beam = not (bool(all_finished.all()) and early_stopping is True)
-        if not (improvement_possible and open_beam and not bool(hits.all())):
-            break
-
-        # -- inputs whose finished hypotheses can no longer change leave the batch
+        # inputs whose finished hypotheses can no longer change (they leave the batch below)
         frozen = ~state.heuristic_unsatisfied[:, 0]
         if early_stopping is True:
             frozen |= all_finished
         frozen &= state.beam_scores.min(dim=-1).values > -1.0e9
-        if bool(frozen.any()):
-            retire(frozen.nonzero().flatten())
-            keep_items = (~frozen).nonzero().flatten()
+
+        # -- the step's one device read: the stop conditions, the frozen inputs, invalid sampling rows
+        checks = [torch.stack([state.heuristic_unsatisfied.any(), all_finished.all(), hits.all()]), frozen]
+        flags = transfer.to_host(torch.cat(checks + ([] if invalid is None else [invalid])))
+        if invalid is not None:
+            bad = [item for item, flag in enumerate(flags[3 + items:]) if flag]
+            if bad:
+                raise_invalid_probabilities(bad)
+        improvement_possible, everything_finished, every_candidate_hit = flags[:3]
+        open_beam = not (everything_finished and early_stopping is True)
+        if not (improvement_possible and open_beam and not every_candidate_hit):
+            break
+
+        # -- inputs whose finished hypotheses can no longer change leave the batch
+        frozen_flags = flags[3:3 + items]
+        if any(frozen_flags):
+            retire(transfer.to_device([i for i, flag in enumerate(frozen_flags) if flag], device))
+            keep_items = transfer.to_device([i for i, flag in enumerate(frozen_flags) if not flag], device)
             state.keep(keep_items)
             keep_rows = (keep_items[:, None] * num_beams + torch.arange(num_beams, device=device)).reshape(-1)
             # beam_idx holds old row numbers; beams only move within their input, so the kept inputs'
@@ -292,5 +335,5 @@ def beam_search(
     sequences[items_order] = torch.cat(done_sequences)
     lengths = torch.empty((batch, nrs), dtype=torch.long, device=device)
     lengths[items_order] = torch.cat(done_lengths)
-    output_length = prompt_len + int(lengths.max())
+    output_length = prompt_len + transfer.to_host(lengths.max())  # once per call, after the last step
     return sequences.reshape(batch * nrs, max_length)[:, :output_length]

@@ -13,7 +13,11 @@ Each processor is a callable `(input_ids, scores, lengths=None) -> scores`:
 
 Numerically each processor performs the same floating-point operations as its transformers 4.57.6
 namesake (so token choices match bit for bit), but no processor loops over hypotheses in Python:
-no-repeat-ngram and bad-words matching are tensor comparisons.
+no-repeat-ngram and bad-words matching are tensor comparisons. No processor reads the device either
+(no `.item()`, `bool(tensor)`, `nonzero`, list-indexed assignment): decisions that are the same for
+every row are taken from host values (shapes, configured limits), per-row ones are masks, and the
+token-id tensors they need are built once (through `transfer.to_device`) and cached per vocabulary
+size and device. See transfer.py for why.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import math
 from typing import Callable, Sequence
 
 import torch
+
+from . import transfer
 
 Processor = Callable[..., torch.Tensor]
 
@@ -40,6 +46,14 @@ UNSUPPORTED_FIELDS: dict[str, object] = {
 }
 
 
+# transformers' `cache_implementation` values that only choose how the KV cache is laid out in memory
+# (static / sliding-window / offloaded buffers; Gemma's generation_config.json says "hybrid"): the
+# attention computed is the same, so our own cache serves them. "quantized" changes the keys and
+# values themselves and is refused.
+CACHE_LAYOUTS = (None, "dynamic", "dynamic_full", "offloaded", "static", "offloaded_static", "sliding_window",
+                 "hybrid", "hybrid_chunked", "offloaded_hybrid", "offloaded_hybrid_chunked")
+
+
 def check_supported(generation_config) -> None:
     """Refuse settings we do not implement instead of silently generating something else."""
     unsupported = []
@@ -47,7 +61,7 @@ def check_supported(generation_config) -> None:
         value = getattr(generation_config, name, off)
         if value is not None and value != off:
             unsupported.append(f"{name}={value!r}")
-    if generation_config.cache_implementation not in (None, "dynamic"):
+    if generation_config.cache_implementation not in CACHE_LAYOUTS:
         unsupported.append(f"cache_implementation={generation_config.cache_implementation!r}")
     if unsupported:
         raise NotImplementedError(
@@ -62,10 +76,22 @@ def _row_lengths(input_ids: torch.Tensor, lengths: torch.Tensor | None) -> torch
     return torch.full((input_ids.shape[0],), input_ids.shape[1], dtype=torch.long, device=input_ids.device)
 
 
-def _token_mask(token_ids: Sequence[int], vocab_size: int, device) -> torch.Tensor:
-    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    mask[torch.tensor(list(token_ids), dtype=torch.long, device=device)] = True
-    return mask
+class _TokenMask:
+    """A [vocab] bool mask of `token_ids`, built once per (vocabulary size, device) and cached."""
+
+    def __init__(self, token_ids: Sequence[int]):
+        self.token_ids = list(token_ids)
+        self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def __call__(self, vocab_size: int, device) -> torch.Tensor:
+        key = (vocab_size, torch.device(device))
+        mask = self._cache.get(key)
+        if mask is None:
+            flags = [False] * vocab_size
+            for token in self.token_ids:
+                flags[token] = True
+            mask = self._cache[key] = transfer.to_device(flags, device, torch.bool)
+        return mask
 
 
 # ---------------------------------------------------------------------------------- processors
@@ -114,14 +140,11 @@ class NoRepeatNGram:
             start = torch.arange(windows.shape[1], device=input_ids.device)[None, :]
             match &= start >= (width - lengths)[:, None]
             match &= (lengths + 1 >= n)[:, None]
-        banned = torch.zeros_like(scores, dtype=torch.bool)
-        row_idx, win_idx = match.nonzero(as_tuple=True)
-        if row_idx.numel():
-            banned[row_idx, windows[row_idx, win_idx, n - 1]] = True
-            scores = scores.masked_fill(banned, -float("inf"))
-        else:
-            scores = scores.clone()
-        return scores
+        # Count, per row and token, the matching windows that end in that token (a scatter-add, so
+        # windows banning the same token cannot overwrite each other); any count bans the token.
+        hits = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
+        hits.scatter_add_(1, windows[:, :, n - 1], match.to(torch.int32))
+        return scores.masked_fill(hits > 0, -float("inf"))
 
 
 class NoBadWords:
@@ -134,19 +157,23 @@ class NoBadWords:
     def __init__(self, bad_words_ids: list[list[int]], eos_token_ids: Sequence[int] | None):
         eos = set(eos_token_ids or [])
         words = [list(w) for w in bad_words_ids if not (len(w) == 1 and w[0] in eos)]
-        self.single = sorted({w[0] for w in words if len(w) == 1})
+        single = sorted({w[0] for w in words if len(w) == 1})
+        self.single = _TokenMask(single) if single else None
         self.multi = [w for w in words if len(w) > 1]
-        self._single_mask = None
+        self._prefixes: dict[torch.device, list[torch.Tensor]] = {}
+
+    def _prefix_tensors(self, device) -> list[torch.Tensor]:
+        prefixes = self._prefixes.get(device)
+        if prefixes is None:
+            prefixes = self._prefixes[device] = [transfer.to_device(w[:-1], device) for w in self.multi]
+        return prefixes
 
     def __call__(self, input_ids, scores, lengths=None):
         banned = torch.zeros_like(scores, dtype=torch.bool)
-        if self.single:
-            if self._single_mask is None or self._single_mask.shape[0] != scores.shape[1]:
-                self._single_mask = _token_mask(self.single, scores.shape[1], scores.device)
-            banned |= self._single_mask[None, :]
+        if self.single is not None:
+            banned |= self.single(scores.shape[1], scores.device)[None, :]
         row_lengths = _row_lengths(input_ids, lengths)
-        for word in self.multi:  # loops over banned sequences, never over rows
-            prefix = torch.tensor(word[:-1], dtype=input_ids.dtype, device=input_ids.device)
+        for word, prefix in zip(self.multi, self._prefix_tensors(input_ids.device)):  # never loops over rows
             if len(word) > input_ids.shape[1]:
                 continue
             hit = (input_ids[:, -prefix.numel():] == prefix).all(dim=1) & (row_lengths >= len(word))
@@ -159,11 +186,14 @@ class MinLength:
 
     def __init__(self, min_length: int, eos_token_ids: Sequence[int]):
         self.min_length = int(min_length)
-        self.eos = list(eos_token_ids)
+        self.eos = _TokenMask(eos_token_ids)
 
     def __call__(self, input_ids, scores, lengths=None, min_lengths=None, **row_limits):
         min_length = self.min_length if min_lengths is None else min_lengths
-        return _ban_eos_where(scores, _row_lengths(input_ids, lengths) < min_length, self.eos, input_ids, lengths)
+        if lengths is None and not isinstance(min_length, torch.Tensor):
+            # every row has input_ids.shape[1] tokens: one decision for all (reference semantics)
+            return _ban_eos(scores, input_ids.shape[1] < min_length, self.eos)
+        return _ban_eos(scores, _row_lengths(input_ids, lengths) < min_length, self.eos)
 
 
 class MinNewTokens:
@@ -172,24 +202,24 @@ class MinNewTokens:
     def __init__(self, prompt_length: int, min_new_tokens: int, eos_token_ids: Sequence[int]):
         self.prompt_length = int(prompt_length)
         self.min_new_tokens = int(min_new_tokens)
-        self.eos = list(eos_token_ids)
+        self.eos = _TokenMask(eos_token_ids)
 
     def __call__(self, input_ids, scores, lengths=None, prompt_lengths=None, **row_limits):
         prompt_length = self.prompt_length if prompt_lengths is None else prompt_lengths
+        if lengths is None and not isinstance(prompt_length, torch.Tensor):
+            return _ban_eos(scores, input_ids.shape[1] - prompt_length < self.min_new_tokens, self.eos)
         too_short = _row_lengths(input_ids, lengths) - prompt_length < self.min_new_tokens
-        return _ban_eos_where(scores, too_short, self.eos, input_ids, lengths)
+        return _ban_eos(scores, too_short, self.eos)
 
 
-def _ban_eos_where(scores, rows: torch.Tensor, eos: list[int], input_ids, lengths):
-    if lengths is None:  # every row has the same length: one decision for all (reference semantics)
-        if not bool(rows[0]):
-            return scores.clone()
-        scores = scores.clone()
-        scores[:, eos] = -math.inf
-        return scores
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    mask[:, eos] = True
-    return scores.masked_fill(mask & rows[:, None], -math.inf)
+def _ban_eos(scores, rows: torch.Tensor | bool, eos: _TokenMask):
+    """-inf for the eos tokens of `rows` (a [rows] bool mask, or one host bool for every row)."""
+    mask = eos(scores.shape[1], scores.device)
+    if isinstance(rows, torch.Tensor):
+        return scores.masked_fill(mask[None, :] & rows[:, None], -math.inf)
+    if not rows:
+        return scores.clone()
+    return scores.masked_fill(mask[None, :], -math.inf)
 
 
 class ForcedToken:
@@ -203,17 +233,22 @@ class ForcedToken:
     def __init__(self, at_length: int, token_ids: Sequence[int] | int, before_max_length: bool = False):
         self.at_length = int(at_length)
         self.token_ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
+        self.mask = _TokenMask(self.token_ids)
         self.before_max_length = before_max_length
 
     def __call__(self, input_ids, scores, lengths=None, max_lengths=None, **row_limits):
-        forced = torch.full_like(scores, -math.inf)
-        forced[:, self.token_ids] = 0
         at_length = self.at_length
         if self.before_max_length and max_lengths is not None:
             at_length = max_lengths - 1
         if lengths is None and not isinstance(at_length, torch.Tensor):
-            return forced if input_ids.shape[1] == at_length else scores
-        return torch.where((_row_lengths(input_ids, lengths) == at_length)[:, None], forced, scores)
+            if input_ids.shape[1] != at_length:
+                return scores
+            return self._forced(scores)
+        return torch.where((_row_lengths(input_ids, lengths) == at_length)[:, None], self._forced(scores), scores)
+
+    def _forced(self, scores):
+        forced = torch.full_like(scores, -math.inf)
+        return forced.masked_fill(self.mask(scores.shape[1], scores.device)[None, :], 0.0)
 
 
 class Temperature:
@@ -243,7 +278,7 @@ class TopP:
         sorted_logits, sorted_indices = torch.sort(scores, descending=False)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         remove_sorted = cumulative <= (1 - self.top_p)
-        remove_sorted[..., -self.min_tokens_to_keep:] = 0
+        remove_sorted[..., -self.min_tokens_to_keep:].fill_(False)  # fill_: no host scalar made into a tensor
         remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
         return scores.masked_fill(remove, -float("inf"))
 

@@ -123,6 +123,14 @@ class DecoderSession:
             padded.append((torch.cat([zeros, k], dim=2), torch.cat([zeros, v], dim=2)) + tuple(layer[2:]))
         self.past_key_values = tuple(padded)
 
+    def trim_left(self, columns: int) -> None:
+        """Drop the first `columns` self-attention positions (padding for every row)."""
+        if columns <= 0:
+            return
+        self.past_key_values = tuple(
+            (layer[0][:, :, columns:], layer[1][:, :, columns:]) + tuple(layer[2:]) for layer in self.past_key_values
+        )
+
     def pad_encoder(self, new_length: int) -> None:
         """Right-pad encoder states, mask and cross K/V to `new_length` source positions (masked out)."""
         src = self.encoder_hidden_states.shape[1]

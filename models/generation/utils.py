@@ -35,7 +35,8 @@ Decoder-only models (BertLMHeadModel and its RoBERTa/CamemBERT/XLM-R subclasses,
 inherit the same mixin with `config.is_encoder_decoder = False` and `config.is_decoder = True`:
 `forward(input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, return_dict=None,
 ...)` with the mask over cached + new positions, a batch-first cache, and the class attributes
-described in causal_session.py. The prompt (`input_ids`, LEFT-padded) is the start of the output, as
+described in causal_session.py (models that are causal whatever `config.is_decoder` says, such as
+Llama-style LMs, declare `_generation_always_causal = True`). The prompt (`input_ids`, LEFT-padded) is the start of the output, as
 in transformers, and `max_length` counts it.
 """
 
@@ -48,6 +49,7 @@ import warnings
 import torch
 
 from ..hub import CheckpointNotFoundError
+from . import transfer
 from .configuration import DEFAULTS, GenerationConfig
 from .decoding import DecodeSettings, beam_search, greedy_or_sample
 from .logits_process import build_processors, check_supported
@@ -195,6 +197,9 @@ def prepare_decoding(model, generation_config, use_model_defaults, kwargs):
     check_supported(cfg)
     if not cfg.use_cache:
         logger.info("use_cache=False is ignored: rayformers generate always uses the KV cache (same tokens)")
+    if cfg.cache_implementation not in (None, "dynamic"):
+        logger.info("cache_implementation=%r only lays the KV cache out differently; rayformers uses its own cache "
+                    "(same attention)", cfg.cache_implementation)
     cfg.validate_for_generate(model._vocab_size_for_generation())
     eos = _as_id_list(cfg.eos_token_id)
     pad = cfg.pad_token_id
@@ -225,9 +230,9 @@ def _check_decoder_only_model(model) -> None:
             "heads BertLMHeadModel, RobertaForCausalLM, CamembertForCausalLM, XLMRobertaForCausalLM and "
             "MegaForCausalLM generate."
         )
-    # Decoder-only LLMs (Llama, Qwen, ...) are causal by construction (`_always_causal`); their configs leave
-    # is_decoder False, as transformers' do.
-    if not getattr(model.config, "is_decoder", False) and not getattr(model, "_always_causal", False):
+    # Decoder-only LLMs (Llama, Qwen, ...) are causal by construction (`_generation_always_causal`); their
+    # configs leave is_decoder False, as transformers' do.
+    if not getattr(model, "_generation_always_causal", False) and not getattr(model.config, "is_decoder", False):
         raise ValueError(
             f"{name}.generate needs config.is_decoder=True (a left-to-right LM); with is_decoder=False the model "
             "attends in both directions and has no cache. Load the checkpoint with is_decoder=True."
@@ -444,9 +449,10 @@ def _resolve_lengths(model, cfg: GenerationConfig, prompt_len: int, kwargs: dict
 
 
 def _decode_settings(cfg: GenerationConfig, eos, pad, device) -> DecodeSettings:
-    eos_tensor = torch.tensor(eos, dtype=torch.long, device=device) if eos is not None else None
+    eos_tensor = transfer.to_device(list(eos), device) if eos is not None else None
     return DecodeSettings(
-        max_length=cfg.max_length, eos_token_ids=eos_tensor, pad_token_id=pad, do_sample=bool(cfg.do_sample),
+        max_length=cfg.max_length, eos_token_ids=eos_tensor, eos_token_list=None if eos is None else list(eos),
+        pad_token_id=pad, do_sample=bool(cfg.do_sample),
         num_beams=cfg.num_beams, num_return_sequences=cfg.num_return_sequences,
         length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
     )
