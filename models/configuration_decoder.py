@@ -77,3 +77,32 @@ DECODER_CONFIGS: dict[str, tuple[str, str]] = {
     "mixtral": ("configuration_mixtral", "MixtralConfig"),
     "qwen3_moe": ("configuration_qwen3_moe", "Qwen3MoeConfig"),
 }
+
+
+BASE_CONFIG_ARGUMENTS = ("pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings")
+"""Arguments of a family's ``__init__`` that ``PretrainedConfig.__init__`` itself takes."""
+
+
+def assign_fields(config, arguments: dict) -> dict:
+    """Set every named argument of a family config's ``__init__`` (its ``locals()``) as an attribute
+    of the same name, as transformers' config classes assign each one, and return what goes on to
+    ``PretrainedConfig.__init__`` (token ids, the tie flag, ``**kwargs``).
+
+    Why: the nine families share most fields (sizes, heads, norm epsilon, RoPE base, ...) and
+    differ in their defaults, which stay in each family's signature, the public face transformers
+    documents. Fields derived from others (a default ``head_dim``, ``num_key_value_heads=None``
+    meaning multi-head attention, a window only when enabled) are set by the family afterwards."""
+    arguments = dict(arguments)
+    kwargs = arguments.pop("kwargs", {})
+    for name in ("self", "__class__"):
+        arguments.pop(name, None)
+    base = {name: arguments.pop(name) for name in BASE_CONFIG_ARGUMENTS if name in arguments}
+    for name, value in arguments.items():
+        setattr(config, name, value)
+    return {**base, **kwargs}
+
+
+def default_kv_heads(config) -> None:
+    """``num_key_value_heads=None`` means one key/value head per query head (plain multi-head)."""
+    if config.num_key_value_heads is None:
+        config.num_key_value_heads = config.num_attention_heads

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .configuration_decoder import alternating_layer_types, check_layer_types
+from .configuration_decoder import alternating_layer_types, assign_fields, check_layer_types
 from .configuration_utils import PretrainedConfig
 
 
@@ -20,26 +20,6 @@ class Gemma2Config(PretrainedConfig):
                  pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True, rope_theta=10000.0,
                  attention_bias=False, attention_dropout=0.0, query_pre_attn_scalar=256, sliding_window=4096,
                  layer_types=None, final_logit_softcapping=30.0, attn_logit_softcapping=50.0, **kwargs):
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.head_dim = head_dim
-        self.num_key_value_heads = num_key_value_heads
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.rope_theta = rope_theta
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
-        self.hidden_activation = hidden_activation
-        self.query_pre_attn_scalar = query_pre_attn_scalar
-        self.sliding_window = sliding_window
-        self.final_logit_softcapping = final_logit_softcapping
-        self.attn_logit_softcapping = attn_logit_softcapping
+        super().__init__(**assign_fields(self, locals()))
         self.layer_types = layer_types or alternating_layer_types(2, num_hidden_layers)
         check_layer_types(self.layer_types, num_hidden_layers)

@@ -6,7 +6,7 @@ are not supported.
 
 from __future__ import annotations
 
-from .configuration_decoder import alternating_layer_types, check_layer_types, normalize_rope_scaling
+from .configuration_decoder import alternating_layer_types, assign_fields, check_layer_types, normalize_rope_scaling
 from .configuration_utils import PretrainedConfig
 
 
@@ -24,31 +24,9 @@ class Gemma3TextConfig(PretrainedConfig):
                  attention_bias=False, attention_dropout=0.0, query_pre_attn_scalar=256, sliding_window=4096,
                  layer_types=None, final_logit_softcapping=None, attn_logit_softcapping=None, rope_scaling=None,
                  rope_local_base_freq=10_000.0, use_bidirectional_attention=False, **kwargs):
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.head_dim = head_dim
-        self.num_key_value_heads = num_key_value_heads
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.rope_theta = rope_theta
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
-        self.hidden_activation = hidden_activation
-        self.query_pre_attn_scalar = query_pre_attn_scalar
-        self.sliding_window = sliding_window
-        self.final_logit_softcapping = final_logit_softcapping
-        self.attn_logit_softcapping = attn_logit_softcapping
-        self.use_bidirectional_attention = use_bidirectional_attention
+        super().__init__(**assign_fields(self, locals()))
         if use_bidirectional_attention:
             self.sliding_window = (self.sliding_window // 2) + 1
-        self.rope_local_base_freq = rope_local_base_freq
         self.rope_scaling = normalize_rope_scaling(rope_scaling)
         self._sliding_window_pattern = kwargs.get("sliding_window_pattern", 6)
         self.layer_types = layer_types or alternating_layer_types(self._sliding_window_pattern, num_hidden_layers)

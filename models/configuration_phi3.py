@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .configuration_decoder import assign_fields, default_kv_heads
 from .configuration_utils import PretrainedConfig
 
 
@@ -19,26 +20,8 @@ class Phi3Config(PretrainedConfig):
                  original_max_position_embeddings=4096, initializer_range=0.02, rms_norm_eps=1e-5, use_cache=True,
                  tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None, partial_rotary_factor=1.0,
                  bos_token_id=1, eos_token_id=32000, pad_token_id=32000, sliding_window=None, **kwargs):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
-        self.resid_pdrop = resid_pdrop
-        self.embd_pdrop = embd_pdrop
-        self.attention_dropout = attention_dropout
-        self.hidden_act = hidden_act
-        self.max_position_embeddings = max_position_embeddings
-        self.original_max_position_embeddings = original_max_position_embeddings
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.rope_theta = rope_theta
-        self.rope_scaling = rope_scaling
-        self.partial_rotary_factor = partial_rotary_factor
+        base = assign_fields(self, locals())
+        default_kv_heads(self)
         if rope_scaling is not None and rope_scaling.get("type") in ("su", "yarn"):
             rope_scaling["type"] = "longrope"  # transformers' backward compatibility
-        self.sliding_window = sliding_window
-        super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+        super().__init__(**base)

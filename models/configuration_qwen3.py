@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .configuration_decoder import check_layer_types, normalize_rope_scaling, windowed_layer_types
+from .configuration_decoder import assign_fields, check_layer_types, default_kv_heads, normalize_rope_scaling, windowed_layer_types
 from .configuration_utils import PretrainedConfig
 
 
@@ -19,26 +19,11 @@ class Qwen3Config(PretrainedConfig):
                  tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None, attention_bias=False,
                  use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None,
                  attention_dropout=0.0, **kwargs):
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.use_sliding_window = use_sliding_window
+        base = assign_fields(self, locals())
+        default_kv_heads(self)
         self.sliding_window = sliding_window if use_sliding_window else None
-        self.max_window_layers = max_window_layers
-        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
-        self.head_dim = head_dim
-        self.hidden_act = hidden_act
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.rope_theta = rope_theta
         self.rope_scaling = normalize_rope_scaling(rope_scaling)
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
         self.layer_types = layer_types or windowed_layer_types(self.sliding_window, max_window_layers,
                                                               num_hidden_layers)
         check_layer_types(self.layer_types, num_hidden_layers)
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        super().__init__(**base)

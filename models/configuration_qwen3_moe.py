@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .configuration_decoder import normalize_rope_scaling
+from .configuration_decoder import assign_fields, normalize_rope_scaling
 from .configuration_utils import PretrainedConfig
 
 
@@ -21,29 +21,8 @@ class Qwen3MoeConfig(PretrainedConfig):
                  sliding_window=4096, attention_dropout=0.0, decoder_sparse_step=1, moe_intermediate_size=768,
                  num_experts_per_tok=8, num_experts=128, norm_topk_prob=False, output_router_logits=False,
                  router_aux_loss_coef=0.001, mlp_only_layers=None, **kwargs):
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.use_sliding_window = use_sliding_window
+        base = assign_fields(self, locals())
         self.sliding_window = sliding_window if use_sliding_window else None
-        self.num_key_value_heads = num_key_value_heads
-        self.hidden_act = hidden_act
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.rope_theta = rope_theta
         self.rope_scaling = normalize_rope_scaling(rope_scaling)
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
-        self.decoder_sparse_step = decoder_sparse_step
-        self.moe_intermediate_size = moe_intermediate_size
-        self.num_experts_per_tok = num_experts_per_tok
-        self.num_experts = num_experts
-        self.norm_topk_prob = norm_topk_prob
-        self.output_router_logits = output_router_logits
-        self.router_aux_loss_coef = router_aux_loss_coef
         self.mlp_only_layers = [] if mlp_only_layers is None else mlp_only_layers
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        super().__init__(**base)

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .generation import GenerationConfig, GenerationMixin
-from .layers import (causal_lm_loss, check_input_ids, get_activation, sequence_classification_loss,
-                     span_logits_and_loss, to_legacy_cache, token_cross_entropy)
+from .layers import (causal_lm_loss, check_input_ids, get_activation, init_linear_embedding_norm,
+                     sequence_classification_loss, span_logits_and_loss, to_legacy_cache, token_cross_entropy)
 from .modeling_utils import _EMPTY_INIT, PreTrainedModel
 from .outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast, QuestionAnsweringModelOutput,
                       SequenceClassifierOutputWithPast, TokenClassifierOutput)
@@ -511,19 +511,12 @@ class DecoderPreTrainedModel(PreTrainedModel):
         return type(self).spec_builder(config)
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = getattr(self.config, "initializer_range", 0.02)
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, RMSNorm):
+        if isinstance(module, RMSNorm):
             module.weight.data.fill_(1.0)
         elif isinstance(module, GemmaRMSNorm):
             module.weight.data.zero_()
+        else:
+            init_linear_embedding_norm(module, getattr(self.config, "initializer_range", 0.02))
 
 
 class DecoderModel(DecoderPreTrainedModel):
