@@ -48,6 +48,20 @@ class LockBusy(OutputError):
     """Another run holds the lock of this output."""
 
 
+class LockUnavailable(OutputError):
+    """The lock cannot be created: the output location is not writable (read-only, no permission)."""
+
+
+def unwritable_message(path: str, err: OSError) -> str:
+    """What to say when ``path`` (a lock, a staged file) cannot be created: which path, why, the fix."""
+    why = err.strerror or type(err).__name__
+    return (
+        f"cannot write {path} ({why}): the output location is not writable (a read-only filesystem or "
+        f"missing permissions); nothing was written. Point output.path at a writable location, or make "
+        f"{posixpath.dirname(path) or path} writable (fix its permissions, or remount it read-write)"
+    )
+
+
 def _utc(ts: Optional[float] = None) -> str:
     return datetime.fromtimestamp(ts if ts is not None else time.time(), timezone.utc).isoformat(timespec="seconds")
 
@@ -75,8 +89,11 @@ class FileLock:
     def acquire(self) -> "FileLock":
         import fcntl
 
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise LockUnavailable(unwritable_message(self.path, e)) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -195,7 +212,10 @@ class ObjectLease:
                 "taking over the expired lease %s of pid %s on %s (expired %s)",
                 self.path, holder.get("pid"), holder.get("host"), holder.get("expires_at"),
             )
-        self._write()
+        try:
+            self._write()
+        except OSError as e:
+            raise LockUnavailable(unwritable_message(self.path, e)) from e
         time.sleep(self.settle_s)
         now = self._read()
         if not now or now.get("owner") != self.owner:
@@ -260,4 +280,4 @@ def output_lock(fs: pafs.FileSystem, output_path: str, ttl_s: float = 300.0, wha
     return ObjectLease(fs, lock_path_for(output_path, "lease"), ttl_s=ttl_s, what=what)
 
 
-__all__ = ["FileLock", "LockBusy", "ObjectLease", "lock_path_for", "output_lock"]
+__all__ = ["FileLock", "LockBusy", "LockUnavailable", "unwritable_message", "ObjectLease", "lock_path_for", "output_lock"]

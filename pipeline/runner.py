@@ -20,6 +20,7 @@ from rayformers.operators.embedding_outputs import CALIBRATED
 from .commit import (
     MANIFEST,
     ErrorBudgetExceeded,
+    clean_publish_leftovers,
     collect_staged,
     compact_staged,
     make_datasink,
@@ -149,6 +150,7 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         plan_units=units,
     )
     if state.already_complete:
+        clean_publish_leftovers(job.output_fs, job.output_path)  # of a publish killed after _SUCCESS
         m = read_manifest(job.output_fs, job.output_path) or {}
         return JobReport(
             status="already-complete",

@@ -1,0 +1,198 @@
+"""Failures of the environment end in one clear message and leave nothing poisoned behind.
+
+The bad environments are real: a read-only filesystem and a full disk are tmpfs mounts made by
+the test (skipped, saying why, where mounting is not permitted; a chmod would not stop root), a
+publish killed half-way is a ``LocalFileSystem`` whose ``delete_dir`` dies like a killed process
+at the chosen step, and an unreachable Hub is a closed port on localhost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from rayformers.pipeline import cli, read_output, run
+from rayformers.pipeline.commit import (
+    collect_staged,
+    prepare_output,
+    publish,
+    read_manifest,
+    staging_path,
+)
+from rayformers.pipeline.config import load_config
+
+from model_test_utils import tiny_bert
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    return tiny_bert(tmp_path_factory.mktemp("clf") / "model", hidden=16, head="BertForSequenceClassification")
+
+
+def write_input(path: Path, texts: list) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), path / "part0.parquet")
+    return path
+
+
+def job(inp, out, model, **output) -> dict:
+    return {"input": {"path": str(inp)}, "model": {"path": str(model), "task": "classify"},
+            "output": {"path": str(out), **output}}
+
+
+def yaml_file(tmp_path: Path, cfg: dict) -> str:
+    import yaml
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _mount(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, size, read_only)``: a real, separately mounted filesystem under tmp_path."""
+    mounted = []
+
+    def make(name: str, size: str = "1m", read_only: bool = False) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        opts = f"size={size}" + (",ro" if read_only else "")
+        try:
+            res = _mount(["-t", "tmpfs", "-o", opts, "tmpfs", str(where)])
+        except FileNotFoundError:
+            pytest.skip("no mount command on this machine: a read-only / full filesystem cannot be made")
+        if res.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not permitted here ({res.stderr.strip()}); chmod would not stop root")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+# --- 9 and 13: a read-only output location; --json always prints the report --------------------
+
+
+def test_a_read_only_output_location_is_one_clear_error_and_json_says_so(ray_session, tmp_path, tmpfs, classifier, capsys):
+    inp = write_input(tmp_path / "in", ["a b", "c d"])
+    ro = tmpfs("ro", read_only=True)
+    cfg = yaml_file(tmp_path, job(inp, ro / "out", classifier))
+
+    code = cli.main(["run", cfg, "--json"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_BAD_CONFIG
+    assert "Traceback" not in captured.err
+    assert str(ro) in captured.err and "not writable" in captured.err and "output.path" in captured.err
+    report = json.loads(captured.out)
+    assert report["status"] == "refused" and report["exit_code"] == 2 and str(ro) in report["reason"]
+
+    from rayformers.jobs import etl
+
+    etl_cfg = yaml_file(tmp_path, job(inp, ro / "etl-root", classifier))
+    assert etl.main([etl_cfg, "--once"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "not writable" in err and str(ro) in err
+
+
+def test_json_report_on_stdout_for_an_error_budget_failure(ray_session, tmp_path, classifier, capsys):
+    inp = write_input(tmp_path / "in", ["a b", None, "c d"])
+    cfg = yaml_file(tmp_path, job(inp, tmp_path / "out", classifier))
+    code = cli.main(["run", cfg, "--json"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_ERROR_BUDGET
+    report = json.loads(captured.out)
+    assert report["status"] == "error-budget-exceeded" and report["exit_code"] == 3
+    assert report["errors"] == 1 and report["rows"] == 3 and "max_error_fraction" in report["reason"]
+
+
+# --- 7: leftovers of a publish killed half-way ----------------------------------------------------
+
+
+class Killed(BaseException):
+    """What a killed process does: nothing after this point runs (no ``except Exception`` either)."""
+
+
+class KilledAt(pafs.LocalFileSystem):
+    """A local filesystem whose process dies when ``method`` is called on a path ``when`` accepts."""
+
+    def __init__(self, method: str, when):
+        super().__init__()
+        self.method, self.when = method, when
+
+    def _die(self, method: str, path: str) -> None:
+        if method == self.method and self.when(path):
+            raise Killed(f"{method} {path}")
+
+    def delete_dir(self, path):
+        self._die("delete_dir", path)
+        return super().delete_dir(path)
+
+    def move(self, src, dest):
+        self._die("move", src)
+        return super().move(src, dest)
+
+
+def _republish_killed(out: Path, cfg: dict, fs: KilledAt) -> None:
+    """Publish ``out``'s own rows again (as an overwrite would) on ``fs``, which dies half-way."""
+    fingerprint = load_config(cfg).fingerprint()
+    state = prepare_output(fs, str(out), "overwrite", fingerprint, {"config": cfg})
+    for part in out.glob("part-*.parquet"):
+        fs.copy_file(str(part), f"{state.data_dir}/{part.name}")
+    counts = collect_staged(fs, state.data_dir)
+    manifest = {k: v for k, v in read_manifest(fs, str(out)).items() if k != "output_files"}
+    with pytest.raises(Killed):
+        publish(state, manifest, counts.files)
+
+
+def test_leftovers_of_a_publish_killed_half_way_are_removed_by_the_next_run_but_not_a_users_files(
+    ray_session, tmp_path, classifier
+):
+    inp = write_input(tmp_path / "in", [f"row {i}" for i in range(12)])
+    out = tmp_path / "out"
+    cfg = job(inp, out, classifier, mode="overwrite")
+    assert run(cfg).status == "succeeded"
+    staging = Path(staging_path(str(out)))
+    users = tmp_path / ".out.rayformers-staging-old-0badc0de"  # named like ours, but not ours
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+
+    def leftovers() -> list[str]:
+        return sorted(p.name for p in tmp_path.glob(".out.rayformers-staging*") if p != users)
+
+    # Killed after _SUCCESS, before the previous output (moved aside) was deleted.
+    _republish_killed(out, cfg, KilledAt("delete_dir", lambda p: "-old-" in p))
+    old = [n for n in leftovers() if "-old-" in n]
+    assert len(old) == 1 and (tmp_path / old[0] / "_manifest.json").exists()
+    assert sorted(p.name for p in staging.iterdir()) == ["job.json"]
+    report = run(cfg, ["output.mode=resume"])
+    assert report.status == "already-complete"
+    assert leftovers() == []
+    assert (users / "notes.txt").read_text() == "mine"
+    assert read_output(str(out)).num_rows == 12
+
+    # Killed after the previous output was moved aside, before the new one was moved in: the
+    # resume publishes the staged rows and removes the previous output.
+    _republish_killed(out, cfg, KilledAt("move", lambda p: p.endswith("/data")))
+    assert not out.exists() and len([n for n in leftovers() if "-old-" in n]) == 1
+    report = run(cfg, ["output.mode=resume"])
+    assert report.status == "succeeded" and report.rows_scored == 0 and report.rows_resumed == 12
+    assert leftovers() == []
+    assert (users / "notes.txt").read_text() == "mine"
+    assert read_output(str(out)).num_rows == 12
