@@ -800,7 +800,7 @@ def _print_status(cfg: EtlJobConfig) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from rayformers.pipeline.commit import ErrorBudgetExceeded, OutputError
+    from rayformers.pipeline.commit import ErrorBudgetExceeded, IncompleteOutputError, OutputError
     from rayformers.pipeline.preflight import PreflightError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -839,6 +839,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ErrorBudgetExceeded as e:
             print(f"rayformers etl: error budget exceeded: {e}", file=sys.stderr)
             return 3
+        except IncompleteOutputError as e:
+            print(f"rayformers etl: incomplete output: {e}. (The pending run is resumed by the next "
+                  f"`rayformers etl` run; output.mode is managed by the ETL.)", file=sys.stderr)
+            return 4
         except EtlError as e:
             print(f"rayformers etl: error: {e}", file=sys.stderr)
             return 1

@@ -30,6 +30,7 @@ from .commit import (
     write_failed_manifest,
 )
 from .config import JobConfig, load_config
+from .full_disk import reporting_full_disk
 from .locks import output_lock
 from .preflight import ResolvedJob, check_cluster_cpus, check_unique_ids_distributed, preflight
 from .report import JobReport
@@ -173,7 +174,8 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         ds = build_dataset(job, state.done)
         sink = make_datasink(job.output_fs, state.data_dir, cfg.output.compression, cfg.output.stage_rows)
         t0 = time.perf_counter()
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": cfg.compute.io_num_cpus})
+        with reporting_full_disk(state, job.total_rows):
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": cfg.compute.io_num_cpus})
         stage["plan"] = time.perf_counter() - t0
         results = [r for r in sink.results if r]
     for r in results:

@@ -196,3 +196,41 @@ def test_leftovers_of_a_publish_killed_half_way_are_removed_by_the_next_run_but_
     assert leftovers() == []
     assert (users / "notes.txt").read_text() == "mine"
     assert read_output(str(out)).num_rows == 12
+
+
+# --- 10: disk full while staging ------------------------------------------------------------------
+
+
+def test_disk_full_while_staging_is_one_message_and_resume_continues(ray_session, tmp_path, tmpfs, classifier, capsys):
+    import random
+
+    rng = random.Random(0)
+    texts = ["".join(rng.choice("abcdefghij klmnop") for _ in range(120)) for _ in range(3000)]
+    inp = write_input(tmp_path / "in", texts)
+    small = tmpfs("small", size="160k")
+    out = small / "out"
+    cfg = job(inp, out, classifier, keep_text=True, stage_rows=400)
+    cfg["compute"] = {"batch_size": 400}
+    path = yaml_file(tmp_path, cfg)
+
+    code = cli.main(["run", path, "--json"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_INCOMPLETE
+    assert "Traceback" not in captured.err and "Ray Data or Ray Core internal code" not in captured.err
+    report = json.loads(captured.out)
+    assert report["status"] == "incomplete" and report["exit_code"] == cli.EXIT_INCOMPLETE
+    reason = report["reason"]
+    assert reason.startswith(f"no space left on the device holding {small}/.out.rayformers-staging")
+    assert "--set output.mode=resume" in reason
+    staged = int(reason.split(" of 3000 input rows are staged there and kept")[0].rsplit(" ", 1)[1])
+    assert 0 < staged < 3000
+    data = small / ".out.rayformers-staging" / "data"
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in data.glob("part-*.parquet")) == staged
+
+    # Space freed: the resume scores only the rest, and every row is there exactly once.
+    res = _mount(["-o", "remount,size=16m", str(small)])
+    assert res.returncode == 0, res.stderr
+    report = run(path, ["output.mode=resume"])
+    assert report.status == "succeeded" and report.rows_resumed == staged and report.rows_scored == 3000 - staged
+    ids = read_output(str(out)).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 3000
