@@ -234,3 +234,61 @@ def test_disk_full_while_staging_is_one_message_and_resume_continues(ray_session
     assert report.status == "succeeded" and report.rows_resumed == staged and report.rows_scored == 3000 - staged
     ids = read_output(str(out)).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 3000
+
+
+# --- 11: a model path that is neither a local directory nor on a reachable Hub ---------------------
+
+_RESOLVE = """
+import sys, time
+from rayformers.pipeline.config import load_config
+from rayformers.pipeline.preflight import resolve_model
+cfg = load_config({"input": {"path": "in"}, "model": {"path": sys.argv[1], "task": "classify"},
+                   "output": {"path": "out"}})
+t0 = time.perf_counter()
+try:
+    print("loaded", type(resolve_model(cfg)).__name__)
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+print(f"elapsed {time.perf_counter() - t0:.2f}")
+"""
+
+
+def _resolve_in_fresh_process(model_path: str, hf_home: Path, **env) -> tuple[str, float]:
+    """Pre-flight's model check in a new interpreter: huggingface_hub reads HF_* at import."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    full.update(HF_HOME=str(hf_home), **env)
+    res = subprocess.run([sys.executable, "-c", _RESOLVE, model_path], capture_output=True, text=True, env=full, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    return lines[-2], float(lines[-1].split()[1])
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_hub_id_that_cannot_be_reached_fails_fast_and_says_why(tmp_path):
+    port = _closed_port()
+    message, elapsed = _resolve_in_fresh_process(
+        "someorg/no-such-model", tmp_path / "hf", HF_ENDPOINT=f"http://127.0.0.1:{port}"
+    )
+    assert message.startswith("PreflightError: model.path 'someorg/no-such-model'")
+    assert "is not a local directory" in message and f"127.0.0.1:{port} could not be reached" in message
+    assert "HF_HUB_OFFLINE" in message and "HF_HOME" in message and str(tmp_path / "hf") in message
+    assert "downloads are disabled" not in message  # they were not
+    assert elapsed < 10, f"took {elapsed:.1f}s: retried instead of failing fast"
+
+
+def test_a_hub_id_offline_is_looked_up_in_the_cache_only(tmp_path, classifier):
+    from conftest import fill_hub_cache
+
+    message, elapsed = _resolve_in_fresh_process("someorg/no-such-model", tmp_path / "hf", HF_HUB_OFFLINE="1")
+    assert message.startswith("PreflightError: model.path 'someorg/no-such-model'")
+    assert "is not a local directory" in message and "downloads are disabled (HF_HUB_OFFLINE=1" in message
+    assert str(tmp_path / "hf") in message and elapsed < 10
+
+    fill_hub_cache(tmp_path / "hf" / "hub", "someorg/tiny-classifier", classifier)
+    message, _ = _resolve_in_fresh_process("someorg/tiny-classifier", tmp_path / "hf", HF_HUB_OFFLINE="1")
+    assert message == "loaded BertConfig"
