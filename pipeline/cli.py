@@ -10,7 +10,8 @@
 module never imports their dependencies; a new job only needs an entry in ``JOB_COMMANDS``.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad config / input (nothing ran),
-3 error budget exceeded (output staged, not published), 4 incomplete output (resume it).
+3 error budget exceeded (output staged, not published), 4 incomplete output (resume it; a full
+disk while staging is one). With ``--json`` every exit prints one JSON object on stdout.
 """
 
 from __future__ import annotations
