@@ -29,7 +29,9 @@ One ETL run:
 1. under the lock, finish or discard the pending run left by a crash (below);
 2. list the inputs (a listing only, no file is opened) and compare with the state: new files,
    changed files (another size or mtime), vanished files; nothing new → say so, write nothing;
-3. plan: write the run's lineage file, then record the plan as ``pending`` in the state;
+3. plan: validate the run with the pipeline's pre-flight on exactly its files (a config that
+   cannot run records nothing), write the run's lineage file, then record the plan as
+   ``pending`` in the state;
 4. run the pipeline on exactly those files into ``run-NNNNNN`` with ``output.mode=resume``:
    a crash before its publish is resumed by the next invocation (rows already staged are not
    scored again), a crash after it finds the run published and goes on;
