@@ -53,7 +53,8 @@ class LockUnavailable(OutputError):
 
 
 def unwritable_message(path: str, err: OSError) -> str:
-    """What to say when ``path`` (a lock, a staged file) cannot be created: which path, why, the fix."""
+    """What to say when the lock ``path`` cannot be created (before anything else is written):
+    which path, why, and the fix."""
     why = err.strerror or type(err).__name__
     return (
         f"cannot write {path} ({why}): the output location is not writable (a read-only filesystem or "
