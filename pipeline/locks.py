@@ -25,6 +25,7 @@ and a second run refuses at once, naming the holder.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -61,6 +62,23 @@ def unwritable_message(path: str, err: OSError) -> str:
         f"missing permissions); nothing was written. Point output.path at a writable location, or make "
         f"{posixpath.dirname(path) or path} writable (fix its permissions, or remount it read-write)"
     )
+
+
+def check_lock_creatable(fs: pafs.FileSystem, output_path: str) -> None:
+    """Refuse at once (before a cluster starts) a local output whose lock could not be created:
+    on a read-only filesystem, or in a directory this user may not write. Writes nothing; the
+    lock itself still reports what this cheap check cannot see."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return
+    path = lock_path_for(output_path, "lock")
+    target = path if os.path.exists(path) else os.path.dirname(path)
+    while not os.path.exists(target) and os.path.dirname(target) != target:
+        target = os.path.dirname(target)  # the directory the lock's parents would be created in
+    if os.access(target, os.W_OK):
+        return
+    read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+    code = errno.EROFS if read_only else errno.EACCES
+    raise LockUnavailable(unwritable_message(path, OSError(code, os.strerror(code), target)))
 
 
 def _utc(ts: Optional[float] = None) -> str:
@@ -281,4 +299,4 @@ def output_lock(fs: pafs.FileSystem, output_path: str, ttl_s: float = 300.0, wha
     return ObjectLease(fs, lock_path_for(output_path, "lease"), ttl_s=ttl_s, what=what)
 
 
-__all__ = ["FileLock", "LockBusy", "LockUnavailable", "unwritable_message", "ObjectLease", "lock_path_for", "output_lock"]
+__all__ = ["FileLock", "LockBusy", "LockUnavailable", "check_lock_creatable", "unwritable_message", "ObjectLease", "lock_path_for", "output_lock"]

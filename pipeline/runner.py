@@ -31,7 +31,7 @@ from .commit import (
 )
 from .config import JobConfig, load_config
 from .full_disk import reporting_full_disk
-from .locks import output_lock
+from .locks import check_lock_creatable, output_lock
 from .preflight import ResolvedJob, check_cluster_cpus, check_unique_ids_distributed, preflight
 from .report import JobReport
 from .source import row_groups_of
@@ -98,6 +98,7 @@ def run(
     start = time.perf_counter()
     cfg = config if isinstance(config, JobConfig) and not overrides else load_config(config, overrides)
     job = preflight(cfg, input_files)
+    check_lock_creatable(job.output_fs, job.output_path)  # an unwritable output: refused before Ray starts
     ensure_ray(ray_init_kwargs)
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
     if job.id_check_deferred:

@@ -111,6 +111,20 @@ def test_a_read_only_output_location_is_one_clear_error_and_json_says_so(ray_ses
     assert "Traceback" not in err and "not writable" in err and str(ro) in err
 
 
+def test_a_read_only_output_is_refused_before_a_cluster_starts(tmp_path, tmpfs, classifier):
+    """The command line in a fresh process, no cluster running: refused before ``ray.init``."""
+    inp = write_input(tmp_path / "in", ["a b"])
+    ro = tmpfs("ro", read_only=True)
+    cfg = yaml_file(tmp_path, job(inp, ro / "nested" / "out", classifier))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run([sys.executable, "-m", "rayformers.pipeline.cli", "run", cfg, "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == cli.EXIT_BAD_CONFIG, res.stderr
+    assert "Ray instance" not in res.stderr and "Traceback" not in res.stderr
+    assert "Read-only file system" in res.stderr and str(ro / "nested" / ".out.rayformers-lock") in res.stderr
+    assert json.loads(res.stdout)["status"] == "refused"
+
+
 def test_json_report_on_stdout_for_an_error_budget_failure(ray_session, tmp_path, classifier, capsys):
     inp = write_input(tmp_path / "in", ["a b", None, "c d"])
     cfg = yaml_file(tmp_path, job(inp, tmp_path / "out", classifier))
