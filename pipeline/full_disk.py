@@ -70,7 +70,10 @@ def _ray_data_errors_held() -> Iterator[list]:
             h.removeFilter(f)
             if not drop[0]:
                 for record in f.held:
-                    h.handle(record)
+                    try:
+                        h.handle(record)
+                    except Exception:  # noqa: BLE001 - a broken log stream must not fail the job
+                        pass
 
 
 @contextmanager
