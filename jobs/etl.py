@@ -29,7 +29,9 @@ One ETL run:
 1. under the lock, finish or discard the pending run left by a crash (below);
 2. list the inputs (a listing only, no file is opened) and compare with the state: new files,
    changed files (another size or mtime), vanished files; nothing new → say so, write nothing;
-3. plan: write the run's lineage file, then record the plan as ``pending`` in the state;
+3. plan: validate the run with the pipeline's pre-flight on exactly its files (a config that
+   cannot run records nothing), write the run's lineage file, then record the plan as
+   ``pending`` in the state;
 4. run the pipeline on exactly those files into ``run-NNNNNN`` with ``output.mode=resume``:
    a crash before its publish is resumed by the next invocation (rows already staged are not
    scored again), a crash after it finds the run published and goes on;
@@ -552,13 +554,69 @@ def run_once(
     if isinstance(out_fs, pafs.LocalFileSystem):
         root_uri = root
     _check_disjoint_from_input(cfg, out_fs, root)
+    # Refusals come before the lock, whose file would otherwise be left in a folder that is not
+    # ours (or in a new root that then holds nothing else); they are checked again under it.
+    _check_root(out_fs, root)
+    validated = _validate_first_run(cfg, in_fs, roots, out_fs, root, root_uri)
     lock = etl_lock(out_fs, root, lock_path, ttl_s=cfg.output.lock_ttl_s)
     try:
         with lock:
-            return _run_locked(cfg, fingerprint, in_fs, roots, out_fs, root, root_uri, reprocess, ray_init_kwargs)
+            return _run_locked(
+                cfg, fingerprint, in_fs, roots, out_fs, root, root_uri, reprocess, ray_init_kwargs, validated
+            )
     except LockBusy as e:
         logger.warning("etl: %s", e)
         return EtlOutcome(status="locked", root=root, message=str(e))
+
+
+def _classify(state: EtlState, listing: list[FileVersion]) -> tuple[list, list, list]:
+    """``(new, changed, unchanged)`` input files relative to the committed state."""
+    new, changed, unchanged = [], [], []
+    for f in listing:
+        old = state.files.get(f.path)
+        if old is None:
+            new.append(f)
+        elif (int(old["size"]), int(old["mtime_ns"])) != f.version:
+            changed.append(f)
+        else:
+            unchanged.append(f)
+    return new, changed, unchanged
+
+
+def _validate_run(cfg: EtlJobConfig, root_uri: str, run_id: str, files: list[FileVersion]) -> None:
+    """The pipeline's pre-flight (model, tokenizer, columns, settings) on exactly the files a run
+    will score, before the run is recorded: a config that cannot run must not leave a pending run
+    whose fingerprint then refuses the corrected config. Raises ``PreflightError``."""
+    from rayformers.pipeline.preflight import preflight
+
+    preflight(_run_config(cfg, root_uri, run_id), [f.path for f in files])
+
+
+def _validate_first_run(cfg: EtlJobConfig, in_fs, roots, out_fs, root: str, root_uri: str) -> frozenset:
+    """For a root that does not exist yet, validate every input file before the lock creates the
+    root: a config that cannot run then leaves nothing behind. (No one can hold the lock of a
+    root that does not exist; an existing root is validated under its lock, so that a run that
+    finds the lock taken stays cheap.) Returns the paths validated."""
+    if exists(out_fs, root):
+        return frozenset()
+    listing = list_input_files(in_fs, roots)
+    if not listing:
+        return frozenset()
+    _validate_run(cfg, root_uri, "run-000001", listing)
+    return frozenset(f.path for f in listing)
+
+
+def _staged_nothing(out_fs: pafs.FileSystem, root: str, run_id: str) -> bool:
+    """True when a pending run left no rows anywhere: not published, and no staged part file."""
+    if exists(out_fs, posixpath.join(root, run_id)):
+        return False
+    data_dir = posixpath.join(staging_path(posixpath.join(root, run_id)), "data")
+    if not exists(out_fs, data_dir):
+        return True
+    return not any(
+        posixpath.basename(i.path).endswith(".parquet") and not posixpath.basename(i.path).startswith(".")
+        for i in out_fs.get_file_info(pafs.FileSelector(data_dir, recursive=False))
+    )
 
 
 def _check_disjoint_from_input(cfg: JobConfig, out_fs: pafs.FileSystem, root: str) -> None:
@@ -591,7 +649,7 @@ def _check_root(out_fs: pafs.FileSystem, root: str) -> None:
 
 def _run_locked(
     cfg: EtlJobConfig, fingerprint: str, in_fs, roots, out_fs, root: str, root_uri: str, reprocess: bool,
-    ray_init_kwargs: Optional[dict],
+    ray_init_kwargs: Optional[dict], validated: frozenset = frozenset(),
 ) -> EtlOutcome:
     _check_root(out_fs, root)
     out_fs.create_dir(root, recursive=True)
@@ -603,11 +661,16 @@ def _run_locked(
         p = state.pending
         current = {f.path: f for f in list_input_files(in_fs, roots)}
         stale = [f.path for f in p.file_versions() if f.path not in current or current[f.path].version != f.version]
-        if p.config_fingerprint != fingerprint and not reprocess:
+        # A pending run that staged nothing (its config failed, or it was killed before scoring)
+        # pins nothing: replacing it loses no work, so a corrected config is not refused.
+        empty = p.config_fingerprint != fingerprint and _staged_nothing(out_fs, root, p.run_id)
+        if p.config_fingerprint != fingerprint and not reprocess and not empty:
             raise _config_changed(state, cfg, fingerprint, root, pending=True)
         if p.config_fingerprint != fingerprint or stale:
-            why = "the config changed (--reprocess)" if p.config_fingerprint != fingerprint else (
-                f"{len(stale)} of its input files changed since it was planned (e.g. {stale[0]})"
+            why = (
+                "it staged nothing and the config changed since it was planned" if empty
+                else "the config changed (--reprocess)" if p.config_fingerprint != fingerprint
+                else f"{len(stale)} of its input files changed since it was planned (e.g. {stale[0]})"
             )
             logger.warning("etl: discarding interrupted run %s: %s", p.run_id, why)
             state.pending = None
@@ -623,15 +686,7 @@ def _run_locked(
         raise _config_changed(state, cfg, fingerprint, root, pending=False)
 
     listing = list_input_files(in_fs, roots)
-    new, changed, unchanged = [], [], []
-    for f in listing:
-        old = state.files.get(f.path)
-        if old is None:
-            new.append(f)
-        elif (int(old["size"]), int(old["mtime_ns"])) != f.version:
-            changed.append(f)
-        else:
-            unchanged.append(f)
+    new, changed, unchanged = _classify(state, listing)
     vanished = sorted(set(state.files) - {f.path for f in listing})
     outcome.new_files, outcome.changed_files = len(new), len(changed)
     outcome.unchanged_files, outcome.vanished_files = len(unchanged), len(vanished)
@@ -653,6 +708,8 @@ def _run_locked(
         return outcome
 
     run_id = f"run-{state.next_run:06d}"
+    if frozenset(f.path for f in todo) != validated:
+        _validate_run(cfg, root_uri, run_id, todo)  # the plan changed since the check before the lock
     retract: dict = {}
     if not reprocess:
         for f in changed:
@@ -750,7 +807,7 @@ def _print_status(cfg: EtlJobConfig) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from rayformers.pipeline.commit import ErrorBudgetExceeded, OutputError
+    from rayformers.pipeline.commit import ErrorBudgetExceeded, IncompleteOutputError, OutputError
     from rayformers.pipeline.preflight import PreflightError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -789,6 +846,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ErrorBudgetExceeded as e:
             print(f"rayformers etl: error budget exceeded: {e}", file=sys.stderr)
             return 3
+        except IncompleteOutputError as e:
+            print(f"rayformers etl: incomplete output: {e}. (The pending run is resumed by the next "
+                  f"`rayformers etl` run; output.mode is managed by the ETL.)", file=sys.stderr)
+            return 4
         except EtlError as e:
             print(f"rayformers etl: error: {e}", file=sys.stderr)
             return 1

@@ -19,6 +19,35 @@ class CheckpointNotFoundError(OSError):
     """A required checkpoint file could not be found locally or on the Hub (cache)."""
 
 
+HUB_PROBE_TIMEOUT_S = 5.0
+"""How long the one reachability check of the Hub may take. ``huggingface_hub`` retries a failed
+connection five times with backoff (about 24 s) before it gives up, for every file; a name that is
+neither a local directory nor reachable on the Hub should fail in seconds, saying so."""
+
+_reachable: dict = {}
+"""Endpoint → ``None`` (reachable) or why not, so one process probes each endpoint once."""
+
+
+def _cache_location(cache_dir) -> str:
+    return str(cache_dir or huggingface_hub.constants.HF_HUB_CACHE)
+
+
+def hub_unreachable_reason(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """``None`` if the Hub endpoint (``HF_ENDPOINT``) answers one request without retries within
+    ``timeout_s`` (any HTTP status counts as an answer), else why it could not be reached."""
+    endpoint = huggingface_hub.constants.ENDPOINT
+    if endpoint not in _reachable:
+        try:
+            huggingface_hub.utils.get_session().head(endpoint, timeout=timeout_s, allow_redirects=False)
+            _reachable[endpoint] = None
+        except Exception as e:  # noqa: BLE001 - any failure to get an answer means "not reachable"
+            root = e
+            while getattr(root, "__context__", None) is not None and root.__context__ is not root:
+                root = root.__context__
+            _reachable[endpoint] = f"{type(e).__name__}: {root}"[:300]
+    return _reachable[endpoint]
+
+
 def is_offline() -> bool:
     """True when `HF_HUB_OFFLINE` (or the older `TRANSFORMERS_OFFLINE`) asks for no network."""
     truthy = {"1", "ON", "YES", "TRUE"}
@@ -87,6 +116,18 @@ def _resolve_from_hub(name, filename, *, subfolder, cache_dir, revision, local_f
             return cached
         if cached is _CACHED_NO_EXIST and not required:
             return None
+    if not local_files_only:
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            if not required:
+                return None
+            raise CheckpointNotFoundError(
+                f"{name!r} is not a local directory, and the Hugging Face Hub at "
+                f"{huggingface_hub.constants.ENDPOINT} could not be reached to look it up as a repo id ({reason}). "
+                f"If it is meant to be a local checkpoint, fix the path. If it is a Hub model: download it once "
+                f"where the Hub is reachable into the cache ({_cache_location(cache_dir)}; HF_HOME / HF_HUB_CACHE "
+                f"choose it) and set HF_HUB_OFFLINE=1, or point HF_ENDPOINT at a reachable mirror."
+            )
     try:
         return huggingface_hub.hf_hub_download(
             name, filename, subfolder=subfolder or None, cache_dir=cache_dir, revision=revision,
@@ -95,10 +136,17 @@ def _resolve_from_hub(name, filename, *, subfolder, cache_dir, revision, local_f
     except hub_errors.LocalEntryNotFoundError as err:
         if not required:
             return None
+        if not local_files_only:  # the Hub was reachable a moment ago, but this download failed
+            raise CheckpointNotFoundError(
+                f"{filename} of Hub repo {name!r} is not in the local Hugging Face cache "
+                f"({_cache_location(cache_dir)}) and could not be fetched from {huggingface_hub.constants.ENDPOINT} "
+                f"({err.__cause__ or err}). Retry when the Hub is reachable, or pass a local directory."
+            ) from err
         raise CheckpointNotFoundError(
-            f"{filename} of {name!r} is not in the local Hugging Face cache "
-            f"({cache_dir or huggingface_hub.constants.HF_HUB_CACHE}) and downloads are disabled "
-            "(HF_HUB_OFFLINE / local_files_only). Download it once with network access, or pass a local directory."
+            f"{name!r} is not a local directory, and {filename} of Hub repo {name!r} is not in the local Hugging "
+            f"Face cache ({_cache_location(cache_dir)}); downloads are disabled (HF_HUB_OFFLINE=1 or "
+            "local_files_only). Fix the path if it is meant to be a local checkpoint; for a Hub model, download it "
+            "once with network access (without HF_HUB_OFFLINE) or point HF_HOME / HF_HUB_CACHE at a cache that has it."
         ) from err
     except hub_errors.RevisionNotFoundError as err:
         raise CheckpointNotFoundError(f"revision {revision!r} does not exist for Hub repo {name!r}.") from err

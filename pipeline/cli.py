@@ -10,7 +10,8 @@
 module never imports their dependencies; a new job only needs an entry in ``JOB_COMMANDS``.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad config / input (nothing ran),
-3 error budget exceeded (output staged, not published), 4 incomplete output (resume it).
+3 error budget exceeded (output staged, not published), 4 incomplete output (resume it; a full
+disk while staging is one). With ``--json`` every exit prints one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ JOB_COMMANDS = {
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_ERROR_BUDGET, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 
 
+def _failure(args: argparse.Namespace, code: int, status: str, label: str, error: Exception, report=None) -> int:
+    """Say why the run failed on stderr and, with ``--json``, as the JSON report on stdout, so a
+    caller parsing stdout always gets one object (``status``, ``reason``, ``exit_code``)."""
+    if report is not None:
+        print(report.format(), file=sys.stderr)
+    print(f"rayformers run: {label}: {error}", file=sys.stderr)
+    if args.json:
+        out = {**(report.to_dict() if report is not None else {}), "status": status, "reason": str(error), "exit_code": code}
+        print(json.dumps(out, default=str), flush=True)
+    return code
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from .commit import ErrorBudgetExceeded, IncompleteOutputError, OutputError
     from .config import ConfigError
@@ -38,18 +51,13 @@ def _run_command(args: argparse.Namespace) -> int:
     try:
         report = run(args.config, args.set)
     except (ConfigError, PreflightError, OutputError) as e:
-        print(f"rayformers run: error: {e}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return _failure(args, EXIT_BAD_CONFIG, "refused", "error", e)
     except ErrorBudgetExceeded as e:
-        if e.report is not None:
-            print(e.report.format(), file=sys.stderr)
-        print(f"rayformers run: error budget exceeded: {e}", file=sys.stderr)
-        return EXIT_ERROR_BUDGET
+        return _failure(args, EXIT_ERROR_BUDGET, "error-budget-exceeded", "error budget exceeded", e, e.report)
     except IncompleteOutputError as e:
-        print(f"rayformers run: incomplete output: {e}", file=sys.stderr)
-        return EXIT_INCOMPLETE
+        return _failure(args, EXIT_INCOMPLETE, "incomplete", "incomplete output", e)
     if args.json:
-        print(json.dumps(report.to_dict(), default=str))
+        print(json.dumps({**report.to_dict(), "exit_code": EXIT_OK}, default=str))
     else:
         print(report.format())
     return EXIT_OK

@@ -41,7 +41,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import logging
 import posixpath
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -64,9 +66,12 @@ from .output_safety import (
     UnsafeOutputError,
     check_replaceable,
     check_staging_is_ours,
+    foreign_entries,
     sibling_path,
 )
 from .source import HIDDEN_COLUMNS, ROW_COLUMN, UNIT_COLUMN
+
+logger = logging.getLogger("rayformers.pipeline")
 
 FOOTER_KEY = b"rayformers"
 """Parquet key-value metadata of a staged file: ``{"ranges": [[unit, start, end], ...], "rows",
@@ -759,7 +764,56 @@ def publish(state: OutputState, manifest: dict, files: Optional[Sequence[StagedF
     if old is not None:
         fs.delete_dir(old)
     fs.delete_dir(state.staging_dir)
+    clean_publish_leftovers(fs, state.output_path)
     return state.output_path
+
+
+OLD_OUTPUT_RE = re.compile(r"^\.(?P<name>.+)\.rayformers-staging-old-[0-9a-f]{8}$")
+"""A previous output moved aside by :func:`publish` (``<staging>-old-<8 hex>``)."""
+
+
+def clean_publish_leftovers(fs: pafs.FileSystem, output_path: str) -> list[str]:
+    """Delete what a publish killed half-way left beside a published output, and only what is
+    provably ours: previous outputs moved aside (``.<name>.rayformers-staging-old-*`` holding a
+    rayformers manifest that lists every file in it, or nothing) and a staging directory holding
+    nothing but our ``job.json`` (its rows were moved into the output). Anything else by those
+    names is left alone with a warning. Call only once ``output_path`` is published."""
+    if not _exists(fs, posixpath.join(output_path, SUCCESS)):
+        return []
+    parent, name = posixpath.split(output_path.rstrip("/"))
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(parent or "/", recursive=False)):
+        m = OLD_OUTPUT_RE.match(posixpath.basename(info.path))
+        if not m or m.group("name") != name or info.type != pafs.FileType.Directory:
+            continue
+        _, foreign = foreign_entries(fs, info.path)
+        if foreign:
+            logger.warning("left %s in place: it holds files that are not a rayformers output (%s)",
+                           info.path, ", ".join(sorted(foreign)[:3]))
+            continue
+        fs.delete_dir(info.path)
+        removed.append(info.path)
+    staging = staging_path(output_path)
+    if _exists(fs, staging) and _holds_only_job_file(fs, staging):
+        fs.delete_dir(staging)
+        removed.append(staging)
+    if removed:
+        logger.info("removed %d leftovers of an interrupted publish of %s: %s", len(removed), output_path, ", ".join(removed))
+    return removed
+
+
+def _holds_only_job_file(fs: pafs.FileSystem, staging: str) -> bool:
+    """Our ``job.json`` (with a fingerprint) and at most an empty ``data/``: no staged rows."""
+    entries = {posixpath.relpath(i.path, staging): i for i in fs.get_file_info(pafs.FileSelector(staging, recursive=True))}
+    if set(entries) - {JOB_FILE, "data"} or JOB_FILE not in entries:
+        return False
+    if "data" in entries and entries["data"].type != pafs.FileType.Directory:
+        return False
+    try:
+        job = _read_json(fs, posixpath.join(staging, JOB_FILE))
+    except ValueError:
+        return False
+    return isinstance(job, dict) and "config_fingerprint" in job
 
 
 def write_failed_manifest(state: OutputState, manifest: dict) -> str:
@@ -782,6 +836,7 @@ __all__ = [
     "StagedFile",
     "UnsafeOutputError",
     "check_output_mode",
+    "clean_publish_leftovers",
     "collect_staged",
     "compact_staged",
     "make_datasink",

@@ -25,6 +25,7 @@ and a second run refuses at once, naming the holder.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -46,6 +47,38 @@ logger = logging.getLogger("rayformers.pipeline")
 
 class LockBusy(OutputError):
     """Another run holds the lock of this output."""
+
+
+class LockUnavailable(OutputError):
+    """The lock cannot be created: the output location is not writable (read-only, no permission)."""
+
+
+def unwritable_message(path: str, err: OSError) -> str:
+    """What to say when the lock ``path`` cannot be created (before anything else is written):
+    which path, why, and the fix."""
+    why = err.strerror or type(err).__name__
+    return (
+        f"cannot write {path} ({why}): the output location is not writable (a read-only filesystem or "
+        f"missing permissions); nothing was written. Point output.path at a writable location, or make "
+        f"{posixpath.dirname(path) or path} writable (fix its permissions, or remount it read-write)"
+    )
+
+
+def check_lock_creatable(fs: pafs.FileSystem, output_path: str) -> None:
+    """Refuse at once (before a cluster starts) a local output whose lock could not be created:
+    on a read-only filesystem, or in a directory this user may not write. Writes nothing; the
+    lock itself still reports what this cheap check cannot see."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return
+    path = lock_path_for(output_path, "lock")
+    target = path if os.path.exists(path) else os.path.dirname(path)
+    while not os.path.exists(target) and os.path.dirname(target) != target:
+        target = os.path.dirname(target)  # the directory the lock's parents would be created in
+    if os.access(target, os.W_OK):
+        return
+    read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+    code = errno.EROFS if read_only else errno.EACCES
+    raise LockUnavailable(unwritable_message(path, OSError(code, os.strerror(code), target)))
 
 
 def _utc(ts: Optional[float] = None) -> str:
@@ -75,8 +108,11 @@ class FileLock:
     def acquire(self) -> "FileLock":
         import fcntl
 
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise LockUnavailable(unwritable_message(self.path, e)) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -195,7 +231,10 @@ class ObjectLease:
                 "taking over the expired lease %s of pid %s on %s (expired %s)",
                 self.path, holder.get("pid"), holder.get("host"), holder.get("expires_at"),
             )
-        self._write()
+        try:
+            self._write()
+        except OSError as e:
+            raise LockUnavailable(unwritable_message(self.path, e)) from e
         time.sleep(self.settle_s)
         now = self._read()
         if not now or now.get("owner") != self.owner:
@@ -260,4 +299,4 @@ def output_lock(fs: pafs.FileSystem, output_path: str, ttl_s: float = 300.0, wha
     return ObjectLease(fs, lock_path_for(output_path, "lease"), ttl_s=ttl_s, what=what)
 
 
-__all__ = ["FileLock", "LockBusy", "ObjectLease", "lock_path_for", "output_lock"]
+__all__ = ["FileLock", "LockBusy", "LockUnavailable", "check_lock_creatable", "unwritable_message", "ObjectLease", "lock_path_for", "output_lock"]

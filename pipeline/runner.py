@@ -20,6 +20,7 @@ from rayformers.operators.embedding_outputs import CALIBRATED
 from .commit import (
     MANIFEST,
     ErrorBudgetExceeded,
+    clean_publish_leftovers,
     collect_staged,
     compact_staged,
     make_datasink,
@@ -29,7 +30,8 @@ from .commit import (
     write_failed_manifest,
 )
 from .config import JobConfig, load_config
-from .locks import output_lock
+from .full_disk import reporting_full_disk
+from .locks import check_lock_creatable, output_lock
 from .model_device import resolve_model_dtype
 from .preflight import ResolvedJob, check_cluster_cpus, check_unique_ids_distributed, preflight
 from .report import JobReport
@@ -100,6 +102,7 @@ def run(
     start = time.perf_counter()
     cfg = config if isinstance(config, JobConfig) and not overrides else load_config(config, overrides)
     job = preflight(cfg, input_files)
+    check_lock_creatable(job.output_fs, job.output_path)  # an unwritable output: refused before Ray starts
     ensure_ray(ray_init_kwargs)
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
     resolve_model_dtype(job)  # the model actors' device checked, their precision settled (see there)
@@ -155,6 +158,7 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         input_files=job.files,
     )
     if state.already_complete:
+        clean_publish_leftovers(job.output_fs, job.output_path)  # of a publish killed after _SUCCESS
         m = read_manifest(job.output_fs, job.output_path) or {}
         return JobReport(
             status="already-complete",
@@ -177,7 +181,8 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         ds = build_dataset(job, state.done)
         sink = make_datasink(job.output_fs, state.data_dir, cfg.output.compression, cfg.output.stage_rows)
         t0 = time.perf_counter()
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": cfg.compute.io_num_cpus})
+        with reporting_full_disk(state, job.total_rows):
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": cfg.compute.io_num_cpus})
         stage["plan"] = time.perf_counter() - t0
         results = [r for r in sink.results if r]
     for r in results:

@@ -237,7 +237,10 @@ def test_schedule_survives_a_failed_first_run_and_never_overlaps(ray_session, ti
     caplog.set_level("INFO", logger="rayformers.etl")
     records = run_loop(lambda: run_once(cfg), Interval(1.0), max_ticks=2, on_tick=repair)
     assert [r.ok for r in records] == [False, True]
-    assert isinstance(records[0].error, EtlError) and "broken.parquet" in str(records[0].error)
+    # Refused by the pre-flight that validates a run's files before it is recorded (bad input).
+    from rayformers.pipeline.preflight import PreflightError
+
+    assert isinstance(records[0].error, PreflightError) and "broken.parquet" in str(records[0].error)
     assert "retrying at the next tick" in caplog.text
     assert records[1].result.status == "published"
     assert records[1].started >= records[0].ended  # sequential: no overlap
@@ -288,3 +291,50 @@ def test_listing_and_per_file_selection_match_the_pipelines_discovery(tmp_path, 
         discover_files(raw, only=[str(tmp_path / "elsewhere.parquet")])
     with pytest.raises(InputError, match="nothing to do"):
         discover_files(raw, only=[])
+
+
+def test_a_config_that_cannot_run_records_nothing_and_does_not_pin_the_root(ray_session, tiny_classifier, tmp_path, monkeypatch):
+    """A run refused by pre-flight (missing model, wrong text column) leaves no pending run whose
+    fingerprint would then refuse the corrected config; nor does a pending run that staged nothing."""
+    from rayformers.pipeline.preflight import PreflightError
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_input(inp, "day=1/a.parquet", [f"alpha {i}" for i in range(6)])
+    good = config(tmp_path, tiny_classifier)
+
+    # A fresh root: nothing at all is written, not even the root or its lock.
+    with pytest.raises(PreflightError, match="model.path"):
+        run_once(config(tmp_path, tmp_path / "no-such-model"))
+    with pytest.raises(PreflightError, match="body"):
+        run_once(config(tmp_path, tiny_classifier, input={"text_column": "body"}))
+    assert not out.exists()
+    assert [r.run_id for r in run_once(good).runs] == ["run-000001"]
+
+    # An existing root: a refused --reprocess records nothing either.
+    write_input(inp, "day=2/b.parquet", [f"beta {i}" for i in range(4)])
+    state_before = (out / "_etl_state.json").read_text()
+    with pytest.raises(PreflightError, match="body"):
+        run_once(config(tmp_path, tiny_classifier, input={"text_column": "body"}), reprocess=True)
+    assert (out / "_etl_state.json").read_text() == state_before
+
+    # A run planned under another config but killed before it staged a row pins nothing.
+    monkeypatch.setenv(CRASH_ENV, "after-plan")
+    with pytest.raises(InjectedCrash):
+        run_once(config(tmp_path, tiny_classifier, tokenizer={"max_length": 16}), reprocess=True)
+    monkeypatch.delenv(CRASH_ENV)
+    assert load_state(pafs.LocalFileSystem(), str(out)).pending.run_id == "run-000002"
+    outcome = run_once(good)
+    assert [(r.run_id, r.files, r.rows) for r in outcome.runs] == [("run-000003", 1, 4)]
+    assert_exactly_once(out, inp)
+
+
+def test_a_folder_that_is_not_an_etl_output_is_refused_without_writing_into_it(tmp_path):
+    """No lock file (nor anything else) is left behind, so the folder stays usable by others."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_input(inp, "a.parquet", ["x"])
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    cfg = {"input": {"path": str(inp)}, "model": {"path": "x"}, "output": {"path": str(out)}}
+    with pytest.raises(EtlError, match="not an ETL output"):
+        run_once(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
