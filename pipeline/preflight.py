@@ -407,7 +407,7 @@ def resolve_prompt_template(cfg: JobConfig, tokenizer: Any, model_config: Any, t
         if template is None:
             raise PreflightError(f"task.messages: the tokenizer of {tok_path!r} cannot render chat templates; set "
                                  f"task.chat_template: {NO_TEMPLATE} to join the message contents without one")
-    prompt = {"messages": [dict(m) for m in t.messages], "chat_template": template}
+    prompt = {"messages": [dict(m) for m in t.messages], "chat_template": template, "columns": columns}
     from rayformers.operators.prompts import PromptRenderer
 
     try:

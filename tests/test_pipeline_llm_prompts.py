@@ -196,6 +196,10 @@ def test_prompt_refusals_before_ray(chat_llama, base_llama, tmp_path):
     job = preflight(load_config(_config(tmp_path / "e", chat_llama, chat_template="{{ messages[-1].content }}")))
     assert job.prompt["chat_template"] == "{{ messages[-1].content }}" and "title" in job.read_columns
     assert "title" in job.drop_after_tokenize
+    from rayformers.pipeline import build_processor
+
+    # build_processor (a caller's Dataset) requires the named columns too.
+    assert "title" in build_processor(_config(tmp_path / "g", chat_llama)).required_columns
     adapter = _config(tmp_path / "f", chat_llama)
     adapter["model"]["adapter"] = str(tmp_path / "no-such-adapter")
     with pytest.raises(PreflightError, match="model.adapter"):
