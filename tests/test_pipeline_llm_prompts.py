@@ -257,3 +257,47 @@ def test_classify_with_lora_adapter_matches_peft(ray_session, tmp_path):
     with pytest.raises(PreflightError, match="no weights for the"):
         preflight(load_config({"input": {"path": str(inp)}, "model": {"path": str(base_dir), "task": "classify"},
                                "output": {"path": str(tmp_path / "out2")}}))
+
+
+def test_tokenizer_actor_refuses_overlong_prompts_with_overflow_error(chat_llama):
+    """``tokenizer.overflow: error``: a prompt over the limit is an error record with its count;
+    the tokenizer stage renders the prompt (the model stage only sees ids)."""
+    from rayformers.operators import TokenizeOperator
+
+    tok = transformers.AutoTokenizer.from_pretrained(chat_llama)
+    op = TokenizeOperator(str(chat_llama), "text", max_length=MAX_LENGTH, overflow="error",
+                          prompt={"messages": MESSAGES, "chat_template": TEMPLATE}, drop_columns=("title", "text"))
+    batch = pa.Table.from_pylist(ROWS[:3], schema=pa.schema([("title", pa.string()), ("text", pa.string())]))
+    out = op(batch).to_pylist()
+    short = tok.apply_chat_template([{"role": m["role"], "content": m["content"].format(**ROWS[0])}
+                                     for m in MESSAGES], add_generation_prompt=True)
+    assert out[0]["input_ids"] == short and out[0]["error"] is None
+    assert "(tokenizer.overflow is error)" in out[2]["error"] and out[2]["input_ids"] is None
+    assert "title" not in out[0] and "text" not in out[0]
+
+
+def test_generate_model_with_lora_adapter_equals_peft(base_llama, tmp_path):
+    """``model.adapter`` for a decoder-only ``generate`` job: the model actors' loader merges it
+    into ``model.path``; greedy continuations equal peft's unmerged PeftModel."""
+    import peft
+
+    from rayformers.operators.loading import load_model
+
+    base = transformers.LlamaForCausalLM.from_pretrained(base_llama).eval()
+    model = peft.get_peft_model(base, peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=16,
+                                                      target_modules=["q_proj", "v_proj", "down_proj"]))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    model.eval().save_pretrained(tmp_path / "adapter")
+    ours = load_model("generate", str(base_llama), adapter=str(tmp_path / "adapter"))
+    ids = torch.tensor([[5, 60, 200, 33, 7, 90]])
+    settings = dict(attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW, do_sample=False)
+    with torch.no_grad():
+        want = model.generate(input_ids=ids, **settings)
+        # peft injected its layers into ``base`` in place: a fresh copy is the model without the adapter
+        plain = transformers.LlamaForCausalLM.from_pretrained(base_llama).eval().generate(input_ids=ids, **settings)
+    assert ours.generate(ids, **settings).tolist() == want.tolist()
+    assert want.tolist() != plain.tolist()  # the adapter changes the continuation
