@@ -396,6 +396,13 @@ def resolve_prompt_template(cfg: JobConfig, tokenizer: Any, model_config: Any, t
     if overflow_mode(cfg.tokenizer) == "chunk":
         raise PreflightError("tokenizer.overflow chunk cannot be used with task.messages (use truncate or error)")
     template = None
+    own = getattr(tokenizer, "chat_template", None)
+    names = sorted(own) if isinstance(own, dict) else []
+    if t.chat_template not in (None, NO_TEMPLATE, *names) and "{{" not in t.chat_template \
+            and "{%" not in t.chat_template:
+        raise PreflightError(f"task.chat_template {t.chat_template!r} is neither a Jinja template nor one of the "
+                             f"checkpoint's named templates ({', '.join(names) or 'it has none'}); use "
+                             f"{NO_TEMPLATE} for no template")
     if t.chat_template != NO_TEMPLATE:
         try:
             template = tokenizer.get_chat_template(t.chat_template)

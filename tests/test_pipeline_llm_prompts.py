@@ -191,8 +191,10 @@ def test_prompt_refusals_before_ray(chat_llama, base_llama, tmp_path):
     refusing = _config(tmp_path / "d", chat_llama, chat_template="{{ raise_exception('no system role') }}")
     with pytest.raises(PreflightError, match="no system role"):
         preflight(load_config(refusing))
-    # A named template that is not one of the checkpoint's is used as a template string; a string
-    # template override renders.
+    unknown = _config(tmp_path / "h", chat_llama, chat_template="tool_use")  # not a name it has, not Jinja
+    with pytest.raises(PreflightError, match="neither a Jinja template nor one of the checkpoint's named templates"):
+        preflight(load_config(unknown))
+    # A template string overrides the checkpoint's.
     job = preflight(load_config(_config(tmp_path / "e", chat_llama, chat_template="{{ messages[-1].content }}")))
     assert job.prompt["chat_template"] == "{{ messages[-1].content }}" and "title" in job.read_columns
     assert "title" in job.drop_after_tokenize
