@@ -31,6 +31,18 @@ def load_stream_generate():
     return stream_generate
 
 
+def end_token_ids(model: Any, settings: dict) -> set:
+    """The token ids that end a row: ``eos_token_id`` of the job's settings, else of the
+    checkpoint's generation config, else of its config (an int or a list)."""
+    eos = settings.get("eos_token_id")
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        if eos is None and source is not None:
+            eos = getattr(source, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(x) for x in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
 class GenerateOperator(ModelOperator):
     task = "generate"
     # Decoder steps are small matrix products: on CPU they gain from more rows per step.
@@ -43,6 +55,7 @@ class GenerateOperator(ModelOperator):
         tokenizer_path: Optional[str] = None,
         tokenizer: Any = None,
         use_continuous_batching: bool = True,
+        stop: tuple = (),
     ) -> None:
         if tokenizer is None:
             from .loading import load_tokenizer
@@ -53,31 +66,76 @@ class GenerateOperator(ModelOperator):
         self.max_batch_size = int(max_batch_size)
         self.stream_generate = load_stream_generate() if use_continuous_batching else None
         self.special_ids = sorted(set(getattr(tokenizer, "all_special_ids", []) or []))
+        self.stop = [str(x) for x in stop if x]
+        self.eos_ids = end_token_ids(self.model, self.settings)
+        self.decoder_start = (getattr(self.model.config, "decoder_start_token_id", None)
+                              if getattr(self.model.config, "is_encoder_decoder", False) else None)
 
     def output_fields(self) -> list[pa.Field]:
-        return [pa.field("generated_text", pa.string()), pa.field("generated_tokens", pa.int32())]
+        return [pa.field("generated_text", pa.string()), pa.field("generated_tokens", pa.int32()),
+                pa.field("finish_reason", pa.string()), pa.field("num_generated_tokens", pa.int32())]
 
     def to_arrays(self, chunks: list, num_rows: int) -> list[pa.Array]:
         """Texts in row order by one ``take``; token counts by one scatter."""
         if not chunks:
-            return [pa.nulls(num_rows, pa.string()), pa.nulls(num_rows, pa.int32())]
+            return [pa.nulls(num_rows, f.type) for f in self.output_fields()]
         rows = np.concatenate([r for r, _ in chunks])
         where = np.full(num_rows, -1, dtype=np.int64)
         where[rows] = np.arange(len(rows))
         index = pa.array(where, mask=where < 0)
         texts = pa.array([t for _, res in chunks for t in res["texts"]], type=pa.string())
         counts = pa.array(np.concatenate([res["counts"] for _, res in chunks]).astype(np.int32))
-        return [texts.take(index), counts.take(index)]
+        reasons = pa.array([r for _, res in chunks for r in res["finish"]], type=pa.string())
+        generated = pa.array(np.concatenate([res["generated"] for _, res in chunks]).astype(np.int32))
+        return [texts.take(index), counts.take(index), reasons.take(index), generated.take(index)]
+
+    def _finished(self, ids: list[int]) -> tuple[list[int], str]:
+        """The tokens the model generated for a row (no seq2seq decoder start token, nothing after
+        its end token: the padding of finished rows) and why it ended (``stop``: an end token,
+        ``length``: the token limit)."""
+        if self.decoder_start is not None and ids and ids[0] == self.decoder_start:
+            ids = ids[1:]
+        for k, token in enumerate(ids):
+            if token in self.eos_ids:
+                return ids[: k + 1], "stop"
+        return ids, "length"
+
+    def _cut_at_stop(self, ids: list[int], text: str) -> Optional[tuple[list[int], str]]:
+        """With ``stop`` strings: the text before the first one the continuation contains and the
+        fewest tokens whose text contains it (what a decoder stopping there would have generated),
+        or None when it contains none."""
+        found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if not found:
+            return None
+        decode = lambda k: self.tokenizer.decode(ids[:k], skip_special_tokens=True)  # noqa: E731
+        lo, hi = 1, len(ids)  # the smallest prefix whose text holds a stop string
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if any(s in decode(mid) for s in self.stop):
+                hi = mid
+            else:
+                lo = mid + 1
+        return ids[:lo], text[: min(found)]
 
     def _decoded(self, token_lists: list[list[int]]) -> dict:
-        """Texts without special tokens, and how many non-special tokens each row generated."""
+        """Texts without special tokens (cut before a stop string), how many non-special tokens
+        each row generated, why it finished and how many tokens the model generated for it."""
+        finished = [self._finished(list(ids)) for ids in token_lists]
+        token_lists = [ids for ids, _ in finished]
+        finish = [why for _, why in finished]
         texts = self.tokenizer.batch_decode(token_lists, skip_special_tokens=True)
+        if self.stop:
+            for k, (ids, text) in enumerate(zip(token_lists, texts)):
+                cut = self._cut_at_stop(ids, text)
+                if cut is not None:
+                    token_lists[k], texts[k] = cut
+                    finish[k] = "stop"
         flat = np.fromiter((x for ids in token_lists for x in ids), dtype=np.int64)
         lengths = np.fromiter((len(ids) for ids in token_lists), dtype=np.int64, count=len(token_lists))
         plain = ~np.isin(flat, np.fromiter(self.special_ids, dtype=np.int64))
         segment = np.repeat(np.arange(len(token_lists)), lengths)
         counts = np.bincount(segment, weights=plain, minlength=len(token_lists)).astype(np.int64)
-        return {"texts": texts, "counts": counts}
+        return {"texts": texts, "counts": counts, "finish": finish, "generated": lengths}
 
     def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
         input_ids, attention_mask = mb.input_ids, mb.attention_mask

@@ -161,6 +161,7 @@ def load_model(
     quantization: str = "none",
     allow_new_head: bool = False,
     gpu: Optional[bool] = None,
+    adapter: Optional[str] = None,
 ):
     """``AutoModelFor<Task>.from_pretrained`` in eval mode on ``device`` (``quantization:
     int8-dynamic``: its Linear layers quantised, CPU only).
@@ -173,7 +174,10 @@ def load_model(
     when ``gpu``, default: ``device`` is not the CPU) and the checkpoint is loaded in that dtype
     by the same ``from_pretrained`` path as an explicit dtype: loading float32 and casting the
     whole model afterwards would also cast what must stay float32 (rotary ``inv_freq`` buffers,
-    ``_keep_in_fp32_modules``). float32 on a CUDA device allows TF32 matrix products."""
+    ``_keep_in_fp32_modules``). float32 on a CUDA device allows TF32 matrix products.
+
+    ``adapter`` (a PEFT LoRA directory or Hub id) is merged into ``path``'s weights while they
+    load (``models.adapters``): the result is an ordinary model, so scoring costs nothing extra."""
     import torch
 
     import rayformers.models as models
@@ -193,7 +197,10 @@ def load_model(
     model_config = models.AutoConfig.from_pretrained(path, **kwargs) if needs_config else None
     name = model_dtype_for(dtype, gpu, getattr(model_config, "model_type", ""))
     auto = getattr(models, auto_class_name(task, model_config))
-    model, info = auto.from_pretrained(path, dtype=torch_dtype(name), output_loading_info=True, **kwargs)
+    source = path
+    if adapter:
+        source, kwargs = adapter, {**kwargs, "base_model": path}
+    model, info = auto.from_pretrained(source, dtype=torch_dtype(name), output_loading_info=True, **kwargs)
     refuse_new_head(model, info, task, path, allow_new_head)
     model.eval()
     if not gpu:

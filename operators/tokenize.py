@@ -106,6 +106,7 @@ class TokenizeOperator:
         single_thread: bool = False,
         overflow: str = "truncate",
         stride: int = 0,
+        prompt: Optional[dict] = None,
     ):
         if overflow not in OVERFLOWS:
             raise ValueError(f"unknown overflow {overflow!r}; use one of {', '.join(OVERFLOWS)}")
@@ -141,25 +142,27 @@ class TokenizeOperator:
         if self.chunk:
             check_stride(self.stride, max_length, self.backend.num_special_tokens_to_add(text_pair_column is not None))
         self.special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self.prompt = None
+        """Prompted generation (``prompt={"messages": ..., "chat_template": ...}``): each row's
+        input is its rendered prompt (``operators.prompts``), not the text column as is."""
+        if prompt is not None:
+            from .prompts import PromptRenderer
+
+            if self.chunk or text_pair_column or source_language_column or with_offsets:
+                raise ValueError("prompted rows cannot be chunked, paired, language-tagged or offset-mapped")
+            self.prompt = PromptRenderer(tokenizer, prompt["messages"], prompt.get("chat_template"), text_column,
+                                         max_length, self.overflow)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
         if not isinstance(batch, pa.Table):
             batch = pa.Table.from_pandas(batch, preserve_index=False) if hasattr(batch, "columns") else pa.table(batch)
         n = batch.num_rows
-        good, texts, reasons = validated_texts(batch.column(self.text_column), self.text_column)
-        if self.text_prefix:  # after validation: an empty text stays an error, prompt or not
-            texts = [None if t is None else self.text_prefix + t for t in texts]
         pairs = None
-        if self.text_pair_column:
-            pair_good, pairs, pair_reasons = validated_texts(batch.column(self.text_pair_column), self.text_pair_column)
-            reasons = {**pair_reasons, **reasons}  # the text column's reason wins
-            good &= pair_good
-        rows = np.flatnonzero(good)
-        if self.source_language_column:
-            rows, encodings = self._encode_by_language(batch, texts, pairs, rows, reasons)
+        if self.prompt is not None:
+            rows, encodings, reasons = self.prompt.encode_rows(batch)
         else:
-            encodings = self._encode(rows.tolist(), texts, pairs, self.backend)
+            rows, encodings, reasons, pairs = self._validated_encodings(batch)
 
         windows = None
         if self.chunk:  # every window of a row, as transformers' return_overflowing_tokens lists them
@@ -218,6 +221,24 @@ class TokenizeOperator:
         out = set_column(out, ERROR_COLUMN, merged_error_column(previous, reasons, n))
         out = out.drop_columns([c for c in self.drop_columns if c in out.column_names])
         return add_stage_time(out, "tokenize", time.perf_counter() - start)
+
+    def _validated_encodings(self, batch: pa.Table):
+        """``(rows, encodings, reasons, pairs)``: the rows with usable text (and pair), their
+        encodings in row order, a reason for every other row, and the pair texts (or None)."""
+        good, texts, reasons = validated_texts(batch.column(self.text_column), self.text_column)
+        if self.text_prefix:  # after validation: an empty text stays an error, prompt or not
+            texts = [None if t is None else self.text_prefix + t for t in texts]
+        pairs = None
+        if self.text_pair_column:
+            pair_good, pairs, pair_reasons = validated_texts(batch.column(self.text_pair_column), self.text_pair_column)
+            reasons = {**pair_reasons, **reasons}  # the text column's reason wins
+            good &= pair_good
+        rows = np.flatnonzero(good)
+        if self.source_language_column:
+            rows, encodings = self._encode_by_language(batch, texts, pairs, rows, reasons)
+        else:
+            encodings = self._encode(rows.tolist(), texts, pairs, self.backend)
+        return rows, encodings, reasons, pairs
 
     def _encode(self, rows: list, texts: list, pairs: Optional[list], backend) -> list:
         if not rows:

@@ -129,6 +129,11 @@ class ModelConfig:
     """With ``quantization``: the least agreement with float32 on the sample that lets the job run."""
     agreement_rows: int = 256
     """With ``quantization``: rows of the input scored both ways for the agreement check."""
+    adapter: Optional[str] = None
+    """A PEFT LoRA adapter (directory or Hub id with ``adapter_config.json``) merged into the
+    weights of ``model.path`` once per model actor, for every task; the tokenizer still comes from
+    ``model.path`` (or ``tokenizer.path``). Checked before the job starts (exists, is a LoRA
+    adapter that can be merged exactly)."""
     allow_new_head: bool = False
     """Run a checkpoint that lacks the task's head (classifier, LM / masked-LM head, ...) with that
     head initialised at random, instead of refusing the job. Random head, for tests/debugging only:
@@ -186,6 +191,9 @@ class GenerationSettings:
     """Penalty for repeated tokens."""
     early_stopping: Optional[Union[bool, str]] = None
     """Beam search stopping rule (``true``, ``false`` or ``never``)."""
+    stop: list = field(default_factory=list)
+    """Stop sequences: a row's ``generated_text`` is cut before the first of these strings that its
+    continuation contains, and its ``finish_reason`` is ``stop``."""
     max_batch_size: int = 128
     """Continuous batching: rows decoded at once per model actor (their source tokens are also
     capped by ``compute.max_tokens_per_batch``). A decoder step is small matrix products, which
@@ -194,7 +202,7 @@ class GenerationSettings:
 
     def generate_kwargs(self) -> dict:
         """The settings that were set, as ``generate`` keyword arguments."""
-        skip = {"max_batch_size"}
+        skip = {"max_batch_size", "stop"}
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
@@ -259,6 +267,16 @@ class TaskConfig:
     multi_label: bool = False
     """zero-shot-classify: score every label on its own (entailment vs contradiction) instead of a
     softmax over the labels."""
+    messages: list = field(default_factory=list)
+    """generate, decoder-only: a prompt as chat messages ``[{role, content}, ...]``, rendered per row
+    in the tokenizer actors; ``{column}`` in a content is replaced by the row's value of that
+    input column (``{{``/``}}`` for literal braces). The prompt is rendered with the checkpoint's
+    chat template and its generation prompt; ``input.text_column`` is the column cut to fit
+    ``tokenizer.max_length``."""
+    chat_template: Optional[str] = None
+    """generate with ``messages``: a Jinja chat template string or the name of one of the
+    checkpoint's templates, instead of its default one; ``none`` joins the message contents with
+    newlines, without a template (base models without one)."""
     target_language: Optional[str] = None
     """generate with a translation tokenizer (NLLB, mBART-50, M2M100, mBART): the output language;
     its language token is forced as the first generated token (``forced_bos_token_id``)."""
@@ -401,6 +419,11 @@ class JobConfig:
             for section, key in (("tokenizer", "overflow"), ("tokenizer", "stride"), ("task", "chunk_aggregate")):
                 if key != "overflow" or d[section][key] == "truncate":
                     d[section].pop(key)
+        for section, key in (("model", "adapter"), ("task", "messages"), ("task", "chat_template")):
+            if not d[section][key]:  # keys added later: unset, old fingerprints still match
+                d[section].pop(key)
+        if not d["task"]["generation"]["stop"]:
+            d["task"]["generation"].pop("stop")
         d["model"].pop("allow_new_head")  # changes no prediction of a checkpoint that has its head
         d["model"]["dtype"] = resolved_dtype_setting(self)  # unset = its default: old fingerprints still match
         relevant = {

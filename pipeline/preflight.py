@@ -47,7 +47,7 @@ TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa
 PREDICTION_COLUMNS = {
     "classify": ["label", "score", "top_k_labels", "top_k_scores", "labels"],
     "token-classify": ["entities"],
-    "generate": ["generated_text", "generated_tokens"],
+    "generate": ["generated_text", "generated_tokens", "finish_reason", "num_generated_tokens"],
     "embed": ["embedding"],
     "zero-shot-classify": ["labels", "scores"],
     "sparse-embed": ["sparse_embedding", "sparse_nnz"],
@@ -83,6 +83,8 @@ class ResolvedJob:
     text_prefix: str = ""
     """Prepended to every text before tokenizing (see :class:`ProcessingSpec`)."""
     stride: int = 0
+    """See :class:`ProcessingSpec`."""
+    prompt: Optional[dict] = None
     """See :class:`ProcessingSpec`."""
     id_check_deferred: bool = False
     """The input is too large for the driver-side id check: run the distributed one with Ray."""
@@ -121,12 +123,14 @@ def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -
         wanted += [("input.passthrough_columns", c) for c in inp.passthrough_columns]
         if inp.source_language_column:
             wanted.append(("input.source_language_column", inp.source_language_column))
+        wanted += [("task.messages", c) for c in prompt_columns(cfg)]
         for key, col in wanted:
             if col not in names:
                 raise PreflightError(
                     f"{key}: column {col!r} is not in input file {f.path} (its columns: {', '.join(names)})"
                 )
-        for key, col in wanted[: 2 if inp.text_pair_column else 1]:
+        texts = wanted[: 2 if inp.text_pair_column else 1] + [w for w in wanted if w[0] == "task.messages"]
+        for key, col in texts:
             t = schema.field(col).type
             if not _is_text_type(decoded_type(t)):
                 raise PreflightError(
@@ -152,6 +156,7 @@ def resolve_read_types(cfg: JobConfig, files: list[InputFile], schemas: list[pa.
     columns = [("input.text_column", inp.text_column), ("input.text_pair_column", inp.text_pair_column),
                ("input.source_language_column", inp.source_language_column), ("input.id_column", inp.id_column)]
     columns += [("input.passthrough_columns", c) for c in inp.passthrough_columns]
+    columns += [("task.messages", c) for c in prompt_columns(cfg)]
     unify = {inp.id_column, *inp.passthrough_columns}
     for key, col in columns:
         if not col:
@@ -268,6 +273,7 @@ def resolve_model(cfg: JobConfig):
         auto.check_supported(model_config)
     except ValueError as e:
         raise PreflightError(f"model.task {m.task!r} is not available for model.path {m.path!r}: {e}") from e
+    check_adapter(cfg)
     check_task_head(cfg, model_config)
     if m.quantization != "none" and (cfg.compute.model_num_gpus or resolved_dtype_setting(cfg) != "float32"):
         raise PreflightError(
@@ -293,6 +299,7 @@ def check_task_head(cfg: JobConfig, model_config: Any) -> None:
     names = checkpoint_weight_names(m.path, m.revision)
     if names is None:
         return
+    names = [*names, *adapter_weight_names(m.adapter)]  # a head trained with the adapter (modules_to_save)
     class_name = _model_class_name(m.task, model_config)
     missing = absent_head(class_name, model_config, names) if class_name else []
     if not missing:
@@ -301,6 +308,121 @@ def check_task_head(cfg: JobConfig, model_config: Any) -> None:
     if not m.allow_new_head:
         raise PreflightError(message)
     logger.warning("model.allow_new_head is set, running with a random head: %s", message)
+
+
+def check_adapter(cfg: JobConfig) -> None:
+    """``model.adapter`` names a PEFT LoRA adapter that can be merged exactly (its config and
+    weights found, a LoRA method without unmergeable options), before Ray starts; the base it is
+    merged into is ``model.path``."""
+    from rayformers.models.adapters import AdapterError, find_adapter
+
+    m = cfg.model
+    if not m.adapter:
+        return
+    if m.revision:
+        raise PreflightError("model.revision cannot be combined with model.adapter (it would not reach the base "
+                             "model's files): use a local directory of the revision as model.path")
+    kwargs = {"local_files_only": True} if m.local_files_only else {}
+    try:
+        adapter = find_adapter(m.adapter, base_model=m.path, **kwargs)
+    except AdapterError as e:
+        raise PreflightError(f"model.adapter {m.adapter!r}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - not found, unreadable: reported with the key to fix
+        raise PreflightError(f"model.adapter {m.adapter!r}: cannot read it ({type(e).__name__}: {e})") from e
+    if adapter is None:
+        raise PreflightError(f"model.adapter {m.adapter!r} is not a PEFT LoRA adapter: it has no adapter_config.json "
+                             "(a full checkpoint goes in model.path instead)")
+
+
+def adapter_weight_names(adapter: Optional[str]) -> list[str]:
+    """The base-model weights a LoRA adapter replaces in full (``modules_to_save``: a classifier
+    head trained with it), named as in the base checkpoint; [] without an adapter or when its
+    weights cannot be listed cheaply."""
+    if not adapter:
+        return []
+    from rayformers.models.adapters import ADAPTER_WEIGHTS_FILES
+    from rayformers.models.hub import resolve_file
+    from rayformers.models.weight_names import safetensors_tensor_names, torch_pickle_names
+
+    for filename in ADAPTER_WEIGHTS_FILES:
+        try:
+            path = resolve_file(adapter, filename, local_files_only=True, required=False)
+            if path is None:
+                continue
+            names = safetensors_tensor_names(path) if filename.endswith(".safetensors") else torch_pickle_names(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        out = []
+        for name in names or []:
+            name = name.removeprefix("base_model.model.")
+            if ".lora_" in name or ".original_module." in name:
+                continue
+            out.append(name.replace(".modules_to_save", "").replace(".base_layer", ""))
+        return out
+    return []
+
+
+def prompt_columns(cfg: JobConfig) -> list[str]:
+    """The input columns ``task.messages`` name (none without messages)."""
+    from rayformers.operators.prompts import PromptError, message_columns
+
+    if not cfg.task.messages:
+        return []
+    try:
+        return message_columns(cfg.task.messages)
+    except PromptError as e:
+        raise PreflightError(str(e)) from e
+
+
+def resolve_prompt_template(cfg: JobConfig, tokenizer: Any, model_config: Any, tok_path: str) -> Optional[dict]:
+    """``task.messages`` / ``task.chat_template`` checked and resolved to what the tokenizer
+    actors render: ``{"messages", "chat_template"}`` (the template string, or None to join the
+    contents), or None for a job without messages. The messages are rendered once here with
+    placeholder values, so a template that refuses them fails before any row is read."""
+    from rayformers.operators.prompts import NO_TEMPLATE
+
+    t, inp = cfg.task, cfg.input
+    if not t.messages:
+        if t.chat_template is not None:
+            raise PreflightError("task.chat_template is only used with task.messages; set the messages or remove it")
+        return None
+    columns = prompt_columns(cfg)
+    if cfg.model.task != "generate" or auto_class_name("generate", model_config) != "AutoModelForCausalLM":
+        raise PreflightError(f"task.messages are for model.task generate with a decoder-only checkpoint, not "
+                             f"{cfg.model.task} with model type {getattr(model_config, 'model_type', '?')!r}")
+    for key in ("text_pair_column", "source_language", "source_language_column"):
+        if getattr(inp, key):
+            raise PreflightError(f"input.{key} cannot be used with task.messages: name the columns in the messages")
+    if overflow_mode(cfg.tokenizer) == "chunk":
+        raise PreflightError("tokenizer.overflow chunk cannot be used with task.messages (use truncate or error)")
+    template = None
+    own = getattr(tokenizer, "chat_template", None)
+    names = sorted(own) if isinstance(own, dict) else []
+    if t.chat_template not in (None, NO_TEMPLATE, *names) and "{{" not in t.chat_template \
+            and "{%" not in t.chat_template:
+        raise PreflightError(f"task.chat_template {t.chat_template!r} is neither a Jinja template nor one of the "
+                             f"checkpoint's named templates ({', '.join(names) or 'it has none'}); use "
+                             f"{NO_TEMPLATE} for no template")
+    if t.chat_template != NO_TEMPLATE:
+        try:
+            template = tokenizer.get_chat_template(t.chat_template)
+        except AttributeError:
+            template = None
+        except ValueError as e:
+            raise PreflightError(f"task.messages need a chat template: {e} Or set task.chat_template to a Jinja "
+                                 f"template string, or to {NO_TEMPLATE} to join the message contents without one.") from e
+        if template is None:
+            raise PreflightError(f"task.messages: the tokenizer of {tok_path!r} cannot render chat templates; set "
+                                 f"task.chat_template: {NO_TEMPLATE} to join the message contents without one")
+    prompt = {"messages": [dict(m) for m in t.messages], "chat_template": template, "columns": columns}
+    from rayformers.operators.prompts import PromptRenderer
+
+    try:
+        PromptRenderer(tokenizer, prompt["messages"], template, inp.text_column, None).render(
+            {c: f"<{c}>" for c in columns})
+    except Exception as e:  # noqa: BLE001 - a template error (raise_exception, syntax) names the key
+        raise PreflightError(f"task.messages cannot be rendered with the chat template ({type(e).__name__}: {e})") from e
+    return prompt
 
 
 def _model_class_name(task: str, model_config: Any) -> Optional[str]:
@@ -388,6 +510,8 @@ class ProcessingSpec:
     """Prepended to every text before tokenizing (an embedding model's prompt)."""
     stride: int = 0
     """``tokenizer.overflow: chunk``: tokens a window repeats of the previous one (resolved)."""
+    prompt: Optional[dict] = None
+    """``task.messages`` resolved for the tokenizer actors (``{"messages", "chat_template"}``)."""
     model_dtype: Optional[str] = None
     """The model actors' concrete dtype, once resolved with Ray up (``model_device``)."""
     device_facts: dict = field(default_factory=dict)
@@ -419,6 +543,7 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
     st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
     max_length = resolve_max_length(cfg, tokenizer, model_config, st)
     stride = resolve_stride(cfg, tokenizer, max_length)
+    prompt = resolve_prompt_template(cfg, tokenizer, model_config, tok_path)
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
         pad = getattr(model_config, "pad_token_id", None) or 0
@@ -465,6 +590,7 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
             "generation": t.generation.generate_kwargs(),
             "max_batch_size": t.generation.max_batch_size,
             "tokenizer_path": tok_path,
+            "stop": list(check_stop(t.generation.stop)),
         }
         if t.target_language:
             from rayformers.operators.loading import forced_target_language_id
@@ -481,7 +607,9 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
     keep = set(keep_columns)
     if keep_text:
         keep.add(inp.text_column)
-    drop = [c for c in (inp.text_column, inp.text_pair_column, inp.source_language_column) if c and c not in keep]
+    drop = [c for c in (inp.text_column, inp.text_pair_column, inp.source_language_column, *prompt_columns(cfg))
+            if c and c not in keep]
+    drop = list(dict.fromkeys(drop))
     return ProcessingSpec(
         config=cfg,
         tokenizer_path=tok_path,
@@ -493,7 +621,16 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
         drop_after_model=drop if text_needed_by_model else [],
         text_prefix=prefix,
         stride=stride,
+        prompt=prompt,
     )
+
+
+def check_stop(stop: list) -> list:
+    """``task.generation.stop``: non-empty strings."""
+    for i, item in enumerate(stop):
+        if not isinstance(item, str) or not item:
+            raise PreflightError(f"task.generation.stop[{i}] must be a non-empty string, got {item!r}")
+    return stop
 
 
 def tokenizer_id_bound(tokenizer: Any) -> Optional[int]:
@@ -628,7 +765,7 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
 
     read_columns: list[str] = []
     for c in [inp.id_column, inp.text_column, inp.text_pair_column, inp.source_language_column,
-              *inp.passthrough_columns]:
+              *inp.passthrough_columns, *prompt_columns(cfg)]:
         if c and c not in read_columns:
             read_columns.append(c)
     job = ResolvedJob(
@@ -649,6 +786,7 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         drop_after_model=spec.drop_after_model,
         text_prefix=spec.text_prefix,
         stride=spec.stride,
+        prompt=spec.prompt,
         id_check_deferred=id_check_deferred,
     )
     return job

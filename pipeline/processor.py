@@ -38,7 +38,8 @@ class Processor:
     @property
     def required_columns(self) -> list[str]:
         inp = self.config.input
-        return [c for c in (inp.text_column, inp.text_pair_column, inp.id_column, *inp.passthrough_columns) if c]
+        named = [c for c in (self.spec.prompt or {}).get("columns", []) if c != inp.text_column]  # task.messages
+        return [c for c in (inp.text_column, inp.text_pair_column, inp.id_column, *inp.passthrough_columns, *named) if c]
 
     def check_schema(self, ds: Any) -> None:
         """Columns named in ``input`` must exist, and no column may share a name with one the

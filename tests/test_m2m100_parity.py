@@ -234,6 +234,9 @@ def test_generate_operator_matches_transformers(checkpoints):
         expected = _cut_after_eos(hf.generate(torch.tensor([ids]), **settings)[0].tolist(), EOS_LIST, 1)
         assert out.column("generated_text")[i].as_py() == tokenizer.batch_decode([expected])[0]
         assert out.column("generated_tokens")[i].as_py() == sum(t not in tokenizer.all_special_ids for t in expected)
+        # seq2seq rows: the decoder start token is not generated; an end token means "stop"
+        assert out.column("finish_reason")[i].as_py() == ("stop" if set(expected[1:]) & set(EOS_LIST) else "length")
+        assert out.column("num_generated_tokens")[i].as_py() == len(expected) - 1
         assert out.column(ERROR_COLUMN)[i].as_py() is None
 
 
