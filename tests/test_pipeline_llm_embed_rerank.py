@@ -39,7 +39,7 @@ PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\
 QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 
 
-def qwen_tokenizer(directory: Path) -> int:
+def qwen_tokenizer(directory: Path, corpus: list = CORPUS) -> int:
     """A byte-level BPE tokenizer in Qwen3-Embedding's layout: ``<|endoftext|>`` appended to every
     text by the post-processor, and ``padding_side: left``. Returns its vocabulary size."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -50,7 +50,7 @@ def qwen_tokenizer(directory: Path) -> int:
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(vocab_size=400, show_progress=False,
+    tok.train_from_iterator(corpus * 5, trainers.BpeTrainer(vocab_size=400, show_progress=False,
                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
     eos = tok.token_to_id("<|endoftext|>")
@@ -68,11 +68,11 @@ def qwen_tokenizer(directory: Path) -> int:
     return tok.get_vocab_size()
 
 
-def qwen_model(directory: Path, family: str, head: str, **config):
+def qwen_model(directory: Path, family: str, head: str, corpus: list = CORPUS, **config):
     """A tiny random ``<family>`` model with ``head``, saved by transformers next to the tokenizer."""
     import transformers
 
-    vocab = qwen_tokenizer(directory)
+    vocab = qwen_tokenizer(directory, corpus)
     torch.manual_seed(0)
     cls = {"qwen3": transformers.Qwen3Config, "qwen2": transformers.Qwen2Config}[family]
     cfg = cls(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -225,3 +225,59 @@ def test_qwen2_sequence_classifier_classify_equals_transformers(ray_session, tmp
         order = torch.argsort(probs, descending=True)
         assert row["label"] == model.config.id2label[int(order[0])]
         np.testing.assert_allclose(row["top_k_scores"], probs[order].numpy(), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Refused before the job, naming what to change.
+
+
+def test_rerank_settings_are_checked_before_the_job(tmp_path):
+    from rayformers.pipeline.config import load_config
+    from rayformers.pipeline.preflight import PreflightError, resolve_processing
+
+    llm = tmp_path / "llm"
+    qwen_model(llm, "qwen3", "Qwen3ForCausalLM")
+    pairs = {"text_column": "q", "text_pair_column": "d"}
+
+    def resolve(model_dir, task="rerank", inp=pairs, **task_settings):
+        return resolve_processing(load_config({"input": inp, "model": {"path": str(model_dir), "task": task},
+                                               "task": task_settings}))
+
+    assert resolve(llm).task_options["rerank_prompt"].count("{document}") == 1
+    with pytest.raises(PreflightError, match="input.text_pair_column"):
+        resolve(llm, inp={"text_column": "q"})
+    with pytest.raises(PreflightError, match=r"\{query\} and \{document\}"):
+        resolve(llm, rerank_prompt="Is {doc} about {query}?")
+    with pytest.raises(PreflightError, match="task.rerank_prompt is for model.task rerank"):
+        resolve(llm, task="embed", inp={"text_column": "q"}, rerank_prompt="{query} {document}")
+    no_yes = tmp_path / "no-yes"
+    qwen_model(no_yes, "qwen3", "Qwen3ForCausalLM", corpus=["many words without the answer", "maybe nope"])
+    with pytest.raises(PreflightError, match="encodes 'yes' as .* tokens"):
+        resolve(no_yes)
+    cross_encoder = tiny_bert(tmp_path / "ce", head="BertForSequenceClassification", num_labels=1)
+    assert resolve(cross_encoder).task_options == {"activation": "sigmoid"}
+    with pytest.raises(PreflightError, match="cross-encoder"):
+        resolve(cross_encoder, rerank_prompt="{query} {document}")
+    config = json.loads((cross_encoder / "config.json").read_text())
+    (cross_encoder / "config.json").write_text(json.dumps({**config, "sentence_transformers": {
+        "activation_fn": "torch.nn.modules.linear.Identity"}}))
+    assert resolve(cross_encoder).task_options == {"activation": "none"}
+
+
+def test_a_pooling_config_embed_cannot_follow_is_refused(tmp_path):
+    from rayformers.pipeline.config import load_config
+    from rayformers.pipeline.preflight import PreflightError, resolve_processing
+
+    model_dir = tiny_bert(tmp_path / "st")
+    (model_dir / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (model_dir / "1_Pooling").mkdir()
+    for pooling, error in (({"pooling_mode": "weightedmean"}, "'weightedmean' is not available"),
+                           ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, "together")):
+        (model_dir / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, **pooling}))
+        with pytest.raises(PreflightError, match=error):
+            resolve_processing(load_config({"model": {"path": str(model_dir), "task": "embed"}}))
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
+    options = resolve_processing(load_config({"model": {"path": str(model_dir), "task": "embed"}})).task_options
+    assert options["pooling"] == "lasttoken"
