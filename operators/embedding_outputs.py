@@ -104,6 +104,16 @@ def pooling_from_config(pcfg: dict, where: str = "1_Pooling/config.json") -> str
     return modes[0] if modes else "mean"
 
 
+def default_pooling(model_config) -> str:
+    """The pooling sentence-transformers gives a checkpoint without a Pooling module of its own:
+    ``lasttoken`` for one made as a causal LM (``architectures[0]`` ``*ForCausalLM``, unless
+    ``is_causal`` is false), else ``mean``."""
+    architectures = getattr(model_config, "architectures", None) or []
+    causal = bool(architectures) and str(architectures[0]).endswith("ForCausalLM") and \
+        getattr(model_config, "is_causal", True) is not False
+    return "lasttoken" if causal else "mean"
+
+
 def sentence_transformers_defaults(model_dir: str) -> dict:
     """Pooling mode, normalisation and max length from a sentence-transformers checkpoint, if any."""
     out: dict = {}
@@ -134,6 +144,7 @@ __all__ = [
     "CALIBRATED",
     "PRECISIONS",
     "calibration_ranges",
+    "default_pooling",
     "output_type",
     "quantize",
     "resolve_prompt",

@@ -218,7 +218,8 @@ class TaskConfig:
     pooling: str = "auto"
     """embed: ``mean``, ``cls``, ``max``, ``lasttoken`` (the last non-padding token: decoder embedders
     such as Qwen3-Embedding) or ``auto`` (the checkpoint's sentence-transformers pooling config,
-    else ``mean``)."""
+    else, as sentence-transformers, ``lasttoken`` for a checkpoint made as a causal LM and ``mean``
+    for any other)."""
     normalize: Optional[bool] = None
     """embed: L2-normalise embeddings; default from the checkpoint's sentence-transformers
     ``modules.json`` (a Normalize module), else false."""

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rayformers.operators.embedding_outputs import sentence_transformers_defaults
-from rayformers.operators.embedding_outputs import resolve_prompt
+from rayformers.operators.embedding_outputs import default_pooling, resolve_prompt
 from rayformers.operators.loading import auto_class_name
 from rayformers.operators.records import ERROR_COLUMN
 from rayformers.operators.tokenize import check_stride
@@ -435,7 +435,7 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
     if task == "classify":
         options = {"top_k": t.top_k, "function_to_apply": t.function_to_apply, "threshold": t.threshold}
     elif task == "embed":
-        pooling = st.get("pooling", "mean") if t.pooling == "auto" else t.pooling
+        pooling = (st.get("pooling") or default_pooling(model_config)) if t.pooling == "auto" else t.pooling
         if pooling not in POOLINGS:
             raise PreflightError(f"model.path {cfg.model.path!r}: its sentence-transformers pooling {pooling!r} is not "
                                  f"available; set task.pooling to one of {', '.join(POOLINGS[1:])}")

@@ -281,3 +281,20 @@ def test_a_pooling_config_embed_cannot_follow_is_refused(tmp_path):
     (model_dir / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
     options = resolve_processing(load_config({"model": {"path": str(model_dir), "task": "embed"}})).task_options
     assert options["pooling"] == "lasttoken"
+
+
+def test_auto_pooling_without_a_pooling_config_follows_sentence_transformers(tmp_path):
+    """No sentence-transformers files: a checkpoint made as a causal LM pools its last token, any
+    other the mean, as ``SentenceTransformer(path)`` would build it."""
+    from sentence_transformers import SentenceTransformer
+
+    from rayformers.pipeline.config import load_config
+    from rayformers.pipeline.preflight import resolve_processing
+
+    qwen_model(tmp_path / "causal", "qwen3", "Qwen3ForCausalLM")
+    qwen_model(tmp_path / "base", "qwen3", "Qwen3Model")
+    for name, want in (("causal", "lasttoken"), ("base", "mean")):
+        path = str(tmp_path / name)
+        assert SentenceTransformer(path, device="cpu")[1].pooling_mode == want
+        options = resolve_processing(load_config({"model": {"path": path, "task": "embed"}})).task_options
+        assert options["pooling"] == want
