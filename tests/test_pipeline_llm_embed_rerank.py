@@ -298,3 +298,30 @@ def test_auto_pooling_without_a_pooling_config_follows_sentence_transformers(tmp
         assert SentenceTransformer(path, device="cpu")[1].pooling_mode == want
         options = resolve_processing(load_config({"model": {"path": path, "task": "embed"}})).task_options
         assert options["pooling"] == want
+
+
+def test_decoder_classifier_without_a_pad_id_scores_each_row_alone(tmp_path, caplog):
+    """Without config.pad_token_id transformers takes the last position, so only unpadded rows
+    are right: the operator runs one row per forward (and says so), equal to transformers."""
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from rayformers.operators.classify import ClassifyOperator
+
+    model_dir = tmp_path / "qwen2-no-pad"
+    model = qwen_model(model_dir, "qwen2", "Qwen2ForSequenceClassification", num_labels=2)
+    assert model.config.pad_token_id is None
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts = QUERIES + DOCUMENTS
+    ids = tokenizer(texts)["input_ids"]
+    with caplog.at_level(logging.WARNING, logger="rayformers.operators.classify"):
+        operator = ClassifyOperator(model_path=str(model_dir), pad_token_id=tokenizer.pad_token_id, top_k=2)
+    assert operator.max_rows == 1 and "one row per forward" in caplog.text
+    out = operator(pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32())),
+                             "error": pa.array([None] * len(ids), pa.string())})).to_pylist()
+    for row, row_ids in zip(out, ids):
+        with torch.no_grad():
+            probs = torch.softmax(model(input_ids=torch.tensor([row_ids])).logits[0], dim=-1)
+        np.testing.assert_allclose(sorted(row["top_k_scores"], reverse=True), sorted(probs.tolist(), reverse=True),
+                                   atol=1e-5, rtol=0)
