@@ -23,7 +23,7 @@ from .batching import MicroBatch, TokenLists, iter_micro_batches
 from .classify import apply_function, pad_like_the_classifier
 from .embed import last_token_index
 from .model_operator import INTERNAL_COLUMNS, ModelOperator, scatter
-from .records import ERROR_COLUMN, column_to_pylist, error_column
+from .records import ERROR_COLUMN, column_to_pylist, error_column, text_problem
 from .rerank_settings import DEFAULT_RERANK_PROMPT, check_rerank_prompt, rerank_kind, yes_no_token_ids
 from .tokenize import add_stage_time, set_column
 
@@ -64,9 +64,9 @@ class RerankOperator(ModelOperator):
 
     def to_arrays(self, chunks: list, num_rows: int) -> list[pa.Array]:
         scores, has = scatter(chunks, "scores", num_rows)
+        scores = scores.reshape(num_rows, -1) if scores.ndim == 2 else np.zeros((num_rows, self.num_labels))
         if self.num_labels == 1:
-            return [pa.array(scores.reshape(num_rows, -1)[:, 0] if num_rows else scores, type=pa.float32(),
-                             mask=~has)]
+            return [pa.array(scores[:, 0], type=pa.float32(), mask=~has)]
         values = pa.array(scores.astype(np.float32).reshape(-1))
         return [pa.FixedSizeListArray.from_arrays(values, self.num_labels, mask=pa.array(~has))]
 
@@ -94,7 +94,9 @@ class RerankOperator(ModelOperator):
         rows = [i for i in range(batch.num_rows) if errors[i] is None]
         ids: list = [None] * batch.num_rows
         if rows:
-            prompts = [self.prompt.format(query=queries[i], document=documents[i]) for i in rows]
+            # text_problem decodes a binary column's UTF-8 (the tokenizer stage has refused anything else)
+            prompts = [self.prompt.format(query=text_problem(queries[i], self.text_column)[0],
+                                          document=text_problem(documents[i], self.text_pair_column)[0]) for i in rows]
             for i, row_ids in zip(rows, self.tokenizer(prompts, add_special_tokens=False)["input_ids"]):
                 if self.max_length is not None and len(row_ids) > self.max_length:
                     failures[i] = (f"rerank prompt is {len(row_ids)} tokens, more than tokenizer.max_length "

@@ -325,3 +325,25 @@ def test_decoder_classifier_without_a_pad_id_scores_each_row_alone(tmp_path, cap
             probs = torch.softmax(model(input_ids=torch.tensor([row_ids])).logits[0], dim=-1)
         np.testing.assert_allclose(sorted(row["top_k_scores"], reverse=True), sorted(probs.tolist(), reverse=True),
                                    atol=1e-5, rtol=0)
+
+
+def test_rerank_operator_reads_binary_text_and_keeps_the_schema_of_an_all_error_block(tmp_path):
+    from rayformers.operators.rerank import RerankOperator
+
+    llm = tmp_path / "llm"
+    qwen_model(llm, "qwen3", "Qwen3ForCausalLM")
+    operator = RerankOperator(model_path=str(llm), text_column="q", text_pair_column="d", tokenizer_path=str(llm),
+                              max_length=512)
+
+    def block(queries, documents, errors, kind=pa.string()):
+        return pa.table({"q": pa.array(queries, kind), "d": pa.array(documents, kind),
+                         "input_ids": pa.array([[1]] * len(queries), pa.list_(pa.int32())),
+                         "error": pa.array(errors, pa.string())})
+
+    as_text = operator(block(QUERIES, DOCUMENTS, [None] * 6)).column("score").to_pylist()
+    as_bytes = operator(block([q.encode() for q in QUERIES], [d.encode() for d in DOCUMENTS], [None] * 6,
+                              pa.binary())).column("score").to_pylist()
+    assert as_bytes == as_text and None not in as_text  # the UTF-8 text, not "b'...'"
+    cross_encoder = tiny_bert(tmp_path / "ce", head="BertForSequenceClassification", num_labels=3)
+    out = RerankOperator(model_path=str(cross_encoder), activation="none")(block(["a"], ["b"], ["q: text is empty"]))
+    assert out.schema.field("scores").type == pa.list_(pa.float32(), 3) and out.column("scores").to_pylist() == [None]
