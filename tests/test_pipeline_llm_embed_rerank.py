@@ -347,3 +347,12 @@ def test_rerank_operator_reads_binary_text_and_keeps_the_schema_of_an_all_error_
     cross_encoder = tiny_bert(tmp_path / "ce", head="BertForSequenceClassification", num_labels=3)
     out = RerankOperator(model_path=str(cross_encoder), activation="none")(block(["a"], ["b"], ["q: text is empty"]))
     assert out.schema.field("scores").type == pa.list_(pa.float32(), 3) and out.column("scores").to_pylist() == [None]
+
+
+def test_quantized_rerank_scores_agree_within_the_tolerance():
+    from rayformers.pipeline.agreement import METRIC, _row_agreement
+
+    assert METRIC["rerank"] == "score within 0.05"
+    assert _row_agreement("rerank", {"score": 0.90, "error": None}, {"score": 0.93, "error": None}) == 1.0
+    assert _row_agreement("rerank", {"score": 0.90, "error": None}, {"score": 0.80, "error": None}) == 0.0
+    assert _row_agreement("rerank", {"scores": [1.0, -2.0], "error": None}, {"scores": [1.01, -1.9], "error": None}) == 0.0
