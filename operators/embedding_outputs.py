@@ -115,7 +115,8 @@ def default_pooling(model_config) -> str:
 
 
 def sentence_transformers_defaults(model_dir: str) -> dict:
-    """Pooling mode, normalisation and max length from a sentence-transformers checkpoint, if any."""
+    """Pooling mode, normalisation and max length from a sentence-transformers checkpoint, if any
+    (``include_prompt: False`` when its Pooling leaves the prompt's tokens out)."""
     out: dict = {}
     if not model_dir or not os.path.isdir(model_dir):
         return out
@@ -131,6 +132,8 @@ def sentence_transformers_defaults(model_dir: str) -> dict:
                     with open(cfg_path) as f:
                         pcfg = json.load(f)
                     out["pooling"] = pooling_from_config(pcfg, cfg_path)
+                    if pcfg.get("include_prompt") is False:
+                        out["include_prompt"] = False
     st_path = os.path.join(model_dir, "sentence_bert_config.json")
     if os.path.isfile(st_path):
         with open(st_path) as f:

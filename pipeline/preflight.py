@@ -451,6 +451,11 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
             prefix = resolve_prompt(cfg.model.path if os.path.isdir(cfg.model.path) else "", t.prompt, t.prompt_name)
         except ValueError as e:
             raise PreflightError(f"task.prompt_name: {e}") from e
+        if prefix and st.get("include_prompt") is False and pooling != "lasttoken":
+            raise PreflightError(
+                f"model.path {cfg.model.path!r} pools without its prompt's tokens (include_prompt: false), which "
+                f"embed does not build: the {pooling} pooling of prompt and text together would be another vector. "
+                "Set task.prompt: \"\" to embed without a prompt, or use sentence-transformers for this model")
     elif task == "token-classify":
         if not getattr(model_config, "id2label", None):
             raise PreflightError(f"model.path {cfg.model.path!r} has no id2label; token-classify needs label names")

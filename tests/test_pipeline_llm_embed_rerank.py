@@ -278,9 +278,15 @@ def test_a_pooling_config_embed_cannot_follow_is_refused(tmp_path):
         (model_dir / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, **pooling}))
         with pytest.raises(PreflightError, match=error):
             resolve_processing(load_config({"model": {"path": str(model_dir), "task": "embed"}}))
-    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
-    options = resolve_processing(load_config({"model": {"path": str(model_dir), "task": "embed"}})).task_options
-    assert options["pooling"] == "lasttoken"
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True,
+                                                                     "include_prompt": False}))
+    options = resolve_processing(load_config({"model": {"path": str(model_dir), "task": "embed"},
+                                              "task": {"prompt": "query: "}})).task_options
+    assert options["pooling"] == "lasttoken"  # the last token is never the prompt's: no difference
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "mean", "include_prompt": False}))
+    with pytest.raises(PreflightError, match="include_prompt: false"):
+        resolve_processing(load_config({"model": {"path": str(model_dir), "task": "embed"}, "task": {"prompt": "q: "}}))
+    assert resolve_processing(load_config({"model": {"path": str(model_dir), "task": "embed"}})).text_prefix == ""
 
 
 def test_auto_pooling_without_a_pooling_config_follows_sentence_transformers(tmp_path):
