@@ -1,5 +1,5 @@
 """Callable classes that run inside Ray actors: tokenize, classify, token-classify, generate,
-embed, zero-shot-classify, sparse-embed; length-sorted micro-batching; error records. Plain Python: no YAML, no CLI, unit-testable
+embed, zero-shot-classify, sparse-embed, rerank; length-sorted micro-batching; error records. Plain Python: no YAML, no CLI, unit-testable
 without Ray, mapped by the pipeline with ``map_batches(..., compute=ActorPoolStrategy(...))``."""
 
 import importlib
@@ -13,7 +13,7 @@ _HOME = {
     "GenerateOperator": "generate", "ModelOperator": "model_operator", "ERROR_COLUMN": "records",
     "text_problem": "records", "SparseEmbedOperator": "sparse_embed",
     "TokenClassifyOperator": "token_classify", "TokenizeOperator": "tokenize",
-    "ZeroShotClassifyOperator": "zero_shot",
+    "ZeroShotClassifyOperator": "zero_shot", "RerankOperator": "rerank",
 }
 
 _TASKS = {
@@ -23,6 +23,7 @@ _TASKS = {
     "embed": "EmbedOperator",
     "zero-shot-classify": "ZeroShotClassifyOperator",
     "sparse-embed": "SparseEmbedOperator",
+    "rerank": "RerankOperator",
 }
 
 
@@ -48,6 +49,7 @@ __all__ = [
     "GenerateOperator",
     "MicroBatch",
     "ModelOperator",
+    "RerankOperator",
     "SparseEmbedOperator",
     "TokenClassifyOperator",
     "TokenizeOperator",

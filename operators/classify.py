@@ -10,6 +10,7 @@ Label names come from the checkpoint's ``id2label``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ import torch
 from .batching import MicroBatch
 from .model_operator import ModelOperator, label_names, scatter
 from .windows import reduce_windows
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_function(config: Any, requested: str = "auto") -> str:
@@ -43,6 +46,28 @@ def apply_function(logits: torch.Tensor, function: str) -> torch.Tensor:
     return logits
 
 
+def pad_like_the_classifier(operator: ModelOperator) -> None:
+    """Pad micro-batches the way a decoder-only sequence classifier reads them.
+
+    Such a classifier (Qwen2ForSequenceClassification, ...) scores the rightmost token that is not
+    ``config.pad_token_id``, as transformers does; padding with the tokenizer's pad id, when the
+    two differ, would make it score a padding token. So its micro-batches are padded with the
+    config's id. Without one, transformers scores only batches of one row (the last token): the
+    operator then runs one row per forward, which computes exactly that."""
+    from .loading import _decoder_only_family
+
+    config = operator.config
+    if not type(operator.model).__name__.endswith("ForSequenceClassification") or \
+            not _decoder_only_family(getattr(config, "model_type", "")):
+        return
+    if getattr(config, "pad_token_id", None) is not None:
+        operator.pad_token_id = int(config.pad_token_id)
+    else:
+        logger.warning("%s has no config.pad_token_id: scoring one row per forward (transformers cannot find "
+                       "the last token of a padded row without it)", type(operator.model).__name__)
+        operator.max_rows = 1
+
+
 class ClassifyOperator(ModelOperator):
     task = "classify"
 
@@ -56,6 +81,7 @@ class ClassifyOperator(ModelOperator):
         self.threshold = float(threshold)
         self.multi_label = getattr(self.config, "problem_type", None) == "multi_label_classification"
         self.num_labels = int(getattr(self.config, "num_labels", 0) or 0)
+        pad_like_the_classifier(self)
 
     def predict(self, mb: MicroBatch, batch: pa.Table) -> dict:
         logits = self.forward(mb).logits

@@ -1,7 +1,9 @@
 """``embed``: sentence embeddings from a base encoder, as sentence-transformers computes them.
 
-Pooling ``mean`` (attention-masked average of the last hidden state), ``cls`` (first token) or
-``max`` (masked max), then optional L2 normalisation; written as a fixed-size list<float32>.
+Pooling ``mean`` (attention-masked average of the last hidden state), ``cls`` (first token),
+``max`` (masked max) or ``lasttoken`` (the last non-padding token of each row: decoder embedders
+such as Qwen3-Embedding, whose causal attention leaves only the last token seeing the whole text),
+then optional L2 normalisation; written as a fixed-size list<float32>.
 Pooling runs in float32 even for a bf16/fp16 model, so precision is only lost inside the model.
 """
 
@@ -18,6 +20,8 @@ from .embedding_outputs import CALIBRATED, PRECISIONS, output_type, quantize, se
 from .model_operator import ModelOperator, scatter
 from .windows import reduce_windows
 
+POOLINGS = ("mean", "cls", "max", "lasttoken")
+
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     """Masked pooling over the sequence dimension (float32)."""
@@ -27,8 +31,20 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
         return hidden[:, 0]
     if mode == "max":
         return hidden.masked_fill(m == 0, float("-inf")).max(dim=1).values
+    if mode == "lasttoken":
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(mask)]
     summed = (hidden * m).sum(dim=1)
     return summed / m.sum(dim=1).clamp(min=1e-9)
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the position of its last attended token, whichever side the padding is on
+    (sentence-transformers' ``lasttoken`` rule; a row without any attended token gets the last
+    position)."""
+    seq_len = mask.shape[1]
+    values, from_end = mask.flip(1).max(dim=1)
+    from_end = torch.where(values == 0, torch.zeros_like(from_end), from_end)
+    return seq_len - 1 - from_end
 
 
 class EmbedOperator(ModelOperator):
@@ -40,8 +56,8 @@ class EmbedOperator(ModelOperator):
             raise ValueError(f"unknown chunk_aggregate {chunk_aggregate!r}; use mean, max or none")
         self.chunk_aggregate = chunk_aggregate
         self.explode_windows = chunk_aggregate == "none"
-        if pooling not in ("mean", "cls", "max"):
-            raise ValueError(f"unknown pooling {pooling!r}; use mean, cls or max")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown embedding precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.pooling = pooling

@@ -84,8 +84,39 @@ def resolve_prompt(model_dir: str, prompt: Optional[str], prompt_name: Optional[
     return prompts[name]
 
 
+LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                       "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                       "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+"""The boolean keys sentence-transformers before 5.x wrote into ``1_Pooling/config.json``."""
+
+
+def pooling_from_config(pcfg: dict, where: str = "1_Pooling/config.json") -> str:
+    """The pooling mode of a sentence-transformers Pooling config: ``pooling_mode`` (5.x) or the
+    legacy ``pooling_mode_*`` booleans. Several modes at once (concatenated vectors) are refused
+    rather than pooled one way: the vectors would not be the checkpoint's. A mode the embed task
+    does not have is returned as is, and refused by name when the job starts."""
+    mode = pcfg.get("pooling_mode")
+    modes = ([mode] if isinstance(mode, str) else list(mode)) if mode else \
+        [name for key, name in LEGACY_POOLING_KEYS.items() if pcfg.get(key)]
+    if len(modes) > 1:
+        raise ValueError(f"{where}: pooling modes {', '.join(modes)} together (concatenated) are not supported; "
+                         "set task.pooling to one of them only if that is what you want")
+    return modes[0] if modes else "mean"
+
+
+def default_pooling(model_config) -> str:
+    """The pooling sentence-transformers gives a checkpoint without a Pooling module of its own:
+    ``lasttoken`` for one made as a causal LM (``architectures[0]`` ``*ForCausalLM``, unless
+    ``is_causal`` is false), else ``mean``."""
+    architectures = getattr(model_config, "architectures", None) or []
+    causal = bool(architectures) and str(architectures[0]).endswith("ForCausalLM") and \
+        getattr(model_config, "is_causal", True) is not False
+    return "lasttoken" if causal else "mean"
+
+
 def sentence_transformers_defaults(model_dir: str) -> dict:
-    """Pooling mode, normalisation and max length from a sentence-transformers checkpoint, if any."""
+    """Pooling mode, normalisation and max length from a sentence-transformers checkpoint, if any
+    (``include_prompt: False`` when its Pooling leaves the prompt's tokens out)."""
     out: dict = {}
     if not model_dir or not os.path.isdir(model_dir):
         return out
@@ -100,12 +131,9 @@ def sentence_transformers_defaults(model_dir: str) -> dict:
                 if os.path.isfile(cfg_path):
                     with open(cfg_path) as f:
                         pcfg = json.load(f)
-                    if pcfg.get("pooling_mode_cls_token"):
-                        out["pooling"] = "cls"
-                    elif pcfg.get("pooling_mode_max_tokens"):
-                        out["pooling"] = "max"
-                    elif pcfg.get("pooling_mode_mean_tokens"):
-                        out["pooling"] = "mean"
+                    out["pooling"] = pooling_from_config(pcfg, cfg_path)
+                    if pcfg.get("include_prompt") is False:
+                        out["include_prompt"] = False
     st_path = os.path.join(model_dir, "sentence_bert_config.json")
     if os.path.isfile(st_path):
         with open(st_path) as f:
@@ -119,6 +147,7 @@ __all__ = [
     "CALIBRATED",
     "PRECISIONS",
     "calibration_ranges",
+    "default_pooling",
     "output_type",
     "quantize",
     "resolve_prompt",

@@ -23,6 +23,7 @@ TASK_AUTO_CLASS = {
     "embed": "AutoModel",
     "zero-shot-classify": "AutoModelForSequenceClassification",
     "sparse-embed": "AutoModelForMaskedLM",
+    "rerank": "AutoModelForSequenceClassification",
 }
 
 
@@ -30,8 +31,13 @@ def auto_class_name(task: str, model_config: Any = None) -> str:
     """The Auto class for ``task``; ``generate`` on a decoder-only checkpoint (config ``is_decoder``
     without ``is_encoder_decoder``: BERT-family causal heads, MEGA; or a family that is only ever
     decoder-only: Llama, Qwen, Gemma, ...) continues prompts with ``AutoModelForCausalLM`` instead of
-    ``AutoModelForSeq2SeqLM``."""
+    ``AutoModelForSeq2SeqLM``; ``rerank`` on a decoder-only family's causal LM (a yes/no reranker,
+    ``rerank_settings.rerank_kind``) loads ``AutoModelForCausalLM``."""
     name = TASK_AUTO_CLASS[task]
+    if task == "rerank" and model_config is not None:
+        from .rerank_settings import rerank_kind
+
+        return "AutoModelForCausalLM" if rerank_kind(model_config) == "yes-no" else name
     if task != "generate" or model_config is None or getattr(model_config, "is_encoder_decoder", False):
         return name
     if getattr(model_config, "is_decoder", False) or _decoder_only_family(getattr(model_config, "model_type", "")):
@@ -193,7 +199,7 @@ def load_model(
     if local_files_only:
         kwargs["local_files_only"] = True
     gpu = device != "cpu" if gpu is None else gpu
-    needs_config = task == "generate" or dtype in (None, "auto")
+    needs_config = task in ("generate", "rerank") or dtype in (None, "auto")
     model_config = models.AutoConfig.from_pretrained(path, **kwargs) if needs_config else None
     name = model_dtype_for(dtype, gpu, getattr(model_config, "model_type", ""))
     auto = getattr(models, auto_class_name(task, model_config))

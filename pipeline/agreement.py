@@ -3,7 +3,8 @@
 A sample of the input (``model.agreement_rows``, taken as calibration samples are) is scored
 twice through the job's own stages, once with ``model.quantization: none``, and compared per
 row: the same label (classify; zero-shot: the same best label), the cosine of the embeddings
-(embed, sparse-embed), the same entities (token-classify) or the same text (generate). The
+(embed, sparse-embed), the same entities (token-classify), the same text (generate) or a score within
+0.05 (rerank). The
 mean goes into the report; below ``model.min_agreement`` the job does not start, since a
 billion rows scored wrongly cost more than a billion rows scored slowly.
 """
@@ -23,7 +24,10 @@ METRIC = {
     "sparse-embed": "cosine",
     "token-classify": "same entities",
     "generate": "same text",
+    "rerank": "score within 0.05",
 }
+RERANK_TOLERANCE = 0.05
+"""rerank: a quantised score agrees when it is this close to float32's (each label's, several labels)."""
 
 
 def _sparse_dense(entries) -> dict:
@@ -48,6 +52,10 @@ def _row_agreement(task: str, a: dict, b: dict) -> float:
     if task == "token-classify":
         key = lambda ents: [(e.get("entity_group", e.get("entity")), e["start"], e["end"]) for e in ents or []]  # noqa: E731
         return float(key(a["entities"]) == key(b["entities"]))
+    if task == "rerank":
+        x = np.atleast_1d(np.asarray(a["score"] if "score" in a else a["scores"], dtype=np.float64))
+        y = np.atleast_1d(np.asarray(b["score"] if "score" in b else b["scores"], dtype=np.float64))
+        return float(np.abs(x - y).max() <= RERANK_TOLERANCE)
     return float(a["generated_text"] == b["generated_text"])
 
 

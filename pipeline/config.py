@@ -29,10 +29,10 @@ import yaml
 
 from rayformers.operators.tokenize import OVERFLOWS
 
-TASKS = ("classify", "token-classify", "generate", "embed", "zero-shot-classify", "sparse-embed")
+TASKS = ("classify", "token-classify", "generate", "embed", "zero-shot-classify", "sparse-embed", "rerank")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 OUTPUT_MODES = ("error-if-exists", "overwrite", "resume")
-POOLINGS = ("auto", "mean", "cls", "max")
+POOLINGS = ("auto", "mean", "cls", "max", "lasttoken")
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 FUNCTIONS = ("auto", "softmax", "sigmoid", "none")
 TRUNCATIONS = ("longest_first", "only_first", "only_second", "none")
@@ -107,8 +107,10 @@ class ModelConfig:
     ``HF_HUB_OFFLINE=1``)."""
     task: str = "classify"
     """``classify``, ``token-classify``, ``generate``, ``embed``, ``zero-shot-classify`` (an NLI
-    checkpoint scoring ``task.candidate_labels``) or ``sparse-embed`` (a SPLADE-style masked-LM
-    checkpoint); picks the Auto class. The checkpoint must have the task's head (see
+    checkpoint scoring ``task.candidate_labels``), ``sparse-embed`` (a SPLADE-style masked-LM
+    checkpoint) or ``rerank`` (a relevance ``score`` per (``input.text_column``,
+    ``input.text_pair_column``) pair: a cross-encoder, or a causal LM answering yes/no, Qwen3-Reranker
+    style); picks the Auto class. The checkpoint must have the task's head (see
     ``allow_new_head``)."""
     dtype: Optional[str] = None
     """``float32``, ``bfloat16``, ``float16`` (GPU only) or ``auto``: bfloat16 on GPUs and CPUs that
@@ -222,8 +224,10 @@ class TaskConfig:
     threshold: float = 0.5
     """classify, multi-label: labels whose sigmoid score is at least this go to ``labels``."""
     pooling: str = "auto"
-    """embed: ``mean``, ``cls``, ``max`` or ``auto`` (the checkpoint's sentence-transformers pooling
-    config, else ``mean``)."""
+    """embed: ``mean``, ``cls``, ``max``, ``lasttoken`` (the last non-padding token: decoder embedders
+    such as Qwen3-Embedding) or ``auto`` (the checkpoint's sentence-transformers pooling config,
+    else, as sentence-transformers, ``lasttoken`` for a checkpoint made as a causal LM and ``mean``
+    for any other)."""
     normalize: Optional[bool] = None
     """embed: L2-normalise embeddings; default from the checkpoint's sentence-transformers
     ``modules.json`` (a Normalize module), else false."""
@@ -253,6 +257,11 @@ class TaskConfig:
     ``prompts``); default: its ``default_prompt_name`` if it has one."""
     prompt: Optional[str] = None
     """embed: a literal prompt prepended to every text (wins over ``prompt_name``); ``""`` for none."""
+    rerank_prompt: Optional[str] = None
+    """rerank with a causal LM (yes/no reranker): the text the model answers after, with ``{query}``
+    (``input.text_column``) and ``{document}`` (``input.text_pair_column``) placeholders; the score
+    is P("yes") of a softmax over the "yes" and "no" logits at its last token. Default: the
+    Qwen3-Reranker model card's prompt (chat turns with its default instruction)."""
     sparse_threshold: float = 0.0
     """sparse-embed: keep vocabulary weights above this (SPLADE weights are >= 0)."""
     sparse_top_k: Optional[int] = None

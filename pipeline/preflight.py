@@ -18,14 +18,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rayformers.operators.embedding_outputs import sentence_transformers_defaults
-from rayformers.operators.embedding_outputs import resolve_prompt
+from rayformers.operators.embedding_outputs import default_pooling, resolve_prompt
 from rayformers.operators.loading import auto_class_name
 from rayformers.operators.records import ERROR_COLUMN
 from rayformers.operators.tokenize import check_stride
 
 from .commit import check_output_mode, staging_path
 
-from .config import TASKS, ConfigError, JobConfig, overflow_mode, resolved_dtype_setting
+from .config import POOLINGS, TASKS, ConfigError, JobConfig, overflow_mode, resolved_dtype_setting
 from .locks import lock_path_for
 from .output_safety import UnsafeOutputError, check_disjoint, location
 from .source import (
@@ -51,6 +51,7 @@ PREDICTION_COLUMNS = {
     "embed": ["embedding"],
     "zero-shot-classify": ["labels", "scores"],
     "sparse-embed": ["sparse_embedding", "sparse_nnz"],
+    "rerank": ["score", "scores"],
 }
 
 
@@ -540,7 +541,10 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
         raise PreflightError("set input.source_language (one language for every row) or input.source_language_column "
                              "(per row), not both")
     check_vocabulary(tokenizer, model_config, tok_path, cfg.model.path)
-    st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
+    try:
+        st = sentence_transformers_defaults(cfg.model.path) if os.path.isdir(cfg.model.path) else {}
+    except ValueError as e:
+        raise PreflightError(f"model.path {cfg.model.path!r}: {e}") from e
     max_length = resolve_max_length(cfg, tokenizer, model_config, st)
     stride = resolve_stride(cfg, tokenizer, max_length)
     prompt = resolve_prompt_template(cfg, tokenizer, model_config, tok_path)
@@ -556,7 +560,10 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
     if task == "classify":
         options = {"top_k": t.top_k, "function_to_apply": t.function_to_apply, "threshold": t.threshold}
     elif task == "embed":
-        pooling = st.get("pooling", "mean") if t.pooling == "auto" else t.pooling
+        pooling = (st.get("pooling") or default_pooling(model_config)) if t.pooling == "auto" else t.pooling
+        if pooling not in POOLINGS:
+            raise PreflightError(f"model.path {cfg.model.path!r}: its sentence-transformers pooling {pooling!r} is not "
+                                 f"available; set task.pooling to one of {', '.join(POOLINGS[1:])}")
         normalize = st.get("normalize", False) if t.normalize is None else t.normalize
         if t.truncate_dim is not None and t.truncate_dim < 1:
             raise PreflightError(f"task.truncate_dim must be at least 1, got {t.truncate_dim}")
@@ -569,6 +576,11 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
             prefix = resolve_prompt(cfg.model.path if os.path.isdir(cfg.model.path) else "", t.prompt, t.prompt_name)
         except ValueError as e:
             raise PreflightError(f"task.prompt_name: {e}") from e
+        if prefix and st.get("include_prompt") is False and pooling != "lasttoken":
+            raise PreflightError(
+                f"model.path {cfg.model.path!r} pools without its prompt's tokens (include_prompt: false), which "
+                f"embed does not build: the {pooling} pooling of prompt and text together would be another vector. "
+                "Set task.prompt: \"\" to embed without a prompt, or use sentence-transformers for this model")
     elif task == "token-classify":
         if not getattr(model_config, "id2label", None):
             raise PreflightError(f"model.path {cfg.model.path!r} has no id2label; token-classify needs label names")
@@ -580,6 +592,9 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
         }
     elif task == "zero-shot-classify":
         options = zero_shot_options(cfg, model_config, tok_path, max_length)
+    elif task == "rerank":
+        options = rerank_options(cfg, model_config, tokenizer, tok_path, max_length)
+        text_needed_by_model = "rerank_prompt" in options
     elif task == "sparse-embed":
         if t.sparse_top_k is not None and t.sparse_top_k < 1:
             raise PreflightError(f"task.sparse_top_k must be at least 1 (or unset), got {t.sparse_top_k}")
@@ -601,6 +616,8 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
                 raise PreflightError(f"task.target_language: {e}") from e
     if overflow_mode(cfg.tokenizer) == "chunk" and task in ("classify", "embed"):
         options["chunk_aggregate"] = t.chunk_aggregate
+    if t.rerank_prompt is not None and task != "rerank":
+        raise PreflightError(f"task.rerank_prompt is for model.task rerank, not {task}")
     if t.target_language and task != "generate":
         raise PreflightError(f"task.target_language is for model.task generate, not {task}")
 
@@ -838,6 +855,39 @@ def zero_shot_options(cfg: JobConfig, model_config, tok_path: str, max_length: O
         "tokenizer_path": tok_path,
         "max_length": max_length,
     }
+
+
+def rerank_options(cfg: JobConfig, model_config, tokenizer, tok_path: str, max_length: Optional[int]) -> dict:
+    """Validate a rerank job against its checkpoint: a cross-encoder's activation (as
+    CrossEncoder would pick it), or a yes/no LLM's prompt and single-token answers."""
+    from rayformers.operators.rerank_settings import (
+        DEFAULT_RERANK_PROMPT,
+        check_rerank_prompt,
+        cross_encoder_activation,
+        rerank_kind,
+        yes_no_token_ids,
+    )
+
+    inp, t, path = cfg.input, cfg.task, cfg.model.path
+    if not inp.text_pair_column:
+        raise PreflightError("model.task rerank scores (query, document) pairs: set input.text_pair_column to the "
+                             "documents' column (input.text_column holds the queries)")
+    if rerank_kind(model_config) == "cross-encoder":
+        if t.rerank_prompt is not None:
+            raise PreflightError(f"task.rerank_prompt is for yes/no LLM rerankers (a causal LM); model.path {path!r} "
+                                 "is a cross-encoder (a sequence classifier), which reads the pair as it is: remove it")
+        num_labels = int(getattr(model_config, "num_labels", 1) or 1)
+        try:
+            return {"activation": cross_encoder_activation(path if os.path.isdir(path) else "", num_labels)}
+        except ValueError as e:
+            raise PreflightError(f"model.path {path!r}: {e}") from e
+    try:
+        prompt = check_rerank_prompt(DEFAULT_RERANK_PROMPT if t.rerank_prompt is None else t.rerank_prompt)
+        yes_no_token_ids(tokenizer)
+    except ValueError as e:
+        raise PreflightError(f"model.path {path!r} (yes/no reranker): {e}") from e
+    return {"text_column": inp.text_column, "text_pair_column": inp.text_pair_column, "tokenizer_path": tok_path,
+            "max_length": max_length, "rerank_prompt": prompt}
 
 
 def check_cluster_cpus(cfg: JobConfig, total_cpus: float) -> None:

@@ -228,6 +228,33 @@ def test_a_seq2seq_lm_head_tied_to_the_embeddings_is_not_missing(tmp_path, tied)
             load_model("generate", str(tmp_path))
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_rerank_on_a_causal_llm_with_a_tied_lm_head_is_not_refused(tmp_path, tied):
+    """A yes/no reranker loads the causal LM; its tied lm_head is no missing head. Untied and
+    saved as a bare decoder, the LM head really is missing and the job is refused."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                      max_position_embeddings=64, tie_word_embeddings=tied)
+    (transformers.Qwen3ForCausalLM if tied else transformers.Qwen3Model)(config).save_pretrained(tmp_path)
+    with_minilm_tokenizer(tmp_path)
+    assert "lm_head.weight" not in checkpoint_weight_names(str(tmp_path))
+    cfg = load_config(job(tmp_path, "rerank"))
+    if tied:
+        resolve_model(cfg)
+        assert type(load_model("rerank", str(tmp_path))).__name__ == "Qwen3ForCausalLM"
+    else:
+        with pytest.raises(PreflightError, match=r"Qwen3ForCausalLM head \(lm_head\.weight\)"):
+            resolve_model(cfg)
+
+
+def test_rerank_on_a_bare_encoder_is_refused_as_a_missing_cross_encoder_head():
+    with pytest.raises(PreflightError, match=r"BertForSequenceClassification head \(classifier\.weight"):
+        resolve_model(load_config(job(minilm_dir(), "rerank")))
+
+
 # ------------------------------------------------------------------------------------------------
 # Fine-tuning starts a new head from a base checkpoint: that is not refused.
 
