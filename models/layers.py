@@ -101,14 +101,19 @@ def invert_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def expand_padding_mask(mask: torch.Tensor | None, dtype: torch.dtype, name: str) -> torch.Tensor | None:
     """[batch, key] (or [batch, query, key]) 1/0 mask -> additive mask; None when nothing is masked,
-    so the fused kernel can run without a mask."""
+    so the fused kernel can run without a mask.
+
+    Whether nothing is masked is only asked of a CPU mask: on an accelerator ``bool(mask.all())``
+    waits for every queued kernel (the copy of this micro-batch and the forward of the one before),
+    which would serialise the host with the device once per forward. There the additive mask is
+    always built; an all-zero additive mask gives the same attention."""
     if mask is None:
         return None
     if mask.dim() == 3:
         return invert_mask(mask[:, None], dtype)
     if mask.dim() != 2:
         raise ValueError(f"{name} must have shape [batch, seq] or [batch, query, key], got {tuple(mask.shape)}")
-    if bool(mask.all()):
+    if mask.device.type == "cpu" and bool(mask.all()):
         return None
     return padding_mask_to_additive(mask, dtype, tgt_len=1)
 

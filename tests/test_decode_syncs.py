@@ -283,3 +283,14 @@ def test_the_static_check_is_not_blind():
         return bool(t.any()), n, int(t.max())
 
     assert len(_device_reads(step)) == 3
+
+
+def test_padding_mask_of_an_accelerator_tensor_is_built_without_reading_the_device():
+    """An encoder forward must not ask the device whether a mask is all ones (a sync per forward
+    that serialises host and device); a meta tensor stands for the accelerator: reading its values
+    raises, so the old ``bool(mask.all())`` fails here."""
+    from rayformers.models.layers import expand_padding_mask
+
+    on_device = expand_padding_mask(torch.ones(2, 5, dtype=torch.long, device="meta"), torch.float32, "mask")
+    assert on_device is not None and on_device.shape[-1] == 5 and on_device.device.type == "meta"
+    assert expand_padding_mask(torch.ones(2, 5, dtype=torch.long), torch.float32, "mask") is None  # CPU: fused path
