@@ -377,7 +377,11 @@ def check_legacy_cache(past_key_values, num_layers: int):
 
 
 def check_input_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None:
-    """Empty or out-of-vocabulary ids would fail deep inside torch with an index error; say what is wrong."""
+    """Empty or out-of-vocabulary ids would fail deep inside torch with an index error; say what is wrong.
+
+    The values are checked only on the CPU: on an accelerator reading them back is a host sync per
+    forward (per decoded token in generation). Ids bound for a GPU are checked on the host before
+    the copy (the pipeline's model operators take one numpy max per micro-batch)."""
     if input_ids.dim() != 2:
         raise ValueError(f"{name} must be a 2-D [batch, sequence] tensor, got shape {tuple(input_ids.shape)}.")
     if input_ids.numel() == 0:
@@ -385,6 +389,8 @@ def check_input_ids(input_ids: torch.Tensor, vocab_size: int, name: str) -> None
             f"{name} is empty (shape {tuple(input_ids.shape)}): every row needs at least one token. Drop empty "
             "inputs or give them a special token (e.g. eos) before calling the model."
         )
+    if input_ids.device.type != "cpu":
+        return
     low, high = torch.aminmax(input_ids)
     if low.item() < 0 or high.item() >= vocab_size:
         bad = int(low) if low.item() < 0 else int(high)

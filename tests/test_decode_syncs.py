@@ -294,3 +294,13 @@ def test_padding_mask_of_an_accelerator_tensor_is_built_without_reading_the_devi
     on_device = expand_padding_mask(torch.ones(2, 5, dtype=torch.long, device="meta"), torch.float32, "mask")
     assert on_device is not None and on_device.shape[-1] == 5 and on_device.device.type == "meta"
     assert expand_padding_mask(torch.ones(2, 5, dtype=torch.long), torch.float32, "mask") is None  # CPU: fused path
+
+
+def test_token_ids_on_an_accelerator_are_not_read_back_by_the_model():
+    """The models' id range check reads values only on the CPU (a meta tensor stands for the
+    accelerator, where the operators check ids on the host before the copy)."""
+    from rayformers.models.layers import check_input_ids
+
+    check_input_ids(torch.full((2, 3), 10**6, dtype=torch.long, device="meta"), 100, "input_ids")
+    with pytest.raises(ValueError, match="outside this model's vocabulary"):
+        check_input_ids(torch.full((2, 3), 10**6, dtype=torch.long), 100, "input_ids")
