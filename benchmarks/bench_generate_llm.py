@@ -8,9 +8,9 @@ line as the fixed start-up cost.
   8,000); 8 prompts of 48 tokens, half left-padded to 28, 32 new tokens, no eos: `generate` vs
   `generate`.
 - `--shape qwen2 --batch 1`: a Qwen2 (hidden 512, 4 layers, GQA 8/2 heads, vocab 32,000); one
-  32-token prompt, `--new-tokens` (default 128) new tokens, no eos: `generate` vs `generate`.
+  32-token prompt, `--new-tokens` (default 64) new tokens, no eos: `generate` vs `generate`.
 - `--shape qwen2 --batch 32`: the same Qwen2 on 32 prompts of mixed lengths (8-96 tokens) up to
-  `--new-tokens` (default 96) new tokens with per-row stops: eos is a set of tokens that the rows'
+  `--new-tokens` (default 48) new tokens with per-row stops: eos is a set of tokens that the rows'
   own greedy continuations reach at different steps (picked from the warm-up run), as a real batch
   job's rows end at different lengths. Ours: `stream_generate` (continuous batching, finished rows
   leave, max_batch_size 32); transformers: `generate` on the 32 prompts left-padded together (rows
@@ -96,7 +96,7 @@ def main() -> None:
             mask[::2, :20] = 0
             input_ids[mask == 0] = 0
         else:
-            new_tokens = args.new_tokens or 128
+            new_tokens = args.new_tokens or 64
             input_ids = torch.randint(3, vocab, (1, 32), generator=g)
             mask = torch.ones_like(input_ids)
         settings = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -113,7 +113,7 @@ def main() -> None:
         what = f"{input_ids.shape[0]} x {input_ids.shape[1]}-token prompt(s), {new_tokens} new tokens, no eos"
         warm_up = None
     else:
-        new_tokens = args.new_tokens or 96
+        new_tokens = args.new_tokens or 48
         lengths = [8 + (i * 37) % 89 for i in range(32)]  # 8..96 tokens, mixed
         prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
         width = max(lengths)
