@@ -1,8 +1,9 @@
 """Greedy decoding of a decoder-only LLM: ours vs transformers, same weights, token-identical outputs.
 
 Weights are random, built and saved by transformers, loaded by ours; fp32. Ours and transformers run
-alternately, medians are printed side by side; the first (warm-up) call of each is printed on its own
-line as the fixed start-up cost.
+alternately, medians are printed side by side (wall time, the median of per-pair ratios, and process
+CPU time, which a machine shared with other processes disturbs less; with `--threads 1` it is the
+work done); the first (warm-up) call of each is printed on its own line as the fixed start-up cost.
 
 - `--shape llama` (default; `--batch` ignored): a Llama (hidden 512, 6 layers, GQA 8/2 heads, vocab
   8,000); 8 prompts of 48 tokens, half left-padded to 28, 32 new tokens, no eos: `generate` vs
@@ -142,10 +143,13 @@ def main() -> None:
                 f"{len(eos)} stop tokens")
 
     def timed(fn):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             out = fn()
+        cpu_seconds[0] = time.process_time() - cpu
         return time.perf_counter() - start, out
+
+    cpu_seconds = [0.0]
 
     first_ref, expected = timed(run_reference)
     first_ours, actual = timed(run_ours)
@@ -153,11 +157,14 @@ def main() -> None:
         first_ref = warm_up["transformers"]
     assert actual == expected, "outputs differ"
     times = {"transformers": [], "ours": []}
+    cpu = {"transformers": [], "ours": []}
     for _ in range(args.repeats):
         seconds, expected = timed(run_reference)
         times["transformers"].append(seconds)
+        cpu["transformers"].append(cpu_seconds[0])
         seconds, actual = timed(run_ours)
         times["ours"].append(seconds)
+        cpu["ours"].append(cpu_seconds[0])
         assert actual == expected, "outputs differ"
     tokens = count(expected)
     ref, mine = statistics.median(times["transformers"]), statistics.median(times["ours"])
@@ -169,6 +176,10 @@ def main() -> None:
     print(f"transformers {ref:.2f} s ({tokens / ref:.0f} tok/s)  ours {mine:.2f} s ({tokens / mine:.0f} tok/s)  "
           f"ours vs transformers {ref / mine:.2f}x   (runs: transformers "
           f"{', '.join(f'{t:.2f}' for t in times['transformers'])}; ours {', '.join(f'{t:.2f}' for t in times['ours'])})")
+    pairs = statistics.median(r / o for r, o in zip(times["transformers"], times["ours"]))
+    ref_cpu, our_cpu = statistics.median(cpu["transformers"]), statistics.median(cpu["ours"])
+    print(f"median of per-pair ratios {pairs:.2f}x; process CPU time (less sensitive to other processes): "
+          f"transformers {ref_cpu:.2f} s  ours {our_cpu:.2f} s  ours vs transformers {ref_cpu / our_cpu:.2f}x")
 
 
 if __name__ == "__main__":
