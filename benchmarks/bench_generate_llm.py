@@ -172,7 +172,8 @@ def main() -> None:
     print(f"{label}: {what}; {tokens} generated tokens; token-identical per row")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
           f"{args.repeats} alternating runs, load average {os.getloadavg()[0]:.1f}")
-    print(f"start-up (first call): transformers {first_ref:.2f} s  ours {first_ours:.2f} s")
+    note = " (transformers: its eos-free run that picks the stops)" if warm_up is not None else ""
+    print(f"start-up (first call){note}: transformers {first_ref:.2f} s  ours {first_ours:.2f} s")
     print(f"transformers {ref:.2f} s ({tokens / ref:.0f} tok/s)  ours {mine:.2f} s ({tokens / mine:.0f} tok/s)  "
           f"ours vs transformers {ref / mine:.2f}x   (runs: transformers "
           f"{', '.join(f'{t:.2f}' for t in times['transformers'])}; ours {', '.join(f'{t:.2f}' for t in times['ours'])})")
