@@ -28,7 +28,8 @@
    of ``bench_generate_llm.py`` (4 layers, hidden 512, 8/2 heads, vocab 32,000; random weights
    built by transformers) in bfloat16 on the GPU, 128 new tokens: batch 1 (``generate`` against
    ``generate``) and 32 prompts of mixed lengths (our ``stream_generate`` against transformers'
-   ``generate`` on the padded batch), tokens/s of both; teacher-forced logits within
+   ``generate`` on the padded batch), tokens/s of both (the faster of two runs after a warm-up);
+   teacher-forced logits within
    :data:`LLM_BF16_TOLERANCE` of the largest logit and the tokens equal up to near-ties, as in 4.
 
 TF32 is off for the whole check (parity needs float32 arithmetic; both arms of every timing run
@@ -301,10 +302,11 @@ def check_generate(cpu: bool, work: Path, results: list) -> None:
            + (f"; NOT near-ties (row, position, margin): {real[:5]}" if real else ""), results)
 
 
-LLM_BF16_TOLERANCE = 2e-2
+LLM_BF16_TOLERANCE = 4e-2
 """Largest |ours - transformers| of bfloat16 decoder-only logits, relative to the largest |logit|:
 bfloat16 keeps ~3 digits (a relative rounding step of 2**-8 = 3.9e-3 per operation) and the two
-implementations round at different points of the same sums."""
+implementations round at different points of the same sums (1.0e-2 measured on CPU at the check's
+full shape; a wrong implementation is off by the logits' own size)."""
 
 
 def _llm_teacher_forced_logits(model, ids, mask, continuation):
@@ -376,11 +378,15 @@ def check_llm_decode(cpu: bool, work: Path, results: list) -> None:
         with torch.inference_mode():
             for label, run in (("transformers", run_reference), ("ours", run_ours)):
                 run()  # warm-up
-                _synchronize(device)
-                t0 = time.perf_counter()
-                out = run()
-                _synchronize(device)
-                timings[label] = (out, time.perf_counter() - t0)
+                best = None
+                for _ in range(2):  # the faster of two runs (each is a few seconds at most)
+                    _synchronize(device)
+                    t0 = time.perf_counter()
+                    out = run()
+                    _synchronize(device)
+                    seconds = time.perf_counter() - t0
+                    best = seconds if best is None else min(best, seconds)
+                timings[label] = (out, best)
         (want, ref_s), (got, ours_s) = timings["transformers"], timings["ours"]
         made = want.numel()
         speeds.append(f"{name}: ours {made / ours_s:,.0f} tok/s, transformers {made / ref_s:,.0f} tok/s "
