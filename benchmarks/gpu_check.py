@@ -24,6 +24,14 @@
    off); (b) the generated tokens equal except where the first difference of a row is a near-tie
    of the reference's logits (margin at most twice that tolerance, i.e. within what (a) allows).
 
+5. **decoder-only decode against transformers** (:func:`check_llm_decode`): the Qwen2-shaped model
+   of ``bench_generate_llm.py`` (4 layers, hidden 512, 8/2 heads, vocab 32,000; random weights
+   built by transformers) in bfloat16 on the GPU, 128 new tokens: batch 1 (``generate`` against
+   ``generate``) and 32 prompts of mixed lengths (our ``stream_generate`` against transformers'
+   ``generate`` on the padded batch), tokens/s of both (the faster of two runs after a warm-up);
+   teacher-forced logits within
+   :data:`LLM_BF16_TOLERANCE` of the largest logit and the tokens equal up to near-ties, as in 4.
+
 TF32 is off for the whole check (parity needs float32 arithmetic; both arms of every timing run
 under the same setting), every timer is bracketed by ``torch.cuda.synchronize()``, and each check
 prints its seconds so the 5-minute budget of ``gpu_check.sh`` can be followed.
@@ -294,6 +302,117 @@ def check_generate(cpu: bool, work: Path, results: list) -> None:
            + (f"; NOT near-ties (row, position, margin): {real[:5]}" if real else ""), results)
 
 
+LLM_BF16_TOLERANCE = 4e-2
+"""Largest |ours - transformers| of bfloat16 decoder-only logits, relative to the largest |logit|:
+bfloat16 keeps ~3 digits (a relative rounding step of 2**-8 = 3.9e-3 per operation) and the two
+implementations round at different points of the same sums (1.0e-2 measured on CPU at the check's
+full shape; a wrong implementation is off by the logits' own size)."""
+
+
+def _llm_teacher_forced_logits(model, ids, mask, continuation):
+    """Logits [rows, new, vocab] scoring token t of each row's `continuation` after its left-padded
+    prompt, positions counted from each row's first real token (as generate counts them)."""
+    import torch
+
+    full = torch.cat([ids, continuation[:, :-1]], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(continuation[:, :-1])], dim=1)
+    positions = (full_mask.cumsum(1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        logits = model(input_ids=full, attention_mask=full_mask, position_ids=positions).logits
+    return logits[:, ids.shape[1] - 1:, :].float()
+
+
+def check_llm_decode(cpu: bool, work: Path, results: list) -> None:
+    """Decoder-only decode, bfloat16: a Qwen2-shaped model (``bench_generate_llm.py``'s, random
+    weights built by transformers) on the device; batch 1 (ours ``generate`` vs transformers'
+    ``generate``) and a batch of prompts of mixed lengths (ours ``stream_generate``, continuous
+    batching, vs transformers' ``generate`` on the prompts left-padded together). Every row runs to
+    ``new_tokens`` (no eos: the agreement check needs equal lengths), so the batch arm measures the
+    decode loop, not early stops. Tokens: equal except where a row's first difference is a near-tie
+    of transformers' teacher-forced logits (the rule of ``check_generate``, at bfloat16's tolerance)."""
+    import torch
+    import transformers
+
+    from bench_generate_llm import _qwen2
+    from rayformers.models import AutoModelForCausalLM
+    from rayformers.models.generation import stream_generate
+
+    device = "cpu" if cpu else "cuda"
+    dtype = torch.bfloat16
+    config = _qwen2(transformers)
+    if cpu:
+        config = transformers.Qwen2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                          pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+        rows, longest, new_tokens = 4, 12, 6
+    else:
+        rows, longest, new_tokens = 32, 96, 128
+    torch.manual_seed(0)
+    reference = transformers.AutoModelForCausalLM.from_config(config).eval()
+    reference.save_pretrained(work / "qwen2")
+    reference = reference.to(device=device, dtype=dtype)
+    ours = AutoModelForCausalLM.from_pretrained(work / "qwen2", dtype=dtype).eval().to(device)
+    generator = torch.Generator().manual_seed(0)
+    lengths = [max(1, longest - (i * 37) % longest) for i in range(rows)]  # mixed, longest first
+    prompts = [torch.randint(3, config.vocab_size, (n,), generator=generator).tolist() for n in lengths]
+    ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
+    settings = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+
+    def generate(model, batch_ids, batch_mask):
+        return model.generate(input_ids=batch_ids, attention_mask=batch_mask, **settings)[:, batch_ids.shape[1]:]
+
+    def streamed(batch_prompts):
+        out = dict(stream_generate(ours, list(enumerate(batch_prompts)), max_batch_size=len(batch_prompts), **settings))
+        return torch.tensor([out[i] for i in range(len(batch_prompts))], device=device)
+
+    one_ids, one_mask = ids[:1], mask[:1]  # the longest prompt, unpadded
+    arms = {
+        "batch 1": (lambda: generate(reference, one_ids, one_mask), lambda: generate(ours, one_ids, one_mask),
+                    one_ids, one_mask),
+        f"batch {rows}": (lambda: generate(reference, ids, mask), lambda: streamed(prompts), ids, mask),
+    }
+    speeds, worst, scale_seen, agreement, real_all = [], 0.0, 1.0, [], []
+    for name, (run_reference, run_ours, arm_ids, arm_mask) in arms.items():
+        timings = {}
+        with torch.inference_mode():
+            for label, run in (("transformers", run_reference), ("ours", run_ours)):
+                run()  # warm-up
+                best = None
+                for _ in range(2):  # the faster of two runs (each is a few seconds at most)
+                    _synchronize(device)
+                    t0 = time.perf_counter()
+                    out = run()
+                    _synchronize(device)
+                    seconds = time.perf_counter() - t0
+                    best = seconds if best is None else min(best, seconds)
+                timings[label] = (out, best)
+        (want, ref_s), (got, ours_s) = timings["transformers"], timings["ours"]
+        made = want.numel()
+        speeds.append(f"{name}: ours {made / ours_s:,.0f} tok/s, transformers {made / ref_s:,.0f} tok/s "
+                      f"= {ref_s / ours_s:.2f}x")
+        ref_logits = _llm_teacher_forced_logits(reference, arm_ids, arm_mask, want)
+        our_logits = _llm_teacher_forced_logits(ours, arm_ids, arm_mask, want)
+        scale = max(1.0, float(ref_logits.abs().max()))
+        worst = max(worst, float((our_logits - ref_logits).abs().max()) / scale)
+        scale_seen = max(scale_seen, scale)
+        del our_logits
+        if got.shape != want.shape:
+            real_all.append((name, f"shapes differ: {tuple(got.shape)} vs {tuple(want.shape)}"))
+            continue
+        # generation_agreement scores token t with logits[t - 1]: a leading prompt column makes
+        # ref_logits[:, j] (which scores continuation token j) line up with token j + 1.
+        lead = arm_ids[:, -1:]
+        identical, ties, real = generation_agreement(torch.cat([lead, want], 1).cpu(), torch.cat([lead, got], 1).cpu(),
+                                                     ref_logits.cpu(), 2 * LLM_BF16_TOLERANCE * scale)
+        agreement.append(f"{name}: {identical}/{want.shape[0]} rows identical, {ties} near-tie")
+        real_all += [(name, r) for r in real[:5]]
+    report("llm decode (bf16): teacher-forced logits vs transformers", worst <= LLM_BF16_TOLERANCE,
+           f"max |diff| / max |logit| {worst:.2e} (limit {LLM_BF16_TOLERANCE:.0e}); " + "; ".join(speeds), results)
+    report("llm decode (bf16): tokens vs transformers", not real_all,
+           "; ".join(agreement) + (f"; NOT near-ties: {real_all[:5]}" if real_all else ""), results)
+
+
 def attempt(name: str, check, results: list, start: float) -> None:
     """Run one check; an exception is that check's FAIL line (the first lines of its message),
     not the end of the script, so one command reports on every check."""
@@ -329,6 +448,7 @@ def main(argv=None) -> int:
     try:
         attempt("precision parity", lambda: check_precision(model_dir, device, results), results, start)
         attempt("generate", lambda: check_generate(args.cpu, work, results), results, start)
+        attempt("llm decode", lambda: check_llm_decode(args.cpu, work, results), results, start)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     if device == "cuda":

@@ -285,6 +285,50 @@ def test_stream_generate_equals_generate(family, tmp_path):
             assert got[key] == _continuation(row, len(ids), eos), (settings, key)
 
 
+def test_generation_projects_only_the_last_position_to_the_vocabulary(tmp_path):
+    """The prompt's other positions never go through the LM head (one vocab-wide projection each,
+    the largest matmul of a small LLM's prefill): `generate` and `stream_generate` ask for the last
+    position's logits only, as transformers' generate does (`logits_to_keep=1`)."""
+    from rayformers.models.generation import stream_generate
+
+    hf = _hf_model("qwen2", "causal_lm", seed=3)
+    hf.save_pretrained(tmp_path)
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path)
+    positions = []
+    ours.lm_head.register_forward_hook(lambda module, args, out: positions.append(args[0].shape[1]))
+    ids, mask = _batch()
+    ids, mask = ids[:2], mask[:2]
+    ours.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, pad_token_id=PAD, eos_token_id=None)
+    assert positions == [1, 1, 1]
+    positions.clear()
+    list(stream_generate(ours, [("a", [5, 6, 7, 8]), ("b", [9, 10])], max_new_tokens=2, pad_token_id=PAD,
+                         eos_token_id=None))
+    assert positions and set(positions) == {1}
+
+
+def test_stream_generate_prefills_prompts_of_different_lengths_without_padding_them_together(tmp_path):
+    """Prompts admitted together are prefilled in chunks of similar length (a 10-token and a 3-token
+    prompt are not padded to 2 x 10 positions), and the continuations still equal each prompt's own
+    generate()."""
+    from rayformers.models.generation import stream_generate
+    from rayformers.models.generation.continuous_causal import _continuation
+
+    hf = _hf_model("qwen2", "causal_lm", seed=4)
+    hf.save_pretrained(tmp_path)
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path)
+    shapes = []
+    ours.get_input_embeddings().register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    inputs = [("long", [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]), ("short", [15, 16, 21]), ("long-ish", [17] * 9),
+              ("tiny", [18, 19, 20])]
+    eos = [EOS, 5, 6]
+    got = dict(stream_generate(ours, inputs, max_batch_size=4, max_new_tokens=5, pad_token_id=PAD, eos_token_id=eos))
+    prefill = [shape for shape in shapes if shape[1] > 1]
+    assert prefill == [(2, 10), (2, 3)], shapes
+    for key, ids in inputs:
+        row = ours.generate(torch.tensor([ids]), max_new_tokens=5, pad_token_id=PAD, eos_token_id=eos)[0].tolist()
+        assert got[key] == _continuation(row, len(ids), eos), key
+
+
 def test_head_missing_from_checkpoint_is_initialised(tmp_path):
     """A causal-LM checkpoint loaded for classification: the new `score` gets real, initialised weights
     (the rest is built on the meta device and replaced by the checkpoint's tensors)."""

@@ -16,11 +16,14 @@ import gpu_check  # noqa: E402
 
 def test_gpu_check_dry_run_passes_on_cpu(capsys):
     # The Ray pipeline part runs the same code as the pipeline tests and bench_pipeline.py; this
-    # test keeps the in-process checks (precision parity, generate against transformers) working.
+    # test keeps the in-process checks (precision parity, seq2seq and decoder-only generate against
+    # transformers) working.
     assert gpu_check.main(["--cpu", "--skip-pipeline"]) == 0
     out = capsys.readouterr().out
-    assert "[FAIL]" not in out and out.count("[PASS]") == 4 and "4/4 checks passed" in out
+    assert "[FAIL]" not in out and out.count("[PASS]") == 6 and "6/6 checks passed" in out
     assert "teacher-forced logits vs transformers" in out and "8/8 rows identical" in out
+    assert "llm decode (bf16): tokens vs transformers: batch 1: 1/1 rows identical" in out
+    assert "batch 4: 4/4 rows identical" in out
 
 
 def test_batched_docs_arm_gives_the_unbatched_pattern_embeddings(tmp_path):

@@ -35,6 +35,8 @@ batching with `stream_generate`); nothing else is called:
   * with `_generation_position_ids = True` the forward gets `position_ids` [rows, new] =
     `cumsum(attention_mask) - 1` (1 on padding), as transformers' `prepare_inputs_for_generation`
     makes them: rotary / absolute positions then equal those of the row alone;
+  * a forward with a `logits_to_keep` parameter gets `logits_to_keep=1` (as transformers' generate
+    passes it): only the last position goes through the LM head;
 - `get_output_embeddings()` (its `out_features` is the vocabulary size checked against token ids)
   and `config.max_position_embeddings` (prompt + new tokens must fit it).
 The class attributes (only `_cache_sequence_dims` is required: it declares this contract):
@@ -52,6 +54,8 @@ The class attributes (only `_cache_sequence_dims` is required: it declares this 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -65,6 +69,13 @@ def _map_cache(past, fn):
     return tuple(tuple(None if t is None else fn(t, i) for i, t in enumerate(layer)) for layer in past)
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class CausalSession:
     def __init__(self, model, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None):
         self.model = model
@@ -76,6 +87,9 @@ class CausalSession:
         self.sequence_dims = tuple(getattr(model, "_cache_sequence_dims", (2, 2)))
         self.uses_positions = bool(getattr(model, "_generation_position_ids", False))
         self.step_kwargs = dict(getattr(model, "_generation_step_kwargs", {}) or {})
+        # Only the last position's logits are used: a model that can skip the LM head elsewhere does
+        # (the prompt's other positions would cost one vocab-wide projection each at prefill).
+        self.last_logits_only = _accepts_logits_to_keep(model)
 
     @property
     def num_rows(self) -> int:
@@ -86,6 +100,8 @@ class CausalSession:
             kwargs["token_type_ids"] = token_type_ids
         if self.uses_positions:
             kwargs["position_ids"] = _positions(attention_mask)[:, -input_ids.shape[1]:]
+        if self.last_logits_only:
+            kwargs["logits_to_keep"] = 1
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past,
                              use_cache=True, return_dict=True, **kwargs)
         if outputs.past_key_values is None:
