@@ -34,8 +34,9 @@
    teacher-forced logits within
    :data:`LLM_BF16_TOLERANCE` of the largest logit and the tokens equal up to near-ties, as in 4.
 
-TF32 is off for the whole check (parity needs float32 arithmetic; both arms of every timing run
-under the same setting), every timer is bracketed by ``torch.cuda.synchronize()``, and each check
+TF32 is off for the in-process checks (parity needs float32 arithmetic; both arms of every timing
+run under the same setting; the pipeline's float32 GPU actors turn it on, as a user's job does, so
+check 3 compares them with the docs arm by cosine), every timer is bracketed by ``torch.cuda.synchronize()``, and each check
 prints its seconds so the 5-minute budget of ``gpu_check.sh`` can be followed.
 
 ``--cpu`` runs the same checks on CPU with tiny random models (and float32/bfloat16 only): a dry
