@@ -106,3 +106,15 @@ def default_kv_heads(config) -> None:
     """``num_key_value_heads=None`` means one key/value head per query head (plain multi-head)."""
     if config.num_key_value_heads is None:
         config.num_key_value_heads = config.num_attention_heads
+
+
+def qwen_attention_fields(config) -> None:
+    """Qwen2/Qwen3 after :func:`assign_fields`: multi-head default, the window only when
+    ``use_sliding_window``, normalised ``rope_scaling``, and per-layer types (from
+    ``max_window_layers`` on, unless ``layer_types`` names them) checked."""
+    default_kv_heads(config)
+    config.sliding_window = config.sliding_window if config.use_sliding_window else None
+    config.rope_scaling = normalize_rope_scaling(config.rope_scaling)
+    config.layer_types = config.layer_types or windowed_layer_types(config.sliding_window, config.max_window_layers,
+                                                                    config.num_hidden_layers)
+    check_layer_types(config.layer_types, config.num_hidden_layers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .configuration_decoder import assign_fields, check_layer_types, default_kv_heads, normalize_rope_scaling, windowed_layer_types
+from .configuration_decoder import assign_fields, qwen_attention_fields
 from .configuration_utils import PretrainedConfig
 
 
@@ -20,10 +20,5 @@ class Qwen3Config(PretrainedConfig):
                  use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None,
                  attention_dropout=0.0, **kwargs):
         base = assign_fields(self, locals())
-        default_kv_heads(self)
-        self.sliding_window = sliding_window if use_sliding_window else None
-        self.rope_scaling = normalize_rope_scaling(rope_scaling)
-        self.layer_types = layer_types or windowed_layer_types(self.sliding_window, max_window_layers,
-                                                              num_hidden_layers)
-        check_layer_types(self.layer_types, num_hidden_layers)
+        qwen_attention_fields(self)
         super().__init__(**base)
