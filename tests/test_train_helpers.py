@@ -8,6 +8,7 @@ comparable across worker counts.
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 from pathlib import Path
 
@@ -188,9 +189,14 @@ def record_collectives_worker(rank: int, world: int, init_file: str, classify_mo
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant", 0, 1))
             losses[name] = float(_optimizer_step(ddp, mdl, optimizer, scheduler, mbs, sp, contextlib.nullcontext(),
                                                  world, device))
+            # DDP holds the process group: one still alive when the interpreter exits tears gloo
+            # down after destroy_process_group, and the rank aborts ("terminate called ...").
+            del ddp
         metrics = evaluate(model, spec, None, EvalBatches(lambda: iter(batches[:1]), device), device)
+        real_all_reduce(torch.zeros(()))  # neither rank tears its side down while the other still sends
     finally:
         dist.all_reduce = real_all_reduce
+        gc.collect()
         dist.destroy_process_group()
     with open(f"{result_dir}/rank{rank}.json", "w") as f:
         json.dump({"worker_device": str(device), "all_reduce": seen, "losses": losses, "eval": metrics}, f)
