@@ -36,7 +36,7 @@ with it), each marked "REFERENCE QUIRK" below:
   visible keys; the cross-attention position of an incremental step is one past the true position.
 - `truncation` is ignored when `use_cache=True` (the decoder's EMA always uses the full kernel).
 
-Deliberate deviations (documented in the README):
+Deliberate deviations (documented in docs/model-layer.md):
 - inputs the reference cannot run fail here with a clear `MegaSequenceLengthError` (a ValueError
   that is also a RuntimeError, the type transformers' own failure has) instead of a reshape or
   broadcast error deep inside the layer;

@@ -130,13 +130,14 @@ def test_every_config_key_is_documented_on_a_docs_page():
     )
 
 
-def test_yaml_examples_parse_and_use_only_real_keys():
-    """A YAML example under a config section sets only keys ``rayformers describe`` knows
-    (below a mapping-valued key such as ``input.filesystem.options`` anything goes)."""
+def misspelt_yaml_keys(pages: list[Path]) -> list[str]:
+    """Keys that the YAML examples of ``pages`` set under a config section and that ``rayformers
+    describe`` does not know (below a mapping-valued key such as ``input.filesystem.options``
+    anything goes)."""
     keys = config_keys()
     open_ended = {key for key, line in keys.items() if re.search(r" = \{", line)}
     wrong = []
-    for page in [ROOT / "README.md", *doc_pages()]:
+    for page in pages:
         for where, document in yaml_examples(page):
             if not isinstance(document, dict):
                 continue
@@ -149,6 +150,11 @@ def test_yaml_examples_parse_and_use_only_real_keys():
                 if any(k.startswith(path + ".") for k in keys):  # a nested section (task.generation)
                     continue
                 wrong.append(f"{where}: {path}")
+    return wrong
+
+
+def test_yaml_examples_parse_and_use_only_real_keys():
+    wrong = misspelt_yaml_keys([ROOT / "README.md", *doc_pages()])
     assert not wrong, "YAML examples set keys that do not exist:\n" + "\n".join(wrong)
 
 
@@ -246,3 +252,16 @@ def test_the_key_check_catches_an_undocumented_key(tmp_path):
     missing = undocumented_keys([page])
     assert "compute.batch_size" not in missing and "output.mode" not in missing
     assert "input.path" in missing and "output.path" in missing
+
+
+def test_the_yaml_check_catches_a_misspelt_key_and_invalid_yaml(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```yaml\ntask: {poolng: mean, generation: {max_new_tokens: 8}}\n"
+        "input: {filesystem: {options: {region: x}}}\n```\n",
+        encoding="utf-8",
+    )
+    assert [w.split(": ")[-1] for w in misspelt_yaml_keys([page])] == ["task.poolng"]
+    page.write_text("```yaml\ninput: {path: [unclosed\n```\n", encoding="utf-8")
+    with pytest.raises(AssertionError, match="is not valid YAML"):
+        yaml_examples(page)

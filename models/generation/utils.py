@@ -85,7 +85,7 @@ class GenerationMixin:
         """Generate token ids, token-identical to transformers 4.57.6's `generate` for the same settings.
 
         Supports greedy search, multinomial sampling, beam search and beam sampling with the settings of
-        `GenerationConfig` listed in the README (others raise NotImplementedError). Keyword arguments
+        `GenerationConfig` listed in docs/model-layer.md (others raise NotImplementedError). Keyword arguments
         override `generation_config` (default: `self.generation_config`); `decoder_input_ids` may give a
         decoder prompt. Returns a LongTensor [batch * num_return_sequences, length] that starts with the
         decoder start token, finished rows padded with `pad_token_id` exactly like the reference.
