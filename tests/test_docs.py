@@ -265,3 +265,42 @@ def test_the_yaml_check_catches_a_misspelt_key_and_invalid_yaml(tmp_path):
     page.write_text("```yaml\ninput: {path: [unclosed\n```\n", encoding="utf-8")
     with pytest.raises(AssertionError, match="is not valid YAML"):
         yaml_examples(page)
+
+
+def reference_row(key: str, line: str) -> str:
+    """The config reference's table row for one ``rayformers describe`` line (what to paste when
+    a key is added)."""
+    import ast
+
+    match = re.match(r"^[\w.]+ = (.*?)  # (.*)$", line)
+    default, doc = match.groups()
+    try:
+        value = ast.literal_eval(default)
+    except (ValueError, SyntaxError):
+        value = default
+    if value is None or isinstance(value, bool):
+        default = {None: "null", True: "true", False: "false"}[value]
+    elif isinstance(value, str):
+        default = value or '""'
+    doc = doc.replace("``", "`")
+    accepted = ""
+    one_of = re.search(r" \[one of: (.*)\]$", doc)
+    if one_of:
+        doc = doc[: one_of.start()]
+        accepted = ", ".join(f"`{v}`" for v in one_of.group(1).split(", "))
+    cell = lambda text: text.replace("|", "\\|")  # noqa: E731
+    return f"| `{key}` | `{cell(default)}` | {cell(doc)} | {accepted} |"
+
+
+def test_the_config_reference_lists_exactly_the_described_keys():
+    """docs/config-reference.md has one row per key ``rayformers describe`` lists, and none for a
+    key that no longer exists; the failure message holds the rows to paste."""
+    text = (DOCS / "config-reference.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([\w.]+)` \|", text, re.M))
+    keys = config_keys()
+    missing = [reference_row(key, line) for key, line in keys.items() if key not in listed]
+    stale = sorted(listed - set(keys))
+    assert not missing and not stale, (
+        (f"rows to add to docs/config-reference.md (in its section's table):\n" + "\n".join(missing) if missing else "")
+        + (f"\nrows of keys that no longer exist: {', '.join(stale)}" if stale else "")
+    )
