@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 
 from rayformers.pipeline.locks import output_lock
 from rayformers.pipeline.output_safety import UnsafeOutputError, check_disjoint, location
+from rayformers.pipeline.runner import ensure_ray
 from rayformers.pipeline.source import resolve_filesystem
 
 from .checkpoints import latest_checkpoint, read_training_state, resolve_model_reference, run_directory
@@ -271,8 +272,7 @@ def train(
         if verbose:
             print(f"[rayformers train {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    ensure_ray({"address": os.environ.get("RAY_ADDRESS")})  # quiet console unless verbose, as `run`
     _resources_check(cfg, float(ray.cluster_resources().get("CPU", 0)))
 
     run_dir = run_directory(t.storage_path, t.name)

@@ -22,6 +22,9 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
+from .records import validated_texts
+from .tokenizer_backend import configured_backend
+
 NO_TEMPLATE = "none"
 """``task.chat_template`` value that joins message contents with newlines instead of a template."""
 
@@ -67,8 +70,6 @@ class PromptRenderer:
 
     def __init__(self, tokenizer: Any, messages: list, chat_template: Optional[str], text_column: str,
                  max_length: Optional[int], overflow: str = "truncate"):
-        from .tokenize import configured_backend
-
         self.tokenizer = tokenizer
         self.messages = [dict(m) for m in messages]
         self.columns = message_columns(self.messages)
@@ -131,8 +132,6 @@ class PromptRenderer:
         """``(rows, encodings, reasons)`` for a batch: the rows whose prompt fits, their encodings
         (in row order) and a reason for every other row (a null or empty column value, an
         overlong prompt, a template that refuses the messages)."""
-        from .tokenize import validated_texts
-
         n = batch.num_rows
         good = np.ones(n, dtype=bool)
         reasons: dict[int, str] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
 
 ERROR_COLUMN = "error"
@@ -70,3 +71,33 @@ def error_column(errors: Any, failures: dict[int, str]) -> pa.Array:
     for row, reason in failures.items():
         merged[row] = reason
     return pa.array(merged, type=pa.string())
+
+
+def validated_texts(column, name: str) -> tuple[np.ndarray, list, dict[int, str]]:
+    """``(usable, texts, reasons)``: a mask of the rows with usable text, the column as Python
+    strings (``texts[i]`` is only meaningful where usable) and a reason per unusable row.
+
+    A string column is checked by Arrow kernels (null, empty, whitespace only: ``utf8_is_space``
+    agrees with ``str.isspace`` on every code point); other types (binary text, numbers) go
+    through :func:`text_problem` row by row."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(column, pa.Array) and column.type in (pa.string(), pa.large_string()):
+        import pyarrow.compute as pc
+
+        null = column.is_null().to_numpy(zero_copy_only=False)
+        empty = pc.fill_null(pc.equal(pc.binary_length(column), 0), False).to_numpy(zero_copy_only=False)
+        blank = pc.fill_null(pc.utf8_is_space(column), False).to_numpy(zero_copy_only=False)
+        reasons = {}
+        for i in np.flatnonzero(null | empty | blank).tolist():
+            reasons[i] = text_problem(column[i].as_py(), name)[1]
+        return ~(null | empty | blank), column.to_pylist(), reasons
+    texts, reasons = [], {}
+    for i, v in enumerate(column_to_pylist(column)):
+        text, err = text_problem(v, name)
+        texts.append(text)
+        if err is not None:
+            reasons[i] = err
+    usable = np.ones(len(texts), dtype=bool)
+    usable[list(reasons)] = False
+    return usable, texts, reasons

@@ -26,7 +26,8 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from .records import ERROR_COLUMN, column_to_pylist, merge_errors, text_problem
+from .records import ERROR_COLUMN, column_to_pylist, merge_errors, text_problem, validated_texts
+from .tokenizer_backend import configured_backend
 
 CHARS_PER_TOKEN_CAP = 32
 """Texts longer than this many characters per allowed token are pre-cut before tokenizing."""
@@ -57,24 +58,6 @@ WINDOW_LENGTHS = "window_lengths"
 ``input_ids``)."""
 
 OVERFLOWS = ("truncate", "chunk", "error")
-
-
-def configured_backend(tokenizer, max_length: Optional[int], truncation: str, stride: int = 0):
-    """A private copy of the raw ``tokenizers.Tokenizer`` with our padding/truncation settings.
-
-    ``tokenizer.json`` files often carry padding and truncation from their export (MiniLM's pads
-    every row to 128); we turn padding off (the model actor pads dynamically) and truncate per
-    the job config. ``stride`` is what the overflowing windows repeat of the previous one (only
-    read back with ``overflow="chunk"``)."""
-    from tokenizers import Tokenizer
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_padding()
-    if truncation == "none" or max_length is None:
-        backend.no_truncation()
-    else:
-        backend.enable_truncation(max_length, stride=stride, strategy=truncation, direction="right")
-    return backend
 
 
 def check_stride(stride: int, max_length: int, special_tokens: int) -> None:
@@ -328,36 +311,6 @@ def token_list_column(lists: list, row_lengths: np.ndarray, value_type: pa.DataT
     has = np.zeros(len(row_lengths), dtype=bool)
     has[np.flatnonzero(row_lengths)] = True
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=value_type), mask=pa.array(~has))
-
-
-def validated_texts(column, name: str) -> tuple[np.ndarray, list, dict[int, str]]:
-    """``(usable, texts, reasons)``: a mask of the rows with usable text, the column as Python
-    strings (``texts[i]`` is only meaningful where usable) and a reason per unusable row.
-
-    A string column is checked by Arrow kernels (null, empty, whitespace only: ``utf8_is_space``
-    agrees with ``str.isspace`` on every code point); other types (binary text, numbers) go
-    through :func:`text_problem` row by row."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if isinstance(column, pa.Array) and column.type in (pa.string(), pa.large_string()):
-        import pyarrow.compute as pc
-
-        null = column.is_null().to_numpy(zero_copy_only=False)
-        empty = pc.fill_null(pc.equal(pc.binary_length(column), 0), False).to_numpy(zero_copy_only=False)
-        blank = pc.fill_null(pc.utf8_is_space(column), False).to_numpy(zero_copy_only=False)
-        reasons = {}
-        for i in np.flatnonzero(null | empty | blank).tolist():
-            reasons[i] = text_problem(column[i].as_py(), name)[1]
-        return ~(null | empty | blank), column.to_pylist(), reasons
-    texts, reasons = [], {}
-    for i, v in enumerate(column_to_pylist(column)):
-        text, err = text_problem(v, name)
-        texts.append(text)
-        if err is not None:
-            reasons[i] = err
-    usable = np.ones(len(texts), dtype=bool)
-    usable[list(reasons)] = False
-    return usable, texts, reasons
 
 
 def merged_error_column(previous, reasons: dict[int, str], num_rows: int) -> pa.Array:

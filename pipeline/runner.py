@@ -40,14 +40,22 @@ from .source import row_groups_of
 logger = logging.getLogger("rayformers.pipeline")
 
 
-def ensure_ray(init_kwargs: Optional[dict] = None) -> None:
-    """Start a local Ray session unless one is running (``RAY_ADDRESS`` joins a cluster)."""
+def ensure_ray(init_kwargs: Optional[dict] = None, total_rows: Optional[int] = None) -> None:
+    """Start a local Ray session unless one is running (``RAY_ADDRESS`` joins a cluster).
+
+    The console stays quiet unless verbose (see :mod:`.console`); ``total_rows`` makes the
+    progress line read ``done/total``."""
     import ray
 
+    from .console import quiet_local_cluster_env, quiet_ray_console, without_log_level_announcement
+
+    quiet_ray_console(total_rows)
     if not ray.is_initialized():
+        quiet_local_cluster_env()
         kwargs = {"include_dashboard": False, "log_to_driver": True}
         kwargs.update(init_kwargs or {})
-        ray.init(**kwargs)
+        with without_log_level_announcement():
+            ray.init(**kwargs)
 
 
 def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
@@ -103,7 +111,7 @@ def run(
     cfg = config if isinstance(config, JobConfig) and not overrides else load_config(config, overrides)
     job = preflight(cfg, input_files)
     check_lock_creatable(job.output_fs, job.output_path)  # an unwritable output: refused before Ray starts
-    ensure_ray(ray_init_kwargs)
+    ensure_ray(ray_init_kwargs, job.total_rows)
     check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
     resolve_model_dtype(job)  # the model actors' device checked, their precision settled (see there)
     if job.id_check_deferred:

@@ -88,3 +88,57 @@ def test_model_actor_env_is_set_before_torch_loads_and_a_users_value_wins():
         run_env = dict(env, **({"OMP_WAIT_POLICY": user} if user else {}))
         result = subprocess.run([sys.executable, "-c", code.format(want=want)], env=run_env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]
+
+
+GRAPH = """
+import ast, json, sys
+from pathlib import Path
+root, layers = Path(sys.argv[1]), sys.argv[2:]
+files = {}
+for layer in layers:
+    for p in sorted((root / layer).rglob("*.py")):
+        parts = list(p.relative_to(root).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        files[".".join(["rayformers"] + (parts[:-1] if is_pkg else parts))] = (p, is_pkg)
+graph = {}
+for mod, (p, is_pkg) in files.items():
+    package = mod if is_pkg else mod.rsplit(".", 1)[0]
+    deps = set()
+    for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"), filename=str(p))):
+        if isinstance(node, ast.Import):
+            deps.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            for alias in node.names:  # `from . import transfer` depends on the submodule
+                sub = f"{target}.{alias.name}"
+                deps.add(sub if sub in files else target)
+    graph[mod] = sorted(d for d in deps if d in files and d != mod)
+print(json.dumps(graph))
+"""
+
+
+def test_no_import_cycles_between_our_modules():
+    """Two modules that import each other (even lazily, inside a function) work only by the luck
+    of import order and cannot be read on their own; every cycle is reported with its path."""
+    result = subprocess.run([sys.executable, "-c", GRAPH, str(ROOT), *LAYERS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    graph = json.loads(result.stdout)
+    cycles, state = [], {}
+
+    def visit(mod: str, path: list[str]) -> None:
+        state[mod] = "open"
+        for dep in graph[mod]:
+            if state.get(dep) == "open":
+                cycles.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[mod] = "done"
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [mod])
+    assert not cycles, "\n".join(cycles)

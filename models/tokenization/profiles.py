@@ -1,4 +1,8 @@
-"""Per-class rules: what each transformers fast-tokenizer class does on top of `tokenizer.json`."""
+"""Per-class rules: what each transformers fast-tokenizer class does on top of `tokenizer.json`.
+
+The rules see the tokenizer being loaded only through :class:`LoadingTokenizer` (its backend and
+attributes), so this module does not import the tokenizer class that applies them: ``fast.py``
+depends on the profiles, never the other way round."""
 
 from __future__ import annotations
 
@@ -6,17 +10,22 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
-from tokenizers import AddedToken
+from tokenizers import AddedToken, Tokenizer
 from tokenizers import normalizers as backend_normalizers
 from tokenizers import processors as backend_processors
 
 from .files import SLOW_FILES_KWARG
 from .language_codes import FAIRSEQ_MBART50_CODES, FAIRSEQ_MBART_CODES, FAIRSEQ_NLLB_CODES
 
-if TYPE_CHECKING:
-    from .fast import PreTrainedTokenizerFast
+
+
+class LoadingTokenizer(Protocol):
+    """What a profile's rules touch of the tokenizer being loaded (``PreTrainedTokenizerFast``)."""
+
+    backend_tokenizer: Tokenizer
+
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +57,10 @@ class TokenizerProfile:
     # (transformers builds the slow tokenizer from the files, so it sees its own defaults).
     slow_defaults: Mapping[str, Any] = field(default_factory=dict)
     prepare: Callable[[dict], None] | None = None
-    finish: Callable[[PreTrainedTokenizerFast, dict], None] | None = None
+    finish: Callable[[LoadingTokenizer, dict], None] | None = None
 
 
-def _sync_bert_normalizer(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
+def _sync_bert_normalizer(tokenizer: LoadingTokenizer, kwargs: dict) -> None:
     """BertTokenizerFast: `do_lower_case`/`strip_accents`/`tokenize_chinese_chars` override the JSON."""
     _sync_normalizer(tokenizer, {
         "lowercase": kwargs["do_lower_case"],
@@ -60,12 +69,12 @@ def _sync_bert_normalizer(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> N
     })
 
 
-def _sync_mpnet_normalizer(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
+def _sync_mpnet_normalizer(tokenizer: LoadingTokenizer, kwargs: dict) -> None:
     """MPNetTokenizerFast: like BERT but without the Chinese-characters flag."""
     _sync_normalizer(tokenizer, {"lowercase": kwargs["do_lower_case"], "strip_accents": kwargs["strip_accents"]})
 
 
-def _sync_normalizer(tokenizer: PreTrainedTokenizerFast, wanted: dict) -> None:
+def _sync_normalizer(tokenizer: LoadingTokenizer, wanted: dict) -> None:
     normalizer = tokenizer.backend_tokenizer.normalizer
     if normalizer is None:
         return
@@ -76,7 +85,7 @@ def _sync_normalizer(tokenizer: PreTrainedTokenizerFast, wanted: dict) -> None:
         tokenizer.backend_tokenizer.normalizer = normalizer_class(**state)
 
 
-def _sync_roberta_post_processor(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
+def _sync_roberta_post_processor(tokenizer: LoadingTokenizer, kwargs: dict) -> None:
     """RobertaTokenizerFast & co: `add_prefix_space`/`trim_offsets` override the post-processor."""
     post_processor = tokenizer.backend_tokenizer.post_processor
     if not post_processor:
@@ -180,7 +189,7 @@ def _prepare_qwen2(kwargs: dict) -> None:
             kwargs[key] = AddedToken(kwargs[key], lstrip=False, rstrip=False, special=True, normalized=False)
 
 
-def _set_gpt2_attributes(tokenizer: PreTrainedTokenizerFast, kwargs: dict) -> None:
+def _set_gpt2_attributes(tokenizer: LoadingTokenizer, kwargs: dict) -> None:
     tokenizer.add_bos_token = kwargs.get("add_bos_token", False)
 
 
