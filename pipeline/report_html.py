@@ -37,11 +37,9 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozens
 
 def _counts_section(r: OutputReport) -> str:
     rows = [["input rows", _n(r.input_rows)], ["output rows", _n(r.output_rows)], ["error rows", _n(r.error_rows)]]
-    if r.keep:
-        rows += [["keep rule", f"<code>{escape(r.keep)}</code>"], ["kept rows", _n(r.kept_rows)],
-                 ["dropped rows", _n(r.dropped_rows)]]
-    else:
-        rows.append(["keep rule", "none (every scored row is in the output)"])
+    rows.append(["keep rule", f"<code>{escape(r.keep)}</code>" if r.keep else "none (every scored row is in the output)"])
+    if r.keep or r.kept_rows is not None or r.dropped_rows is not None:
+        rows += [["kept rows", _n(r.kept_rows)], ["dropped rows", _n(r.dropped_rows)]]
     models = [[escape(m.name or "-"), escape(m.task), escape(m.model_type or ""),
                escape(", ".join(m.prediction_columns))] for m in r.models]
     sample = (f"{r.sampled_rows:,} of {r.total_rows:,} rows (random row groups)" if r.sampled

@@ -34,12 +34,10 @@ def format_counts(r: OutputReport) -> list[str]:
         f"output rows   {_count(r.output_rows)}",
         f"error rows    {_count(r.error_rows)}",
     ]
-    if r.keep:
-        lines.append(f"keep rule     {r.keep}")
+    lines.append(f"keep rule     {r.keep}" if r.keep else "keep rule     none (every scored row is in the output)")
+    if r.keep or r.kept_rows is not None or r.dropped_rows is not None:
         lines.append(f"kept          {_count(r.kept_rows)}")
         lines.append(f"dropped       {_count(r.dropped_rows)}")
-    else:
-        lines.append("keep rule     none (every scored row is in the output)")
     for m in r.models:
         name = f"{m.name}: " if m.name else ""
         lines.append(f"model         {name}{m.task}" + (f" ({m.model_type})" if m.model_type else "")
