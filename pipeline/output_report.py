@@ -156,11 +156,7 @@ class OutputReport:
         return self.sampled_rows < self.total_rows
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["sampled"] = self.sampled
-        for h in d["scores"]:
-            h["thresholds"] = [asdict(t) if not isinstance(t, dict) else t for t in h["thresholds"]]
-        return d
+        return {**asdict(self), "sampled": self.sampled}
 
 
 # ------------------------------------------------------------------------------------------------

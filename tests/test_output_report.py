@@ -23,6 +23,7 @@ from rayformers.pipeline import cli, run
 from rayformers.pipeline.keep_thresholds import Threshold, keep_thresholds
 from rayformers.pipeline.output_report import ReportError, read_output_report
 from rayformers.pipeline.report_html import render_html
+from rayformers.pipeline.report_text import format_report
 
 from model_test_utils import tiny_bert
 
@@ -192,6 +193,34 @@ def test_models_keep_rule_and_kept_counts_from_the_manifest(classify_output, tmp
     assert page.plots[2]["thresholds"] == [(">=", 0.34)]
     assert [c for _, _, c in page.plots[2]["bins"]] == bin_counts(scores, page.plots[2]["bins"])
     assert "<td>kept rows</td><td>70</td>" in render_html(report)
+    text = format_report(report)
+    assert "kept          70" in text and "dropped       20" in text
+    marked = [line for line in text.splitlines() if "<- keep: quality_score >= 0.34" in line]
+    assert len(marked) == 1 and marked[0].split("[")[1].split(",")[0].strip() == "0.34"  # the threshold is a bin edge
+
+
+def test_zero_shot_lists_count_their_first_label_and_score(tmp_path):
+    """A zero-shot row holds every candidate label, best first: the report counts the top one."""
+    out = tmp_path / "zs"
+    out.mkdir()
+    labels = [["a", "b", "c"], ["b", "a", "c"], ["b", "c", "a"], None, ["c", "a", "b"], ["b", "a", "c"]]
+    scores = [[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.9, 0.05, 0.05], None, [0.4, 0.35, 0.25], [0.6, 0.3, 0.1]]
+    errors = [None, None, None, "text: text is empty", None, None]
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(6)], "labels": pa.array(labels, pa.list_(pa.string())),
+                             "scores": pa.array(scores, pa.list_(pa.float64())), "error": pa.array(errors, pa.string())}),
+                   out / "part-0.parquet", row_group_size=4)
+    (out / "_manifest.json").write_text(json.dumps({"status": "succeeded", "task": "zero-shot-classify",
+                                                    "output_files": [{"path": "part-0.parquet", "rows": 6}]}))
+    (out / "_SUCCESS").write_text("")
+    report = read_output_report(str(out))
+    (dist,) = report.labels
+    assert (dist.column, dist.how) == ("labels", "first") and dict(dist.counts) == {"b": 3, "a": 1, "c": 1}
+    assert dist.missing == 1
+    (hist,) = report.scores
+    assert hist.values == 5 and hist.maximum == 0.9 and hist.minimum == 0.4
+    page = parse_page(render_html(report))
+    assert [(p["kind"], p["column"]) for p in page.plots] == [("labels", "labels"), ("scores", "scores")]
+    assert [e.reason for e in report.errors] == ["text: text is empty"] and report.errors[0].examples == ["r3"]
 
 
 def test_a_big_output_is_sampled_by_row_groups(classify_output, tmp_path):
