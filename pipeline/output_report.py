@@ -6,9 +6,9 @@ distributions, score histograms and error reasons. This module only reads and co
 an :class:`OutputReport` into terminal text or an HTML page is :mod:`.report_text` and
 :mod:`.report_html`.
 
-Big outputs are sampled, never read whole: row groups are read one at a time, only the columns
-a plot needs, in a seeded random order, until ``sample_rows`` rows are in (the last row group
-cut). Memory is one row group plus the sampled score values. Error reasons are read apart from
+Big outputs are sampled, never read whole (:mod:`.output_row_groups`): row groups are read one at
+a time, only the columns a plot needs, in a seeded random order, until ``sample_rows`` rows are in
+(the last row group cut). Memory is one row group plus the sampled score values. Error reasons are read apart from
 the sample: the Parquet statistics of the ``error`` column say which row groups hold errors
 (its null count is below the row count), and only those are read, so the reasons are exact as
 long as there are at most ``sample_rows`` error rows.
@@ -23,7 +23,6 @@ output.
 from __future__ import annotations
 
 import posixpath
-import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -32,11 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from rayformers.operators.records import ERROR_COLUMN
 
 from .keep_thresholds import Threshold, keep_thresholds
+from .output_row_groups import SAMPLE_SEED, RowGroup, data_files, list_row_groups, read_row_group, sample_groups
 from .output_safety import MANIFEST, SUCCESS, OutputError
 from .preflight import PREDICTION_COLUMNS
 from .source import ID_COLUMN, resolve_filesystem
@@ -44,7 +43,6 @@ from .source import ID_COLUMN, resolve_filesystem
 DEFAULT_SAMPLE_ROWS = 100_000
 HISTOGRAM_BINS = 20
 ERROR_EXAMPLES = 3
-SAMPLE_SEED = 0
 
 LABEL_COLUMNS = {"label": "value", "labels": "elements"}
 """Prediction columns (without a model's ``<name>_`` prefix) plotted as a label distribution, and
@@ -222,65 +220,7 @@ def plotted_columns(models: list[ModelColumns], schema: pa.Schema) -> tuple[list
 
 
 # ------------------------------------------------------------------------------------------------
-# Parquet
-
-
-@dataclass
-class _RowGroup:
-    path: str
-    index: int
-    rows: int
-    error_nulls: Optional[int]
-
-
-def _data_files(fs: pafs.FileSystem, path: str, manifest: dict) -> list[str]:
-    listed = [f["path"] for f in manifest.get("output_files") or [] if f.get("path")]
-    if listed:
-        return [posixpath.join(path, p) for p in listed]
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
-
-
-def _row_groups(fs: pafs.FileSystem, files: list[str]) -> tuple[list[_RowGroup], Optional[pa.Schema]]:
-    groups, schema = [], None
-    for path in files:
-        with fs.open_input_file(path) as f:
-            meta = pq.ParquetFile(f).metadata
-        if schema is None:
-            schema = meta.schema.to_arrow_schema()
-        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-        error_index = names.index(ERROR_COLUMN) if ERROR_COLUMN in names else None
-        for i in range(meta.num_row_groups):
-            rg = meta.row_group(i)
-            nulls = None
-            if error_index is not None:
-                stats = rg.column(error_index).statistics
-                nulls = stats.null_count if stats is not None and stats.has_null_count else None
-            groups.append(_RowGroup(path, i, rg.num_rows, nulls))
-    return groups, schema
-
-
-def _read_group(fs: pafs.FileSystem, group: _RowGroup, columns: list[str]) -> pa.Table:
-    with fs.open_input_file(group.path) as f:
-        return pq.ParquetFile(f).read_row_group(group.index, columns=columns)
-
-
-def sample_groups(groups: list[_RowGroup], sample_rows: int, seed: int = SAMPLE_SEED) -> list[tuple[_RowGroup, int]]:
-    """``[(row group, rows to take from its start)]``: every row group when the output has at most
-    ``sample_rows`` rows, else row groups in a seeded random order until ``sample_rows``."""
-    total = sum(g.rows for g in groups)
-    if total <= sample_rows:
-        return [(g, g.rows) for g in groups]
-    order = list(groups)
-    random.Random(seed).shuffle(order)
-    picked, left = [], sample_rows
-    for g in order:
-        if left <= 0:
-            break
-        take = min(g.rows, left)
-        picked.append((g, take))
-        left -= take
-    return picked
+# Counting
 
 
 def _label_values(column: pa.ChunkedArray, how: str) -> tuple[pa.Array, int]:
@@ -334,7 +274,7 @@ def _passes(values: np.ndarray, thresholds: list[Threshold]) -> int:
     return int(mask.sum())
 
 
-def read_error_reasons(fs: pafs.FileSystem, groups: list[_RowGroup], id_column: Optional[str], limit: int,
+def read_error_reasons(fs: pafs.FileSystem, groups: list[RowGroup], id_column: Optional[str], limit: int,
                        examples: int = ERROR_EXAMPLES) -> tuple[list[ErrorReason], int, bool]:
     """Error reasons with their counts and a few example ids, from the row groups whose statistics
     show errors (all row groups when a file has no statistics), reading at most ``limit`` error rows."""
@@ -344,7 +284,7 @@ def read_error_reasons(fs: pafs.FileSystem, groups: list[_RowGroup], id_column: 
     for g in groups:
         if g.error_nulls is not None and g.error_nulls >= g.rows:
             continue
-        table = _read_group(fs, g, [c for c in (ERROR_COLUMN, id_column) if c])
+        table = read_row_group(fs, g, [c for c in (ERROR_COLUMN, id_column) if c])
         failed = table.filter(pc.is_valid(table.column(ERROR_COLUMN)))
         if read + failed.num_rows > limit:
             failed, complete = failed.slice(0, limit - read), False
@@ -377,7 +317,7 @@ def read_output_report(path: str, sample_rows: int = DEFAULT_SAMPLE_ROWS, fs: Op
     if fs is None:
         fs, path = resolve_filesystem(path)
     manifest = read_published_manifest(fs, path)
-    groups, schema = _row_groups(fs, _data_files(fs, path, manifest))
+    groups, schema = list_row_groups(fs, data_files(fs, path, manifest))
     schema = schema or pa.schema([])
     models = models_of(manifest, schema)
     label_columns, score_columns = plotted_columns(models, schema)
@@ -393,7 +333,7 @@ def read_output_report(path: str, sample_rows: int = DEFAULT_SAMPLE_ROWS, fs: Op
         sampled += take
         if not wanted:
             continue
-        table = _read_group(fs, group, wanted).slice(0, take)
+        table = read_row_group(fs, group, wanted).slice(0, take)
         for column, _, how in label_columns:
             values, missing = _label_values(table.column(column), how)
             label_missing[column] += missing
