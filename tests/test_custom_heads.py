@@ -213,3 +213,18 @@ def test_model_head_config_keys():
         load_config({"model": {"path": "x", "head": {"pooling": "max"}}})
     with pytest.raises(ConfigError, match="unknown config key.*model.head.from"):
         load_config({"model": {"path": "x", "head": {"from": "fc"}}})
+
+
+def test_a_transformers_style_config_with_a_custom_architecture_is_its_own_backbone_config(tmp_path):
+    """Some custom-head checkpoints save the backbone's full transformers config (``model_type``
+    and sizes) with their own ``architectures``: no base_model is needed."""
+    reference, path = mixin_checkpoint(tmp_path, "deberta")
+    backbone = json.loads((tmp_path / "base" / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**backbone, "architectures": ["QualityModel"], "id2label": LABELS}))
+    shutil.rmtree(tmp_path / "base")
+    ours = load_linear_head_classifier(str(path), HEAD)
+    assert ours.config.model_type == "deberta-v2" and ours.config.architectures == ["QualityModel"]
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids, attention_mask=torch.ones_like(ids)).logits,
+                                   reference(ids, torch.ones_like(ids)), rtol=0, atol=1e-5)
