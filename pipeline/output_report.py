@@ -195,21 +195,25 @@ def models_of(manifest: dict, schema: pa.Schema) -> list[ModelColumns]:
     return [ModelColumns(name="", task=task, model_type=manifest.get("model_type"), prediction_columns=columns)]
 
 
-def _base_name(model: ModelColumns, column: str, several: bool) -> str:
+def _base_name(model: ModelColumns, column: str) -> str:
+    """The task's column name behind ``column``: without the ``<name>_`` prefix a multi-model run
+    adds (a column that is already a known name, e.g. ``score`` of a model named ``score``, stays)."""
     prefix = f"{model.name}_"
-    return column[len(prefix):] if several and model.name and column.startswith(prefix) else column
+    known = {*LABEL_COLUMNS, *SCORE_COLUMNS, *FIRST_ELEMENT_TASKS.get(model.task, {})}
+    if model.name and column.startswith(prefix) and column not in known:
+        return column[len(prefix):]
+    return column
 
 
 def plotted_columns(models: list[ModelColumns], schema: pa.Schema) -> tuple[list[tuple], list[tuple]]:
     """``([(column, model, how)], [(column, model, how)])``: the label and the score columns to plot."""
     labels, scores = [], []
-    several = len(models) > 1
     for m in models:
         first = FIRST_ELEMENT_TASKS.get(m.task, {})
         for column in m.prediction_columns:
             if column not in schema.names:
                 continue
-            base = _base_name(m, column, several)
+            base = _base_name(m, column)
             if base in first:
                 (labels if first[base] == "label" else scores).append((column, m.name, "first"))
             elif base in LABEL_COLUMNS:

@@ -270,3 +270,16 @@ def test_the_html_report_renders_in_headless_chromium(classify_output, tmp_path)
                     "--window-size=1000,2000", page.as_uri()], check=True, timeout=120, capture_output=True)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, "a blank or failed screenshot"
+
+
+def test_prediction_columns_are_recognised_with_or_without_the_model_prefix():
+    from rayformers.pipeline.output_report import ModelColumns, plotted_columns
+
+    schema = pa.schema([("edu_score", pa.float32()), ("label", pa.string()), ("top_k_labels", pa.list_(pa.string())),
+                        ("topic_labels", pa.list_(pa.string()))])
+    models = [ModelColumns("edu", "classify", "bert", ["edu_score"]),
+              ModelColumns("plain", "classify", "bert", ["label", "top_k_labels"]),
+              ModelColumns("topic", "zero-shot-classify", None, ["topic_labels", "topic_missing"])]
+    labels, scores = plotted_columns(models, schema)
+    assert labels == [("label", "plain", "value"), ("topic_labels", "topic", "first")]
+    assert scores == [("edu_score", "edu", "value")]
