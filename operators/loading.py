@@ -168,6 +168,7 @@ def load_model(
     allow_new_head: bool = False,
     gpu: Optional[bool] = None,
     adapter: Optional[str] = None,
+    head: Optional[dict] = None,
 ):
     """``AutoModelFor<Task>.from_pretrained`` in eval mode on ``device`` (``quantization:
     int8-dynamic``: its Linear layers quantised, CPU only).
@@ -183,7 +184,10 @@ def load_model(
     ``_keep_in_fp32_modules``). float32 on a CUDA device allows TF32 matrix products.
 
     ``adapter`` (a PEFT LoRA directory or Hub id) is merged into ``path``'s weights while they
-    load (``models.adapters``): the result is an ordinary model, so scoring costs nothing extra."""
+    load (``models.adapters``): the result is an ordinary model, so scoring costs nothing extra.
+
+    ``head`` (the ``model.head`` mapping, ``classify`` only) loads a checkpoint whose classifier is
+    a Linear on a known backbone, saved outside transformers (``models.custom_heads``)."""
     import torch
 
     import rayformers.models as models
@@ -199,6 +203,9 @@ def load_model(
     if local_files_only:
         kwargs["local_files_only"] = True
     gpu = device != "cpu" if gpu is None else gpu
+    if head is not None:
+        model = load_head_model(task, path, head, dtype, gpu, adapter, kwargs)
+        return finish_loading(model, device, gpu, quantization, model_dtype_for(dtype, gpu, model.config.model_type))
     needs_config = task in ("generate", "rerank") or dtype in (None, "auto")
     model_config = models.AutoConfig.from_pretrained(path, **kwargs) if needs_config else None
     name = model_dtype_for(dtype, gpu, getattr(model_config, "model_type", ""))
@@ -208,15 +215,35 @@ def load_model(
         source, kwargs = adapter, {**kwargs, "base_model": path}
     model, info = auto.from_pretrained(source, dtype=torch_dtype(name), output_loading_info=True, **kwargs)
     refuse_new_head(model, info, task, path, allow_new_head)
+    return finish_loading(model, device, gpu, quantization, name)
+
+
+def finish_loading(model, device: str, gpu: bool, quantization: str, dtype_name: str):
+    """Eval mode, onto ``device``, TF32 for float32 on CUDA, int8 quantisation when asked."""
     model.eval()
     if not gpu:
         warn_slow_cpu_dtype(model.dtype, device)
     model = model.to(device)
-    if device != "cpu" and name == "float32":
+    if device != "cpu" and dtype_name == "float32":
         allow_tf32()
     if quantization == "int8-dynamic":
         model = quantize_int8_dynamic(model, device)
     return model
+
+
+def load_head_model(task: str, path: str, head: dict, dtype: Optional[str], gpu: bool, adapter: Optional[str],
+                    hub_kwargs: dict):
+    """The ``model.head`` classifier of ``path`` in the resolved dtype (``models.custom_heads``)."""
+    from rayformers.models.custom_head_config import HeadSpec, head_model_config
+    from rayformers.models.custom_heads import load_linear_head_classifier
+
+    if task != "classify":
+        raise ValueError(f"model.head is for model.task classify, not {task}")
+    if adapter:
+        raise ValueError("model.head cannot be combined with model.adapter")
+    model_type = head_model_config(path, HeadSpec.from_dict(head), **hub_kwargs).model_type if dtype in (None, "auto") else ""
+    name = model_dtype_for(dtype, gpu, model_type)
+    return load_linear_head_classifier(path, head, dtype=torch_dtype(name), **hub_kwargs)
 
 
 class MissingHeadError(ValueError):

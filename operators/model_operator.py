@@ -66,6 +66,7 @@ class ModelOperator:
         quantization: str = "none",
         allow_new_head: bool = False,
         adapter: Optional[str] = None,
+        head: Optional[dict] = None,
         **task_options: Any,
     ):
         self.revision = revision
@@ -78,7 +79,7 @@ class ModelOperator:
             configure_cpu_threads(torch_threads, model_actors)
         if model is None:
             model = load_model(self.task, model_path, dtype, revision, local_files_only, self.device, quantization,
-                               allow_new_head, gpu=self.gpu, adapter=adapter)
+                               allow_new_head, gpu=self.gpu, adapter=adapter, head=head)
         self.model = model
         self.vocab_size = input_vocab_size(model)
         self.config = getattr(model, "config", None)

@@ -5,6 +5,7 @@
     rayformers etl CONFIG [...]                                   scheduled incremental runs (rayformers.jobs.etl)
     rayformers plan JOB.yaml [--target 2h] [--json]               measured estimate of a run (nothing written)
     rayformers describe                                           every config key with its default and meaning
+    rayformers report OUTPUT [--sample N] [--html F] [--json]    what a published output holds (labels, scores, errors)
 
 ``train`` and ``etl`` are dispatched lazily to ``rayformers.jobs.<name>:main(argv)`` so this
 module never imports their dependencies; a new job only needs an entry in ``JOB_COMMANDS``.
@@ -81,6 +82,29 @@ def _plan_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report_command(args: argparse.Namespace) -> int:
+    from .output_report import ReportError, read_output_report
+    from .report_html import write_html
+    from .report_text import format_report
+
+    try:
+        report = read_output_report(args.output, **({} if args.sample is None else {"sample_rows": args.sample}))
+    except (ReportError, ValueError, OSError) as e:
+        print(f"rayformers report: error: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"status": "refused", "reason": str(e), "exit_code": EXIT_BAD_CONFIG}))
+        return EXIT_BAD_CONFIG
+    if args.html:
+        write_html(report, args.html)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "html": args.html, "exit_code": EXIT_OK}, default=str))
+    else:
+        print(format_report(report))
+        if args.html:
+            print(f"\nhtml report   {args.html}")
+    return EXIT_OK
+
+
 JOB_SECTIONS = {
     "train": ("rayformers.jobs.train_config", "describe_train"),
     "etl": ("rayformers.jobs.etl", "describe_etl"),
@@ -141,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan_p.add_argument("--sample-rows", type=int, default=512, help="rows to score for the estimate (default 512)")
     plan_p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     plan_p.set_defaults(func=_plan_command)
+    report_p = sub.add_parser("report", help="label distributions, score histograms, errors and stage times of a published output")
+    report_p.add_argument("output", help="output directory (local path or URI) of a finished run")
+    report_p.add_argument("--sample", type=int, default=None, metavar="N",
+                          help="read at most N rows for the label and score figures (default 100000)")
+    report_p.add_argument("--html", default=None, metavar="FILE", help="also write one self-contained HTML page with the plots")
+    report_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    report_p.set_defaults(func=_report_command)
     desc = sub.add_parser("describe", help="list every config key with its default and documentation")
     desc.set_defaults(func=_describe_command)
     for name, (_, help_text) in JOB_COMMANDS.items():

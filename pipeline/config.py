@@ -27,6 +27,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from rayformers.models.custom_head_config import HEAD_TYPES
+from rayformers.models.custom_head_config import POOLINGS as HEAD_POOLINGS
 from rayformers.operators.tokenize import OVERFLOWS
 
 TASKS = ("classify", "token-classify", "generate", "embed", "zero-shot-classify", "sparse-embed", "rerank")
@@ -99,6 +101,29 @@ class InputConfig:
 
 
 @dataclass
+class HeadConfig:
+    """A classifier head saved outside transformers (``PyTorchModelHubMixin`` style: a backbone, a
+    dropout and one Linear; NVIDIA's quality/domain classifiers), mapped onto our backbones without
+    running the checkpoint's code. ``model.task`` classify only."""
+
+    type: str = "linear"
+    """The head's kind: ``linear`` (one Linear layer on the pooled backbone output; dropout is the
+    identity at inference)."""
+    weights: str = "fc"
+    """State-dict prefix of the Linear layer (``fc`` for ``fc.weight``/``fc.bias``, the module's
+    ``self.fc``)."""
+    backbone_prefix: str = "model."
+    """State-dict prefix of the backbone's weights (``model.`` for the module's ``self.model``)."""
+    pooling: str = "cls"
+    """What the Linear reads: ``cls``, the first token's last hidden state
+    (``last_hidden_state[:, 0, :]``, as NVIDIA's classifiers' ``forward``), or ``mean``, the mean
+    of the attended tokens' last hidden states."""
+    backbone_config: Optional[str] = None
+    """Directory or Hub id holding the backbone's ``config.json`` (e.g. ``microsoft/deberta-v3-base``).
+    Default: the checkpoint's ``config.json`` when it has a ``model_type``, else its ``base_model``."""
+
+
+@dataclass
 class ModelConfig:
     """Which checkpoint runs, for which task, in which precision."""
 
@@ -140,6 +165,10 @@ class ModelConfig:
     """Run a checkpoint that lacks the task's head (classifier, LM / masked-LM head, ...) with that
     head initialised at random, instead of refusing the job. Random head, for tests/debugging only:
     every prediction is noise. Inference only: ``rayformers train`` always starts a new head."""
+    head: Optional[HeadConfig] = None
+    """A classifier head the checkpoint defines itself (custom ``architectures`` such as
+    ``QualityModel``, a ``config.json`` without ``model_type``): where its Linear and backbone
+    weights are, see the ``model.head.*`` keys. Labels come from the checkpoint's ``id2label``."""
 
 
 @dataclass
@@ -428,7 +457,7 @@ class JobConfig:
             for section, key in (("tokenizer", "overflow"), ("tokenizer", "stride"), ("task", "chunk_aggregate")):
                 if key != "overflow" or d[section][key] == "truncate":
                     d[section].pop(key)
-        for section, key in (("model", "adapter"), ("task", "messages"), ("task", "chat_template")):
+        for section, key in (("model", "adapter"), ("model", "head"), ("task", "messages"), ("task", "chat_template")):
             if not d[section][key]:  # keys added later: unset, old fingerprints still match
                 d[section].pop(key)
         if not d["task"]["generation"]["stop"]:
@@ -516,6 +545,8 @@ _CHOICES = {
     ("tokenizer", "overflow"): OVERFLOWS,
     ("task", "chunk_aggregate"): CHUNK_AGGREGATES,
     ("input", "format"): ("parquet",),
+    ("head", "type"): HEAD_TYPES,
+    ("head", "pooling"): HEAD_POOLINGS,
 }
 
 
@@ -738,6 +769,10 @@ def describe(cls: type = JobConfig, prefix: str = "", choices: Optional[dict] = 
         key = f"{prefix}{f.name}"
         hints = typing.get_type_hints(cls)
         tp = hints[f.name]
+        optional_section = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if optional_section:  # Optional[Section]: unset by default, its keys when set
+            lines.append(f"{key} = None  # {docs.get(f.name, '')}")
+            tp = optional_section[0]
         if dataclasses.is_dataclass(tp):
             lines.extend(describe(tp, key + ".", choices))
             continue

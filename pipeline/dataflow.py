@@ -16,6 +16,8 @@ matter for correctness, only for latency and memory.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Optional
 
 from rayformers.operators import TokenizeOperator
@@ -127,6 +129,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             quantization=cfg.model.quantization,
             allow_new_head=cfg.model.allow_new_head,
             adapter=cfg.model.adapter,
+            head=dataclasses.asdict(cfg.model.head) if cfg.model.head else None,
             drop_columns=tuple(spec.drop_after_model),
             **spec.task_options,
         ),
@@ -154,8 +157,6 @@ def calibrate_embedding_ranges(spec: ProcessingSpec | ResolvedJob, sample) -> li
     """Per-dimension ``[min, max]`` of the job's own embeddings over ``sample`` (a Dataset), for
     int8/uint8 storage: the sample runs through the same stages with float32 output. Sets
     ``spec.task_options["ranges"]`` and returns it."""
-    import dataclasses
-
     import numpy as np
 
     from rayformers.operators.embedding_outputs import calibration_ranges

@@ -265,17 +265,20 @@ def resolve_model(cfg: JobConfig):
         kwargs["revision"] = m.revision
     if m.local_files_only:
         kwargs["local_files_only"] = True
-    try:
-        model_config = AutoConfig.from_pretrained(m.path, **kwargs)
-    except Exception as e:  # noqa: BLE001 - any loading problem is reported with the key to fix
-        raise PreflightError(f"model.path {m.path!r}: cannot load the model config ({type(e).__name__}: {e})") from e
-    auto = getattr(models, auto_class_name(m.task, model_config))
-    try:
-        auto.check_supported(model_config)
-    except ValueError as e:
-        raise PreflightError(f"model.task {m.task!r} is not available for model.path {m.path!r}: {e}") from e
-    check_adapter(cfg)
-    check_task_head(cfg, model_config)
+    if m.head is not None:
+        model_config = resolve_custom_head(cfg, kwargs)
+    else:
+        try:
+            model_config = AutoConfig.from_pretrained(m.path, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any loading problem is reported with the key to fix
+            raise PreflightError(f"model.path {m.path!r}: cannot load the model config ({type(e).__name__}: {e})") from e
+        auto = getattr(models, auto_class_name(m.task, model_config))
+        try:
+            auto.check_supported(model_config)
+        except ValueError as e:
+            raise PreflightError(f"model.task {m.task!r} is not available for model.path {m.path!r}: {e}") from e
+        check_adapter(cfg)
+        check_task_head(cfg, model_config)
     if m.quantization != "none" and (cfg.compute.model_num_gpus or resolved_dtype_setting(cfg) != "float32"):
         raise PreflightError(
             f"model.quantization {m.quantization} runs on CPU actors in float32: set compute.model_num_gpus: 0 "
@@ -283,6 +286,38 @@ def resolve_model(cfg: JobConfig):
         )
     if m.dtype == "float16" and cfg.compute.model_num_gpus == 0:
         raise PreflightError("model.dtype float16 needs a GPU (compute.model_num_gpus > 0); use bfloat16 or float32 on CPU")
+    return model_config
+
+
+def resolve_custom_head(cfg: JobConfig, hub_kwargs: dict) -> Any:
+    """``model.head``: the backbone's config with the checkpoint's labels, checked before Ray
+    starts (a classify job, no adapter, a backbone we have, the Linear's weights present)."""
+    import dataclasses
+
+    import rayformers.models as models
+    from rayformers.models.custom_head_config import CustomHeadError, HeadSpec, head_model_config
+    from rayformers.models.weight_names import checkpoint_weight_names
+
+    m = cfg.model
+    if m.task != "classify":
+        raise PreflightError(f"model.head is for model.task classify, not {m.task!r}")
+    if m.adapter:
+        raise PreflightError("model.head cannot be combined with model.adapter")
+    try:
+        spec = HeadSpec.from_dict(dataclasses.asdict(m.head))
+        model_config = head_model_config(m.path, spec, **hub_kwargs)
+    except (CustomHeadError, OSError) as e:
+        raise PreflightError(f"model.path {m.path!r} with model.head: {e}") from e
+    try:
+        models.AutoModel.check_supported(model_config)
+    except ValueError as e:
+        raise PreflightError(f"model.head: the backbone of {m.path!r} is not available: {e}") from e
+    names = checkpoint_weight_names(m.path, m.revision)
+    wanted = f"{spec.weights.rstrip('.')}.weight"
+    if names is not None and wanted not in names:
+        tops = sorted({n.split(".")[0] for n in names})
+        raise PreflightError(f"model.head.weights {spec.weights!r}: {m.path!r} has no tensor {wanted} "
+                             f"(its top-level weight names: {', '.join(tops)})")
     return model_config
 
 

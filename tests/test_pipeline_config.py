@@ -104,7 +104,11 @@ def accepted_keys(cls, prefix: str = "") -> set[str]:
     keys = set()
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
+        optional = [a for a in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(a)]
+        if optional:  # an Optional section (model.head): the key itself (null) and its keys
+            keys.add(prefix + f.name)
+            keys |= accepted_keys(optional[0], f"{prefix}{f.name}.")
+        elif dataclasses.is_dataclass(hints[f.name]):
             keys |= accepted_keys(hints[f.name], f"{prefix}{f.name}.")
         else:
             keys.add(prefix + f.name)
