@@ -1,0 +1,238 @@
+"""LoRA training and supervised fine-tuning of decoder-only models, in process (no Ray).
+
+* one LoRA step's gradients on the adapter weights equal transformers + peft on the same batch
+  (tiny Qwen2, fp32), and the adapter we save loads in peft (and in our own loader, and as the
+  merged checkpoint) with the same logits;
+* LoRA on a classifier trains the new head as a module to save, and peft loads that too;
+* a LoRA target that matches nothing, or matches a non-linear module, is refused by name;
+* SFT labels mask every prompt token, and the loss equals a hand computation over the response;
+* packing rows gives the same per-row losses as unpacked padded rows, and our decoder's packed
+  attention matches transformers' (position ids restarting per row, no attention mask).
+"""
+
+from __future__ import annotations
+
+import json
+
+import peft
+import pyarrow as pa
+import pytest
+import torch
+import transformers
+
+from model_test_utils import single_thread  # noqa: F401  (autouse fixture)
+from rayformers.jobs.lora import (
+    LoraError,
+    LoraSettings,
+    apply_lora,
+    load_adapter_weights,
+    merged_state_dict,
+    save_adapter,
+)
+from rayformers.jobs.sft_data import causal_token_loss_sum, encode_row, tokenize_sft
+from rayformers.jobs.train_data import collate
+from rayformers.models import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from test_train_helpers import letter_tokenizer
+
+transformers.logging.set_verbosity_error()
+
+QWEN = dict(vocab_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=48, max_position_embeddings=64, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+            attention_dropout=0.0, tie_word_embeddings=False)
+TEMPLATE = ("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+            "{% if add_generation_prompt %}assistant {% endif %}")
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen") / "base"
+    letter_tokenizer(path)
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**QWEN)).save_pretrained(path)
+    return str(path)
+
+
+def _sft_batch(tokenizer, rows, chat_template=TEMPLATE):
+    table = pa.table({"prompt": [p for p, _ in rows], "response": [r for _, r in rows]})
+    out = tokenize_sft(table, tokenizer, "prompt", "response", False, chat_template, 32)
+    return collate(pa.table(out), pad_token_id=0)
+
+
+ROWS = [("a b c", "c b a"), ("d e", "e d"), ("f g h i", "i h g f")]
+
+
+def _randomize(named_params, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in named_params:
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+
+
+def _peft_name(name: str) -> str:
+    """Our parameter name for a peft parameter (``base_model.model.`` and the adapter name dropped)."""
+    return name.replace("base_model.model.", "", 1).replace(".default", "").replace(".modules_to_save", "")
+
+
+def _lora_pair(qwen_dir, settings: LoraSettings, peft_config: peft.LoraConfig):
+    """(ours, peft model) with the same random adapter weights."""
+    ours = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
+    apply_lora(ours, settings, "generate")
+    reference = peft.get_peft_model(transformers.Qwen2ForCausalLM.from_pretrained(qwen_dir), peft_config)
+    trainable = [(n, p) for n, p in reference.named_parameters() if p.requires_grad]
+    _randomize(trainable)
+    ours_params = dict(ours.named_parameters())
+    with torch.no_grad():
+        for name, p in trainable:
+            ours_params[_peft_name(name)].copy_(p)
+    assert {_peft_name(n) for n, _ in trainable} == {n for n, p in ours.named_parameters() if p.requires_grad}
+    return ours.train(), reference.train()
+
+
+def test_lora_step_gradients_equal_transformers_and_peft(qwen_dir):
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
+    batch = _sft_batch(tokenizer, ROWS)
+    settings = LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_rslora=True)
+    ours, reference = _lora_pair(qwen_dir, settings, peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_rslora=True, lora_dropout=0.0))
+
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    tokens = (batch["labels"][:, 1:] != -100).sum()
+    (causal_token_loss_sum(ours(**inputs).logits, batch["labels"]) / tokens).backward()
+    reference(**inputs, labels=batch["labels"]).loss.backward()
+
+    ours_grads = {n: p.grad for n, p in ours.named_parameters() if p.requires_grad}
+    checked = 0
+    for name, p in reference.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(ours_grads[_peft_name(name)], p.grad, **TOL)
+            assert p.grad.abs().sum() > 0
+            checked += 1
+    assert checked == 2 * 2 * 3  # A and B of 3 targets in 2 layers
+    assert all(p.grad is None for n, p in ours.named_parameters() if not p.requires_grad)
+
+
+def test_saved_adapter_loads_in_peft_and_merged_with_the_same_logits(qwen_dir, tmp_path):
+    settings = LoraSettings(r=4, alpha=16, target_modules="all-linear", merge=True)
+    ours, _ = _lora_pair(qwen_dir, settings, peft.LoraConfig(r=4, lora_alpha=16, target_modules="all-linear"))
+    ours.eval()
+    save_adapter(str(tmp_path / "adapter"), ours, qwen_dir, "CAUSAL_LM")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and "lm_head" not in config["target_modules"]
+
+    inputs = dict(input_ids=torch.tensor([[2, 5, 6, 7, 3], [2, 8, 9, 3, 0]]),
+                  attention_mask=torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]))
+    with torch.no_grad():
+        expected = ours(**inputs).logits
+        loaded = peft.PeftModel.from_pretrained(transformers.Qwen2ForCausalLM.from_pretrained(qwen_dir),
+                                                str(tmp_path / "adapter")).eval()
+        torch.testing.assert_close(loaded(**inputs).logits, expected, **TOL)
+        # Our own loader merges the adapter (what `rayformers run` does with an adapter checkpoint).
+        ours_loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "adapter"), dtype=torch.float32).eval()
+        torch.testing.assert_close(ours_loaded(**inputs).logits, expected, **TOL)
+        # The merged full checkpoint, in transformers.
+        ours.save_pretrained(str(tmp_path / "merged"), state_dict=merged_state_dict(ours))
+        merged = transformers.Qwen2ForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+        torch.testing.assert_close(merged(**inputs).logits, expected, **TOL)
+        # Resuming: the adapter loads back into a freshly wrapped model.
+        again = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
+        apply_lora(again, settings, "generate")
+        load_adapter_weights(again, str(tmp_path / "adapter"))
+        torch.testing.assert_close(again.eval()(**inputs).logits, expected, rtol=0, atol=0)
+
+
+def test_lora_classifier_trains_and_saves_its_new_head(tmp_path):
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    transformers.Qwen2ForSequenceClassification(transformers.Qwen2Config(**QWEN, num_labels=3)).save_pretrained(base)
+    ours = AutoModelForSequenceClassification.from_pretrained(str(base), dtype=torch.float32)
+    info = apply_lora(ours, LoraSettings(r=2, alpha=4, target_modules=["q_proj"]), "classify")
+    assert info["modules_to_save"] == ["score"]
+    _randomize([(n, p) for n, p in ours.named_parameters() if p.requires_grad], seed=3)
+    save_adapter(str(tmp_path / "adapter"), ours, str(base), "SEQ_CLS")
+    inputs = dict(input_ids=torch.tensor([[2, 5, 6, 7, 3]]))
+    reference = peft.PeftModel.from_pretrained(
+        transformers.Qwen2ForSequenceClassification.from_pretrained(base), str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reference(**inputs).logits, ours.eval()(**inputs).logits, **TOL)
+
+
+def test_a_lora_target_that_matches_nothing_is_refused(qwen_dir):
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
+    with pytest.raises(LoraError, match=r"matches no module.*q_proj"):
+        apply_lora(model, LoraSettings(target_modules=["query"]), "generate")
+    with pytest.raises(LoraError, match="not a linear layer"):
+        apply_lora(model, LoraSettings(target_modules=["mlp"]), "generate")
+    with pytest.raises(LoraError, match="modules_to_save"):
+        apply_lora(model, LoraSettings(modules_to_save=["classifier"]), "generate")
+
+
+def test_sft_labels_mask_the_prompt_and_the_loss_is_the_response_cross_entropy(qwen_dir):
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
+    ids, labels, n_prompt = encode_row(tokenizer, [{"role": "user", "content": "a b c"}],
+                                       [{"role": "user", "content": "a b c"},
+                                        {"role": "assistant", "content": "c b a"}], TEMPLATE, None)
+    prompt = tokenizer("user a b c assistant", add_special_tokens=False)["input_ids"]
+    response = tokenizer("c b a", add_special_tokens=False)["input_ids"]
+    assert ids == prompt + response and n_prompt == len(prompt)
+    assert labels == [-100] * len(prompt) + response
+
+    # Without a template: the tokenizer's framing around the prompt, then the response and EOS.
+    ids, labels, n_prompt = encode_row(tokenizer, [{"role": "user", "content": "a b"}],
+                                       [{"role": "user", "content": "a b"},
+                                        {"role": "assistant", "content": "b a"}], None, None)
+    assert ids == [2, 4, 5, 3, 5, 4, 3] and labels == [-100, -100, -100, -100, 5, 4, 3]
+
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32).eval()
+    batch = _sft_batch(tokenizer, ROWS)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    hand, count = 0.0, 0
+    for b, (prompt_text, response_text) in enumerate(ROWS):
+        n = len(tokenizer(f"user {prompt_text} assistant", add_special_tokens=False)["input_ids"])
+        targets = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+        for k, token in enumerate(targets):
+            log_probs = torch.log_softmax(logits[b, n + k - 1].double(), -1)
+            hand -= float(log_probs[token])
+            count += 1
+    assert int((batch["labels"][:, 1:] != -100).sum()) == count
+    got = float(causal_token_loss_sum(logits, batch["labels"])) / count
+    assert got == pytest.approx(hand / count, rel=1e-5)
+
+
+def test_packing_gives_the_same_per_row_loss_as_unpacked_rows(qwen_dir):
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
+    rows = ROWS + [("j", "j"), ("a c e g", "g e c a")]
+    table = pa.table({"prompt": [p for p, _ in rows], "response": [r for _, r in rows]})
+    tokenized = pa.table(tokenize_sft(table, tokenizer, "prompt", "response", False, TEMPLATE, 32))
+    lengths = [len(x) for x in tokenized.column("input_ids").to_pylist()]
+    padded = collate(tokenized, pad_token_id=0)
+    packed = collate(tokenized, pad_token_id=0, pack_capacity=24)
+    assert "attention_mask" not in packed and packed["input_ids"].shape[0] < len(rows)
+    assert packed["input_ids"].shape[1] <= 24
+
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        unpacked_logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits
+        reference = transformers.Qwen2ForCausalLM.from_pretrained(qwen_dir).eval()
+        hf_logits = reference(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+    torch.testing.assert_close(packed_logits, hf_logits, **TOL)
+
+    per_row = [float(causal_token_loss_sum(unpacked_logits[i:i + 1, :n], padded["labels"][i:i + 1, :n]))
+               for i, n in enumerate(lengths)]
+    # Find every row inside the packed sequences by its position-id run and compare its loss.
+    found = []
+    for b in range(packed["input_ids"].shape[0]):
+        starts = (packed["position_ids"][b] == 0).nonzero().flatten().tolist() + [packed["input_ids"].shape[1]]
+        for s, e in zip(starts, starts[1:]):
+            if (packed["labels"][b, s:e] != -100).any():
+                found.append((packed["input_ids"][b, s:e].tolist(),
+                              float(causal_token_loss_sum(packed_logits[b:b + 1, s:e], packed["labels"][b:b + 1, s:e]))))
+    assert len(found) == len(rows)
+    for i, n in enumerate(lengths):
+        row_ids = padded["input_ids"][i, :n].tolist()
+        loss = next(value for ids, value in found if ids == row_ids)
+        assert loss == pytest.approx(per_row[i], rel=1e-5)
+    total_packed = float(causal_token_loss_sum(packed_logits, packed["labels"]))
+    assert total_packed == pytest.approx(sum(per_row), rel=1e-5)
