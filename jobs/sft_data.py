@@ -51,7 +51,7 @@ def _message_problem(messages: Any, column: str) -> Optional[str]:
         return f"{column}: the last message has role {last['role']!r}; it must be the assistant's response"
     reason = text_problem(last.get("content"), column)[1]
     if reason is not None:
-        return reason.replace("text", "assistant response", 1)
+        return f"{column}: the assistant response (last message) " + reason.split(": text ", 1)[-1]
     return None
 
 
@@ -66,8 +66,6 @@ def sft_row_problems(table: pa.Table, text_column: str, response_column: Optiona
         reason = text_problem(p, text_column)[1]
         if reason is None:
             reason = text_problem(r, response_column)[1]
-            if reason is not None:
-                reason = reason.replace("text", "response", 1)
         problems.append(reason)
     return problems
 

@@ -236,3 +236,57 @@ def test_packing_gives_the_same_per_row_loss_as_unpacked_rows(qwen_dir):
         assert loss == pytest.approx(per_row[i], rel=1e-5)
     total_packed = float(causal_token_loss_sum(packed_logits, packed["labels"]))
     assert total_packed == pytest.approx(sum(per_row), rel=1e-5)
+
+
+def test_messages_rows_train_on_the_last_assistant_message_only(qwen_dir):
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
+    conversation = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "b a"},
+                    {"role": "user", "content": "c d"}, {"role": "assistant", "content": "d c"}]
+    table = pa.table({"messages": [conversation]})
+    out = tokenize_sft(table, tokenizer, "messages", "messages", True, TEMPLATE, None)
+    ids, labels = out["input_ids"].to_pylist()[0], out["labels"].to_pylist()[0]
+    response = tokenizer("d c", add_special_tokens=False)["input_ids"]
+    assert [t for t in labels if t != -100] == response and ids[-len(response):] == response
+    assert out["prompt_length"].to_pylist() == [len(ids) - len(response)]
+
+
+def _sft_config(qwen_dir, data, **train):
+    from rayformers.jobs.train_config import load_train_config
+
+    section = {"name": "sft", "storage_path": "runs", "batch_size_per_worker": 2, "prompt_column": "prompt",
+               "response_column": "response", **train}
+    return load_train_config({"model": {"path": qwen_dir, "task": "generate"}, "input": {"path": data},
+                              "tokenizer": {"max_length": 32}, "train": section})
+
+
+def test_an_empty_response_is_named_or_skipped_and_counted(qwen_dir, tmp_path):
+    from rayformers.jobs.sft_data import sft_row_problems
+    from rayformers.jobs.train_data import DataError, prepare_data
+    from test_train_helpers import write_parquet
+
+    rows = [{"prompt": "a b", "response": "b a"}] * 4 + [{"prompt": "c d", "response": ""}]
+    data = write_parquet(tmp_path / "train.parquet", rows)
+    with pytest.raises(DataError, match=r"(?s)train.parquet row 4: response: text is empty.*bad_rows: skip"):
+        prepare_data(_sft_config(qwen_dir, data), 1, None, causal_lm=True)
+    prepared = prepare_data(_sft_config(qwen_dir, data, bad_rows="skip"), 1, None, causal_lm=True)
+    assert (prepared.reports[0].rows, prepared.reports[0].used, prepared.reports[0].bad) == (5, 4, 1)
+    problems = sft_row_problems(pa.table({"m": [[{"role": "user", "content": "a"}],
+                                                [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}]]}),
+                                "m", "m", True)
+    assert "must be the assistant's response" in problems[0] and "assistant response (last message) is blank" in problems[1]
+
+
+def test_a_lora_target_is_checked_before_any_worker_starts(qwen_dir, tmp_path):
+    from rayformers.jobs.train import _model_config
+    from rayformers.pipeline.config import ConfigError
+
+    cfg = _sft_config(qwen_dir, str(tmp_path / "x.parquet"), lora={"target_modules": ["qkv"]})
+    with pytest.raises(ConfigError, match="matches no module of Qwen2ForCausalLM"):
+        _model_config(cfg, qwen_dir)
+    with pytest.raises(ConfigError, match="train.lora.r"):
+        _sft_config(qwen_dir, "x.parquet", lora={"r": 0})
+    from rayformers.jobs.train_config import load_train_config
+
+    with pytest.raises(ConfigError, match="train.packing"):
+        load_train_config({"model": {"path": qwen_dir, "task": "classify"}, "input": {"path": "x.parquet"},
+                           "train": {"name": "x", "packing": True}})
