@@ -141,18 +141,25 @@ def test_saved_adapter_loads_in_peft_and_merged_with_the_same_logits(qwen_dir, t
         torch.testing.assert_close(again.eval()(**inputs).logits, expected, rtol=0, atol=0)
 
 
-def test_lora_classifier_trains_and_saves_its_new_head(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2", "bert"])
+def test_lora_classifier_trains_and_saves_its_new_head(tmp_path, family):
     torch.manual_seed(0)
     base = tmp_path / "base"
-    transformers.Qwen2ForSequenceClassification(transformers.Qwen2Config(**QWEN, num_labels=3)).save_pretrained(base)
+    if family == "qwen2":
+        hf_class, targets, head = transformers.Qwen2ForSequenceClassification, ["q_proj"], "score"
+        hf_class(transformers.Qwen2Config(**QWEN, num_labels=3)).save_pretrained(base)
+    else:
+        hf_class, targets, head = transformers.BertForSequenceClassification, ["query", "value"], "classifier"
+        hf_class(transformers.BertConfig(vocab_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=48, num_labels=3)).save_pretrained(base)
     ours = AutoModelForSequenceClassification.from_pretrained(str(base), dtype=torch.float32)
-    info = apply_lora(ours, LoraSettings(r=2, alpha=4, target_modules=["q_proj"]), "classify")
-    assert info["modules_to_save"] == ["score"]
+    info = apply_lora(ours, LoraSettings(r=2, alpha=4, target_modules=targets), "classify")
+    assert info["modules_to_save"] == [head]
+    assert {n.split(".")[0] for n, p in ours.named_parameters() if p.requires_grad and "lora_" not in n} == {head}
     _randomize([(n, p) for n, p in ours.named_parameters() if p.requires_grad], seed=3)
     save_adapter(str(tmp_path / "adapter"), ours, str(base), "SEQ_CLS")
     inputs = dict(input_ids=torch.tensor([[2, 5, 6, 7, 3]]))
-    reference = peft.PeftModel.from_pretrained(
-        transformers.Qwen2ForSequenceClassification.from_pretrained(base), str(tmp_path / "adapter")).eval()
+    reference = peft.PeftModel.from_pretrained(hf_class.from_pretrained(base), str(tmp_path / "adapter")).eval()
     with torch.no_grad():
         torch.testing.assert_close(reference(**inputs).logits, ours.eval()(**inputs).logits, **TOL)
 
