@@ -294,6 +294,9 @@ def load_adapter_weights(model: nn.Module, directory: str) -> None:
             if name not in expected:
                 raise LoraError(f"{directory}: adapter tensor {key} does not belong to this run's LoRA settings "
                                 "(train.lora changed since the checkpoint?)")
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise LoraError(f"{directory}: adapter tensor {key} has shape {tuple(value.shape)}, this run's "
+                                f"{tuple(params[name].shape)} (train.lora changed since the checkpoint?)")
             params[name].copy_(value)
             found.add(name)
     missing = expected - found

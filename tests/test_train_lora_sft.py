@@ -297,3 +297,28 @@ def test_a_lora_target_is_checked_before_any_worker_starts(qwen_dir, tmp_path):
     with pytest.raises(ConfigError, match="train.packing"):
         load_train_config({"model": {"path": qwen_dir, "task": "classify"}, "input": {"path": "x.parquet"},
                            "train": {"name": "x", "packing": True}})
+
+
+def test_lora_on_a_seq2seq_model_loads_in_peft(tmp_path):
+    from rayformers.models import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    base = tmp_path / "bart"
+    transformers.BartForConditionalGeneration(transformers.BartConfig(
+        vocab_size=14, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=32,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3, decoder_start_token_id=3)).save_pretrained(base)
+    ours = AutoModelForSeq2SeqLM.from_pretrained(str(base), dtype=torch.float32)
+    info = apply_lora(ours, LoraSettings(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), "generate")
+    assert len(info["targets"]) == 2 * 3 and info["modules_to_save"] == []  # encoder self, decoder self + cross
+    _randomize([(n, p) for n, p in ours.named_parameters() if p.requires_grad], seed=5)
+    save_adapter(str(tmp_path / "adapter"), ours, str(base), "SEQ_2_SEQ_LM")
+    inputs = dict(input_ids=torch.tensor([[2, 5, 6, 7, 3]]), decoder_input_ids=torch.tensor([[3, 2, 8]]))
+    reference = peft.PeftModel.from_pretrained(transformers.BartForConditionalGeneration.from_pretrained(base),
+                                               str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reference(**inputs).logits, ours.eval()(**inputs).logits, **TOL)
+    again = AutoModelForSeq2SeqLM.from_pretrained(str(base), dtype=torch.float32)
+    apply_lora(again, LoraSettings(r=4, alpha=4, target_modules=["q_proj", "v_proj"]), "generate")
+    with pytest.raises(LoraError, match="has shape"):
+        load_adapter_weights(again, str(tmp_path / "adapter"))
