@@ -322,3 +322,53 @@ def test_lora_on_a_seq2seq_model_loads_in_peft(tmp_path):
     apply_lora(again, LoraSettings(r=4, alpha=4, target_modules=["q_proj", "v_proj"]), "generate")
     with pytest.raises(LoraError, match="has shape"):
         load_adapter_weights(again, str(tmp_path / "adapter"))
+
+
+def test_training_loop_pieces_for_lora_sft(qwen_dir, tmp_path):
+    """The worker's own functions, in process: the LoRA model it builds, one optimizer step on packed
+    rows equal to the unpacked step, evaluation (loss + generations) and the checkpoint it writes."""
+    import contextlib
+
+    from rayformers.jobs.train_loop import EvalBatches, _optimizer_step, evaluate, load_model, save_checkpoint_files
+    from test_train_helpers import worker_spec
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
+    spec = worker_spec("generate", model_path=qwen_dir, causal_lm=True, pad_token_id=0, accumulation=1,
+                       lora=LoraSettings(r=4, alpha=8, target_modules="all-linear", merge=True),
+                       eval_generate=True, generation_kwargs={"max_new_tokens": 4, "do_sample": False})
+    table = pa.table(tokenize_sft(pa.table({"p": [p for p, _ in ROWS], "r": [r for _, r in ROWS]}), tokenizer, "p",
+                                  "r", False, None, 32))
+    inputs = lambda batch: {k: v for k, v in batch.items() if k != "prompt_length"}  # noqa: E731
+    losses, weights = [], []
+    for pack in (None, 32):
+        torch.manual_seed(0)
+        model = load_model(spec, None)
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+            n for n, _ in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        batch = inputs(collate(table, 0, pack))
+        losses.append(float(_optimizer_step(model, model, optimizer, scheduler, [batch], spec,
+                                            contextlib.nullcontext(), 1, torch.device("cpu"))))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)
+
+    eval_batch = collate(table, 0)
+    metrics = evaluate(model, spec, tokenizer, EvalBatches(lambda: iter([eval_batch]), torch.device("cpu")),
+                       torch.device("cpu"))
+    assert metrics["eval_rows"] == len(ROWS) and 0.0 <= metrics["eval_rougeL"] <= 1.0
+    with torch.no_grad():
+        logits = model.eval()(input_ids=eval_batch["input_ids"], attention_mask=eval_batch["attention_mask"]).logits
+    tokens = (eval_batch["labels"][:, 1:] != -100).sum()
+    assert metrics["eval_loss"] == pytest.approx(float(causal_token_loss_sum(logits, eval_batch["labels"]) / tokens),
+                                                 rel=1e-5)
+
+    save_checkpoint_files(str(tmp_path / "ckpt"), model, tokenizer, spec)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(("adapter", "merged"))) == [
+        "adapter_config.json", "adapter_model.safetensors", "merged"]
+    reloaded = load_model(spec, str(tmp_path / "ckpt"))
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ckpt" / "merged"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(input_ids=eval_batch["input_ids"]).logits,
+                                   merged(input_ids=eval_batch["input_ids"]).logits, rtol=1e-5, atol=1e-5)
