@@ -160,12 +160,15 @@ def pack_rows(ids: list, labels: list, capacity: int, pad_token_id: int) -> dict
 
 
 def causal_token_loss_sum(logits, labels):
-    """Summed next-token cross entropy: position t's logits predict token t+1 (labels -100 ignored)."""
+    """Summed next-token cross entropy: position t's logits predict token t+1 (labels -100 ignored).
+
+    The labels are shifted (as transformers' ``ForCausalLMLoss``), not the logits: slicing the
+    logits would copy the largest tensor of the step."""
     import torch
 
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100,
-        reduction="sum",
+        logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100, reduction="sum",
     )
 
 

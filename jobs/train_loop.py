@@ -184,6 +184,13 @@ def _model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k not in (MICRO_COLUMN, PROMPT_LENGTH_COLUMN)}
 
 
+def forward_inputs(spec: WorkerSpec, inputs: dict) -> dict:
+    """What the model is called with: a causal LM without ``labels`` (the loop computes the loss
+    itself; the model would compute a second, unused cross entropy), seq2seq with them (they
+    give the decoder inputs), classification with them (the model's own loss is used)."""
+    return {k: v for k, v in inputs.items() if k != "labels"} if spec.causal_lm else inputs
+
+
 def loss_sum(spec: WorkerSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed token loss of a generate task: shifted next-token loss for a causal LM, else seq2seq's."""
     return causal_token_loss_sum(logits, labels) if spec.causal_lm else token_loss_sum(logits, labels)
@@ -265,7 +272,7 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
         for batch in batches:
             inputs = _model_inputs(batch)
             with autocast:
-                out = model(**inputs)
+                out = model(**forward_inputs(spec, inputs))
             labels = inputs["labels"]
             if spec.task == "generate":
                 tokens = int((labels[:, 1:] != -100).sum()) if spec.causal_lm else int((labels != -100).sum())
@@ -509,7 +516,7 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
         sync = contextlib.nullcontext() if (last or world == 1) else ddp_model.no_sync()
         with sync:
             with autocast:
-                out = ddp_model(**mb)
+                out = ddp_model(**forward_inputs(spec, mb))
             if seq2seq:
                 summed = loss_sum(spec, out.logits, mb["labels"])
                 loss = summed * world / global_tokens
