@@ -12,8 +12,8 @@ What it supports: sequence classification (single-label, multi-label, regression
 names or ids), seq2seq (BART/T5/EncoderDecoder families through ``AutoModelForSeq2SeqLM``,
 ROUGE-L with ``generate`` at eval), supervised fine-tuning of decoder-only LMs (``generate`` on a
 causal LM: prompt/response or messages rows, loss on the response, optional packing; see
-:mod:`.sft_data`) and LoRA adapters for any of them (``train.lora``, :mod:`.lora`); Ray Train V2 ``TorchTrainer`` with DDP over N workers (gloo on
-CPU, NCCL on GPU); Parquet streamed and tokenized by Ray Data; eval/checkpoint schedules; the best
+:mod:`.sft_data`) and LoRA adapters for any of them (``train.lora``, :mod:`.lora`); Ray Train V2
+``TorchTrainer`` with DDP over N workers (gloo on CPU, NCCL on GPU); Parquet streamed and tokenized by Ray Data; eval/checkpoint schedules; the best
 N checkpoints kept by a metric; resume after a worker failure (``FailureConfig``) and after a driver
 crash (re-run the same command). What it does not: elastic worker counts, model parallelism
 (FSDP/DeepSpeed), QLoRA, preference tuning (DPO), label smoothing, early stopping.

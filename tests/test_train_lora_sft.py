@@ -223,7 +223,8 @@ def test_packing_gives_the_same_per_row_loss_as_unpacked_rows(qwen_dir):
         unpacked_logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
         packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits
         reference = transformers.Qwen2ForCausalLM.from_pretrained(qwen_dir).eval()
-        hf_logits = reference(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        hf_logits = reference(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
+                              use_cache=False).logits
     torch.testing.assert_close(packed_logits, hf_logits, **TOL)
 
     per_row = [float(causal_token_loss_sum(unpacked_logits[i:i + 1, :n], padded["labels"][i:i + 1, :n]))
@@ -234,8 +235,8 @@ def test_packing_gives_the_same_per_row_loss_as_unpacked_rows(qwen_dir):
         starts = (packed["position_ids"][b] == 0).nonzero().flatten().tolist() + [packed["input_ids"].shape[1]]
         for s, e in zip(starts, starts[1:]):
             if (packed["labels"][b, s:e] != -100).any():
-                found.append((packed["input_ids"][b, s:e].tolist(),
-                              float(causal_token_loss_sum(packed_logits[b:b + 1, s:e], packed["labels"][b:b + 1, s:e]))))
+                loss = causal_token_loss_sum(packed_logits[b:b + 1, s:e], packed["labels"][b:b + 1, s:e])
+                found.append((packed["input_ids"][b, s:e].tolist(), float(loss)))
     assert len(found) == len(rows)
     for i, n in enumerate(lengths):
         row_ids = padded["input_ids"][i, :n].tolist()
@@ -277,10 +278,11 @@ def test_an_empty_response_is_named_or_skipped_and_counted(qwen_dir, tmp_path):
         prepare_data(_sft_config(qwen_dir, data), 1, None, causal_lm=True)
     prepared = prepare_data(_sft_config(qwen_dir, data, bad_rows="skip"), 1, None, causal_lm=True)
     assert (prepared.reports[0].rows, prepared.reports[0].used, prepared.reports[0].bad) == (5, 4, 1)
-    problems = sft_row_problems(pa.table({"m": [[{"role": "user", "content": "a"}],
-                                                [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}]]}),
-                                "m", "m", True)
-    assert "must be the assistant's response" in problems[0] and "assistant response (last message) is blank" in problems[1]
+    conversations = [[{"role": "user", "content": "a"}],
+                     [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}]]
+    problems = sft_row_problems(pa.table({"m": conversations}), "m", "m", True)
+    assert "must be the assistant's response" in problems[0]
+    assert "assistant response (last message) is blank" in problems[1]
 
 
 def test_a_lora_target_is_checked_before_any_worker_starts(qwen_dir, tmp_path):
