@@ -38,8 +38,6 @@ from rayformers.models.adapters import ADAPTER_CONFIG_FILE
 PEFT_PREFIX = "base_model.model."
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ALL_LINEAR = "all-linear"
-# PEFT's default modules_to_save for sequence classification (the new, randomly initialised head).
-CLASSIFIER_HEADS = ("classifier", "score")
 
 
 class LoraError(ValueError):
@@ -64,8 +62,9 @@ class LoraSettings:
     """Rank-stabilised LoRA: scale by ``alpha / sqrt(r)``."""
     modules_to_save: Optional[list] = None
     """Modules trained in full and saved with the adapter (names or suffixes, e.g. ``[score]``).
-    Default: none, except for ``classify``, where the classification head (``classifier`` or
-    ``score``) is trained and saved, as PEFT does for sequence classification."""
+    Default: none, except for ``classify``, where the classification head (every top-level module
+    outside the base model: ``classifier``, ``score``, ``pre_classifier``, ``classification_head``,
+    ...) is trained and saved, as PEFT does for sequence classification."""
     merge: bool = False
     """Also write the merged full model (``W + scale * B @ A``) into ``merged/`` of every
     checkpoint, loadable without any adapter support."""
@@ -182,7 +181,11 @@ def resolve_modules_to_save(model: nn.Module, lora: LoraSettings, task: str) -> 
     if lora.modules_to_save is None:
         if task != "classify":
             return []
-        return [h for h in CLASSIFIER_HEADS if h in dict(model.named_children())]
+        # The head: every top-level module with weights outside the base model (classifier, score,
+        # DistilBERT's pre_classifier, BART's classification_head, DeBERTa's pooler). It is new
+        # (initialised for this run's labels), so it must train.
+        prefix = getattr(model, "base_model_prefix", "")
+        return [n for n, m in model.named_children() if n != prefix and any(True for _ in m.parameters())]
     for target in lora.modules_to_save:
         if not any(_matches(n, [target]) for n in names):
             raise LoraError(f"train.lora.modules_to_save: {target!r} matches no module of {type(model).__name__}")

@@ -374,3 +374,15 @@ def test_training_loop_pieces_for_lora_sft(qwen_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded.eval()(input_ids=eval_batch["input_ids"]).logits,
                                    merged(input_ids=eval_batch["input_ids"]).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_every_new_head_module_trains_by_default(tmp_path):
+    """DistilBERT's head is pre_classifier + classifier, both new for a base checkpoint: both train."""
+    from rayformers.models import AutoModelForSequenceClassification as Auto
+
+    base = tmp_path / "distilbert"
+    transformers.DistilBertModel(transformers.DistilBertConfig(
+        vocab_size=14, dim=32, n_layers=1, n_heads=2, hidden_dim=48)).save_pretrained(base)
+    model = Auto.from_pretrained(str(base), num_labels=2, dtype=torch.float32)
+    info = apply_lora(model, LoraSettings(target_modules=["q_lin", "v_lin"]), "classify")
+    assert info["modules_to_save"] == ["pre_classifier", "classifier"]
