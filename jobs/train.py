@@ -9,12 +9,14 @@ Python API::
     result.best_checkpoint, result.latest_checkpoint, result.metrics
 
 What it supports: sequence classification (single-label, multi-label, regression; labels as
-names or ids) and seq2seq (BART/T5/EncoderDecoder families through ``AutoModelForSeq2SeqLM``,
-ROUGE-L with ``generate`` at eval); Ray Train V2 ``TorchTrainer`` with DDP over N workers (gloo on
-CPU, NCCL on GPU); Parquet streamed and tokenized by Ray Data; eval/checkpoint schedules; the best
+names or ids), seq2seq (BART/T5/EncoderDecoder families through ``AutoModelForSeq2SeqLM``,
+ROUGE-L with ``generate`` at eval), supervised fine-tuning of decoder-only LMs (``generate`` on a
+causal LM: prompt/response or messages rows, loss on the response, optional packing; see
+:mod:`.sft_data`) and LoRA adapters for any of them (``train.lora``, :mod:`.lora`); Ray Train V2
+``TorchTrainer`` with DDP over N workers (gloo on CPU, NCCL on GPU); Parquet streamed and tokenized by Ray Data; eval/checkpoint schedules; the best
 N checkpoints kept by a metric; resume after a worker failure (``FailureConfig``) and after a driver
 crash (re-run the same command). What it does not: elastic worker counts, model parallelism
-(FSDP/DeepSpeed), token-classification or causal-LM objectives, label smoothing, early stopping.
+(FSDP/DeepSpeed), QLoRA, preference tuning (DPO), label smoothing, early stopping.
 
 Exit codes (as ``rayformers run``): 0 success, 1 training failed, 2 bad config or data (nothing ran).
 """
@@ -116,12 +118,42 @@ def _model_config(cfg: TrainJobConfig, model_path: str):
         config = AutoConfig.from_pretrained(model_path, **kwargs)
     except Exception as e:  # noqa: BLE001 - any loading problem names the key to fix
         raise ConfigError(f"model.path {cfg.model.path!r}: cannot load the model config ({type(e).__name__}: {e})") from e
-    auto = models.AutoModelForSequenceClassification if cfg.model.task == "classify" else models.AutoModelForSeq2SeqLM
+    auto = getattr(models, _auto_class_name(cfg, config))
     try:
         auto._model_class(config)
     except ValueError as e:
         raise ConfigError(f"model.task {cfg.model.task!r} is not available for model.path {cfg.model.path!r}: {e}") from e
+    if cfg.train.lora is not None:
+        _check_lora_targets(cfg, auto, config)
     return config
+
+
+def _auto_class_name(cfg: TrainJobConfig, model_config) -> str:
+    """classify: sequence classification; generate: a causal LM for decoder-only checkpoints (SFT),
+    else seq2seq."""
+    from rayformers.operators.loading import auto_class_name
+
+    if cfg.model.task == "classify":
+        return "AutoModelForSequenceClassification"
+    return auto_class_name("generate", model_config)
+
+
+def _is_causal_lm(cfg: TrainJobConfig, model_config) -> bool:
+    return _auto_class_name(cfg, model_config) == "AutoModelForCausalLM"
+
+
+def _check_lora_targets(cfg: TrainJobConfig, auto, model_config) -> None:
+    """``train.lora`` targets checked on a weightless copy of the model before any worker starts."""
+    from rayformers.models.modeling_utils import init_empty_weights
+
+    from .lora import LoraError, resolve_modules_to_save, target_module_names
+
+    with init_empty_weights():
+        model = auto._model_class(model_config)(model_config)
+    try:
+        target_module_names(model, cfg.train.lora, resolve_modules_to_save(model, cfg.train.lora, cfg.model.task))
+    except LoraError as e:
+        raise ConfigError(str(e)) from e
 
 
 def _tokenizer_settings(cfg: TrainJobConfig, model_path: str, model_config) -> tuple[Tokenization, int]:
@@ -146,7 +178,10 @@ def _tokenizer_settings(cfg: TrainJobConfig, model_path: str, model_config) -> t
         raise ConfigError(str(e)) from e
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
-        pad = getattr(model_config, "pad_token_id", None) or 0
+        pad = getattr(model_config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None) or 0
+    chat_template = _sft_chat_template(cfg, tokenizer) if _is_causal_lm(cfg, model_config) else None
     tok = Tokenization(
         tokenizer_path=tok_path,
         revision=cfg.model.revision,
@@ -155,8 +190,29 @@ def _tokenizer_settings(cfg: TrainJobConfig, model_path: str, model_config) -> t
         truncation=cfg.tokenizer.truncation,
         max_target_length=cfg.train.max_target_length,
         pass_token_type_ids="token_type_ids" in tuple(getattr(tokenizer, "model_input_names", ())),
+        chat_template=chat_template,
     )
     return tok, int(pad)
+
+
+def _sft_chat_template(cfg: TrainJobConfig, tokenizer) -> Optional[str]:
+    """The template SFT rows are rendered with (None: plain prompt + response + EOS)."""
+    from .sft_data import NO_TEMPLATE
+
+    t = cfg.train
+    if t.chat_template == NO_TEMPLATE:
+        chosen = None
+    elif t.chat_template:
+        chosen = t.chat_template
+    else:
+        own = getattr(tokenizer, "chat_template", None)
+        if isinstance(own, dict):
+            own = own.get("default") or next(iter(own.values()), None)
+        chosen = own or None
+    if chosen is None and t.messages_column:
+        raise ConfigError(f"train.messages_column {t.messages_column!r} needs a chat template, and the tokenizer has "
+                          "none: set train.chat_template (a Jinja template) or use prompt/response columns")
+    return chosen
 
 
 def _metric_kind(cfg: TrainJobConfig, data: PreparedData) -> str:
@@ -164,7 +220,7 @@ def _metric_kind(cfg: TrainJobConfig, data: PreparedData) -> str:
 
 
 def _worker_spec(cfg: TrainJobConfig, data: PreparedData, model_path: str, tok: Tokenization, pad: int,
-                 on_step_end: Optional[Callable]) -> WorkerSpec:
+                 on_step_end: Optional[Callable], causal_lm: bool = False) -> WorkerSpec:
     t = cfg.train
     plan = data.train
     metric, order = best_metric(cfg)
@@ -212,6 +268,9 @@ def _worker_spec(cfg: TrainJobConfig, data: PreparedData, model_path: str, tok: 
         data_fingerprint=data.fingerprint(),
         config_snapshot=cfg.to_dict(),
         on_step_end=on_step_end,
+        causal_lm=causal_lm,
+        lora=t.lora,
+        pack_capacity=tok.max_length if (t.packing and causal_lm) else None,
     )
 
 
@@ -294,10 +353,19 @@ def _train_locked(cfg: TrainJobConfig, run_dir: str, say, on_step_end) -> TrainR
     model_path = _absolute_if_local(resolve_model_reference(cfg.model.path))
     model_config = _model_config(cfg, model_path)
     tok, pad = _tokenizer_settings(cfg, model_path, model_config)
-    data = prepare_data(cfg, t.num_workers, getattr(model_config, "id2label", None))
+    if not _is_causal_lm(cfg, model_config):
+        sft = [k for k in ("prompt_column", "response_column", "messages_column", "chat_template", "packing")
+               if getattr(t, k)]
+        if sft and cfg.model.task == "generate":
+            raise ConfigError(f"train.{', train.'.join(sft)} are for supervised fine-tuning of a decoder-only model; "
+                              f"{cfg.model.path} is a seq2seq model (use input.text_column and train.target_column)")
+    elif t.packing and not tok.max_length:
+        raise ConfigError("train.packing needs a sequence length: set tokenizer.max_length")
+    data = prepare_data(cfg, t.num_workers, getattr(model_config, "id2label", None),
+                        causal_lm=_is_causal_lm(cfg, model_config))
     for report in data.reports:
         say(report.format())
-    spec = _worker_spec(cfg, data, model_path, tok, pad, on_step_end)
+    spec = _worker_spec(cfg, data, model_path, tok, pad, on_step_end, causal_lm=_is_causal_lm(cfg, model_config))
 
     resume_step = _check_resumable(run_dir, spec.data_fingerprint)
     if resume_step is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from rayformers.pipeline.config import (
+from rayformers.pipeline.config import (  # noqa: I001
     ConfigError,
     JobConfig,
     build_dataclass,
@@ -29,6 +29,8 @@ from rayformers.pipeline.config import (
     load_yaml,
     parse_overrides,
 )
+
+from .lora import LoraSettings, validate_settings as validate_lora
 
 TRAIN_TASKS = ("classify", "generate")
 PROBLEM_TYPES = ("auto", "single_label_classification", "multi_label_classification", "regression")
@@ -120,6 +122,25 @@ class TrainConfig:
     eval_generate: bool = True
     """generate: also decode the eval rows with ``generate`` and report ROUGE-L."""
 
+    lora: Optional[LoraSettings] = None
+    """Train LoRA adapters instead of the whole model (any family; see the ``train.lora.*`` keys).
+    Checkpoints are then PEFT adapter directories."""
+    prompt_column: Optional[str] = None
+    """generate on a decoder-only model (SFT): column with the prompt (default ``input.text_column``)."""
+    response_column: Optional[str] = None
+    """SFT: column with the response the model learns (default ``train.target_column``); the loss
+    covers the response tokens only."""
+    messages_column: Optional[str] = None
+    """SFT: a column of conversations (lists of ``{role, content}``, the last one the assistant's
+    answer) instead of prompt/response columns; the loss covers the last assistant message."""
+    chat_template: Optional[str] = None
+    """SFT: how rows are rendered: unset = the tokenizer's chat template (plain prompt + response +
+    EOS when it has none), a template name of the tokenizer or a Jinja string, or ``none`` for
+    plain prompt + response + EOS."""
+    packing: bool = False
+    """SFT: pack each micro-batch's rows into as few sequences of at most ``tokenizer.max_length``
+    tokens as fit, without attention across rows (position ids restart per row)."""
+
     bad_rows: str = "fail"
     """Rows with a missing text or label, an unknown label name or an empty target: ``fail``
     (stop before training with the file and rows named) or ``skip`` (leave them out, counted and
@@ -197,6 +218,15 @@ def validate(cfg: TrainJobConfig) -> TrainJobConfig:
     if t.labels is not None:
         if not t.labels or len(set(map(str, t.labels))) != len(t.labels):
             raise ConfigError("config key 'train.labels' must be a non-empty list of distinct label names")
+    if t.lora is not None:
+        validate_lora(t.lora)
+    sft_keys = [k for k in ("prompt_column", "response_column", "messages_column", "chat_template") if getattr(t, k)]
+    if (sft_keys or t.packing) and cfg.model.task != "generate":
+        raise ConfigError(f"config key(s) 'train.{', train.'.join(sft_keys or ['packing'])}' are for model.task "
+                          "generate on a decoder-only model (supervised fine-tuning)")
+    if t.messages_column and (t.prompt_column or t.response_column):
+        raise ConfigError("config key 'train.messages_column' excludes 'train.prompt_column' and "
+                          "'train.response_column': rows are either conversations or prompt/response pairs")
     has_eval = bool(t.eval_path) or t.eval_split > 0
     if t.best_metric.startswith("eval_") and not has_eval:
         raise ConfigError(
@@ -250,7 +280,8 @@ def _numbers_from_strings(section) -> None:
 
 def describe_train() -> list[str]:
     """Every accepted ``train.*`` key with its default and documentation."""
-    return describe(TrainConfig, "train.", {("train", key): values for key, values in _TRAIN_CHOICES.items()})
+    return (describe(TrainConfig, "train.", {("train", key): values for key, values in _TRAIN_CHOICES.items()})
+            + describe(LoraSettings, "train.lora.", {}))
 
 
 __all__ = [

@@ -46,6 +46,8 @@ import pyarrow.parquet as pq
 
 from rayformers.operators.records import text_problem
 
+from .sft_data import PROMPT_LENGTH_COLUMN, pack_rows, sft_row_problems, tokenize_sft
+
 MICRO_COLUMN = "_micro"
 """Global micro-batch index of a training row (step = micro // gradient_accumulation_steps)."""
 SLICE_ROWS = 2048
@@ -150,10 +152,12 @@ class Columns:
     text: str
     pair: Optional[str]
     label: str
-    """Label column (classify) or target column (generate)."""
+    """Label column (classify), target column (generate) or response column (SFT)."""
+    messages: bool = False
+    """SFT: ``text`` is a messages column (``label`` is the same column)."""
 
     def read(self) -> list:
-        return [c for c in (self.text, self.pair, self.label) if c]
+        return list(dict.fromkeys(c for c in (self.text, self.pair, self.label) if c))
 
 
 @dataclass
@@ -226,6 +230,8 @@ def label_problem(value: Any, spec: LabelSpec, column: str) -> Optional[str]:
 
 def row_problems(table: pa.Table, columns: Columns, spec: LabelSpec) -> list:
     """One reason (or None) per row: text, pair text, then label/target."""
+    if spec.task == "sft":
+        return sft_row_problems(table, columns.text, columns.label, columns.messages)
     texts = table.column(columns.text).to_pylist()
     pairs = table.column(columns.pair).to_pylist() if columns.pair else None
     labels = table.column(columns.label).to_pylist()
@@ -349,8 +355,8 @@ def infer_label_spec(task: str, label_type: pa.DataType, problem_type: str, labe
                      model_id2label: Optional[dict], summaries: Optional[list]) -> LabelSpec:
     """The label space: explicit ``train.labels`` > the model's named labels (when they cover the
     data) > the sorted names (or 0..max id) found in the training data."""
-    if task == "generate":
-        return LabelSpec(task="generate")
+    if task in ("generate", "sft"):
+        return LabelSpec(task=task)
     source, is_list = _arrow_kind(label_type)
     if problem_type == "auto":
         if source == "values":
@@ -438,6 +444,8 @@ class Tokenization:
     truncation: str
     max_target_length: Optional[int]
     pass_token_type_ids: bool
+    chat_template: Optional[str] = None
+    """SFT: the template string rows are rendered with, or None for plain prompt + response."""
 
 
 @dataclass
@@ -646,6 +654,12 @@ def tokenize_batch(batch: pa.Table, tok: Tokenization, columns: Columns, spec: L
     Labels: single-label → int64 id; multi-label → float32 multi-hot list; regression → float32
     (list when several outputs); seq2seq → target token ids (list<int32>)."""
     tokenizer = _tokenizer(tok)
+    if spec.task == "sft":
+        out = tokenize_sft(batch, tokenizer, columns.text, columns.label, columns.messages, tok.chat_template,
+                           tok.max_length)
+        if MICRO_COLUMN in batch.column_names:
+            out[MICRO_COLUMN] = batch.column(MICRO_COLUMN)
+        return pa.table(out)
     texts = _texts(batch, columns.text)
     pairs = _texts(batch, columns.pair) if columns.pair else None
     truncation: Any = True if tok.truncation == "longest_first" else tok.truncation
@@ -797,11 +811,19 @@ def pad_list_column(column, pad_value: int) -> tuple[np.ndarray, np.ndarray]:
     return out, lengths
 
 
-def collate(batch: pa.Table, pad_token_id: int) -> dict:
+def collate(batch: pa.Table, pad_token_id: int, pack_capacity: Optional[int] = None) -> dict:
     """Dynamic padding of one micro-batch; returns CPU tensors (the training loop checks the
-    micro-batch index on the host, then copies the model inputs to the device)."""
+    micro-batch index on the host, then copies the model inputs to the device). With
+    ``pack_capacity`` (SFT packing) the rows are packed instead (:func:`.sft_data.pack_rows`)."""
     import torch
 
+    if pack_capacity is not None:
+        packed = pack_rows(batch.column("input_ids").to_pylist(), batch.column("labels").to_pylist(), pack_capacity,
+                           pad_token_id)
+        out = {k: torch.from_numpy(v) for k, v in packed.items()}
+        if MICRO_COLUMN in batch.column_names:
+            out[MICRO_COLUMN] = torch.from_numpy(batch.column(MICRO_COLUMN).to_numpy().astype(np.int64))
+        return out
     ids, lengths = pad_list_column(batch.column("input_ids"), pad_token_id)
     out = {
         "input_ids": torch.from_numpy(ids),
@@ -819,17 +841,19 @@ def collate(batch: pa.Table, pad_token_id: int) -> dict:
         out["labels"] = torch.from_numpy(labels.to_numpy().astype(np.float32))
     else:
         out["labels"] = torch.from_numpy(labels.to_numpy().astype(np.int64))
+    if PROMPT_LENGTH_COLUMN in batch.column_names:
+        out[PROMPT_LENGTH_COLUMN] = torch.from_numpy(batch.column(PROMPT_LENGTH_COLUMN).to_numpy().astype(np.int64))
     if MICRO_COLUMN in batch.column_names:
         out[MICRO_COLUMN] = torch.from_numpy(batch.column(MICRO_COLUMN).to_numpy().astype(np.int64))
     return out
 
 
-def make_collate_fn(pad_token_id: int):
+def make_collate_fn(pad_token_id: int, pack_capacity: Optional[int] = None):
     from ray.data.collate_fn import ArrowBatchCollateFn
 
     class PadCollate(ArrowBatchCollateFn):
         def __call__(self, batch: pa.Table) -> dict:
-            return collate(batch, pad_token_id)
+            return collate(batch, pad_token_id, pack_capacity)
 
     return PadCollate()
 
@@ -867,13 +891,27 @@ class PreparedData:
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_data(cfg, world_size: int, model_id2label: Optional[dict]) -> PreparedData:
+def sft_columns(cfg) -> Columns:
+    """SFT columns: ``train.messages_column``, or ``train.prompt_column`` (default ``input.text_column``)
+    and ``train.response_column`` (default ``train.target_column``)."""
+    t = cfg.train
+    if t.messages_column:
+        return Columns(text=t.messages_column, pair=None, label=t.messages_column, messages=True)
+    return Columns(text=t.prompt_column or cfg.input.text_column, pair=None,
+                   label=t.response_column or t.target_column)
+
+
+def prepare_data(cfg, world_size: int, model_id2label: Optional[dict], causal_lm: bool = False) -> PreparedData:
     """Scan, validate and plan the training (and eval) data of a :class:`TrainJobConfig`.
+    ``causal_lm``: ``generate`` on a decoder-only model, i.e. supervised fine-tuning rows.
 
     Raises :class:`DataError` for unusable data, and for bad rows under ``bad_rows: fail``."""
     t = cfg.train
     label_column = t.label_column if cfg.model.task == "classify" else t.target_column
     columns = Columns(text=cfg.input.text_column, pair=cfg.input.text_pair_column, label=label_column)
+    data_task = cfg.model.task
+    if causal_lm:
+        columns, data_task = sft_columns(cfg), "sft"
     global_batch = t.batch_size_per_worker * world_size * t.gradient_accumulation_steps
     target_rows = max(4096, global_batch)
     io_cpus = cfg.compute.io_num_cpus
@@ -894,7 +932,7 @@ def prepare_data(cfg, world_size: int, model_id2label: Optional[dict]) -> Prepar
     needs_vocabulary = cfg.model.task == "classify" and t.labels is None
     if needs_vocabulary:
         summaries = _run_tasks(_label_summary, [(fs, u, columns.label) for u in units], io_cpus)
-    spec = infer_label_spec(cfg.model.task, label_type, t.problem_type, t.labels, model_id2label, summaries)
+    spec = infer_label_spec(data_task, label_type, t.problem_type, t.labels, model_id2label, summaries)
 
     if t.eval_split > 0:
         train_split = Split("train", t.eval_split, t.seed)

@@ -39,7 +39,9 @@ import torch
 
 from . import checkpoints as ckpt
 from .collectives import all_reduce_sum
+from .lora import LoraSettings, apply_lora, load_adapter_weights, merged_state_dict, save_adapter
 from .metrics import MetricState, format_metrics
+from .sft_data import PROMPT_LENGTH_COLUMN, causal_token_loss_sum, left_padded_prompts
 from .train_data import MICRO_COLUMN, make_collate_fn
 
 
@@ -85,20 +87,47 @@ class WorkerSpec:
     on_step_end: Optional[Callable[[int, int], None]] = None
     """Called after every optimizer step as ``on_step_end(step, rank)``, before that step's
     evaluation and checkpoint (tests, custom logging)."""
+    causal_lm: bool = False
+    """``generate`` on a decoder-only model: supervised fine-tuning, next-token loss on the response."""
+    lora: Optional[LoraSettings] = None
+    """Train LoRA adapters (checkpoints are PEFT adapter directories); None: the whole model."""
+    pack_capacity: Optional[int] = None
+    """SFT packing: tokens per packed sequence (None: no packing)."""
 
 
 # ------------------------------------------------------------------------------------------------
 # Model, optimizer, schedule.
 
 
-def load_model(spec: WorkerSpec, checkpoint_dir: Optional[str]):
-    """The model to train: from a resumed checkpoint, or the base checkpoint with the run's labels."""
+def auto_class(spec: WorkerSpec):
     import rayformers.models as models
 
-    auto = models.AutoModelForSequenceClassification if spec.task == "classify" else models.AutoModelForSeq2SeqLM
+    if spec.task == "classify":
+        return models.AutoModelForSequenceClassification
+    return models.AutoModelForCausalLM if spec.causal_lm else models.AutoModelForSeq2SeqLM
+
+
+def load_model(spec: WorkerSpec, checkpoint_dir: Optional[str]):
+    """The model to train: from a resumed checkpoint, or the base checkpoint with the run's labels.
+    With LoRA: always the base checkpoint, adapters injected, then a resumed adapter's weights."""
+    auto = auto_class(spec)
+    if spec.lora is not None:
+        model = _load_base(spec, auto)
+        info = apply_lora(model, spec.lora, spec.task)
+        _log(0, f"LoRA: {len(info['targets'])} adapted linear layers, trainable parameters {info['trainable']:,} of "
+                f"{info['total']:,}" + (f"; trained in full: {', '.join(info['modules_to_save'])}"
+                                         if info["modules_to_save"] else ""))
+        if checkpoint_dir is not None:
+            load_adapter_weights(model, checkpoint_dir)
+        return model
     if checkpoint_dir is not None:
         model = auto.from_pretrained(checkpoint_dir, dtype=torch.float32)
         return model
+    return _load_base(spec, auto)
+
+
+def _load_base(spec: WorkerSpec, auto):
+    """The base checkpoint with the run's label space (a new head initialised when it does not fit)."""
     kwargs: dict = {"dtype": torch.float32}
     if spec.revision:
         kwargs["revision"] = spec.revision
@@ -152,7 +181,19 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
 
 
 def _model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != MICRO_COLUMN}
+    return {k: v for k, v in batch.items() if k not in (MICRO_COLUMN, PROMPT_LENGTH_COLUMN)}
+
+
+def forward_inputs(spec: WorkerSpec, inputs: dict) -> dict:
+    """What the model is called with: a causal LM without ``labels`` (the loop computes the loss
+    itself; the model would compute a second, unused cross entropy), seq2seq with them (they
+    give the decoder inputs), classification with them (the model's own loss is used)."""
+    return {k: v for k, v in inputs.items() if k != "labels"} if spec.causal_lm else inputs
+
+
+def loss_sum(spec: WorkerSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed token loss of a generate task: shifted next-token loss for a causal LM, else seq2seq's."""
+    return causal_token_loss_sum(logits, labels) if spec.causal_lm else token_loss_sum(logits, labels)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -231,15 +272,23 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
         for batch in batches:
             inputs = _model_inputs(batch)
             with autocast:
-                out = model(**inputs)
+                out = model(**forward_inputs(spec, inputs))
             labels = inputs["labels"]
             if spec.task == "generate":
-                tokens = int((labels != -100).sum())
-                state.add_loss(float(token_loss_sum(out.logits, labels)), tokens)
+                tokens = int((labels[:, 1:] != -100).sum()) if spec.causal_lm else int((labels != -100).sum())
+                state.add_loss(float(loss_sum(spec, out.logits, labels)), tokens)
                 if spec.eval_generate:
-                    generated = model.generate(
-                        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **spec.generation_kwargs
-                    )
+                    if spec.causal_lm:  # continue each prompt alone; keep only the new tokens
+                        prompt_ids, prompt_mask = left_padded_prompts(inputs["input_ids"], batch[PROMPT_LENGTH_COLUMN],
+                                                                      spec.pad_token_id)
+                        generated = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                                   pad_token_id=spec.pad_token_id, **spec.generation_kwargs)
+                        generated = generated[:, prompt_ids.shape[1]:]
+                    else:
+                        generated = model.generate(
+                            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                            **spec.generation_kwargs
+                        )
                     predictions = tokenizer.batch_decode(generated.tolist(), skip_special_tokens=True)
                     references = tokenizer.batch_decode(
                         [[t for t in row if t != -100] for row in labels.tolist()], skip_special_tokens=True
@@ -331,7 +380,8 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
     # Batches arrive on the host: the micro-batch index is checked there (on the device every
     # check would be a host synchronisation), then the model inputs are copied to the device.
     batches = shard.iter_torch_batches(
-        batch_size=spec.batch_size, collate_fn=make_collate_fn(spec.pad_token_id), device="cpu", prefetch_batches=2,
+        batch_size=spec.batch_size, collate_fn=make_collate_fn(spec.pad_token_id, spec.pack_capacity), device="cpu",
+        prefetch_batches=2,
         pin_memory=device.type == "cuda",
     )
 
@@ -457,7 +507,8 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
     their all-reduces stay on the device (see :class:`StepLosses`)."""
     seq2seq = spec.task == "generate"
     if seq2seq:
-        tokens = sum((mb["labels"] != -100).sum() for mb in micro_batches).float()
+        targets = [mb["labels"][:, 1:] if spec.causal_lm else mb["labels"] for mb in micro_batches]
+        tokens = sum((t != -100).sum() for t in targets).float()
         global_tokens = all_reduce_sum(tokens, device).clamp(min=1.0)
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
     for i, mb in enumerate(micro_batches):
@@ -465,9 +516,9 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
         sync = contextlib.nullcontext() if (last or world == 1) else ddp_model.no_sync()
         with sync:
             with autocast:
-                out = ddp_model(**mb)
+                out = ddp_model(**forward_inputs(spec, mb))
             if seq2seq:
-                summed = token_loss_sum(out.logits, mb["labels"])
+                summed = loss_sum(spec, out.logits, mb["labels"])
                 loss = summed * world / global_tokens
                 loss_total += summed.detach().double() / global_tokens
             else:
@@ -480,6 +531,21 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return all_reduce_sum(loss_total, device)
+
+
+def save_checkpoint_files(directory: str, model, tokenizer, spec: WorkerSpec) -> None:
+    """The model part of a checkpoint: the HF-format model, or with LoRA a PEFT adapter directory
+    (plus ``merged/``, the full merged model, with ``train.lora.merge``); tokenizer files either way."""
+    if spec.lora is None:
+        ckpt.save_model_checkpoint(directory, model, tokenizer)
+        return
+    task_type = "CAUSAL_LM" if spec.causal_lm else ("SEQ_CLS" if spec.task == "classify" else "SEQ_2_SEQ_LM")
+    save_adapter(directory, model, spec.model_path, task_type)
+    tokenizer.save_pretrained(directory)
+    if spec.lora.merge:
+        merged = f"{directory}/merged"
+        model.save_pretrained(merged, state_dict=merged_state_dict(model))
+        tokenizer.save_pretrained(merged)
 
 
 def _report_with_checkpoint(model, tokenizer, optimizer, scheduler, spec, rank, step, metrics, log_history):
@@ -500,7 +566,7 @@ def _report_with_checkpoint(model, tokenizer, optimizer, scheduler, spec, rank, 
     }
     with tempfile.TemporaryDirectory(prefix="rayformers-ckpt-") as tmp:
         if rank == 0:
-            ckpt.save_model_checkpoint(tmp, model, tokenizer)
+            save_checkpoint_files(tmp, model, tokenizer, spec)
         ckpt.save_training_state(
             tmp, state, rank=rank, optimizer=optimizer if rank == 0 else None, scheduler=scheduler if rank == 0 else None
         )

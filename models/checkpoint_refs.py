@@ -28,6 +28,8 @@ from typing import Any, Optional
 
 import pyarrow.fs as pafs
 
+from .adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILES
+
 CHECKPOINT_PREFIX = "checkpoint_step_"
 TRAINER_STATE_DIR = "trainer_state"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -111,11 +113,12 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def _looks_complete(fs: pafs.FileSystem, path: str) -> bool:
-    return (
-        _exists(fs, posixpath.join(path, "config.json"))
-        and any(_exists(fs, posixpath.join(path, w)) for w in WEIGHT_FILES)
-        and _exists(fs, posixpath.join(path, TRAINER_STATE_DIR, TRAINER_STATE_FILE))
-    )
+    """A full model (config + weights) or a LoRA adapter (adapter config + weights), with training state."""
+    model = _exists(fs, posixpath.join(path, "config.json")) and any(
+        _exists(fs, posixpath.join(path, w)) for w in WEIGHT_FILES)
+    adapter = _exists(fs, posixpath.join(path, ADAPTER_CONFIG_FILE)) and any(
+        _exists(fs, posixpath.join(path, w)) for w in ADAPTER_WEIGHTS_FILES)
+    return (model or adapter) and _exists(fs, posixpath.join(path, TRAINER_STATE_DIR, TRAINER_STATE_FILE))
 
 
 def _step_from_name(name: str) -> Optional[int]:

@@ -480,15 +480,26 @@ class DecoderLayer(nn.Module):
         return x + self.resid_dropout(h), present, weights
 
 
-def attention_masks(attention_mask: torch.Tensor, query_len: int, windows, dtype: torch.dtype) -> dict:
+def packed_sequence_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Which packed sequence each token belongs to, from position ids that restart per sequence
+    (transformers' `find_packed_sequence_indices`): [[0, 1, 0, 1, 2]] -> [[0, 0, 1, 1, 1]]."""
+    first = position_ids[:, :1] - 1
+    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+
+
+def attention_masks(attention_mask: torch.Tensor, query_len: int, windows, dtype: torch.dtype,
+                    sequence_ids: torch.Tensor | None = None) -> dict:
     """Additive [batch, 1, query, key] masks, one per distinct window: causal, padding and (for a window w)
-    `key > query - w`, on absolute cache indices as transformers' masks; masked entries get dtype's min."""
+    `key > query - w`, on absolute cache indices as transformers' masks; masked entries get dtype's min.
+    With `sequence_ids` (packed rows, no cache) a token also attends only within its own sequence."""
     batch, key_len = attention_mask.shape
     device = attention_mask.device
     q_idx = torch.arange(key_len - query_len, key_len, device=device)[:, None]
     k_idx = torch.arange(key_len, device=device)[None, :]
     causal = k_idx <= q_idx
     padding = attention_mask.bool()[:, None, None, :]
+    if sequence_ids is not None:
+        padding = padding & (sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :])
     masks = {}
     for window in set(windows):
         allowed = causal if window is None else causal & (k_idx > q_idx - window)
@@ -566,6 +577,11 @@ class DecoderModel(DecoderPreTrainedModel):
             )
         past_len = past[0][0].shape[2] if past is not None else 0
         device = inputs_embeds.device
+        sequence_ids = None
+        if attention_mask is None and position_ids is not None and past is None:
+            # Packed rows (position ids restarting per row, no padding mask), as transformers: block-diagonal
+            # causal attention, so no token attends across rows.
+            sequence_ids = packed_sequence_ids(position_ids.expand(batch, -1))
         if attention_mask is None:
             attention_mask = torch.ones((batch, past_len + seq), dtype=torch.long, device=device)
         elif attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past_len + seq):
@@ -578,7 +594,7 @@ class DecoderModel(DecoderPreTrainedModel):
         hidden = inputs_embeds
         if spec.embed_scale is not None and (input_ids is not None or not spec.embed_scale_on_lookup):
             hidden = hidden * torch.tensor(spec.embed_scale, dtype=hidden.dtype)
-        masks = attention_masks(attention_mask, seq, spec.windows, hidden.dtype)
+        masks = attention_masks(attention_mask, seq, spec.windows, hidden.dtype, sequence_ids)
         cos, sin = self.rotary_emb(position_ids, hidden.dtype)
         local = self.rotary_emb_local(position_ids, hidden.dtype) if spec.local_rope is not None else None
 
