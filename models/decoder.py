@@ -632,6 +632,7 @@ class DecoderForCausalLM(_DecoderHead, GenerationMixin):
     _tied_weights_keys = ["lm_head.weight"]
     # Decoder-only generation contract (generation/causal_session.py).
     _generation_position_ids = True
+    _generation_chunked_prefill = True  # a cached forward takes several new tokens (attention_masks)
     _cache_sequence_dims = (2, 2)
     _generation_always_causal = True  # a decoder-only LM: causal whatever config.is_decoder says
 
