@@ -26,7 +26,7 @@ from torch import nn
 from .generation import GenerationConfig, GenerationMixin
 from .layers import (causal_lm_loss, check_input_ids, get_activation, init_linear_embedding_norm,
                      sequence_classification_loss, span_logits_and_loss, to_legacy_cache, token_cross_entropy)
-from .modeling_utils import _EMPTY_INIT, PreTrainedModel
+from .modeling_utils import _EMPTY_INIT, PreTrainedModel, clone_empty
 from .outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast, QuestionAnsweringModelOutput,
                       SequenceClassifierOutputWithPast, TokenClassifierOutput)
 
@@ -480,6 +480,25 @@ class DecoderLayer(nn.Module):
         return x + self.resid_dropout(h), present, weights
 
 
+def _layer_kind(spec: DecoderSpec, layer_idx: int) -> tuple:
+    """What a layer's construction depends on besides the spec: its window and whether it is routed."""
+    return spec.windows[layer_idx], bool(spec.moe_layers and spec.moe_layers[layer_idx])
+
+
+def _build_layers(spec: DecoderSpec) -> list[DecoderLayer]:
+    """The decoder layers. While loading (parameters on the meta device, about to be replaced) a
+    layer of a kind already built is a `clone_empty` of it: ~10x cheaper than constructing it."""
+    layers, built = [], {}
+    for i in range(spec.num_layers):
+        kind = _layer_kind(spec, i)
+        if _EMPTY_INIT.active and kind in built:
+            layers.append(clone_empty(built[kind]))
+        else:
+            layers.append(DecoderLayer(spec, i))
+            built.setdefault(kind, layers[-1])
+    return layers
+
+
 def attention_masks(attention_mask: torch.Tensor, query_len: int, windows, dtype: torch.dtype) -> dict:
     """Additive [batch, 1, query, key] masks, one per distinct window: causal, padding and (for a window w)
     `key > query - w`, on absolute cache indices as transformers' masks; masked entries get dtype's min."""
@@ -529,7 +548,7 @@ class DecoderModel(DecoderPreTrainedModel):
         pad = spec.pad_token_id if spec.pad_token_id is not None and 0 <= spec.pad_token_id < spec.vocab_size else None
         self.padding_idx = pad
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, pad, device=_param_device())
-        self.layers = nn.ModuleList(DecoderLayer(spec, i) for i in range(spec.num_layers))
+        self.layers = nn.ModuleList(_build_layers(spec))
         self.norm = _norm(spec, spec.hidden_size)
         self.rotary_emb = RotaryEmbedding(spec.rope)
         if spec.local_rope is not None:
