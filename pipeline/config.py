@@ -345,9 +345,11 @@ class ComputeConfig:
     """Rows per read task (consecutive row groups of one file; a bigger row group is one task,
     streamed in ``batch_size`` slices)."""
     max_tokens_per_batch: Optional[int] = None
-    """Padded-token budget of one forward micro-batch (rows × longest row). Default: 2,048 on CPU
-    for classify/embed/token-classify (small batches keep activations in cache: measured fastest),
-    8,192 on CPU for generate (decoder steps gain from more rows), 16,384 on GPU."""
+    """Padded-token budget of one forward micro-batch (rows × longest row); for generate with a
+    decoder-only model, of one prefill forward (a longer prompt is prefilled in pieces; the KV
+    cache is bounded by ``max_kv_tokens``). Default: 2,048 on CPU for classify/embed/token-classify
+    (small batches keep activations in cache: measured fastest), 8,192 on CPU for generate (decoder
+    steps gain from more rows), 16,384 on GPU."""
     max_rows_per_batch: int = 128
     """Row cap of one forward micro-batch."""
     max_kv_tokens: Optional[int] = None
