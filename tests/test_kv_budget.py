@@ -125,3 +125,17 @@ def test_default_budget_comes_from_the_row_cap_on_cpu_and_from_free_memory_on_gp
         free, _ = torch.cuda.mem_get_info(0)
         got = default_max_kv_tokens(ours, max_batch_size=16, device="cuda:0")
         assert abs(got - free * KV_MEMORY_SHARE / kv_bytes_per_token(ours)) < 0.01 * got
+
+
+def test_generate_operator_takes_the_configured_budget_or_derives_one(qwen2, tmp_path):
+    from rayformers.models import AutoTokenizer
+    from rayformers.models.generation.kv_budget import CPU_POSITIONS_PER_ROW
+    from rayformers.operators.generate import GenerateOperator
+
+    from model_test_utils import with_minilm_tokenizer
+
+    _, ours = qwen2
+    tokenizer = AutoTokenizer.from_pretrained(with_minilm_tokenizer(tmp_path))
+    derived = GenerateOperator(model=ours, tokenizer=tokenizer, max_batch_size=16)
+    assert derived.max_kv_tokens == 16 * CPU_POSITIONS_PER_ROW
+    assert GenerateOperator(model=ours, tokenizer=tokenizer, max_kv_tokens=500).max_kv_tokens == 500
