@@ -1,20 +1,21 @@
-"""Prefix caching, measured before building it: is prefilling a shared system prompt once per batch
+"""Prefix caching: is prefilling a shared system prompt once per batch
 (and reusing its KV cache for every row) faster than prefilling each row's whole prompt?
 
 A Qwen2-shaped model (hidden 512, 4 layers, GQA 8/2 heads, vocab 32,000; random weights, fp32, CPU),
 `--rows` prompts that all start with the same `--prefix` tokens (a chat template's system prompt)
 followed by each row's own 16-64 tokens (the user text and the assistant header). Timed:
 
-- "whole prompts": what the engine does today: `DecoderOnlyRows.prefill` of the rows (prompts of
+- "whole prompts": `DecoderOnlyRows.prefill` of the rows with `share_prefix=False` (prompts of
   similar length prefilled together, left-padded, each forward over the whole prompt);
-- "prefix once": one forward over the prefix alone (1 row), its cache repeated for every row, then
-  one forward over the rows' suffixes (left-padded among themselves) on top of it; the attention
-  mask marks the padding between prefix and suffix, positions come from the mask, so each row's last
-  logits equal the whole-prompt prefill's (checked).
+- "prefix once": the same with `share_prefix=True` (the engine's default): one forward over the
+  prefix alone (1 row), its cache expanded to every row, then the rows' own tokens on top of it and
+  the padding moved to the left; each row's last logits equal the whole-prompt prefill's (checked).
 
 Both are prefill only; the decode steps after it cost the same either way (the same cache length),
 so the end-to-end gain for a job is the prefill gain times prefill's share of the job, which is
-printed too for `--new-tokens` greedy steps (the decode time is measured on the same rows).
+printed too for `--new-tokens` greedy steps (the decode time is measured on the same rows). Last,
+the whole job through `stream_generate` (all rows admitted at once, `--new-tokens` greedy tokens, no
+eos) with `share_prefix` False and True, outputs compared.
 
     .venv/bin/python benchmarks/bench_prefix_cache.py [--rows 32] [--prefix 48] [--repeats 5] [--threads 2]
 
@@ -46,7 +47,6 @@ def main() -> None:
     import transformers
 
     from rayformers.models import AutoModelForCausalLM
-    from rayformers.models.generation.causal_session import CausalSession
     from rayformers.models.generation.continuous_causal import DecoderOnlyRows, _RowLimits
     from rayformers.models.generation.continuous_inputs import _Input
     from rayformers.models.generation.utils import prepare_decoding
@@ -66,22 +66,16 @@ def main() -> None:
                       key=len, reverse=True)
     group = [_Input(i, i, prefix + s) for i, s in enumerate(suffixes)]
     cfg, _, _ = prepare_decoding(model, None, None, {"max_new_tokens": args.new_tokens})
-    strategy = DecoderOnlyRows(model, _RowLimits(model, cfg, {"max_new_tokens": args.new_tokens}), pad_id=0, nrs=1,
-                               device=torch.device("cpu"))
+    limits = _RowLimits(model, cfg, {"max_new_tokens": args.new_tokens})
+    plain = DecoderOnlyRows(model, limits, pad_id=0, nrs=1, device=torch.device("cpu"), share_prefix=False)
+    sharing = DecoderOnlyRows(model, limits, pad_id=0, nrs=1, device=torch.device("cpu"), share_prefix=True)
 
     def whole():
-        session, logits, _, _ = strategy.prefill(group)
+        session, logits, _, _ = plain.prefill(group)
         return session, logits
 
     def prefix_once():
-        head = CausalSession(model, torch.ones(1, len(prefix), dtype=torch.long))
-        head.step(torch.tensor([prefix]))
-        width = max(len(s) for s in suffixes)
-        ids = torch.tensor([[0] * (width - len(s)) + s for s in suffixes])
-        mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s) for s in suffixes])
-        past = tuple(tuple(t.expand(len(suffixes), *t.shape[1:]) for t in layer) for layer in head.past_key_values)
-        session = CausalSession(model, mask)
-        logits, session.past_key_values = session._forward(ids, mask, past)
+        session, logits, _, _ = sharing.prefill(group)
         return session, logits
 
     def decode(session, logits):
@@ -92,6 +86,7 @@ def main() -> None:
     with torch.inference_mode():
         reference = whole()[1]
         got = prefix_once()[1]
+        assert sharing.stats.get("shared_prefix_tokens") == args.prefix, sharing.stats
         difference = (reference - got).abs().max().item()
         assert torch.equal(reference.argmax(-1), got.argmax(-1)), "prefix-cached prefill changed a greedy token"
         times = {"whole prompts": [], "prefix once": [], "decode": []}
@@ -107,6 +102,18 @@ def main() -> None:
             timed("whole prompts", whole)
             timed("prefix once", prefix_once)
             timed("decode", decode, *whole())
+        from rayformers.models.generation import stream_generate
+
+        inputs = [(x.key, x.ids) for x in group]
+        jobs = {True: [], False: []}
+        outputs = {}
+        for _ in range(args.repeats):
+            for share in (False, True):
+                start_cpu = time.process_time()
+                outputs[share] = dict(stream_generate(model, iter(inputs), max_batch_size=args.rows, share_prefix=share,
+                                                      max_new_tokens=args.new_tokens, eos_token_id=None))
+                jobs[share].append(time.process_time() - start_cpu)
+        assert outputs[True] == outputs[False], "prefix sharing changed an output"
     tokens = sum(len(x.ids) for x in group)
     print(f"{args.rows} rows, shared prefix {args.prefix} tokens, suffixes 16-64 ({tokens} prompt tokens), "
           f"{args.threads} threads, {args.repeats} runs, max |logit difference| {difference:.2e}")
@@ -117,6 +124,9 @@ def main() -> None:
         job = med["whole prompts"] + med["decode"]
         print(f"{label}: prefill prefix once / whole prompts = {med['prefix once'] / med['whole prompts']:.2f}x; "
               f"a {args.new_tokens}-token job (prefill + decode) saves {100 * gain / job:.1f}%")
+    off, on = statistics.median(jobs[False]), statistics.median(jobs[True])
+    print(f"stream_generate, {args.new_tokens} new tokens, cpu: share_prefix=False {off:.3f} s, True {on:.3f} s "
+          f"({on / off:.2f}x), outputs identical")
 
 
 if __name__ == "__main__":

@@ -660,6 +660,9 @@ class DecoderForCausalLM(_DecoderHead, GenerationMixin):
         decoder = self._attach_decoder(config)
         self.lm_head = _linear(decoder.spec.hidden_size, decoder.spec.vocab_size, bias=False)
         self.generation_config = GenerationConfig.from_model_config(config)
+        # A prompt prefix's cache may be computed once and reused behind other rows' padding only
+        # when no layer has a sliding window (its window counts cache columns, padding included).
+        self._generation_prefix_sharing = all(window is None for window in decoder.spec.windows)
         self.post_init()
 
     def get_output_embeddings(self):

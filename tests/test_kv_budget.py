@@ -139,3 +139,54 @@ def test_generate_operator_takes_the_configured_budget_or_derives_one(qwen2, tmp
     derived = GenerateOperator(model=ours, tokenizer=tokenizer, max_batch_size=16)
     assert derived.max_kv_tokens == 16 * CPU_POSITIONS_PER_ROW
     assert GenerateOperator(model=ours, tokenizer=tokenizer, max_kv_tokens=500).max_kv_tokens == 500
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                      pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_((1.0 if "norm" in name else 0.0) + 0.2 * torch.randn(p.shape, generator=g))
+    path = tmp_path_factory.mktemp("llama")
+    hf.save_pretrained(path)
+    return hf, AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_a_shared_prompt_prefix_is_prefilled_once_and_outputs_do_not_change(llama):
+    """Prompts that start with the same 20 tokens (a system prompt): the prefix is prefilled once
+    per admitted group, each row's own tokens behind it; every continuation still equals
+    transformers' greedy generate of the prompt alone, under a tight budget and short prefill
+    forwards too."""
+    hf, ours = llama
+    rng = random.Random(3)
+    system = [rng.randrange(7, VOCAB) for _ in range(20)]
+    inputs = [(f"doc-{i}", system + [rng.randrange(7, VOCAB) for _ in range(rng.randrange(1, 16))])
+              for i in range(10)]
+    inputs.append(("other", [rng.randrange(7, VOCAB) for _ in range(9)]))  # no shared prefix
+    settings = dict(max_new_tokens=MAX_NEW, eos_token_id=EOS_IDS, pad_token_id=PAD)
+    for limits in (dict(), dict(max_kv_tokens=4 * (35 + MAX_NEW), max_batch_tokens=12)):
+        stats: dict = {}
+        shared = dict(stream_generate(ours, iter(inputs), max_batch_size=6, stats=stats, **limits, **settings))
+        assert stats.get("shared_prefix_tokens", 0) >= 20, stats
+        if "max_kv_tokens" in limits:
+            assert stats["peak_kv_tokens"] <= limits["max_kv_tokens"] and stats["max_prefill_tokens"] <= 12, stats
+        for key, ids in inputs:
+            assert shared[key] == _transformers_greedy(hf, ids), (limits, key)
+    plain_stats: dict = {}
+    plain = dict(stream_generate(ours, iter(inputs), max_batch_size=6, share_prefix=False, stats=plain_stats,
+                                 **settings))
+    assert "shared_prefix_tokens" not in plain_stats and plain == shared
+
+
+def test_prefix_sharing_is_off_for_sliding_window_models(qwen2):
+    _, ours = qwen2
+    assert ours._generation_prefix_sharing is False
+    prompts = [(i, list(range(10, 30)) + [40 + i]) for i in range(3)]
+    stats: dict = {}
+    list(stream_generate(ours, iter(prompts), max_new_tokens=2, pad_token_id=PAD, stats=stats))
+    assert "shared_prefix_tokens" not in stats

@@ -153,6 +153,39 @@ class CausalSession:
         self.past_key_values = past
         return logits
 
+    def prefill_after(self, past, past_length: int, input_ids: torch.Tensor, columns: int | None = None) -> torch.Tensor:
+        """The first step when the first `past_length` positions are already cached (`past`, e.g. a
+        shared prompt prefix expanded to every row): feed the rest of the prompt, `columns` at a time.
+        The attention mask covers both; padding may sit between the two parts (see `move_padding_left`)."""
+        width = input_ids.shape[1]
+        if self.attention_mask.shape[1] != past_length + width:
+            raise ValueError("the attention mask must cover the cached positions and the new ones")
+        columns = width if columns is None else columns
+        logits = None
+        for start in range(0, width, columns):
+            end = min(width, start + columns)
+            logits, past = self._forward(input_ids[:, start:end], self.attention_mask[:, :past_length + end], past)
+        self.past_key_values = past
+        return logits
+
+    def move_padding_left(self) -> None:
+        """Make every row left-padded again (0...0 1...1) by moving its padding columns, mask and
+        cache alike, to the left end; the real positions keep their order (so their positions, which
+        come from the mask, do not change)."""
+        mask = self.attention_mask
+        order = torch.sort(mask, dim=1, stable=True).indices  # padding (0) first, real positions in order
+        self.attention_mask = torch.gather(mask, 1, order)
+
+        def gather(t, index):
+            dim = self.sequence_dims[index] if index < len(self.sequence_dims) else None
+            if dim is None:
+                return t
+            shape = [1] * t.dim()
+            shape[0], shape[dim] = order.shape[0], order.shape[1]
+            return torch.gather(t, dim, order.view(shape).expand(*t.shape[:dim], order.shape[1], *t.shape[dim + 1:]))
+
+        self.past_key_values = _map_cache(self.past_key_values, gather)
+
     def cached_tokens(self) -> int:
         """Positions held in the KV cache, padding included: rows x cached width."""
         if self.past_key_values is None:

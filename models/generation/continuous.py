@@ -64,6 +64,7 @@ def stream_generate(
     max_kv_tokens: int | None = None,
     on_reject=None,
     stats: dict | None = None,
+    share_prefix: bool = True,
     **kwargs,
 ) -> Iterator[tuple[Hashable, Any]]:
     """Yield `(key, token_ids)` for every `(key, input_ids)` of `inputs`, each as soon as it is done.
@@ -85,7 +86,9 @@ def stream_generate(
     (rows x positions fed): a longer prompt is prefilled in pieces (models declaring
     `_generation_chunked_prefill`; other models refuse a prompt longer than it). `stats`, a dict,
     receives `peak_kv_tokens` (the most KV positions the batch held), `max_prefill_tokens`,
-    `prefill_forwards` and `admission_waits`.
+    `prefill_forwards` and `admission_waits` (and `shared_prefix_tokens`). `share_prefix`: prompts
+    admitted together that start with the same tokens have that prefix prefilled once
+    (continuous_causal.DecoderOnlyRows).
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -125,7 +128,8 @@ def stream_generate(
             return
         refill = True if refill is None else refill
         strategy = DecoderOnlyRows(model, limits, pad_id=pad_id, nrs=nrs, device=device, max_kv_tokens=max_kv_tokens,
-                                   prefill_tokens=max_batch_tokens, on_reject=on_reject, stats=stats)
+                                   prefill_tokens=max_batch_tokens, on_reject=on_reject, stats=stats,
+                                   share_prefix=share_prefix)
     else:
         if cfg.num_beams > 1:
             yield from beam_chunks(model, cfg, special, reader, max_batch_size, max_batch_tokens, device)

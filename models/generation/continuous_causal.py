@@ -71,6 +71,28 @@ def prefill_chunks(group: list[_Input]) -> list[list[_Input]]:
     return chunks
 
 
+MIN_SHARED_PREFIX = 16
+"""Prompts admitted together that all start with at least this many identical tokens (a chat
+template's system prompt) have that prefix prefilled once (see `DecoderOnlyRows.prefill`)."""
+
+
+def shared_prefix_length(group: list[_Input]) -> int:
+    """Tokens every prompt of `group` starts with (each keeping at least one token of its own), or 0
+    when under `MIN_SHARED_PREFIX` or fewer than two prompts."""
+    if len(group) < 2:
+        return 0
+    first = group[0].ids
+    length = min(len(x.ids) for x in group) - 1
+    for item in group[1:]:
+        ids, same = item.ids, 0
+        while same < length and ids[same] == first[same]:
+            same += 1
+        length = same
+        if length < MIN_SHARED_PREFIX:
+            return 0
+    return length
+
+
 class DecoderOnlyRows:
     """Engine strategy (see continuous_engine.py) for decoder-only models.
 
@@ -87,13 +109,20 @@ class DecoderOnlyRows:
     given, else a ValueError naming it. `prefill_tokens` bounds one prefill forward (rows x positions fed):
     prompts are prefilled in as many forwards as that takes, a long prompt a piece of columns at a
     time (`CausalSession.prefill`), so its attention is never computed over the whole prompt at once.
+
+    Prefix sharing: when the prompts admitted together all start with the same tokens (at least
+    `MIN_SHARED_PREFIX`: a chat template's system prompt), that prefix is prefilled once, its cache
+    expanded to every row, and only the rest of each prompt is prefilled on top of it; the padding,
+    which then sits between the prefix and the row's own tokens, is moved to the left end of the
+    row (`CausalSession.move_padding_left`), so the batch is left-padded as everywhere else. Only for
+    models declaring `_generation_prefix_sharing` (no sliding windows) with `share_prefix`.
     """
 
     width_tensors = {"history": "first"}
 
     def __init__(self, model, limits: _RowLimits, *, pad_id: int, nrs: int, device,
                  max_kv_tokens: int | None = None, prefill_tokens: int | None = None, on_reject=None,
-                 stats: dict | None = None):
+                 stats: dict | None = None, share_prefix: bool = True):
         self.model = model
         self.limits = limits
         self.pad_id = pad_id
@@ -103,6 +132,8 @@ class DecoderOnlyRows:
         self.prefill_tokens = prefill_tokens
         self.on_reject = on_reject
         self.stats = stats if stats is not None else {}
+        self.share_prefix = share_prefix and bool(getattr(model, "_generation_prefix_sharing", False)) and bool(
+            getattr(model, "_generation_chunked_prefill", False))
 
     def cost(self, item: _Input) -> int:
         return self.limits(item)[0] * self.nrs
@@ -142,6 +173,33 @@ class DecoderOnlyRows:
             engine.source_tokens += self.cost(item)
         return taken
 
+    def _columns(self, rows: int) -> int | None:
+        return None if self.prefill_tokens is None else max(1, self.prefill_tokens // rows)
+
+    def _prefill_prefix(self, ids: list[int]):
+        """The cache of a prefix shared by the prompts admitted together (one row)."""
+        session = CausalSession(self.model, transfer.to_device([[1] * len(ids)], self.device))
+        session.prefill(transfer.to_device([ids], self.device), self._columns(1))
+        self.stats["prefill_forwards"] = self.stats.get("prefill_forwards", 0) + 1
+        self.stats["shared_prefix_tokens"] = self.stats.get("shared_prefix_tokens", 0) + len(ids)
+        return session.past_key_values
+
+    def _prefill_after_prefix(self, chunk: list[_Input], prefix: int, past) -> tuple[CausalSession, torch.Tensor]:
+        """Prefill the rest of each prompt of `chunk` behind the shared prefix's cache `past`."""
+        width = max(len(x.ids) for x in chunk) - prefix
+        ids = [[self.pad_id] * (width - len(x.ids) + prefix) + x.ids[prefix:] for x in chunk]
+        mask = [[1] * prefix + [0] * (width - len(x.ids) + prefix) + [1] * (len(x.ids) - prefix) for x in chunk]
+        input_ids, mask = transfer.to_device(ids, self.device), transfer.to_device(mask, self.device)
+        session = CausalSession(self.model, mask)
+        rows = len(chunk)
+        expanded = tuple(tuple(None if t is None else t.expand(rows, *t.shape[1:]) for t in layer) for layer in past)
+        columns = self._columns(rows) or width
+        self.stats["max_prefill_tokens"] = max(self.stats.get("max_prefill_tokens", 0), rows * min(columns, width))
+        self.stats["prefill_forwards"] = self.stats.get("prefill_forwards", 0) + -(-width // columns)
+        logits = session.prefill_after(expanded, prefix, input_ids, columns)
+        session.move_padding_left()
+        return session, logits
+
     def _prefill_chunk(self, chunk: list[_Input]) -> tuple[CausalSession, torch.Tensor]:
         width = max(len(x.ids) for x in chunk)
         ids = [[self.pad_id] * (width - len(x.ids)) + x.ids for x in chunk]
@@ -158,15 +216,16 @@ class DecoderOnlyRows:
         self.stats["prefill_forwards"] = self.stats.get("prefill_forwards", 0) + pieces
         return session, session.prefill(input_ids, columns)
 
-    def _forward_groups(self, group: list[_Input]) -> list[list[_Input]]:
+    def _forward_groups(self, group: list[_Input], prefix: int = 0) -> list[list[_Input]]:
         """Prefill groups of similar length (`prefill_chunks`), each cut to at most `prefill_tokens`
-        rows x width (a prompt longer than that goes alone and is fed in pieces of columns)."""
+        rows x width (a prompt longer than that goes alone and is fed in pieces of columns); with a
+        shared prefix, the lengths that count are those after it."""
         groups = []
         for chunk in prefill_chunks(group):
             if self.prefill_tokens is None:
                 groups.append(chunk)
                 continue
-            per_forward = max(1, self.prefill_tokens // max(len(x.ids) for x in chunk))
+            per_forward = max(1, self.prefill_tokens // (max(len(x.ids) for x in chunk) - prefix))
             groups.extend(chunk[i:i + per_forward] for i in range(0, len(chunk), per_forward))
         return groups
 
@@ -175,8 +234,13 @@ class DecoderOnlyRows:
         rows = [[x.ids[0]] * (width - len(x.ids)) + x.ids for x in group]  # history padding: the row's first token
         limits = [self.limits(x) for x in group]
         session, logits = None, []
-        for chunk in self._forward_groups(group):
-            part, part_logits = self._prefill_chunk(chunk)
+        prefix = shared_prefix_length(group) if self.share_prefix else 0
+        past = self._prefill_prefix(group[0].ids[:prefix]) if prefix else None
+        for chunk in self._forward_groups(group, prefix):
+            if prefix:
+                part, part_logits = self._prefill_after_prefix(chunk, prefix, past)
+            else:
+                part, part_logits = self._prefill_chunk(chunk)
             logits.append(part_logits)
             part.pad_self_attention(width)
             if session is None:
