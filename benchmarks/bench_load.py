@@ -8,8 +8,10 @@ tensor is used); "ours" is `AutoModelForCausalLM.from_pretrained(path, dtype="au
 model built on the meta device, the mapped tensors assigned in place, bf16 kept, no copy). Both are
 lazy, so the "+ read" rows also touch every 4 KiB page of every tensor (the bytes then really come in
 from the page cache), which is what a first forward pass pays: that is the raw read the load is
-compared with. Runs alternate and the median is reported (a first round warms the page cache for
-all). With `--transformers`, transformers' own load is timed too.
+compared with. "raw file read" reads every shard's bytes into memory (`read()`: what a loader that
+copies instead of mapping pays, with the page cache warm a memory copy). Runs alternate and the
+median is reported (a first round warms the page cache for all). With `--transformers`,
+transformers' own load is timed too.
 
     .venv/bin/python benchmarks/bench_load.py [--repeats 7] [--shard-mb 100] [--transformers]
 """
@@ -46,12 +48,14 @@ def touch(tensors) -> None:
         total += float(flat[:: max(1, 4096 // t.element_size())].float().sum())
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): on a machine shared with other jobs the CPU time
+    is the steadier measure of the work done."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    elapsed = time.perf_counter() - start
-    del result
-    return elapsed
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    del result  # freeing the model or the tensors is not part of the load
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -83,11 +87,19 @@ def main() -> None:
     assert not any(p.is_meta for p in model.parameters())
     del model
 
+    def file_read():
+        data = []
+        for shard in shards:
+            with open(shard, "rb") as f:
+                data.append(f.read())
+        return data
+
     runs = {
         "raw safetensors open": raw,
         "ours from_pretrained": ours,
         "raw open + read": lambda: touch(raw().values()),
         "ours from_pretrained + read": lambda: touch(ours().parameters()),
+        "raw file read": file_read,
     }
     if args.transformers:
         import transformers
@@ -96,20 +108,31 @@ def main() -> None:
         runs["transformers from_pretrained"] = lambda: transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype="auto")
     times = {name: [] for name in runs}
+    cpu_times = {name: [] for name in runs}
     for name, fn in runs.items():  # warm the page cache and imports once
         timed(fn)
     for _ in range(args.repeats):
         for name, fn in runs.items():
-            times[name].append(timed(fn))
+            wall, cpu = timed(fn)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
 
-    baseline = {name: statistics.median(times["raw open + read" if "read" in name else "raw safetensors open"])
+    baseline = {name: statistics.median(times["raw open + read" if "+ read" in name else "raw safetensors open"])
                 for name in times}
+    baseline["raw file read"] = statistics.median(times["raw file read"])
     print(f"checkpoint: {len(shards)} shards, {size_mb:.0f} MB bf16, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.repeats} alternating runs")
-    print(f"{'':32s} {'median s':>9s} {'min s':>7s} {'vs raw':>7s}")
+    cpu_base = {name: statistics.median(cpu_times["raw open + read" if "+ read" in name else "raw safetensors open"])
+                for name in times}
+    cpu_base["raw file read"] = statistics.median(cpu_times["raw file read"])
+    print(f"{'':32s} {'median s':>9s} {'min s':>7s} {'vs raw':>7s} {'cpu s':>7s} {'cpu vs raw':>10s}")
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:32s} {median:9.3f} {min(values):7.3f} {median / baseline[name]:6.2f}x")
+        median, cpu = statistics.median(values), statistics.median(cpu_times[name])
+        print(f"{name:32s} {median:9.3f} {min(values):7.3f} {median / baseline[name]:6.2f}x {cpu:7.3f} "
+              f"{cpu / cpu_base[name]:9.2f}x")
+    ours_read = statistics.median(times["ours from_pretrained + read"])
+    print(f"ours from_pretrained + read / raw file read: {ours_read / baseline['raw file read']:.2f}x wall, "
+          f"{statistics.median(cpu_times['ours from_pretrained + read']) / cpu_base['raw file read']:.2f}x cpu")
 
 
 if __name__ == "__main__":

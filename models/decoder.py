@@ -26,7 +26,7 @@ from torch import nn
 from .generation import GenerationConfig, GenerationMixin
 from .layers import (causal_lm_loss, check_input_ids, get_activation, init_linear_embedding_norm,
                      sequence_classification_loss, span_logits_and_loss, to_legacy_cache, token_cross_entropy)
-from .modeling_utils import _EMPTY_INIT, PreTrainedModel
+from .modeling_utils import _EMPTY_INIT, PreTrainedModel, clone_empty
 from .outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast, QuestionAnsweringModelOutput,
                       SequenceClassifierOutputWithPast, TokenClassifierOutput)
 
@@ -487,6 +487,25 @@ def packed_sequence_ids(position_ids: torch.Tensor) -> torch.Tensor:
     return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
 
 
+def _layer_kind(spec: DecoderSpec, layer_idx: int) -> tuple:
+    """What a layer's construction depends on besides the spec: its window and whether it is routed."""
+    return spec.windows[layer_idx], bool(spec.moe_layers and spec.moe_layers[layer_idx])
+
+
+def _build_layers(spec: DecoderSpec) -> list[DecoderLayer]:
+    """The decoder layers. While loading (parameters on the meta device, about to be replaced) a
+    layer of a kind already built is a `clone_empty` of it: ~10x cheaper than constructing it."""
+    layers, built = [], {}
+    for i in range(spec.num_layers):
+        kind = _layer_kind(spec, i)
+        if _EMPTY_INIT.active and kind in built:
+            layers.append(clone_empty(built[kind]))
+        else:
+            layers.append(DecoderLayer(spec, i))
+            built.setdefault(kind, layers[-1])
+    return layers
+
+
 def attention_masks(attention_mask: torch.Tensor, query_len: int, windows, dtype: torch.dtype,
                     sequence_ids: torch.Tensor | None = None) -> dict:
     """Additive [batch, 1, query, key] masks, one per distinct window: causal, padding and (for a window w)
@@ -540,7 +559,7 @@ class DecoderModel(DecoderPreTrainedModel):
         pad = spec.pad_token_id if spec.pad_token_id is not None and 0 <= spec.pad_token_id < spec.vocab_size else None
         self.padding_idx = pad
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, pad, device=_param_device())
-        self.layers = nn.ModuleList(DecoderLayer(spec, i) for i in range(spec.num_layers))
+        self.layers = nn.ModuleList(_build_layers(spec))
         self.norm = _norm(spec, spec.hidden_size)
         self.rotary_emb = RotaryEmbedding(spec.rope)
         if spec.local_rope is not None:
@@ -648,6 +667,7 @@ class DecoderForCausalLM(_DecoderHead, GenerationMixin):
     _tied_weights_keys = ["lm_head.weight"]
     # Decoder-only generation contract (generation/causal_session.py).
     _generation_position_ids = True
+    _generation_chunked_prefill = True  # a cached forward takes several new tokens (attention_masks)
     _cache_sequence_dims = (2, 2)
     _generation_always_causal = True  # a decoder-only LM: causal whatever config.is_decoder says
 
@@ -656,6 +676,9 @@ class DecoderForCausalLM(_DecoderHead, GenerationMixin):
         decoder = self._attach_decoder(config)
         self.lm_head = _linear(decoder.spec.hidden_size, decoder.spec.vocab_size, bias=False)
         self.generation_config = GenerationConfig.from_model_config(config)
+        # A prompt prefix's cache may be computed once and reused behind other rows' padding only
+        # when no layer has a sliding window (its window counts cache columns, padding included).
+        self._generation_prefix_sharing = all(window is None for window in decoder.spec.windows)
         self.post_init()
 
     def get_output_embeddings(self):

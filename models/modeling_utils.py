@@ -116,7 +116,9 @@ class PreTrainedModel(nn.Module):
         for module in self.modules():
             if isinstance(module, PreTrainedModel):
                 module._tie_embeddings()
-            if hasattr(module, "_tie_weights"):
+            # looked up on the class: `hasattr` on a module instance goes through
+            # `nn.Module.__getattr__` and an AttributeError for every module without the hook
+            if hasattr(type(module), "_tie_weights"):
                 module._tie_weights()
 
     def _tie_embeddings(self) -> None:
@@ -210,7 +212,7 @@ class PreTrainedModel(nn.Module):
         with _default_dtype(target_dtype), init_empty_weights():
             model = cls(config, *model_args, **model_kwargs)
         info = model._load_state_dict_into_meta_model(state_dict, target_dtype, ignore_mismatched_sizes)
-        model.eval()
+        _set_eval(model)
         if hasattr(model, "load_generation_config"):
             model.load_generation_config(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
         if device is not None:
@@ -220,7 +222,10 @@ class PreTrainedModel(nn.Module):
     def _load_state_dict_into_meta_model(
         self, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None, ignore_mismatched_sizes: bool
     ) -> dict[str, list]:
-        expected = self.state_dict(keep_vars=True)
+        # One walk of the module tree gives the expected keys and the owners to assign to (the
+        # state dict's own walk, then another for the owners, cost more than the assignment).
+        modules = dict(self.named_modules(remove_duplicate=False))  # shared modules under every name
+        expected = _state_tensors(modules)
         renamed = _rename_keys(state_dict, set(expected), self.base_model_prefix)
 
         mismatched: list[tuple[str, tuple, tuple]] = []
@@ -241,10 +246,10 @@ class PreTrainedModel(nn.Module):
                 "weights are then newly initialised), e.g. when the number of labels differs."
             )
 
-        _assign_tensors(self, to_load)
+        _assign_tensors(self, to_load, modules)
         self.tie_weights()
-        self._materialize_missing(dtype)
-        self.tie_weights()
+        if self._materialize_missing(dtype):
+            self.tie_weights()
 
         buffers = {name for name, _ in self.named_buffers()}
         tied_groups = _shared_parameter_groups(self)
@@ -273,16 +278,19 @@ class PreTrainedModel(nn.Module):
                 dtype = torch.float32
         return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
-    def _materialize_missing(self, dtype: torch.dtype | None) -> None:
-        """Give real storage to parameters the checkpoint did not provide and initialise them.
+    def _materialize_missing(self, dtype: torch.dtype | None) -> bool:
+        """Give real storage to parameters the checkpoint did not provide and initialise them;
+        return whether there were any (then the caller ties again).
 
         `_init_weights` works per module and would overwrite a loaded sibling (a loaded weight next
         to a missing bias), so loaded tensors of a partially loaded module are restored afterwards.
         """
+        found = False
         for module in self.modules():
-            own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+            own = [(n, t) for table in (module._parameters, module._buffers) for n, t in table.items() if t is not None]
             if not any(t.is_meta for _, t in own):
                 continue
+            found = True
             kept = {name: t.detach().clone() for name, t in own if not t.is_meta}
             for name, tensor in own:
                 if not tensor.is_meta:
@@ -297,6 +305,7 @@ class PreTrainedModel(nn.Module):
             with torch.no_grad():
                 for name, value in kept.items():
                     getattr(module, name).copy_(value)
+        return found
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(
@@ -383,14 +392,73 @@ def init_empty_weights():
             setattr(nn.init, name, function)
 
 
-def _assign_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def clone_empty(module: nn.Module) -> nn.Module:
+    """A structural copy of `module` built inside `init_empty_weights`: new module objects that hold
+    the same meta parameters (placeholders: loading puts a new parameter in every slot, from the
+    checkpoint or materialised per module), copies of its buffers, the other attributes shared.
+
+    Constructing a module costs tens of microseconds of Python (`nn.Module.__init__`,
+    `__setattr__`, a new parameter per weight); a decoder layer is ~13 modules and 9 weights, and
+    a checkpoint's identical layers are most of the model. Copying the first of each kind skips
+    that. Only for modules whose plain attributes are configuration (shared safely) and whose state
+    lives in parameters, buffers and submodules; only while loading."""
+    if not _EMPTY_INIT.active:
+        raise RuntimeError("clone_empty is for modules built inside init_empty_weights (from_pretrained)")
+    if any(p is not None and not p.is_meta for p in module._parameters.values()):
+        raise RuntimeError(f"clone_empty: {type(module).__name__} holds a real parameter")
+    clone = object.__new__(type(module))
+    state = module.__dict__.copy()
+    for name, value in state.items():
+        if isinstance(value, (dict, set, list)):  # parameter/buffer/module tables, hook tables, buffer names
+            state[name] = value.copy()
+    buffers = state["_buffers"]
+    for key, buffer in buffers.items():
+        if buffer is not None:
+            buffers[key] = buffer.clone()
+    modules = state["_modules"]
+    for key, sub in modules.items():
+        if sub is not None:
+            modules[key] = clone_empty(sub)
+    clone.__dict__ = state
+    return clone
+
+
+def _set_eval(model: nn.Module) -> None:
+    """`model.eval()` in one flat walk: `train(False)` recurses through `children()` and sets the flag
+    through `nn.Module.__setattr__`, ~2 us per module; a module that overrides `train` still gets it."""
+    for module in model.modules():
+        if type(module).train is nn.Module.train:
+            module.__dict__["training"] = False
+        else:
+            module.train(False)
+
+
+def _state_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """`state_dict(keep_vars=True)` from `named_modules(remove_duplicate=False)`, in its order
+    (parameters, persistent buffers, then children): none of our modules adds state dict hooks or
+    its own `_save_to_state_dict`."""
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module in modules.items():
+        dot = prefix + "." if prefix else ""
+        for name, param in module._parameters.items():
+            if param is not None:
+                tensors[dot + name] = param
+        for name, buffer in module._buffers.items():
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                tensors[dot + name] = buffer
+    return tensors
+
+
+def _assign_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], modules: dict[str, nn.Module] | None = None,
+                    ) -> None:
     """Put checkpoint tensors in place of the meta parameters/buffers they name, without copying.
 
     What `load_state_dict(strict=False, assign=True)` does for our modules (none defines its own
     `_load_from_state_dict` or load hooks), in one pass over the keys instead of a recursive walk
     with per-module dict building: on a BART-base-sized model this halves the non-I/O load time.
     """
-    modules = dict(model.named_modules(remove_duplicate=False))  # shared modules under every name
+    if modules is None:
+        modules = dict(model.named_modules(remove_duplicate=False))  # shared modules under every name
     for key, tensor in tensors.items():
         owner_name, _, name = key.rpartition(".")
         owner = modules[owner_name]

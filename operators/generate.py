@@ -56,6 +56,7 @@ class GenerateOperator(ModelOperator):
         tokenizer: Any = None,
         use_continuous_batching: bool = True,
         stop: tuple = (),
+        max_kv_tokens: Optional[int] = None,
     ) -> None:
         if tokenizer is None:
             from .loading import load_tokenizer
@@ -65,6 +66,13 @@ class GenerateOperator(ModelOperator):
         self.settings = dict(generation or {})
         self.max_batch_size = int(max_batch_size)
         self.stream_generate = load_stream_generate() if use_continuous_batching else None
+        self.max_kv_tokens = max_kv_tokens
+        if max_kv_tokens is None and self.stream_generate is not None and not getattr(
+                self.model.config, "is_encoder_decoder", False):
+            from rayformers.models.generation.kv_budget import default_max_kv_tokens
+
+            self.max_kv_tokens = default_max_kv_tokens(self.model, max_batch_size=self.max_batch_size,
+                                                       device=self.device)
         self.special_ids = sorted(set(getattr(tokenizer, "all_special_ids", []) or []))
         self.stop = [str(x) for x in stop if x]
         self.eos_ids = end_token_ids(self.model, self.settings)
@@ -171,6 +179,13 @@ class GenerateOperator(ModelOperator):
         failures: dict[int, str] = {}
         positions = self.drop_out_of_vocab_rows(tokens, positions, failures)
         finished: dict[int, list[int]] = {}
+        refused: set[int] = set()
+
+        def refuse(key: int, reason: str) -> None:  # a row that alone exceeds the KV budget
+            refused.add(key)
+            failures[key] = f"the prompt {reason} The budget is compute.max_kv_tokens."
+
+
         values = tokens.values
         try:
             with torch.inference_mode():
@@ -180,11 +195,14 @@ class GenerateOperator(ModelOperator):
                      zip(positions.tolist(), tokens.starts[positions].tolist(), tokens.lengths[positions].tolist())),
                     max_batch_size=self.max_batch_size,
                     max_batch_tokens=self.max_tokens,
+                    max_kv_tokens=self.max_kv_tokens,
+                    on_reject=refuse,
                     **self.settings,
                 ):
                     finished[key] = list(generated)
         except Exception:  # noqa: BLE001 - fall back to per-micro-batch generate with row isolation
             finished = {}
+            positions = positions[~np.isin(positions, np.fromiter(refused, dtype=np.int64))]
             with torch.inference_mode():
                 host = iter_micro_batches(tokens, positions, self.pad_token_id, self.max_tokens, self.max_rows)
                 chunks = self._run(host, batch, tokens, None, failures)

@@ -374,11 +374,20 @@ class ComputeConfig:
     """Rows per read task (consecutive row groups of one file; a bigger row group is one task,
     streamed in ``batch_size`` slices)."""
     max_tokens_per_batch: Optional[int] = None
-    """Padded-token budget of one forward micro-batch (rows × longest row). Default: 2,048 on CPU
-    for classify/embed/token-classify (small batches keep activations in cache: measured fastest),
-    8,192 on CPU for generate (decoder steps gain from more rows), 16,384 on GPU."""
+    """Padded-token budget of one forward micro-batch (rows × longest row); for generate with a
+    decoder-only model, of one prefill forward (a longer prompt is prefilled in pieces; the KV
+    cache is bounded by ``max_kv_tokens``). Default: 2,048 on CPU for classify/embed/token-classify
+    (small batches keep activations in cache: measured fastest), 8,192 on CPU for generate (decoder
+    steps gain from more rows), 16,384 on GPU."""
     max_rows_per_batch: int = 128
     """Row cap of one forward micro-batch."""
+    max_kv_tokens: Optional[int] = None
+    """generate with a decoder-only model: KV-cache positions the rows in flight of one model actor
+    may hold (rows x cached positions, left padding included). Rows wait for admission while it is
+    full; a row whose prompt + new tokens alone exceed it is an error record. Prompts are prefilled
+    in forwards of at most ``max_tokens_per_batch`` tokens. Default: on a GPU, half the memory left
+    free after loading divided by one position's keys and values; on CPU, 1,024 positions per row of
+    ``task.generation.max_batch_size``."""
     io_num_cpus: float = 0.5
     """CPUs reserved per read / write task."""
     tokenizer_resources: dict = field(default_factory=dict)

@@ -642,6 +642,11 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
             "tokenizer_path": tok_path,
             "stop": list(check_stop(t.generation.stop)),
         }
+        if cfg.compute.max_kv_tokens is not None:
+            if cfg.compute.max_kv_tokens < 1:
+                raise PreflightError(f"compute.max_kv_tokens must be at least 1 (or unset), got "
+                                     f"{cfg.compute.max_kv_tokens}")
+            options["max_kv_tokens"] = cfg.compute.max_kv_tokens
         if t.target_language:
             from rayformers.operators.loading import forced_target_language_id
 

@@ -97,3 +97,48 @@ def test_generate_task_continues_prompts_of_an_llm_family(ray_session, tmp_path)
         assert want.tolist() == hf.generate(**prompt, **SETTINGS).tolist()
         continuation = want[0, prompt["input_ids"].shape[1]:]
         assert rows[f"part0.parquet:{i}"]["generated_text"] == tok.decode(continuation, skip_special_tokens=True)
+
+
+def test_generate_task_holds_the_kv_budget_and_refuses_a_row_over_it(ray_session, tmp_path):
+    """`compute.max_kv_tokens`: rows wait for room in the KV budget and still get their own
+    continuation; a row whose prompt + new tokens alone exceed it is an error record naming the
+    budget, and the job goes on."""
+    import transformers
+
+    from rayformers.models import AutoModelForCausalLM, AutoTokenizer
+    from model_test_utils import with_minilm_tokenizer
+
+    torch.manual_seed(1)
+    config = transformers.Qwen2Config(vocab_size=30522, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      pad_token_id=0, bos_token_id=101, eos_token_id=102)
+    model_dir = tmp_path / "qwen2"
+    transformers.Qwen2ForCausalLM(config).eval().save_pretrained(model_dir)
+    with_minilm_tokenizer(model_dir)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    texts = [t for t in TEXTS if t]
+    long = texts.index("the quick brown fox " * 6)  # 26 tokens + 6 new, over a budget of 24
+    pq.write_table(pa.table({"text": texts}), inp / "part0.parquet")
+    report = run({
+        "input": {"path": str(inp)},
+        "model": {"path": str(model_dir), "task": "generate"},
+        "task": {"generation": {**SETTINGS, "max_batch_size": 3}},
+        "compute": {"max_kv_tokens": 24, "max_tokens_per_batch": 4},
+        "output": {"path": str(tmp_path / "out"), "max_error_fraction": 0.5},
+    })
+    assert report.rows == len(texts) and report.errors == 1
+    rows = {r["id"]: r for r in read_output(str(tmp_path / "out")).to_pylist()}
+    ours = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for i, text in enumerate(texts):
+        row = rows[f"part0.parquet:{i}"]
+        if i == long:
+            assert row["generated_text"] is None
+            assert "32 KV-cache positions" in row["error"] and "max_kv_tokens=24" in row["error"], row["error"]
+            continue
+        prompt = tok([text], truncation=True, max_length=64 - SETTINGS["max_new_tokens"], return_tensors="pt")
+        prompt.pop("token_type_ids")
+        want = ours.generate(**prompt, **SETTINGS)[0, prompt["input_ids"].shape[1]:]
+        assert row["error"] is None
+        assert row["generated_text"] == tok.decode(want, skip_special_tokens=True), text

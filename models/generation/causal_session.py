@@ -49,7 +49,11 @@ The class attributes (only `_cache_sequence_dims` is required: it declares this 
   NaN for padded queries, as transformers does), so each group of equal-length prompts is
   prefilled without padding and their caches are left-padded and merged;
 - `_generation_step_kwargs` (dict): extra forward keywords for cached steps (MEGA:
-  `mask_past_padding=True`, so cached padded positions stay masked).
+  `mask_past_padding=True`, so cached padded positions stay masked);
+- `_generation_chunked_prefill` (bool): a forward may take several new tokens per row on top of a
+  cache (causal among themselves, attending to every cached position), so a long prompt can be
+  prefilled a piece at a time (`prefill(input_ids, columns)`): the attention of one piece is
+  [rows, heads, columns, cached + columns] instead of [rows, heads, width, width].
 """
 
 from __future__ import annotations
@@ -127,6 +131,66 @@ class CausalSession:
         logits, self.past_key_values = self._forward(input_ids, self.attention_mask, self.past_key_values, types,
                                                      **self.step_kwargs)
         return logits
+
+    def prefill(self, input_ids: torch.Tensor, columns: int | None = None) -> torch.Tensor:
+        """The first step over the whole prompt, fed `columns` positions at a time when the model
+        declares `_generation_chunked_prefill` (otherwise, or with `columns` None, in one forward).
+
+        Each piece attends to the cache of the pieces before it and takes its positions from the
+        mask up to its end, so the cache and the last logits are those of one forward over the prompt."""
+        width = input_ids.shape[1]
+        chunked = bool(getattr(self.model, "_generation_chunked_prefill", False))
+        if columns is None or columns >= width or not chunked or self.past_key_values is not None:
+            return self.step(input_ids)
+        if tuple(input_ids.shape) != tuple(self.attention_mask.shape):
+            raise ValueError("the first step of a CausalSession must feed the whole prompt")
+        if self.token_type_ids is not None:
+            raise ValueError("chunked prefill does not take token_type_ids")
+        logits, past = None, None
+        for start in range(0, width, columns):
+            end = min(width, start + columns)
+            logits, past = self._forward(input_ids[:, start:end], self.attention_mask[:, :end], past)
+        self.past_key_values = past
+        return logits
+
+    def prefill_after(self, past, past_length: int, input_ids: torch.Tensor, columns: int | None = None) -> torch.Tensor:
+        """The first step when the first `past_length` positions are already cached (`past`, e.g. a
+        shared prompt prefix expanded to every row): feed the rest of the prompt, `columns` at a time.
+        The attention mask covers both; padding may sit between the two parts (see `move_padding_left`)."""
+        width = input_ids.shape[1]
+        if self.attention_mask.shape[1] != past_length + width:
+            raise ValueError("the attention mask must cover the cached positions and the new ones")
+        columns = width if columns is None else columns
+        logits = None
+        for start in range(0, width, columns):
+            end = min(width, start + columns)
+            logits, past = self._forward(input_ids[:, start:end], self.attention_mask[:, :past_length + end], past)
+        self.past_key_values = past
+        return logits
+
+    def move_padding_left(self) -> None:
+        """Make every row left-padded again (0...0 1...1) by moving its padding columns, mask and
+        cache alike, to the left end; the real positions keep their order (so their positions, which
+        come from the mask, do not change)."""
+        mask = self.attention_mask
+        order = torch.sort(mask, dim=1, stable=True).indices  # padding (0) first, real positions in order
+        self.attention_mask = torch.gather(mask, 1, order)
+
+        def gather(t, index):
+            dim = self.sequence_dims[index] if index < len(self.sequence_dims) else None
+            if dim is None:
+                return t
+            shape = [1] * t.dim()
+            shape[0], shape[dim] = order.shape[0], order.shape[1]
+            return torch.gather(t, dim, order.view(shape).expand(*t.shape[:dim], order.shape[1], *t.shape[dim + 1:]))
+
+        self.past_key_values = _map_cache(self.past_key_values, gather)
+
+    def cached_tokens(self) -> int:
+        """Positions held in the KV cache, padding included: rows x cached width."""
+        if self.past_key_values is None:
+            return 0
+        return self.num_rows * self.attention_mask.shape[1]
 
     def _prefill_by_length(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Prefill each group of equal-length (left-padded) prompts unpadded, then merge their caches."""

@@ -61,6 +61,10 @@ def stream_generate(
     lookahead: int | None = None,
     seed: int | None = None,
     refill: bool | None = None,
+    max_kv_tokens: int | None = None,
+    on_reject=None,
+    stats: dict | None = None,
+    share_prefix: bool = True,
     **kwargs,
 ) -> Iterator[tuple[Hashable, Any]]:
     """Yield `(key, token_ids)` for every `(key, input_ids)` of `inputs`, each as soon as it is done.
@@ -74,11 +78,24 @@ def stream_generate(
     4 * max_batch_size) inputs are read ahead and sorted by length. `refill` (default: whether the model
     supports it) chooses slot refill over waves. Generation settings come from `generation_config` /
     kwargs exactly as for `generate`.
+
+    Decoder-only models (greedy search and sampling): `max_kv_tokens` bounds the KV cache of the
+    rows in flight (rows x cached positions, left padding included); prompts wait for admission
+    while it is full, and one that alone exceeds it is refused: `on_reject(key, message)` when given
+    (nothing is yielded for it), else a ValueError. `max_batch_tokens` bounds one prefill forward
+    (rows x positions fed): a longer prompt is prefilled in pieces (models declaring
+    `_generation_chunked_prefill`; other models refuse a prompt longer than it). `stats`, a dict,
+    receives `peak_kv_tokens` (the most KV positions the batch held), `max_prefill_tokens`,
+    `prefill_forwards` and `admission_waits` (and `shared_prefix_tokens`). `share_prefix`: prompts
+    admitted together that start with the same tokens have that prefix prefilled once
+    (continuous_causal.DecoderOnlyRows).
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     if max_batch_tokens is not None and max_batch_tokens < 1:
         raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    if max_kv_tokens is not None and max_kv_tokens < 1:
+        raise ValueError(f"max_kv_tokens must be >= 1, got {max_kv_tokens}")
     cfg, model_kwargs, special = prepare_decoding(model, generation_config, None, dict(kwargs))
     if model_kwargs:
         raise ValueError(f"stream_generate got unknown arguments {sorted(model_kwargs)}; inputs come from `inputs`.")
@@ -91,7 +108,10 @@ def stream_generate(
         seed = int(torch.randint(0, 2**62, (1,)).item())
     lookahead = lookahead or 4 * max_batch_size
     device = next(model.parameters()).device
-    reader = _InputReader(model, inputs, lookahead, max_batch_tokens)
+    # A model that prefills in pieces takes prompts longer than one forward's budget.
+    chunked = decoder_only and cfg.num_beams == 1 and bool(getattr(model, "_generation_chunked_prefill", False))
+    reader = _InputReader(model, inputs, lookahead, None if chunked else max_batch_tokens)
+    stats = {} if stats is None else stats
     nrs = cfg.num_return_sequences if cfg.do_sample else 1
     pad_id = special["pad"] if special["pad"] is not None else 0
     if decoder_only:  # prompts in, continuations out (continuous_causal.py)
@@ -107,7 +127,9 @@ def stream_generate(
             yield from beam_groups(model, cfg, special, reader, limits, kwargs, max_batch_size, max_batch_tokens, device)
             return
         refill = True if refill is None else refill
-        strategy = DecoderOnlyRows(model, limits, pad_id=pad_id, nrs=nrs, device=device)
+        strategy = DecoderOnlyRows(model, limits, pad_id=pad_id, nrs=nrs, device=device, max_kv_tokens=max_kv_tokens,
+                                   prefill_tokens=max_batch_tokens, on_reject=on_reject, stats=stats,
+                                   share_prefix=share_prefix)
     else:
         if cfg.num_beams > 1:
             yield from beam_chunks(model, cfg, special, reader, max_batch_size, max_batch_tokens, device)
@@ -125,5 +147,5 @@ def stream_generate(
     processors = build_processors(probe, decoder_prompt_length=1, eos_token_ids=special["eos"])
     engine = ContinuousEngine(model, strategy, processors, eos=special["eos"], do_sample=bool(cfg.do_sample), nrs=nrs,
                               device=device, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
-                              seed=seed, refill=refill)
+                              seed=seed, refill=refill, stats=stats)
     yield from engine.run(reader)

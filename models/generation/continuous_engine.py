@@ -74,7 +74,8 @@ class ContinuousEngine:
     """The running batch (see the module docstring); `strategy` supplies the model kind."""
 
     def __init__(self, model, strategy, processors, *, eos: list[int] | None, do_sample: bool, nrs: int, device,
-                 max_batch_size: int, max_batch_tokens: int | None, seed: int | None, refill: bool):
+                 max_batch_size: int, max_batch_tokens: int | None, seed: int | None, refill: bool,
+                 stats: dict | None = None):
         self.model = model
         self.strategy = strategy
         self.processors = processors
@@ -86,6 +87,10 @@ class ContinuousEngine:
         self.max_tokens = max_batch_tokens
         self.seed = seed
         self.refill = refill
+        # What the run held at most (`peak_kv_tokens`: KV-cache positions, padding included, of the
+        # sessions that expose `cached_tokens`); the strategy adds its own counts.
+        self.stats = stats if stats is not None else {}
+        self.stats.setdefault("peak_kv_tokens", 0)
         # running state
         self.session = None
         self.state: dict[str, torch.Tensor] = {}  # per-row tensors: history, lengths, the strategy's own
@@ -131,6 +136,7 @@ class ContinuousEngine:
                 tensors[name] = left_pad_columns(tensors[name], width, fill)
             self.state = {name: torch.cat([t, tensors[name]]) for name, t in self.state.items()}
             self.strategy.join(self.session, newcomer, width)
+        self._note_kv()
         self._rows_changed()
         return logits
 
@@ -201,6 +207,11 @@ class ContinuousEngine:
             outputs = [item.outputs[s] for s in range(self.nrs)]
             yield item.key, (outputs[0] if self.nrs == 1 else outputs)
 
+    def _note_kv(self) -> None:
+        cached = getattr(self.session, "cached_tokens", None)
+        if cached is not None:
+            self.stats["peak_kv_tokens"] = max(self.stats["peak_kv_tokens"], cached())
+
     def _is_padded(self) -> bool:
         width = self.state["history"].shape[1]
         return any(row.length != width for row in self.rows)
@@ -233,3 +244,4 @@ class ContinuousEngine:
                 logits = None
                 continue
             logits = self.strategy.step(self.session, self.state, self._is_padded())
+            self._note_kv()
