@@ -61,6 +61,7 @@ def stream_generate(
     lookahead: int | None = None,
     seed: int | None = None,
     refill: bool | None = None,
+    constraint=None,
     **kwargs,
 ) -> Iterator[tuple[Hashable, Any]]:
     """Yield `(key, token_ids)` for every `(key, input_ids)` of `inputs`, each as soon as it is done.
@@ -73,7 +74,8 @@ def stream_generate(
     by them (encoder states and cross-attention cache grow with it); `lookahead` (default
     4 * max_batch_size) inputs are read ahead and sorted by length. `refill` (default: whether the model
     supports it) chooses slot refill over waves. Generation settings come from `generation_config` /
-    kwargs exactly as for `generate`.
+    kwargs exactly as for `generate`. `constraint` (a `constraints.TokenConstraint`) masks every
+    row's tokens to its grammar (greedy search and sampling; not beam search).
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -89,6 +91,16 @@ def stream_generate(
         _resolve_lengths(model, cfg, 1, kwargs)
     if cfg.do_sample and seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
+    if constraint is not None:
+        if cfg.num_beams > 1:
+            raise ValueError(f"constrained generation runs greedy search or sampling, not beam search (num_beams="
+                             f"{cfg.num_beams}); set num_beams to 1")
+        # A complete answer ends at once (its end token is the only one its mask allows): a minimum
+        # length would have to forbid that token, leaving the row no token at all.
+        for name in ("min_new_tokens", "min_length"):
+            if getattr(cfg, name, None):
+                raise ValueError(f"constrained generation decides where an answer ends: {name}="
+                                 f"{getattr(cfg, name)} cannot apply; unset it")
     lookahead = lookahead or 4 * max_batch_size
     device = next(model.parameters()).device
     reader = _InputReader(model, inputs, lookahead, max_batch_tokens)
@@ -125,5 +137,5 @@ def stream_generate(
     processors = build_processors(probe, decoder_prompt_length=1, eos_token_ids=special["eos"])
     engine = ContinuousEngine(model, strategy, processors, eos=special["eos"], do_sample=bool(cfg.do_sample), nrs=nrs,
                               device=device, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
-                              seed=seed, refill=refill)
+                              seed=seed, refill=refill, constraint=constraint, eos_order=special["eos"])
     yield from engine.run(reader)

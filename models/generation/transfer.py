@@ -24,13 +24,14 @@ def to_host(tensor: torch.Tensor) -> list:
 
 
 def to_device(values: Sequence, device, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """Host values (a list, or nested lists of equal lengths) as a tensor on `device`, without waiting.
+    """Host values (a list, nested lists of equal lengths, or a host tensor) as a tensor on `device`,
+    without waiting.
 
     A CUDA copy comes from pinned memory with `non_blocking=True`: it is queued behind the kernels
     already launched instead of waiting for them (the caching host allocator keeps the pinned buffer
     alive until the copy has run).
     """
-    tensor = torch.tensor(values, dtype=dtype)
+    tensor = values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
     device = torch.device(device)
     if device.type == "cpu":
         return tensor
