@@ -152,17 +152,24 @@ class TokenConstraint:
         return self._initial.repeat(rows, 1)
 
     def apply(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`scores` [rows, vocab] with every token the host `mask` forbids set to -inf (on the
-        scores' device; the mask is copied without waiting, unpacked there)."""
+        """`scores` [rows, vocab] with every token the host `mask` forbids set to -inf. On a GPU the
+        mask is copied without waiting and unpacked there; on the CPU numpy unpacks it (no
+        [rows, words, 32] integer temporaries)."""
         device = scores.device
-        if device not in self._bits:
-            self._bits[device] = torch.arange(32, dtype=torch.int32, device=device)
-        packed = transfer.to_device(mask, device, dtype=torch.int32)
-        allowed = ((packed[:, :, None] >> self._bits[device]) & 1).reshape(packed.shape[0], -1)
+        if device.type == "cpu":
+            import numpy as np
+
+            bits = np.unpackbits(mask.numpy().view(np.uint8), axis=1, bitorder="little")
+            allowed = torch.from_numpy(bits.view(np.bool_))
+        else:
+            if device not in self._bits:
+                self._bits[device] = torch.arange(32, dtype=torch.int32, device=device)
+            packed = transfer.to_device(mask, device, dtype=torch.int32)
+            allowed = ((packed[:, :, None] >> self._bits[device]) & 1).bool().reshape(packed.shape[0], -1)
         vocab = scores.shape[-1]
         if allowed.shape[1] < vocab:  # scores wider than the vocabulary the constraint knows: forbid the rest
             allowed = torch.cat([allowed, allowed.new_zeros(allowed.shape[0], vocab - allowed.shape[1])], dim=1)
-        return scores.masked_fill(allowed[:, :vocab] == 0, float("-inf"))
+        return scores.masked_fill(~allowed[:, :vocab], float("-inf"))
 
     @staticmethod
     def consume(matcher, token: int, key: Any) -> None:
