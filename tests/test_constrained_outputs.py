@@ -176,6 +176,18 @@ def test_conflicting_settings_raise_naming_the_input(qwen2, hf_tok):
         list(stream_generate(model, [(0, [5, 6])], max_new_tokens=4, num_beams=2, constraint=constraint))
 
 
+def test_bitmask_unpacks_the_same_on_host_and_accelerator_path():
+    """The accelerator path (torch shifts on the device) and the CPU path (numpy) agree bit for bit,
+    sign bit included."""
+    from rayformers.models.generation import transfer
+
+    mask = torch.randint(-2**31, 2**31 - 1, (5, 7), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    host = transfer.bitmask_to_device(mask, "cpu")
+    assert torch.equal(host, transfer.unpack_bits(mask))
+    word = int(mask[2, 3]) & 0xFFFFFFFF
+    assert host[2, 3 * 32: 4 * 32].tolist() == [bool(word >> b & 1) for b in range(32)]
+
+
 def test_grammar_refuses_bad_constraints_naming_the_key():
     with pytest.raises(ConstraintError, match=r"(?s)task.regex is not valid: .*unclosed character class"):
         grammar("regex", "[a-z")

@@ -114,14 +114,16 @@ class TokenConstraint:
         ll = _llguidance()
         self.vocab_size = int(vocab_size)
         self.eos = [int(t) for t in eos_token_ids]
-        self.tokenizer = ll.LLTokenizer(tokenizer_json, n_vocab=self.vocab_size, eos_token=self.eos)
+        try:
+            self.tokenizer = ll.LLTokenizer(tokenizer_json, n_vocab=self.vocab_size, eos_token=self.eos)
+        except ValueError as e:
+            raise ConstraintError(f"the grammar engine cannot read this tokenizer.json: {e}") from e
         self.root = ll.LLMatcher(self.tokenizer, grammar_text, log_level=0)
         if self.root.is_error():
             raise ConstraintError(f"the constraint cannot be compiled: {self.root.get_error()}")
         self.words = (self.vocab_size + 31) // 32
         self._executor = ll.LLExecutor()
         self._initial: torch.Tensor | None = None  # a fresh matcher's mask: the same for every new row
-        self._bits: dict[torch.device, torch.Tensor] = {}
 
     @classmethod
     def build(cls, kind: str, value: Any, tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int]):
@@ -152,20 +154,9 @@ class TokenConstraint:
         return self._initial.repeat(rows, 1)
 
     def apply(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`scores` [rows, vocab] with every token the host `mask` forbids set to -inf. On a GPU the
-        mask is copied without waiting and unpacked there; on the CPU numpy unpacks it (no
-        [rows, words, 32] integer temporaries)."""
-        device = scores.device
-        if device.type == "cpu":
-            import numpy as np
-
-            bits = np.unpackbits(mask.numpy().view(np.uint8), axis=1, bitorder="little")
-            allowed = torch.from_numpy(bits.view(np.bool_))
-        else:
-            if device not in self._bits:
-                self._bits[device] = torch.arange(32, dtype=torch.int32, device=device)
-            packed = transfer.to_device(mask, device, dtype=torch.int32)
-            allowed = ((packed[:, :, None] >> self._bits[device]) & 1).bool().reshape(packed.shape[0], -1)
+        """`scores` [rows, vocab] with every token the host `mask` forbids set to -inf (the mask goes
+        to the scores' device without waiting: `transfer.bitmask_to_device`)."""
+        allowed = transfer.bitmask_to_device(mask, scores.device)
         vocab = scores.shape[-1]
         if allowed.shape[1] < vocab:  # scores wider than the vocabulary the constraint knows: forbid the rest
             allowed = torch.cat([allowed, allowed.new_zeros(allowed.shape[0], vocab - allowed.shape[1])], dim=1)
@@ -186,3 +177,4 @@ class TokenConstraint:
     def complete(matcher) -> bool:
         """Whether the row's answer is complete and only an end token may follow."""
         return matcher.is_stopped()
+
