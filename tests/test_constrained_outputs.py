@@ -277,3 +277,21 @@ def test_constraint_refusals_before_any_row(qwen2, tmp_path):
         with pytest.raises(PreflightError, match=message):
             preflight(load_config(_job(tmp_path / str(n), qwen2, **task)))
     assert ray.is_initialized() == was_up
+
+
+def test_pipeline_never_writes_unconstrained_answers(ray_session, qwen2, tmp_path):
+    """A checkpoint whose generation config cannot hold with a constraint (a minimum length): the
+    batch fails, every row is retried alone, still constrained, and becomes an error record naming
+    the setting; no row falls back to unconstrained generate."""
+    import shutil
+
+    model = tmp_path / "min-length"
+    shutil.copytree(qwen2, model)
+    config = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**config, "min_length": 3}))
+    job = _job(tmp_path, model, choices=["yes", "no"])
+    job["output"]["max_error_fraction"] = 1.0
+    report = run(job)
+    assert report.errors == len(TEXTS)
+    for row in _rows(tmp_path):
+        assert row["generated_text"] is None and "min_length=3 cannot apply" in row["error"], row
