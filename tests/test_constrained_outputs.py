@@ -147,6 +147,28 @@ def test_choices_keep_an_already_valid_greedy_answer(qwen2, hf_tok):
         assert hf_tok.decode(ids, skip_special_tokens=True) in choices
 
 
+def test_generate_takes_the_same_constraint(qwen2, hf_tok):
+    """``model.generate(..., constraint=)``: left-padded batch, same answers as continuous batching
+    (each then padded after its eos, as generate pads finished rows)."""
+    model = AutoModelForCausalLM.from_pretrained(qwen2).eval()
+    eos = hf_tok.convert_tokens_to_ids("<|im_end|>")
+    pad = hf_tok.convert_tokens_to_ids("<|endoftext|>")
+    constraint = TokenConstraint.build("json_schema", SCHEMA, hf_tok, 512, [eos])
+    prompts = [_prompt(hf_tok, t) for t in TEXTS[:4]]
+    streamed = dict(stream_generate(model, enumerate(prompts), max_new_tokens=96, do_sample=False,
+                                    constraint=constraint))
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=96, do_sample=False, pad_token_id=pad,
+                         constraint=constraint)[:, width:].tolist()
+    for i, row in enumerate(out):
+        assert row[: len(streamed[i])] == streamed[i] and set(row[len(streamed[i]):]) <= {pad}, i
+        assert _json_valid(hf_tok.decode(streamed[i], skip_special_tokens=True))
+    with pytest.raises(ValueError, match="not beam search"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=4, num_beams=2, constraint=constraint)
+
+
 def test_token_limit_cuts_an_answer_without_eos(qwen2, hf_tok):
     """An answer the token limit cuts has no eos (the pipeline's finish_reason ``length``) and is
     still a prefix the constraint allows."""

@@ -236,6 +236,17 @@ def test_constrained_stream_generate_reads_the_device_once_per_step(bart, bert_l
             assert all(3 <= t < 29 for t in body[:-1]) and (body[-1] == 2 or len(body) == 12), ids
 
 
+@pytest.mark.parametrize("kind", ["encoder-decoder", "decoder-only"])
+def test_constrained_generate_reads_the_device_once_per_step(bart, bert_lm, monkeypatch, kind):
+    model = bart if kind == "encoder-decoder" else bert_lm
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]])
+    recorder, out = _record(model, monkeypatch, lambda: model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, eos_token_id=2, forced_eos_token_id=None,
+        constraint=_letters_constraint()))
+    _assert_one_sync_per_step(recorder)
+    assert out.shape[0] == 3
+
+
 @pytest.mark.parametrize("name", list(SETTINGS))
 @pytest.mark.parametrize("kind", ["encoder-decoder", "decoder-only"])
 def test_generate_reads_the_device_once_per_step(bart, bert_lm, monkeypatch, kind, name):

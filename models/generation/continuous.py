@@ -47,7 +47,7 @@ from .continuous_engine import ContinuousEngine
 from .continuous_inputs import _InputReader
 from .continuous_seq2seq import EncoderDecoderRows, _cut_after_eos, beam_chunks  # noqa: F401 (_cut_after_eos is public here)
 from .logits_process import build_processors
-from .utils import _resolve_lengths, prepare_decoding
+from .utils import _resolve_lengths, check_constrainable, prepare_decoding
 
 
 @torch.inference_mode()
@@ -92,15 +92,7 @@ def stream_generate(
     if cfg.do_sample and seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     if constraint is not None:
-        if cfg.num_beams > 1:
-            raise ValueError(f"constrained generation runs greedy search or sampling, not beam search (num_beams="
-                             f"{cfg.num_beams}); set num_beams to 1")
-        # A complete answer ends at once (its end token is the only one its mask allows): a minimum
-        # length would have to forbid that token, leaving the row no token at all.
-        for name in ("min_new_tokens", "min_length"):
-            if getattr(cfg, name, None):
-                raise ValueError(f"constrained generation decides where an answer ends: {name}="
-                                 f"{getattr(cfg, name)} cannot apply; unset it")
+        check_constrainable(cfg)
     lookahead = lookahead or 4 * max_batch_size
     device = next(model.parameters()).device
     reader = _InputReader(model, inputs, lookahead, max_batch_tokens)
