@@ -75,14 +75,12 @@ class GenerateOperator(ModelOperator):
 
     def _build_constraint(self, constraint: Optional[dict]):
         """``task.choices`` / ``json_schema`` / ``regex`` compiled for this model's vocabulary (once
-        per actor), or None. Only continuous batching applies it: the fallback to plain ``generate``
-        would write unconstrained answers."""
+        per actor), or None. Both continuous batching and the per-micro-batch ``generate`` fallback
+        (row isolation) apply it."""
         if not constraint:
             return None
         from rayformers.models.generation.constraints import TokenConstraint
 
-        if self.stream_generate is None:
-            raise ValueError("constrained outputs need continuous batching (the model layer's stream_generate)")
         head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         vocab = getattr(head, "out_features", None) or self.model.config.vocab_size
         return TokenConstraint.build(constraint["kind"], constraint["value"], self.tokenizer, vocab,
@@ -164,6 +162,7 @@ class GenerateOperator(ModelOperator):
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
+            **self._constraint_kwargs(),
             **self.settings,
         )
         sequences = out.sequences if hasattr(out, "sequences") else out
@@ -178,25 +177,6 @@ class GenerateOperator(ModelOperator):
 
     def _constraint_kwargs(self) -> dict:
         return {} if self.constraint is None else {"constraint": self.constraint}
-
-    def _constrained_rows_alone(self, batch: pa.Table, tokens: TokenLists, positions: np.ndarray, errors,
-                                failures: dict, start: float) -> pa.Table:
-        """After a failed constrained batch: every row decoded alone (still constrained), a row that
-        fails becomes an error record with its reason (plain ``generate`` cannot apply the constraint)."""
-        finished: dict[int, list[int]] = {}
-        for i in positions.tolist():
-            s, n = int(tokens.starts[i]), int(tokens.lengths[i])
-            try:
-                with torch.inference_mode():
-                    for _, generated in self.stream_generate(self.model, [(i, tokens.values[s: s + n].tolist())],
-                                                             max_batch_size=1, max_batch_tokens=self.max_tokens,
-                                                             **self._constraint_kwargs(), **self.settings):
-                        finished[i] = list(generated)
-            except Exception as e:  # noqa: BLE001 - this row's error record
-                failures[i] = f"generation: {type(e).__name__}: {e}"
-        keys = list(finished)
-        chunks = [(np.asarray(keys, dtype=np.int64), self._decoded([finished[k] for k in keys]))] if keys else []
-        return self._output(batch, chunks, errors, failures, start)
 
     def _call_streaming(self, batch: pa.Table) -> pa.Table:
         import time
@@ -224,8 +204,6 @@ class GenerateOperator(ModelOperator):
                 ):
                     finished[key] = list(generated)
         except Exception:  # noqa: BLE001 - fall back to per-micro-batch generate with row isolation
-            if self.constraint is not None:
-                return self._constrained_rows_alone(batch, tokens, positions, errors, failures, start)
             finished = {}
             with torch.inference_mode():
                 host = iter_micro_batches(tokens, positions, self.pad_token_id, self.max_tokens, self.max_rows)

@@ -303,8 +303,8 @@ def test_constraint_refusals_before_any_row(qwen2, tmp_path):
 
 def test_pipeline_never_writes_unconstrained_answers(ray_session, qwen2, tmp_path):
     """A checkpoint whose generation config cannot hold with a constraint (a minimum length): the
-    batch fails, every row is retried alone, still constrained, and becomes an error record naming
-    the setting; no row falls back to unconstrained generate."""
+    batch fails, the rows are retried through ``generate`` (still constrained) and each becomes an
+    error record naming the setting; no row is written unconstrained."""
     import shutil
 
     model = tmp_path / "min-length"
