@@ -14,10 +14,12 @@ already valid, masking changes nothing.
 
 How it runs in continuous batching (continuous_engine.py): every row holds its own matcher; the
 engine applies the rows' bitmask to the step's logits on the device (before the logits processors,
-so top-k / top-p sample among allowed tokens only), reads the step's tokens once as always, feeds each row's token to its
-matcher on the host, and computes the next bitmask on the host right after launching the next
-forward, so on a GPU the mask is computed while the forward runs. When a row's answer is complete
-and only an end token may follow, the row ends with that end token without another forward.
+so top-k / top-p sample among allowed tokens only), reads the step's tokens once as always, feeds
+each row's token to its matcher on the host, and computes the next bitmask on the host right after
+launching the next forward, so on a GPU the mask is computed while the forward runs. When a row's
+answer is complete and only an end token may follow, the row ends with that end token without
+another forward. `generate` (decoding.greedy_or_sample) does the same, except that a complete
+answer takes its end token from the next step's mask.
 
 llguidance is an optional dependency (`pip install rayformers[constrained]`): nothing here imports
 it before a constraint is built.
