@@ -42,7 +42,8 @@ INSTALL_HINT = "pip install rayformers[constrained]"
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 """How a `json_schema` answer is laid out: as Python's `json.dumps` writes it, no other whitespace.
 llguidance's own default allows any whitespace between tokens, where a model can loop on newlines
-until its token limit; a schema's `x-guidance` options override this."""
+until its token limit; a schema's `x-guidance` options override this (any whitespace: set
+`whitespace_flexible: true` with the separators `","` and `":"`)."""
 
 
 class ConstraintError(ValueError):
