@@ -57,6 +57,7 @@ class GenerateOperator(ModelOperator):
         use_continuous_batching: bool = True,
         stop: tuple = (),
         max_kv_tokens: Optional[int] = None,
+        constraint: Optional[dict] = None,
     ) -> None:
         if tokenizer is None:
             from .loading import load_tokenizer
@@ -78,6 +79,20 @@ class GenerateOperator(ModelOperator):
         self.eos_ids = end_token_ids(self.model, self.settings)
         self.decoder_start = (getattr(self.model.config, "decoder_start_token_id", None)
                               if getattr(self.model.config, "is_encoder_decoder", False) else None)
+        self.constraint = self._build_constraint(constraint)
+
+    def _build_constraint(self, constraint: Optional[dict]):
+        """``task.choices`` / ``json_schema`` / ``regex`` compiled for this model's vocabulary (once
+        per actor), or None. Both continuous batching and the per-micro-batch ``generate`` fallback
+        (row isolation) apply it."""
+        if not constraint:
+            return None
+        from rayformers.models.generation.constraints import TokenConstraint
+
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        vocab = getattr(head, "out_features", None) or self.model.config.vocab_size
+        return TokenConstraint.build(constraint["kind"], constraint["value"], self.tokenizer, vocab,
+                                     sorted(self.eos_ids))
 
     def output_fields(self) -> list[pa.Field]:
         return [pa.field("generated_text", pa.string()), pa.field("generated_tokens", pa.int32()),
@@ -155,6 +170,7 @@ class GenerateOperator(ModelOperator):
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
+            **self._constraint_kwargs(),
             **self.settings,
         )
         sequences = out.sequences if hasattr(out, "sequences") else out
@@ -166,6 +182,9 @@ class GenerateOperator(ModelOperator):
         if self.stream_generate is None:
             return super().__call__(batch)
         return self._call_streaming(batch)
+
+    def _constraint_kwargs(self) -> dict:
+        return {} if self.constraint is None else {"constraint": self.constraint}
 
     def _call_streaming(self, batch: pa.Table) -> pa.Table:
         import time
@@ -197,6 +216,7 @@ class GenerateOperator(ModelOperator):
                     max_batch_tokens=self.max_tokens,
                     max_kv_tokens=self.max_kv_tokens,
                     on_reject=refuse,
+                    **self._constraint_kwargs(),
                     **self.settings,
                 ):
                     finished[key] = list(generated)

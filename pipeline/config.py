@@ -315,6 +315,14 @@ class TaskConfig:
     """generate with ``messages``: a Jinja chat template string or the name of one of the
     checkpoint's templates, instead of its default one; ``none`` joins the message contents with
     newlines, without a template (base models without one)."""
+    choices: list = field(default_factory=list)
+    """generate, decoder-only: the answer is exactly one of these strings (a token mask makes every
+    other text impossible); see docs/constrained-outputs.md."""
+    json_schema: Optional[dict] = None
+    """generate, decoder-only: a JSON Schema the answer is valid against by construction (written as
+    ``json.dumps`` writes JSON)."""
+    regex: Optional[str] = None
+    """generate, decoder-only: a regular expression (Rust ``regex`` syntax) the whole answer matches."""
     target_language: Optional[str] = None
     """generate with a translation tokenizer (NLLB, mBART-50, M2M100, mBART): the output language;
     its language token is forced as the first generated token (``forced_bos_token_id``)."""
@@ -466,7 +474,8 @@ class JobConfig:
             for section, key in (("tokenizer", "overflow"), ("tokenizer", "stride"), ("task", "chunk_aggregate")):
                 if key != "overflow" or d[section][key] == "truncate":
                     d[section].pop(key)
-        for section, key in (("model", "adapter"), ("model", "head"), ("task", "messages"), ("task", "chat_template")):
+        for section, key in (("model", "adapter"), ("model", "head"), ("task", "messages"), ("task", "chat_template"),
+                             ("task", "choices"), ("task", "json_schema"), ("task", "regex")):
             if not d[section][key]:  # keys added later: unset, old fingerprints still match
                 d[section].pop(key)
         if not d["task"]["generation"]["stop"]:

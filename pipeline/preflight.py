@@ -654,6 +654,9 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
                 options["generation"]["forced_bos_token_id"] = forced_target_language_id(tokenizer, t.target_language)
             except ValueError as e:
                 raise PreflightError(f"task.target_language: {e}") from e
+    constraint = resolve_constraint(cfg, model_config)
+    if constraint is not None:
+        options["constraint"] = constraint
     if overflow_mode(cfg.tokenizer) == "chunk" and task in ("classify", "embed"):
         options["chunk_aggregate"] = t.chunk_aggregate
     if t.rerank_prompt is not None and task != "rerank":
@@ -680,6 +683,35 @@ def resolve_processing(cfg: JobConfig, keep_text: bool = False, keep_columns: Co
         stride=stride,
         prompt=prompt,
     )
+
+
+def resolve_constraint(cfg: JobConfig, model_config: Any) -> Optional[dict]:
+    """``task.choices`` / ``task.json_schema`` / ``task.regex`` checked and compiled once here (an
+    invalid schema or regex, or a missing grammar engine, fails before any row is read):
+    ``{"kind", "value"}`` for the model actors, or None without a constraint."""
+    from rayformers.models.generation.constraints import ConstraintError, constraint_of, grammar
+
+    t = cfg.task
+    try:
+        chosen = constraint_of({"choices": t.choices, "json_schema": t.json_schema, "regex": t.regex})
+    except ConstraintError as e:
+        raise PreflightError(str(e)) from e
+    if chosen is None:
+        return None
+    kind, value = chosen
+    if cfg.model.task != "generate" or auto_class_name("generate", model_config) != "AutoModelForCausalLM":
+        raise PreflightError(f"task.{kind} is for model.task generate with a decoder-only checkpoint, not "
+                             f"{cfg.model.task} with model type {getattr(model_config, 'model_type', '?')!r}")
+    if (t.generation.num_beams or 1) > 1:
+        raise PreflightError(f"task.{kind} runs greedy search or sampling, not beam search: set "
+                             "task.generation.num_beams to 1")
+    if t.generation.min_new_tokens:
+        raise PreflightError(f"task.{kind} decides where the answer ends: remove task.generation.min_new_tokens")
+    try:
+        grammar(kind, value)
+    except (ConstraintError, ImportError) as e:
+        raise PreflightError(str(e)) from e
+    return {"kind": kind, "value": value}
 
 
 def check_stop(stop: list) -> list:

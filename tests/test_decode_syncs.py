@@ -9,7 +9,7 @@ A CPU run cannot time such stalls, so the tests look at what the decode loops as
   `masked_select`, boolean-index `index`/`index_put_`, `lift_fresh` = a tensor made from host data,
   ...), except inside the model's own forward (model code is not the decode loop) and inside the
   two functions of generation/transfer.py through which the loops move data on purpose: `to_host`
-  (each call is one sync, counted) and `to_device` (a non-blocking copy, allowed). Recording starts
+  (each call is one sync, counted) and `to_device` / `bitmask_to_device` (non-blocking copies, allowed). Recording starts
   at the first decoder forward: `generate` validates its input batch once per call before that
   (empty rows, padding side), which is not per step.
 - `.tolist()` / `.cpu()` do not dispatch an op on a CPU tensor, so an AST check makes sure the step
@@ -36,7 +36,7 @@ from rayformers.models.bart import BartForConditionalGeneration
 from rayformers.models.bert import BertLMHeadModel
 from rayformers.models.configuration_bart import BartConfig
 from rayformers.models.configuration_bert import BertConfig
-from rayformers.models.generation import (causal_session, continuous_causal, continuous_engine, continuous_seq2seq,
+from rayformers.models.generation import (causal_session, constraints, continuous_causal, continuous_engine, continuous_seq2seq,
                                           decoding, logits_process, session, stream_generate, transfer)
 
 from model_test_utils import single_thread  # noqa: F401  (autouse: one thread per test module)
@@ -63,7 +63,7 @@ class SyncRecorder(TorchDispatchMode):
         for module in modules:
             self._hooks.append(module.register_forward_pre_hook(self._enter))
             self._hooks.append(module.register_forward_hook(self._leave_forward(module is model)))
-        real_to_host, real_to_device = transfer.to_host, transfer.to_device
+        real_to_host, real_to_device, real_bitmask = transfer.to_host, transfer.to_device, transfer.bitmask_to_device
 
         def to_host(*args, **kwargs):
             self.events.append("S")
@@ -74,8 +74,13 @@ class SyncRecorder(TorchDispatchMode):
             with self._exempted():
                 return real_to_device(*args, **kwargs)
 
+        def bitmask_to_device(*args, **kwargs):
+            with self._exempted():
+                return real_bitmask(*args, **kwargs)
+
         monkeypatch.setattr(transfer, "to_host", to_host)
         monkeypatch.setattr(transfer, "to_device", to_device)
+        monkeypatch.setattr(transfer, "bitmask_to_device", bitmask_to_device)
 
     def _exempted(self):
         recorder = self
@@ -197,6 +202,51 @@ def test_stream_generate_reads_the_device_once_per_step(bart, bert_lm, monkeypat
     assert recorder.events.count("F") > max(len(v) if isinstance(v[0], int) else max(map(len, v)) for _, v in out)
 
 
+def _letters_constraint():
+    """A regex constraint over a word-level vocabulary of VOCAB tokens ("a".."z" among them)."""
+    from tokenizers import Tokenizer, decoders, models
+
+    from rayformers.models.generation.constraints import TokenConstraint
+
+    letters = [chr(ord("a") + i) for i in range(26)]
+    vocab = {f"<{i}>": i for i in range(3)} | {c: 3 + i for i, c in enumerate(letters)}
+    vocab |= {f"w{i}": i for i in range(len(vocab), VOCAB)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
+    tokenizer.decoder = decoders.ByteLevel()  # the grammar engine reads token bytes through the decoder
+    return TokenConstraint.build("regex", "[a-z]{2,30}", tokenizer, VOCAB, [2])
+
+
+@pytest.mark.parametrize("name", ["greedy", "sample"])
+@pytest.mark.parametrize("kind", ["encoder-decoder", "decoder-only"])
+def test_constrained_stream_generate_reads_the_device_once_per_step(bart, bert_lm, monkeypatch, kind, name):
+    """The constraint's mask goes to the device without waiting; its tokens come from the step's one read."""
+    model = bart if kind == "encoder-decoder" else bert_lm
+    settings = {"greedy": dict(max_new_tokens=12, eos_token_id=2, repetition_penalty=1.3),
+                "sample": dict(max_new_tokens=12, eos_token_id=2, do_sample=True, top_k=20,
+                               num_return_sequences=2)}[name]
+    inputs = _inputs()
+    constraint = _letters_constraint()
+    recorder, out = _record(model, monkeypatch, lambda: list(stream_generate(
+        model, iter(inputs), max_batch_size=4, seed=7, constraint=constraint, forced_eos_token_id=None, **settings)))
+    assert sorted(k for k, _ in out) == sorted(k for k, _ in inputs)
+    _assert_one_sync_per_step(recorder)
+    for _, value in out:
+        for ids in ([value] if isinstance(value[0], int) else value):
+            body = ids[1:] if kind == "encoder-decoder" else ids  # the decoder start token first
+            assert all(3 <= t < 29 for t in body[:-1]) and (body[-1] == 2 or len(body) == 12), ids
+
+
+@pytest.mark.parametrize("kind", ["encoder-decoder", "decoder-only"])
+def test_constrained_generate_reads_the_device_once_per_step(bart, bert_lm, monkeypatch, kind):
+    model = bart if kind == "encoder-decoder" else bert_lm
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]])
+    recorder, out = _record(model, monkeypatch, lambda: model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, eos_token_id=2, forced_eos_token_id=None,
+        constraint=_letters_constraint()))
+    _assert_one_sync_per_step(recorder)
+    assert out.shape[0] == 3
+
+
 @pytest.mark.parametrize("name", list(SETTINGS))
 @pytest.mark.parametrize("kind", ["encoder-decoder", "decoder-only"])
 def test_generate_reads_the_device_once_per_step(bart, bert_lm, monkeypatch, kind, name):
@@ -249,6 +299,8 @@ _STEP_CODE = [
     causal_session.CausalSession.step, causal_session.CausalSession._forward, causal_session.CausalSession.keep,
     causal_session.CausalSession.trim_left, causal_session.CausalSession.pad_self_attention,
     causal_session.CausalSession.append,
+    constraints.TokenConstraint.fill, constraints.TokenConstraint.initial, constraints.TokenConstraint.apply,
+    constraints.TokenConstraint.consume, constraints.TokenConstraint.complete,
 ] + [obj for _, obj in inspect.getmembers(logits_process, inspect.isclass) if obj.__module__ == logits_process.__name__
      and obj.__name__ not in ("ProcessorList",)] + [logits_process._ban_eos, logits_process._row_lengths]
 

@@ -47,7 +47,7 @@ from .continuous_engine import ContinuousEngine
 from .continuous_inputs import _InputReader
 from .continuous_seq2seq import EncoderDecoderRows, _cut_after_eos, beam_chunks  # noqa: F401 (_cut_after_eos is public here)
 from .logits_process import build_processors
-from .utils import _resolve_lengths, prepare_decoding
+from .utils import _resolve_lengths, check_constrainable, prepare_decoding
 
 
 @torch.inference_mode()
@@ -65,6 +65,7 @@ def stream_generate(
     on_reject=None,
     stats: dict | None = None,
     share_prefix: bool = True,
+    constraint=None,
     **kwargs,
 ) -> Iterator[tuple[Hashable, Any]]:
     """Yield `(key, token_ids)` for every `(key, input_ids)` of `inputs`, each as soon as it is done.
@@ -88,7 +89,8 @@ def stream_generate(
     receives `peak_kv_tokens` (the most KV positions the batch held), `max_prefill_tokens`,
     `prefill_forwards` and `admission_waits` (and `shared_prefix_tokens`). `share_prefix`: prompts
     admitted together that start with the same tokens have that prefix prefilled once
-    (continuous_causal.DecoderOnlyRows).
+    (continuous_causal.DecoderOnlyRows). `constraint` (a `constraints.TokenConstraint`) masks every
+    row's tokens to its grammar (greedy search and sampling; not beam search).
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -106,6 +108,8 @@ def stream_generate(
         _resolve_lengths(model, cfg, 1, kwargs)
     if cfg.do_sample and seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
+    if constraint is not None:
+        check_constrainable(cfg)
     lookahead = lookahead or 4 * max_batch_size
     device = next(model.parameters()).device
     # A model that prefills in pieces takes prompts longer than one forward's budget.
@@ -147,5 +151,5 @@ def stream_generate(
     processors = build_processors(probe, decoder_prompt_length=1, eos_token_ids=special["eos"])
     engine = ContinuousEngine(model, strategy, processors, eos=special["eos"], do_sample=bool(cfg.do_sample), nrs=nrs,
                               device=device, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
-                              seed=seed, refill=refill, stats=stats)
+                              seed=seed, refill=refill, stats=stats, constraint=constraint, eos_order=special["eos"])
     yield from engine.run(reader)

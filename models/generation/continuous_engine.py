@@ -24,6 +24,13 @@ flags when sampling). Lengths, limits, which rows finished, the outputs and the 
 the host; what goes to the device (kept rows, sampling noise order) goes through
 `transfer.to_device`, which does not wait.
 
+Constrained outputs (`constraint`, a constraints.TokenConstraint): each row holds a grammar
+matcher; the rows' token bitmask is applied to the logits on the device before the logits processors
+(so top-k / top-p keep allowed tokens),
+each new token is fed to its row's matcher on the host, and the next bitmask is computed on the host
+right after the next forward is launched (overlapping it on a GPU). A row whose answer is complete
+ends with an end token at once (the only token its mask would allow) instead of another step.
+
 Sampling: input number i draws from its own `torch.Generator` seeded `seed + i` exactly the noise
 `generate` of that input alone draws, so outputs do not depend on what else is in the batch.
 """
@@ -49,6 +56,7 @@ class _Row:
     length: int  # tokens in its history (decoder start token / prompt included)
     max_length: int
     tokens: list[int] = field(default_factory=list)  # generated so far
+    matcher: object = None  # its grammar state, with a constraint
 
 
 def _replay_global_draws(generator: torch.Generator, count: int) -> None:
@@ -75,7 +83,7 @@ class ContinuousEngine:
 
     def __init__(self, model, strategy, processors, *, eos: list[int] | None, do_sample: bool, nrs: int, device,
                  max_batch_size: int, max_batch_tokens: int | None, seed: int | None, refill: bool,
-                 stats: dict | None = None):
+                 stats: dict | None = None, constraint=None, eos_order: list[int] | None = None):
         self.model = model
         self.strategy = strategy
         self.processors = processors
@@ -91,6 +99,9 @@ class ContinuousEngine:
         # sessions that expose `cached_tokens`); the strategy adds its own counts.
         self.stats = stats if stats is not None else {}
         self.stats.setdefault("peak_kv_tokens", 0)
+        self.constraint = constraint
+        self.end_token = (eos_order or sorted(self.eos) or [None])[0]  # what a complete constrained answer ends with
+        self._mask: torch.Tensor | None = None  # the host bitmask of the running rows, computed after each step
         # running state
         self.session = None
         self.state: dict[str, torch.Tensor] = {}  # per-row tensors: history, lengths, the strategy's own
@@ -126,7 +137,9 @@ class ContinuousEngine:
                 generator.manual_seed(self.seed + item.index)
                 _replay_global_draws(generator, self.rng_draws[0])
                 self.generators[item.index] = generator
-            self.rows.extend(_Row(item, sample, length, max_length) for sample in range(self.nrs))
+            self.rows.extend(_Row(item, sample, length, max_length,
+                                  matcher=None if self.constraint is None else self.constraint.new_matcher())
+                             for sample in range(self.nrs))
         if self.session is None:
             self.session, self.state = newcomer, tensors
         else:
@@ -211,6 +224,18 @@ class ContinuousEngine:
         cached = getattr(self.session, "cached_tokens", None)
         if cached is not None:
             self.stats["peak_kv_tokens"] = max(self.stats["peak_kv_tokens"], cached())
+    def _constrained(self, scores: torch.Tensor) -> torch.Tensor:
+        """The scores with each row's constraint mask applied (rows admitted since the mask was
+        computed come last and start fresh)."""
+        if self.constraint is None:
+            return scores
+        known = 0 if self._mask is None else self._mask.shape[0]
+        mask = self._mask
+        if known < len(self.rows):
+            fresh = self.constraint.initial(len(self.rows) - known)
+            mask = fresh if mask is None else torch.cat([mask, fresh])
+        self._mask = None
+        return self.constraint.apply(scores, mask)
 
     def _is_padded(self) -> bool:
         width = self.state["history"].shape[1]
@@ -227,7 +252,9 @@ class ContinuousEngine:
                 return  # nothing running, nothing pending
             state = self.state
             lengths = state["lengths"] if self._is_padded() else None
-            scores = self.processors(state["history"], logits, lengths, **self.strategy.row_limits(state))
+            # the constraint masks the raw logits, so top-k / top-p then choose among allowed tokens only
+            scores = self.processors(state["history"], self._constrained(logits), lengths,
+                                     **self.strategy.row_limits(state))
             next_tokens, invalid = self._choose(scores)
             state["history"] = torch.cat([state["history"], next_tokens[:, None]], dim=1)
             state["lengths"] = state["lengths"] + 1
@@ -237,7 +264,14 @@ class ContinuousEngine:
             for row, token in zip(self.rows, tokens):
                 row.tokens.append(token)
                 row.length += 1
-                done.append(row.length >= row.max_length or token in self.eos)
+                finished = row.length >= row.max_length or token in self.eos
+                if row.matcher is not None:
+                    self.constraint.consume(row.matcher, token, row.item.key)
+                    if not finished and self.constraint.complete(row.matcher):
+                        row.tokens.append(self.end_token)  # the only token its mask allows now
+                        row.length += 1
+                        finished = True
+                done.append(finished)
             if any(done):
                 yield from self._finish(done)
             if not self.rows:
@@ -245,3 +279,5 @@ class ContinuousEngine:
                 continue
             logits = self.strategy.step(self.session, self.state, self._is_padded())
             self._note_kv()
+            if self.constraint is not None:  # on the host while the device runs the step
+                self._mask = self.constraint.fill([row.matcher for row in self.rows])

@@ -85,8 +85,12 @@ def greedy_or_sample(
     processors: ProcessorList,
     settings: DecodeSettings,
     expand: int = 1,
+    constraint=None,
 ) -> torch.Tensor:
     """Decode `decoder_input_ids` [inputs, prompt] (one session row per input before expansion).
+
+    `constraint` (constraints.TokenConstraint) masks each row's logits to its grammar before the
+    processors; a row whose answer is complete can then only take an end token.
 
     `expand` > 1 (several samples per input) repeats each input after the first step. Returns
     [inputs * expand, length] with finished rows padded with `pad_token_id`, as the reference.
@@ -109,7 +113,11 @@ def greedy_or_sample(
         session.repeat(expand)
         logits = logits.repeat_interleave(expand, dim=0)
         sequences = sequences.repeat_interleave(expand, dim=0)
+    matchers = None if constraint is None else [constraint.new_matcher() for _ in range(total_rows)]
+    mask = None if constraint is None else constraint.initial(total_rows)
     while True:
+        if constraint is not None:
+            logits = constraint.apply(logits, mask)
         scores = processors(sequences, logits)
         invalid = None
         if settings.do_sample:
@@ -122,6 +130,9 @@ def greedy_or_sample(
         sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
         cur_len += 1
         tokens, _ = read_step(next_tokens, invalid)
+        if matchers is not None:
+            for row, token in enumerate(tokens):
+                constraint.consume(matchers[row], token, active_rows[row])
         if cur_len >= settings.max_length:
             done = [True] * len(tokens)
         else:
@@ -137,7 +148,11 @@ def greedy_or_sample(
             active_rows = [active_rows[row] for row in staying]
             active, sequences = active.index_select(0, keep), sequences.index_select(0, keep)
             session.keep(keep)
+            if matchers is not None:
+                matchers = [matchers[row] for row in staying]
         logits = session.step(sequences[:, -1:])
+        if matchers is not None:  # on the host while the device runs the step
+            mask = constraint.fill(matchers)
 
     fill = pad if pad is not None else 0
     output = torch.full((total_rows, cur_len), fill, dtype=sequences.dtype, device=device)

@@ -89,8 +89,14 @@ class GenerationMixin:
         override `generation_config` (default: `self.generation_config`); `decoder_input_ids` may give a
         decoder prompt. Returns a LongTensor [batch * num_return_sequences, length] that starts with the
         decoder start token, finished rows padded with `pad_token_id` exactly like the reference.
+        `constraint` (a `constraints.TokenConstraint`; greedy search and sampling) masks every row's
+        tokens to its grammar; not a transformers argument.
         """
+        constraint = kwargs.pop("constraint", None)
         plan = self._plan_generation(input_ids, attention_mask, generation_config, use_model_defaults, kwargs)
+        if constraint is not None:
+            check_constrainable(plan["config"])
+            plan["constraint"] = constraint
         return self._run_plan(plan)
 
     # The steps of generate are split so that continuous batching (continuous.py) reuses them.
@@ -133,7 +139,8 @@ class GenerationMixin:
         if cfg.num_beams > 1:
             return beam_search(session, plan["decoder_input_ids"], processors, settings)
         expand = cfg.num_return_sequences if cfg.do_sample else 1
-        return greedy_or_sample(session, plan["decoder_input_ids"], processors, settings, expand=expand)
+        return greedy_or_sample(session, plan["decoder_input_ids"], processors, settings, expand=expand,
+                                constraint=plan.get("constraint"))
 
     def _encode(self, input_ids, attention_mask, encoder_outputs) -> torch.Tensor:
         if encoder_outputs is not None:
@@ -182,6 +189,18 @@ class GenerationMixin:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def check_constrainable(cfg) -> None:
+    """Settings a constraint (constraints.py) cannot hold with: beam search, and minimum lengths (a
+    complete answer must be able to end: its end token is then the only one its mask allows)."""
+    if cfg.num_beams > 1:
+        raise ValueError(f"constrained generation runs greedy search or sampling, not beam search (num_beams="
+                         f"{cfg.num_beams}); set num_beams to 1")
+    for name in ("min_new_tokens", "min_length"):
+        if getattr(cfg, name, None):
+            raise ValueError(f"constrained generation decides where an answer ends: {name}={getattr(cfg, name)} "
+                             "cannot apply; unset it")
 
 
 def prepare_decoding(model, generation_config, use_model_defaults, kwargs):
