@@ -279,9 +279,9 @@ def _numbers_from_strings(section) -> None:
 
 
 def describe_train() -> list[str]:
-    """Every accepted ``train.*`` key with its default and documentation."""
-    return (describe(TrainConfig, "train.", {("train", key): values for key, values in _TRAIN_CHOICES.items()})
-            + describe(LoraSettings, "train.lora.", {}))
+    """Every accepted ``train.*`` key with its default and documentation (``describe`` walks the
+    optional ``train.lora`` section itself)."""
+    return describe(TrainConfig, "train.", {("train", key): values for key, values in _TRAIN_CHOICES.items()})
 
 
 __all__ = [

@@ -318,8 +318,10 @@ def _device_reads(obj) -> list[str]:
         func = node.func
         if isinstance(func, ast.Attribute) and func.attr in _READS - {"any", "all"}:
             found.append(f"line {node.lineno}: .{func.attr}()")
+        host_only = (isinstance(node.args[0], ast.Call) and isinstance(node.args[0].func, ast.Name)
+                     and node.args[0].func.id in ("getattr", "hasattr", "isinstance", "len")) if node.args else False
         if isinstance(func, ast.Name) and func.id in ("bool", "int", "float") and node.args and isinstance(
-                node.args[0], (ast.Call, ast.Subscript, ast.Compare)):
+                node.args[0], (ast.Call, ast.Subscript, ast.Compare)) and not host_only:
             found.append(f"line {node.lineno}: {func.id}({ast.unparse(node.args[0])})")
     return found
 
