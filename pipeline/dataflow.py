@@ -73,15 +73,51 @@ def blocks_of(ds, rows: int, num_cpus: float):
 def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
     """Blocks of ``compute.batch_size`` rows → tokenizer actor pool → model actor pool: the one
     plan behind both ``run()`` and ``build_processor()``."""
-    from ray.data import ActorPoolStrategy
 
     import ray
 
     cfg = spec.config
     c = cfg.compute
+    stages = getattr(spec, "models", None)
+    if stages:
+        return model_chain(ds, spec, stages)
     if c.tokenizer_max_actors is None or c.tokenizer_min_actors is None:
         size_tokenizer_pool(cfg, float(ray.cluster_resources().get("CPU", 0)))
     ds = blocks_of(ds, c.block_rows(), c.io_num_cpus)
+    return model_stages(ds, spec)
+
+
+def model_chain(ds, job, stages: list):
+    """A ``models:`` job: blocks → (tokenizer pool → model pool → prefix its columns) for each
+    model in turn → drop the text columns (see :mod:`.multi_model`). Blocks keep one size from the
+    read to the write, whatever the models."""
+    import ray
+
+    from .multi_model import finish_columns, map_table, namespace_columns, protect_columns, size_tokenizer_pools, \
+        transient_names
+
+    c = job.config.compute
+    size_tokenizer_pools(stages, float(ray.cluster_resources().get("CPU", 0)))
+    ds = blocks_of(ds, c.block_rows(), c.io_num_cpus)
+    kept = set(job.passthrough) | {job.id_column}
+    if job.config.output.keep_text:
+        kept.add(job.config.input.text_column)
+    clashes = transient_names(stages) & kept
+    if clashes:
+        ds = map_table(ds, protect_columns, c.io_num_cpus, names=sorted(clashes))
+    for stage in stages:
+        stage.spec.config.compute.batch_size = c.block_rows()  # the job's blocks, whatever the spec was built with
+        ds = model_stages(ds, stage.spec)
+        ds = map_table(ds, namespace_columns, c.io_num_cpus, name=stage.name, raw=tuple(stage.raw_columns))
+    return map_table(ds, finish_columns, c.io_num_cpus, drop=tuple(job.drop_at_end))
+
+
+def model_stages(ds, spec: ProcessingSpec | ResolvedJob):
+    """One model's tokenizer actor pool and model actor pool, on blocks already cut."""
+    from ray.data import ActorPoolStrategy
+
+    cfg = spec.config
+    c = cfg.compute
     ds = ds.map_batches(
         TokenizeOperator,
         fn_constructor_kwargs=dict(

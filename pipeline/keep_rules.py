@@ -256,7 +256,7 @@ class _Parser:
         return left
 
     def value_list(self) -> tuple:
-        self.expect("op", "[", "'[' starting the list of values after 'in'")
+        opening = self.expect("op", "[", "'[' starting the list of values after 'in'")
         values = []
         while not self.at("op", "]"):
             lit = self.literal()
@@ -269,7 +269,7 @@ class _Parser:
                 raise self.fail(f"expected ',' or ']' in the list, found {_describe(self.tok)}")
         self.take()
         if not values:
-            raise KeepRuleError("the 'in' list is empty", self.text, self.tokens[self.i - 1].position)
+            raise KeepRuleError("the 'in' list is empty", self.text, opening.position)
         kinds = {_literal_kind(v.value) for v in values}
         if len(kinds) > 1:
             raise KeepRuleError("the 'in' list mixes " + " and ".join(sorted(kinds)) + " values", self.text,
