@@ -124,6 +124,7 @@ def namespace_columns(table: pa.Table, name: str, raw: Collection[str]) -> pa.Ta
     prefix ``model <name>: ``."""
     import pyarrow.compute as pc
 
+    order = list(raw)
     raw = set(raw)
     names = []
     for c in table.column_names:
@@ -134,6 +135,10 @@ def namespace_columns(table: pa.Table, name: str, raw: Collection[str]) -> pa.Ta
         else:
             names.append(c)
     table = table.rename_columns(names)
+    mine = [f"{name}_{c}" for c in raw if f"{name}_{c}" in table.column_names]
+    mine.sort(key=lambda c: order.index(c[len(name) + 1:]) if c[len(name) + 1:] in order else len(order))
+    rest = [c for c in table.column_names if c not in mine and c != ERROR_COLUMN]
+    table = table.select([*rest, *mine, ERROR_COLUMN])  # each model's columns after the earlier ones', error last
     errors = table.column(ERROR_COLUMN)
     if ERRORS_BEFORE in table.column_names:
         before = table.column(ERRORS_BEFORE)

@@ -830,7 +830,8 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         spec = resolve_processing(cfg, keep_text=keep_text, keep_columns=(id_column, *passthrough))
 
     read_columns: list[str] = []
-    for c in [inp.id_column, inp.text_column, inp.text_pair_column, inp.source_language_column,
+    first = passthrough if inp.passthrough_columns == "*" else []  # "*": the input's own order
+    for c in [*first, inp.id_column, inp.text_column, inp.text_pair_column, inp.source_language_column,
               *passthrough, *all_prompt_columns(cfg)]:
         if c and c not in read_columns:
             read_columns.append(c)

@@ -75,7 +75,7 @@ def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
         "dropped_rows": counts.dropped_rows,
         "keep": cfg.output.keep,
         "dropped_path": job.dropped_path,
-        "models": models_manifest(job),
+        "models": models_manifest(job, written_columns(job.output_fs, counts)),
         "output_files": counts.manifest_files(),
         "embedding_ranges": job.task_options.get("ranges"),
         "report": report,
@@ -83,25 +83,35 @@ def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
     }
 
 
-def models_manifest(job: ResolvedJob) -> list[dict]:
+def models_manifest(job: ResolvedJob, written: Optional[list] = None) -> list[dict]:
     """``[{name, task, model_type, prediction_columns}]``: one entry per model (``name`` null for
-    a ``model:`` job), the columns as they are named in the output."""
+    a ``model:`` job), its columns as named in the output. ``written`` (the columns of a staged
+    file, when there is one) narrows each task's possible columns to those the job wrote
+    (``top_k_labels`` only with ``task.top_k`` > 1, ...)."""
+    from .multi_model import raw_columns
+    from .preflight import output_columns
+
+    def present(columns: list) -> list:
+        return [c for c in columns if written is None or c in written]
+
     if not job.models:
-        from .preflight import output_columns
-
         cfg = job.config
-        from rayformers.operators.records import ERROR_COLUMN
-        from .source import ID_COLUMN
-
-        added = output_columns(cfg, job.id_generated) - {ERROR_COLUMN, ID_COLUMN}
-        from .preflight import PREDICTION_COLUMNS
-
-        order = [*PREDICTION_COLUMNS[cfg.model.task], "num_tokens", "chunk_index", "chunk_start", "chunk_end"]
+        possible = [*raw_columns(cfg), *sorted(output_columns(cfg) & {"chunk_index", "chunk_start", "chunk_end"})]
         return [{"name": None, "task": cfg.model.task, "model_type": job.model_type,
-                 "prediction_columns": [c for c in order if c in added]}]
+                 "prediction_columns": present(possible)}]
     return [{"name": s.name, "task": s.config.model.task, "model_type": s.spec.model_type,
              "model_dtype": s.spec.model_dtype, "max_length": s.spec.max_length,
-             "prediction_columns": s.prediction_columns} for s in job.models]
+             "prediction_columns": present(s.prediction_columns)} for s in job.models]
+
+
+def written_columns(fs, counts) -> Optional[list]:
+    """The column names of one staged output file (None when the output has none)."""
+    import pyarrow.parquet as pq
+
+    for f in [*counts.files, *counts.dropped_files]:
+        schema = pq.read_schema(f.path, filesystem=fs)
+        return list(schema.names)
+    return None
 
 
 def run(
