@@ -364,7 +364,7 @@ def _type_kind(t) -> str:
     return "other"
 
 
-def check(text: str, columns: dict, where: str = "output.keep") -> Node:
+def check(text: str, columns: dict) -> Node:
     """Parse ``text`` and check it against ``columns`` (name → Arrow type, or None where the type
     is not known before the run): an unknown column, or a comparison between a column and a
     value of another kind (a number with a string column, ``<`` on a list column), is an error
@@ -373,7 +373,7 @@ def check(text: str, columns: dict, where: str = "output.keep") -> Node:
     for col in columns_of(tree):
         if col.name not in columns:
             known = ", ".join(sorted(columns))
-            raise KeepRuleError(f"{where}: unknown column {col.name!r} (the columns a kept row has: {known})",
+            raise KeepRuleError(f"unknown column {col.name!r} (the columns a kept row has: {known})",
                                 text, col.position)
     _check_types(tree, columns, text)
     return tree

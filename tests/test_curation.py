@@ -313,3 +313,23 @@ def test_three_models_and_a_keep_rule_killed_mid_run_then_resumed_account_every_
         assert r["error"] is not None or (r["lang"] == "en" and r["topic_label"] is not None)
     assert all(r["lang"] == "fr" for r in gone.to_pylist())
     assert not staging.exists()
+
+
+def test_plan_estimates_each_model_and_names_the_bound(ray_session, tmp_path, checkpoints):
+    from rayformers.pipeline.estimate import plan
+
+    inp = write_corpus(tmp_path / "in", TEXTS[:24], files=1)
+    report = plan({"input": {"path": str(inp)}, "models": models_section(checkpoints, emb=False),
+                   "compute": {"batch_size": 8, **SMALL_POOLS}, "output": {"path": str(tmp_path / "out")}},
+                  sample_rows=24)
+    assert [m["name"] for m in report.models] == ["quality", "topic"]
+    for m in report.models:
+        assert m["model_rows_per_s_per_actor"] > 0 and m["tokenizer_rows_per_s_per_actor"] > 0
+        assert m["rows_per_s"] == pytest.approx(min(m["model_rows_per_s_per_actor"] * m["model_actors"],
+                                                    m["tokenizer_rows_per_s_per_actor"] * m["tokenizer_actors"]))
+    slowest = min(report.models, key=lambda m: m["rows_per_s"])
+    assert report.bottleneck == f"{slowest['bound']} actors of model {slowest['name']!r}"
+    assert report.estimated_wall_s >= 24 / slowest["rows_per_s"]
+    text = report.format()
+    assert "quality" in text and "topic" in text and report.bottleneck in text
+    assert not (tmp_path / "out").exists()
