@@ -40,8 +40,9 @@ def checkpoints(tmp_path_factory):
     return {"quality": quality, "topic": topic, "emb": emb}
 
 
-def write_corpus(path: Path, texts: list, files: int = 2, row_group_size: int = 8) -> Path:
-    """Parquet with the text among other columns (an id, a language, a count), as crawls come."""
+def write_corpus(path: Path, texts: list, files: int = 2, row_group_size: int = 8, **extra) -> Path:
+    """Parquet with the text among other columns (an id, a language, a count, ``extra``), as
+    crawls come."""
     path.mkdir(parents=True)
     per = (len(texts) + files - 1) // files
     for k in range(files):
@@ -52,6 +53,7 @@ def write_corpus(path: Path, texts: list, files: int = 2, row_group_size: int = 
             "lang": ["en" if (base + i) % 3 else "fr" for i in range(len(chunk))],
             "text": chunk,
             "n": pa.array([base + i for i in range(len(chunk))], pa.int64()),
+            **{name: values[base:base + len(chunk)] for name, values in extra.items()},
         }), path / f"part{k}.parquet", row_group_size=row_group_size)
     return path
 
@@ -192,7 +194,8 @@ def test_a_models_entry_is_checked_with_its_own_name(tmp_path, checkpoints):
 def test_keep_rule_splits_rows_between_output_and_dropped_path_and_counts_every_row(
         ray_session, tmp_path, checkpoints):
     texts = TEXTS[:40] + [None, ""]
-    inp = write_corpus(tmp_path / "in", texts, files=2)
+    # an input column named like what a classifier writes before its name prefixes it: kept as it is
+    inp = write_corpus(tmp_path / "in", texts, files=2, score=[f"s{i}" for i in range(len(texts))])
     quality = hf_logits(checkpoints["quality"], TEXTS[:40])[:, 0]
     cut = float(np.sort(quality)[19] + np.sort(quality)[20]) / 2  # half of the rows pass, none on the edge
     rule = f"quality_score >= {cut!r} and lang in ['en']"
@@ -203,6 +206,9 @@ def test_keep_rule_splits_rows_between_output_and_dropped_path_and_counts_every_
                   "output": {"path": str(out), "keep": rule, "dropped_path": str(dropped), "max_error_fraction": 1}})
     kept, gone = read_output(str(out)), read_output(str(dropped))
     assert kept.column_names == gone.column_names
+    assert kept.column_names[:5] == ["doc", "lang", "text", "n", "score"]
+    for r in kept.to_pylist() + gone.to_pylist():
+        assert r["score"] == f"s{r['n']}"
     ok = [r for r in kept.to_pylist() if r["error"] is None]
     errors = [r for r in kept.to_pylist() if r["error"] is not None]
     for r in ok:
