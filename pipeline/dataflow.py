@@ -105,22 +105,20 @@ def model_chain(ds, job, stages: list):
     clashes = transient_names(stages) & kept
     if clashes:
         ds = map_table(ds, protect_columns, c.io_num_cpus, names=sorted(clashes))
-    for stage in stages:
+    for k, stage in enumerate(stages):
         stage.spec.config.compute.batch_size = c.block_rows()  # the job's blocks, whatever the spec was built with
-        ds = model_stages(ds, stage.spec)
-        ds = map_table(ds, namespace_columns, c.io_num_cpus, name=stage.name, raw=tuple(stage.raw_columns))
+        next_shares = k + 1 < len(stages) and stages[k + 1].shares_tokenizer
+        ds = model_stages(ds, stage.spec, tokenize=not stage.shares_tokenizer, keep_token_columns=next_shares)
+        ds = map_table(ds, namespace_columns, c.io_num_cpus, name=stage.name, raw=tuple(stage.raw_columns),
+                       keep_tokens=next_shares)
     return map_table(ds, finish_columns, c.io_num_cpus, drop=tuple(job.drop_at_end))
 
 
-def model_stages(ds, spec: ProcessingSpec | ResolvedJob):
-    """One model's tokenizer actor pool and model actor pool, on blocks already cut."""
-    from ray.data import ActorPoolStrategy
-
+def tokenizer_kwargs(spec: ProcessingSpec | ResolvedJob) -> dict:
+    """What the tokenizer actors of ``spec`` are built with: two models whose tokenizer kwargs
+    are equal get the same tokens (one tokenizer pool can serve both)."""
     cfg = spec.config
-    c = cfg.compute
-    ds = ds.map_batches(
-        TokenizeOperator,
-        fn_constructor_kwargs=dict(
+    return dict(
             tokenizer_path=spec.tokenizer_path,
             text_column=cfg.input.text_column,
             text_pair_column=cfg.input.text_pair_column,
@@ -138,7 +136,26 @@ def model_stages(ds, spec: ProcessingSpec | ResolvedJob):
             text_prefix=spec.text_prefix,
             prompt=spec.prompt,
             single_thread=True,
-        ),
+    )
+
+
+def model_stages(ds, spec: ProcessingSpec | ResolvedJob, tokenize: bool = True, keep_token_columns: bool = False):
+    """One model's tokenizer actor pool and model actor pool, on blocks already cut. Without
+    ``tokenize`` the blocks already carry this model's tokens (a several-model pass whose previous
+    model has the same tokenizer settings, kept by its ``keep_token_columns``)."""
+    if tokenize:
+        ds = tokenizer_stage(ds, spec)
+    return model_stage(ds, spec, keep_token_columns)
+
+
+def tokenizer_stage(ds, spec: ProcessingSpec | ResolvedJob):
+    """The tokenizer actor pool of ``spec``."""
+    from ray.data import ActorPoolStrategy
+
+    c = spec.config.compute
+    return ds.map_batches(
+        TokenizeOperator,
+        fn_constructor_kwargs=tokenizer_kwargs(spec),
         compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
         num_cpus=c.tokenizer_num_cpus,
         resources=c.tokenizer_resources or None,
@@ -146,8 +163,17 @@ def model_stages(ds, spec: ProcessingSpec | ResolvedJob):
         batch_format="pyarrow",
         zero_copy_batch=True,
     )
+
+
+def model_stage(ds, spec: ProcessingSpec | ResolvedJob, keep_token_columns: bool = False):
+    """The model actor pool of ``spec``."""
+    from ray.data import ActorPoolStrategy
+
+    cfg = spec.config
+    c = cfg.compute
+    extra = {"keep_token_columns": True} if keep_token_columns else {}
     # A torch-free class: the driver that builds this plan never imports torch.
-    ds = ds.map_batches(
+    return ds.map_batches(
         ACTOR_FOR_TASK[cfg.model.task],
         fn_constructor_kwargs=dict(
             model_path=cfg.model.path,
@@ -164,6 +190,7 @@ def model_stages(ds, spec: ProcessingSpec | ResolvedJob):
             allow_new_head=cfg.model.allow_new_head,
             adapter=cfg.model.adapter,
             drop_columns=tuple(spec.drop_after_model),
+            **extra,
             **spec.task_options,
         ),
         compute=ActorPoolStrategy(min_size=c.model_min_actors, max_size=c.model_max_actors),
@@ -174,7 +201,6 @@ def model_stages(ds, spec: ProcessingSpec | ResolvedJob):
         batch_format="pyarrow",
         zero_copy_batch=True,
     )
-    return ds
 
 
 def model_batch_rows(compute) -> Optional[int]:

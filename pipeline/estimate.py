@@ -95,9 +95,10 @@ class PlanReport:
             f"start-up      {self.startup_s:.1f} s (actors starting, model loading; paid once per run)",
         ]
         for m in self.models:
-            lines.insert(-2, f"  {m['name']:<11} model {m['model_rows_per_s_per_actor']:,.1f} rows/s x{m['model_actors']}, "
-                             f"tokenizer {m['tokenizer_rows_per_s_per_actor']:,.0f} rows/s x{m['tokenizer_actors']}: "
-                             f"{m['rows_per_s']:,.1f} rows/s")
+            tok = ("the previous model's tokens" if m["tokenizer_rows_per_s_per_actor"] is None else
+                   f"tokenizer {m['tokenizer_rows_per_s_per_actor']:,.0f} rows/s x{m['tokenizer_actors']}")
+            lines.insert(-2, f"  {m['name']:<11} model {m['model_rows_per_s_per_actor']:,.1f} rows/s "
+                             f"x{m['model_actors']}, {tok}: {m['rows_per_s']:,.1f} rows/s")
         if self.target_s is not None:
             lines.append(
                 f"target        {_fmt_s(self.target_s)}: {self.model_actors_for_target} model actors "
@@ -167,16 +168,21 @@ def plan(
     if job.models:
         for m in job.models:
             mc = m.config.compute
-            m_rps, t_rps = median_rate(f"{m.name}_model"), median_rate(f"{m.name}_tokenize")
+            m_rps = median_rate(f"{m.name}_model")
+            # a model reading the previous model's tokens has no tokenizer pool of its own
+            t_rps = None if m.shares_tokenizer else median_rate(f"{m.name}_tokenize")
+            model_total = m_rps * mc.model_max_actors
+            tok_total = float("inf") if t_rps is None else t_rps * mc.tokenizer_max_actors
             per_model.append({"name": m.name, "model_actors": mc.model_max_actors,
-                              "tokenizer_actors": mc.tokenizer_max_actors, "model_rows_per_s_per_actor": m_rps,
-                              "tokenizer_rows_per_s_per_actor": t_rps,
-                              "rows_per_s": min(m_rps * mc.model_max_actors, t_rps * mc.tokenizer_max_actors),
-                              "bound": "model" if m_rps * mc.model_max_actors <= t_rps * mc.tokenizer_max_actors
-                              else "tokenizer"})
+                              "tokenizer_actors": 0 if m.shares_tokenizer else mc.tokenizer_max_actors,
+                              "model_rows_per_s_per_actor": m_rps, "tokenizer_rows_per_s_per_actor": t_rps,
+                              "rows_per_s": min(model_total, tok_total),
+                              "bound": "model" if model_total <= tok_total else "tokenizer"})
         slowest = min(per_model, key=lambda m: m["rows_per_s"])
         c = next(m.config.compute for m in job.models if m.name == slowest["name"])
-        model_rps, tok_rps = slowest["model_rows_per_s_per_actor"], slowest["tokenizer_rows_per_s_per_actor"]
+        model_rps = slowest["model_rows_per_s_per_actor"]
+        tok_rps = slowest["tokenizer_rows_per_s_per_actor"] or min(
+            m["tokenizer_rows_per_s_per_actor"] for m in per_model if m["tokenizer_rows_per_s_per_actor"] is not None)
         bottleneck = f"{slowest['bound']} actors of model {slowest['name']!r}"
         rate = slowest["rows_per_s"]
         names = [f"{m.name}_{k}" for m in job.models for k in ("model", "tokenize")]

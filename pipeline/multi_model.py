@@ -47,6 +47,9 @@ class ModelStage:
     spec: ProcessingSpec
     raw_columns: list = field(default_factory=list)
     """Columns its model stage writes under their plain names (predictions, ``num_tokens``)."""
+    shares_tokenizer: bool = False
+    """Its tokenizer settings equal the previous model's (same tokenizer files, limits, prompt):
+    it reads the tokens the previous model's tokenizer pool made, and has no pool of its own."""
 
     @property
     def prediction_columns(self) -> list[str]:
@@ -68,8 +71,58 @@ def resolve_model_stages(cfg: JobConfig) -> list[ModelStage]:
             spec = resolve_processing(sub, keep_text=True)
         except PreflightError as e:
             raise PreflightError(f"models[{name}]: {e}") from e
-        stages.append(ModelStage(name, sub, spec, raw_columns(sub)))
+        stage = ModelStage(name, sub, spec, raw_columns(sub))
+        if stages:
+            stage.shares_tokenizer = same_tokens(stages[-1], stage)
+        stages.append(stage)
+    clash = sorted(set(text_columns(cfg)) & transient_names(stages))
+    if clash:
+        raise PreflightError(f"input column {clash[0]!r} is read as text by the models and is also a column a model "
+                             "writes; rename it in the input")
     return stages
+
+
+SHARED_TOKEN_TASKS = ("classify", "embed", "sparse-embed", "token-classify", "generate")
+"""Tasks whose model actors read the tokens of the tokenizer pool (zero-shot and yes/no rerank
+tokenize inside the model actor) and can keep them for the next model."""
+
+
+def same_tokens(previous: ModelStage, stage: ModelStage) -> bool:
+    """Whether ``stage`` can read ``previous``'s tokens: both tasks read tokenizer-pool tokens
+    and the tokenizer actors would be built alike (files, revision, max_length, truncation,
+    overflow, stride, prompt, offsets)."""
+    from .dataflow import tokenizer_kwargs
+
+    if previous.config.model.task not in SHARED_TOKEN_TASKS or stage.config.model.task not in SHARED_TOKEN_TASKS:
+        return False
+    a, b = tokenizer_kwargs(previous.spec), tokenizer_kwargs(stage.spec)
+    if a.pop("tokenizer_path") != b.pop("tokenizer_path"):
+        same = tokenizer_files_digest(previous.spec.tokenizer_path)
+        if same is None or same != tokenizer_files_digest(stage.spec.tokenizer_path):
+            return False
+    return a == b
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def tokenizer_files_digest(path: str) -> Optional[str]:
+    """A digest of a local checkpoint's tokenizer files (two directories with the same files
+    tokenize alike), or None where that cannot be told cheaply (a Hub id, no ``tokenizer.json``)."""
+    import hashlib
+    import os
+
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return None
+    digest = hashlib.sha1()
+    for name in TOKENIZER_FILES:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            digest.update(name.encode() + b"\0")
+            with open(file, "rb") as f:
+                digest.update(hashlib.sha1(f.read()).digest())
+    return digest.hexdigest()
 
 
 def added_columns(cfg: JobConfig) -> dict[str, tuple[Optional[str], str]]:
@@ -118,10 +171,11 @@ def protect_columns(table: pa.Table, names: Collection[str]) -> pa.Table:
     return table.rename_columns(renamed)
 
 
-def namespace_columns(table: pa.Table, name: str, raw: Collection[str]) -> pa.Table:
+def namespace_columns(table: pa.Table, name: str, raw: Collection[str], keep_tokens: bool = False) -> pa.Table:
     """After model ``name``: its columns get the ``<name>_`` prefix, its stage timings the
     ``<name>_`` stage prefix, and each reason it gave a row (one that had none before it) the
-    prefix ``model <name>: ``."""
+    prefix ``model <name>: ``. ``keep_tokens``: the next model reads the same tokens, so
+    ``num_tokens`` stays under its plain name too (for the next model's columns)."""
     import pyarrow.compute as pc
 
     order = list(raw)
@@ -135,6 +189,8 @@ def namespace_columns(table: pa.Table, name: str, raw: Collection[str]) -> pa.Ta
         else:
             names.append(c)
     table = table.rename_columns(names)
+    if keep_tokens and f"{name}_num_tokens" in table.column_names:
+        table = table.append_column("num_tokens", table.column(f"{name}_num_tokens"))
     mine = [f"{name}_{c}" for c in raw if f"{name}_{c}" in table.column_names]
     mine.sort(key=lambda c: order.index(c[len(name) + 1:]) if c[len(name) + 1:] in order else len(order))
     rest = [c for c in table.column_names if c not in mine and c != ERROR_COLUMN]
@@ -180,8 +236,9 @@ def size_tokenizer_pools(stages: list[ModelStage], total_cpus: float) -> None:
     first = stages[0].config.compute
     free = total_cpus - sum(s.config.compute.model_max_actors * s.config.compute.model_num_cpus for s in stages) \
         - first.io_num_cpus
-    share = free / len(stages)
-    for s in stages:
+    pools = [s for s in stages if not s.shares_tokenizer]
+    share = free / len(pools)
+    for s in pools:
         c = s.config.compute
         if c.tokenizer_max_actors is None:
             per = TOKENIZERS_PER_MODEL_ACTOR["gpu" if c.model_num_gpus else "cpu"]
@@ -198,11 +255,11 @@ def check_cluster_cpus(stages: list[ModelStage], total_cpus: float) -> None:
     parts, reserved = [], 0.0
     for s in stages:
         c = s.config.compute
-        mine = c.tokenizer_max_actors * c.tokenizer_num_cpus + c.model_max_actors * c.model_num_cpus
-        reserved += mine
-        parts.append(f"{s.name}: {c.tokenizer_max_actors} x {c.tokenizer_num_cpus:g} + {c.model_max_actors} x "
+        tokenizers = 0 if s.shares_tokenizer else c.tokenizer_max_actors
+        reserved += tokenizers * c.tokenizer_num_cpus + c.model_max_actors * c.model_num_cpus
+        parts.append(f"{s.name}: {tokenizers} x {c.tokenizer_num_cpus:g} + {c.model_max_actors} x "
                      f"{c.model_num_cpus:g}")
-        for key in ("tokenizer_min_actors", "model_min_actors"):
+        for key in ("tokenizer_min_actors", "model_min_actors")[s.shares_tokenizer:]:
             lo, hi = getattr(c, key), getattr(c, key.replace("min", "max"))
             if lo < 1 or hi < lo:
                 raise PreflightError(f"models[{s.name}].compute.{key}={lo} and {key.replace('min', 'max')}={hi}: "

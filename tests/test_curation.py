@@ -73,13 +73,13 @@ def hf_logits(path: Path, texts: list, max_length: int = 64) -> np.ndarray:
 
 
 def models_section(ck: dict, emb: bool = True) -> list:
-    models = [
-        {"name": "quality", "path": str(ck["quality"]), "task": "classify"},
-        {"name": "topic", "path": str(ck["topic"]), "task": "classify",
-         "tokenizer": {"max_length": 24, "overflow": "error"}},
-    ]
+    """quality, emb (same tokenizer settings as quality: it reads quality's tokens), topic (its
+    own 24-token limit, longer rows an error)."""
+    models = [{"name": "quality", "path": str(ck["quality"]), "task": "classify"}]
     if emb:
         models.append({"name": "emb", "path": str(ck["emb"]), "task": "embed", "task_options": {"pooling": "mean"}})
+    models.append({"name": "topic", "path": str(ck["topic"]), "task": "classify",
+                   "tokenizer": {"max_length": 24, "overflow": "error"}})
     return models
 
 
@@ -141,8 +141,8 @@ def test_three_models_in_one_pass_match_each_model_and_name_the_model_a_row_fail
     table = read_output(str(out))
     # input columns, then each model's columns under its name, one error column
     assert table.column_names == ["lang", "id", "quality_label", "quality_score", "quality_num_tokens",
-                                  "topic_label", "topic_score", "topic_num_tokens", "emb_embedding",
-                                  "emb_num_tokens", "error"]
+                                  "emb_embedding", "emb_num_tokens", "topic_label", "topic_score",
+                                  "topic_num_tokens", "error"]
     per_file = (len(texts) + 1) // 2
     rows = {r["id"]: r for r in table.to_pylist()}
     by_index = {}
@@ -153,37 +153,43 @@ def test_three_models_in_one_pass_match_each_model_and_name_the_model_a_row_fail
 
     quality = hf_logits(checkpoints["quality"], texts[:30])
     topic = hf_logits(checkpoints["topic"], texts[:30], max_length=24)
-    from transformers import AutoTokenizer
+    import transformers
 
-    tok = AutoTokenizer.from_pretrained(str(checkpoints["topic"]))
+    tok = transformers.AutoTokenizer.from_pretrained(str(checkpoints["topic"]))
+    encoder = transformers.AutoModel.from_pretrained(str(checkpoints["emb"])).eval()
     for k in range(30):
         r = by_index[k]
         np.testing.assert_allclose(r["quality_score"], quality[k][0], atol=1e-5)  # regression: the raw logit
+        enc = tok([texts[k]], truncation=True, max_length=64, return_tensors="pt")
+        with torch.no_grad():  # mean pooling of transformers' encoder: the embedder's reference
+            mean = encoder(**enc).last_hidden_state[0].mean(0).numpy()
+        np.testing.assert_allclose(r["emb_embedding"], mean, atol=1e-5)
+        assert r["emb_num_tokens"] == r["quality_num_tokens"] == enc["input_ids"].shape[1]
         if len(tok(texts[k])["input_ids"]) > 24:  # over the topic model's limit: an error, naming the model
             assert r["error"].startswith("model topic: text: text has "), r["error"]
-            assert r["topic_label"] is None and r["emb_embedding"] is None
+            assert r["topic_label"] is None
         else:
             assert r["error"] is None
             assert r["topic_label"] == TOPICS[int(topic[k].argmax())]
-            assert len(r["emb_embedding"]) == 16
     assert by_index[30]["error"] == "model quality: text: text is null"
     failed_in_topic = sum(1 for r in rows.values() if (r["error"] or "").startswith("model topic"))
     assert failed_in_topic >= 5 and report.errors == failed_in_topic + 1
     manifest = json.loads((out / "_manifest.json").read_text())
-    assert [m["name"] for m in manifest["models"]] == ["quality", "topic", "emb"]
-    assert manifest["models"][2] == {"name": "emb", "task": "embed", "model_type": "bert", "model_dtype": "float32",
+    assert [m["name"] for m in manifest["models"]] == ["quality", "emb", "topic"]
+    assert manifest["models"][1] == {"name": "emb", "task": "embed", "model_type": "bert", "model_dtype": "float32",
                                      "max_length": 64, "prediction_columns": ["emb_embedding", "emb_num_tokens"]}
-    assert {"quality_tokenize", "quality_model", "topic_model", "emb_model"} <= set(report.stage_s)
+    assert {"quality_tokenize", "quality_model", "topic_tokenize", "topic_model", "emb_model"} <= set(report.stage_s)
+    assert "emb_tokenize" not in report.stage_s  # emb read the tokens quality's tokenizer pool made
 
 
 def test_a_models_entry_is_checked_with_its_own_name(tmp_path, checkpoints):
     inp = write_corpus(tmp_path / "in", TEXTS[:4], files=1)
     bad = models_section(checkpoints)
-    bad[1]["task_options"] = {"top_kk": 2}
-    with pytest.raises(Exception, match=r"models\[1\]\.task_options\.top_kk"):
+    bad[2]["task_options"] = {"top_kk": 2}
+    with pytest.raises(Exception, match=r"models\[2\]\.task_options\.top_kk"):
         run({"input": {"path": str(inp)}, "models": bad, "output": {"path": str(tmp_path / "o")}})
     bad = models_section(checkpoints)
-    bad[2]["path"] = str(tmp_path / "missing")
+    bad[1]["path"] = str(tmp_path / "missing")
     with pytest.raises(PreflightError, match=r"models\[emb\]: model.path"):
         run({"input": {"path": str(inp)}, "models": bad, "output": {"path": str(tmp_path / "o")}})
 
@@ -325,11 +331,14 @@ def test_plan_estimates_each_model_and_names_the_bound(ray_session, tmp_path, ch
     from rayformers.pipeline.estimate import plan
 
     inp = write_corpus(tmp_path / "in", TEXTS[:24], files=1)
-    report = plan({"input": {"path": str(inp)}, "models": models_section(checkpoints, emb=False),
+    report = plan({"input": {"path": str(inp)}, "models": models_section(checkpoints),
                    "compute": {"batch_size": 8, **SMALL_POOLS}, "output": {"path": str(tmp_path / "out")}},
                   sample_rows=24)
-    assert [m["name"] for m in report.models] == ["quality", "topic"]
-    for m in report.models:
+    assert [m["name"] for m in report.models] == ["quality", "emb", "topic"]
+    emb = report.models[1]
+    assert emb["tokenizer_rows_per_s_per_actor"] is None and emb["tokenizer_actors"] == 0  # quality's tokens
+    assert emb["rows_per_s"] == pytest.approx(emb["model_rows_per_s_per_actor"] * emb["model_actors"])
+    for m in (report.models[0], report.models[2]):
         assert m["model_rows_per_s_per_actor"] > 0 and m["tokenizer_rows_per_s_per_actor"] > 0
         assert m["rows_per_s"] == pytest.approx(min(m["model_rows_per_s_per_actor"] * m["model_actors"],
                                                     m["tokenizer_rows_per_s_per_actor"] * m["tokenizer_actors"]))
@@ -337,5 +346,5 @@ def test_plan_estimates_each_model_and_names_the_bound(ray_session, tmp_path, ch
     assert report.bottleneck == f"{slowest['bound']} actors of model {slowest['name']!r}"
     assert report.estimated_wall_s >= 24 / slowest["rows_per_s"]
     text = report.format()
-    assert "quality" in text and "topic" in text and report.bottleneck in text
+    assert "quality" in text and "topic" in text and "emb" in text and report.bottleneck in text
     assert not (tmp_path / "out").exists()
