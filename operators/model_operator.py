@@ -67,9 +67,13 @@ class ModelOperator:
         allow_new_head: bool = False,
         adapter: Optional[str] = None,
         head: Optional[dict] = None,
+        keep_token_columns: bool = False,
         **task_options: Any,
     ):
         self.revision = revision
+        self.token_columns = () if keep_token_columns else INTERNAL_COLUMNS
+        """Tokenizer columns dropped from the output; kept (``keep_token_columns``) when the next
+        model of a several-model pass reads the same tokens."""
         self.local_files_only = local_files_only
         self.gpu = bool(num_gpus)
         """Ray gave this actor a GPU: the GPU defaults apply (token budget, precision), also on the
@@ -222,7 +226,7 @@ class ModelOperator:
         return add_stage_time(out, "model", time.perf_counter() - start)
 
     def _output(self, batch: pa.Table, chunks: list[Chunk], errors, failures: dict, start: float) -> pa.Table:
-        out = batch.drop_columns([c for c in (*INTERNAL_COLUMNS, *self.drop_columns) if c in batch.column_names])
+        out = batch.drop_columns([c for c in (*self.token_columns, *self.drop_columns) if c in batch.column_names])
         for f, arr in zip(self.output_fields(), self.to_arrays(chunks, batch.num_rows)):
             out = set_column(out, f.name, arr.cast(f.type) if arr.type != f.type else arr)
         out = set_column(out, ERROR_COLUMN, error_column(errors, failures))

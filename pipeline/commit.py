@@ -225,8 +225,35 @@ def write_part(
     return stats
 
 
-def make_datasink(fs: pafs.FileSystem, data_dir: str, compression: str, stage_rows: int):
-    """A Ray Data ``Datasink`` writing atomic staged files of at least ``stage_rows`` rows."""
+DROPPED_DIR = "dropped"
+"""Staging subdirectory of the rows a keep rule dropped (beside ``data``)."""
+
+
+def split_by_keep(table: pa.Table, keep: str, full_rows: bool, id_column: Optional[str] = None):
+    """``(kept, dropped)`` rows of ``table`` under the keep rule: a row is kept where the rule is
+    true or the row is an error record (errors are never dropped); a null condition drops. With
+    ``full_rows`` false the dropped rows keep only what the accounting needs (their place, id,
+    error and stage timings): they are counted, not published."""
+    import pyarrow.compute as pc
+
+    from .keep_rules import keep_mask
+
+    mask = pc.or_(keep_mask(table, keep), pc.is_valid(table.column(ERROR_COLUMN)))
+    dropped = table.filter(pc.invert(mask))
+    if not full_rows:
+        wanted = {*HIDDEN_COLUMNS, ERROR_COLUMN, id_column}
+        dropped = dropped.select([c for c in dropped.column_names if c in wanted or c.startswith(STAGE_TIME_PREFIX)])
+    return table.filter(mask), dropped
+
+
+def make_datasink(fs: pafs.FileSystem, data_dir: str, compression: str, stage_rows: int,
+                  keep: Optional[str] = None, dropped_dir: Optional[str] = None, dropped_full_rows: bool = False,
+                  id_column: Optional[str] = None):
+    """A Ray Data ``Datasink`` writing atomic staged files of at least ``stage_rows`` rows.
+
+    With a ``keep`` rule each write splits its rows (:func:`split_by_keep`): kept rows to
+    ``data_dir``, dropped rows to ``dropped_dir``, each file with the ranges it holds, so the
+    driver's check by counts sees every input row once, kept or dropped."""
     from ray.data.block import BlockAccessor
     from ray.data.datasource import Datasink
 
@@ -247,7 +274,16 @@ def make_datasink(fs: pafs.FileSystem, data_dir: str, compression: str, stage_ro
             if not tables:
                 return {"rows": 0, "errors": 0, "tokens": 0, "stages": {}, "file": None}
             table = pa.concat_tables(tables, promote_options="permissive")
-            return write_part(fs, data_dir, table, compression)
+            if keep is None:
+                return write_part(fs, data_dir, table, compression)
+            kept, dropped = split_by_keep(table, keep, dropped_full_rows, id_column)
+            stats = write_part(fs, data_dir, kept, compression)
+            gone = write_part(fs, dropped_dir, dropped, compression)
+            stats["dropped"] = gone["rows"]
+            stats["rows"] += gone["rows"]
+            for k, v in gone["stages"].items():
+                stats["stages"][k] = stats["stages"].get(k, 0.0) + v
+            return stats
 
         def on_write_complete(self, write_result) -> None:
             self.results = list(write_result.write_returns)
@@ -267,6 +303,8 @@ class StagedFile:
     tokens: int
     size: int
     ranges: list
+    dropped: bool = False
+    """Rows a keep rule dropped (staged in ``dropped/``, published to ``output.dropped_path``)."""
 
     @property
     def name(self) -> str:
@@ -286,8 +324,19 @@ def _read_footer(fs: pafs.FileSystem, info: pafs.FileInfo) -> StagedFile:
     return StagedFile(info.path, int(d["rows"]), int(d["errors"]), int(d["tokens"]), int(info.size or 0), d["ranges"])
 
 
-def read_staged(fs: pafs.FileSystem, data_dir: str) -> list[StagedFile]:
-    """Footers of every staged file, in name order; temp files of writes that died are removed."""
+def read_staged(fs: pafs.FileSystem, data_dir: str, dropped_dir: Optional[str] = None) -> list[StagedFile]:
+    """Footers of every staged file, in name order; temp files of writes that died are removed.
+    With ``dropped_dir``, the dropped rows' files too (marked ``dropped``), in the same order."""
+    files = _read_staged_dir(fs, data_dir)
+    if dropped_dir is not None:
+        for f in _read_staged_dir(fs, dropped_dir):
+            f.dropped = True
+            files.append(f)
+        files.sort(key=lambda f: (f.name, f.dropped))
+    return files
+
+
+def _read_staged_dir(fs: pafs.FileSystem, data_dir: str) -> list[StagedFile]:
     infos = []
     for info in _list_files(fs, data_dir):
         name = posixpath.basename(info.path)
@@ -360,6 +409,10 @@ class OutputState:
     new_input_files: int = 0
     """``resume`` of a published output: input files added since it was published (scored now;
     the published rows are kept)."""
+    dropped_dir: Optional[str] = None
+    """With a keep rule: the staging directory of the dropped rows (``<staging>/dropped``)."""
+    dropped_path: Optional[str] = None
+    """``output.dropped_path``: where the dropped rows are published (None: only counted)."""
 
 
 @dataclass
@@ -491,6 +544,8 @@ def prepare_output(
     job_info: dict,
     plan_units: Optional[dict] = None,
     input_files: Optional[Sequence] = None,
+    keep: bool = False,
+    dropped_path: Optional[str] = None,
 ) -> OutputState:
     """Apply ``output.mode`` before any work starts (clear errors, nothing half-done).
 
@@ -498,11 +553,19 @@ def prepare_output(
     changed or vanished since the interrupted attempt; ``input_files`` (the input as it is now)
     lets it compare a published output's recorded input with the input: with new files only, the
     published rows are staged again and only the new files are scored (see
-    :func:`check_output_mode`)."""
+    :func:`check_output_mode`).
+
+    ``keep`` (a keep rule): dropped rows are staged in ``<staging>/dropped`` and count as done on
+    resume (never scored again); ``dropped_path`` is where they are published. A publish killed
+    after the dropped rows were published and before the output was is resumed by staging the
+    published dropped rows again (same configuration only)."""
     from .input_changes import refuse_stale_staged_rows
 
     staging = staging_path(output_path)
     state = OutputState(fs, output_path, staging, posixpath.join(staging, "data"))
+    if keep:
+        state.dropped_dir = posixpath.join(staging, DROPPED_DIR)
+        state.dropped_path = dropped_path
     check = check_output_mode(fs, output_path, mode, fingerprint, input_files)
     stage_exists = check.stage_exists
     if mode == "overwrite":
@@ -516,16 +579,32 @@ def prepare_output(
             # New input files: keep the published rows, score the new files, publish the whole.
             _write_job_file(fs, staging, job_info, fingerprint)
             _stage_published(fs, output_path, state.data_dir)
+            if state.dropped_dir and _published_by(fs, dropped_path, fingerprint):
+                _stage_published(fs, dropped_path, state.dropped_dir)
             state.new_input_files = len(check.new_files)
             stage_exists = True
+        elif stage_exists and state.dropped_dir and not _exists(fs, state.dropped_dir) \
+                and _published_by(fs, dropped_path, fingerprint):
+            # a publish killed between the dropped rows' directory and the output's
+            _stage_published(fs, dropped_path, state.dropped_dir)
         if stage_exists:
-            staged = read_staged(fs, state.data_dir)
+            staged = read_staged(fs, state.data_dir, state.dropped_dir)
             state.done = staged_ranges(staged)
             if plan_units is not None:
                 refuse_stale_staged_rows([u for u in state.done if u not in plan_units], staging, input_files)
             state.resumed_rows = sum(b - a for spans in state.done.values() for a, b in spans)
     _write_job_file(fs, staging, job_info, fingerprint)
+    if state.dropped_dir:
+        fs.create_dir(state.dropped_dir, recursive=True)  # its absence later means: published (see above)
     return state
+
+
+def _published_by(fs: pafs.FileSystem, path: Optional[str], fingerprint: str) -> bool:
+    """``path`` holds a published output (``_SUCCESS``) of a run with this configuration."""
+    if not path or not _exists(fs, posixpath.join(path, SUCCESS)):
+        return False
+    manifest = _read_json(fs, posixpath.join(path, MANIFEST)) or {}
+    return manifest.get("config_fingerprint") == fingerprint
 
 
 def _write_job_file(fs: pafs.FileSystem, staging: str, job_info: dict, fingerprint: str) -> None:
@@ -537,10 +616,17 @@ def _write_job_file(fs: pafs.FileSystem, staging: str, job_info: dict, fingerpri
 @dataclass
 class FinalCounts:
     rows: int
+    """Rows of the output (kept rows and error records; every input row without a keep rule)."""
     errors: int
     tokens: int
     duplicates_removed: int
     files: list[StagedFile]
+    dropped_files: list[StagedFile] = field(default_factory=list)
+    """Files of the rows a keep rule dropped."""
+
+    @property
+    def dropped_rows(self) -> int:
+        return sum(f.rows for f in self.dropped_files)
 
     def manifest_files(self) -> list[dict]:
         return [{"path": f.name, "rows": f.rows, "errors": f.errors} for f in self.files]
@@ -570,11 +656,13 @@ def _rewrite_without(fs: pafs.FileSystem, data_dir: str, f: StagedFile, cov: Cov
         offset += b - a
     fs.delete_file(f.path)
     if not pieces:
-        return StagedFile(f.path, 0, 0, 0, 0, [])
+        return StagedFile(f.path, 0, 0, 0, 0, [], f.dropped)
     kept = pa.concat_tables(pieces)
+    data_dir = posixpath.dirname(f.path)  # a dropped file stays among the dropped
     stats = write_part(fs, data_dir, kept, compression, ranges=ranges)
     path = posixpath.join(data_dir, stats["file"])
-    return StagedFile(path, stats["rows"], stats["errors"], stats["tokens"], fs.get_file_info(path).size or 0, ranges)
+    return StagedFile(path, stats["rows"], stats["errors"], stats["tokens"], fs.get_file_info(path).size or 0, ranges,
+                      f.dropped)
 
 
 def input_row_starts(table: pa.Table):
@@ -600,6 +688,7 @@ def collect_staged(
     units: Optional[dict] = None,
     expected_rows: Optional[int] = None,
     compression: str = "snappy",
+    dropped_dir: Optional[str] = None,
 ) -> FinalCounts:
     """Check the staged files from their footers and count rows, errors and tokens.
 
@@ -607,11 +696,14 @@ def collect_staged(
     repeats left by retried writes are removed (first file in name order wins). Without
     ``units`` (a rewrite of an already verified output) only the row count is checked.
 
+    ``dropped_dir``: the rows a keep rule dropped are staged there; together with the kept rows
+    they must tile every unit (each input row once, kept or dropped).
+
     Raises :class:`IncompleteOutputError` naming the first row group with missing rows."""
     cov = Coverage()
     kept: list[StagedFile] = []
     dups = 0
-    for f in read_staged(fs, data_dir):
+    for f in read_staged(fs, data_dir, dropped_dir):
         taken = sum(hi - lo for unit, a, b in f.ranges for lo, hi in cov.overlap(unit, a, b))
         if taken:
             if taken == f.rows:
@@ -627,7 +719,7 @@ def collect_staged(
             cov.add(unit, a, b)
         # Only the first range is kept (file order for compaction): the driver's memory is the
         # merged coverage, O(row groups), plus O(files), however fragmented the files are.
-        kept.append(StagedFile(f.path, f.rows, f.errors, f.tokens, f.size, f.ranges[:1]))
+        kept.append(StagedFile(f.path, f.rows, f.errors, f.tokens, f.size, f.ranges[:1], f.dropped))
     rows = sum(f.rows for f in kept)
     if units is not None:
         done = cov.done()
@@ -658,7 +750,9 @@ def collect_staged(
             f"staged output in {data_dir} has {rows} rows for {expected_rows} input rows; re-run with "
             f"output.mode=resume to score the missing ones"
         )
-    return FinalCounts(rows, sum(f.errors for f in kept), sum(f.tokens for f in kept), dups, kept)
+    published = [f for f in kept if not f.dropped]
+    return FinalCounts(sum(f.rows for f in published), sum(f.errors for f in published),
+                       sum(f.tokens for f in kept), dups, published, [f for f in kept if f.dropped])
 
 
 def _merge_files(fs: pafs.FileSystem, data_dir: str, sources: list[StagedFile], compression: str) -> StagedFile:
@@ -695,8 +789,9 @@ def plan_compaction(files: Sequence[StagedFile], target_bytes: int) -> list[list
 def compact_staged(
     fs: pafs.FileSystem, data_dir: str, counts: FinalCounts, target_bytes: int, compression: str, io_num_cpus: float = 0.5
 ) -> FinalCounts:
-    """Merge small staged files into files of about ``target_bytes`` (Ray tasks when Ray runs)."""
-    groups = plan_compaction(counts.files, target_bytes)
+    """Merge small staged files into files of about ``target_bytes`` (Ray tasks when Ray runs);
+    dropped rows' files among themselves, in their own directory."""
+    groups = plan_compaction(counts.files, target_bytes) + plan_compaction(counts.dropped_files, target_bytes)
     if not groups:
         return counts
     merged_away = {f.path for g in groups for f in g}
@@ -706,13 +801,18 @@ def compact_staged(
         use_ray = ray.is_initialized()
     except ImportError:  # pragma: no cover - ray is a dependency
         use_ray = False
+    dirs = [posixpath.dirname(g[0].path) for g in groups]
     if use_ray:
         merge = ray.remote(num_cpus=io_num_cpus)(_merge_files)
-        merged = ray.get([merge.remote(fs, data_dir, g, compression) for g in groups])
+        merged = ray.get([merge.remote(fs, d, g, compression) for d, g in zip(dirs, groups)])
     else:
-        merged = [_merge_files(fs, data_dir, g, compression) for g in groups]
-    files = [f for f in counts.files if f.path not in merged_away] + list(merged)
-    return FinalCounts(counts.rows, counts.errors, counts.tokens, counts.duplicates_removed, sorted(files, key=lambda f: f.name))
+        merged = [_merge_files(fs, d, g, compression) for d, g in zip(dirs, groups)]
+    for m, g in zip(merged, groups):
+        m.dropped = g[0].dropped
+    files = [f for f in counts.files if f.path not in merged_away] + [m for m in merged if not m.dropped]
+    dropped = [f for f in counts.dropped_files if f.path not in merged_away] + [m for m in merged if m.dropped]
+    return FinalCounts(counts.rows, counts.errors, counts.tokens, counts.duplicates_removed,
+                       sorted(files, key=lambda f: f.name), sorted(dropped, key=lambda f: f.name))
 
 
 def _move_tree(fs: pafs.FileSystem, src: str, dst: str) -> None:
@@ -741,31 +841,50 @@ def publish(state: OutputState, manifest: dict, files: Optional[Sequence[StagedF
     """Manifest into the data directory, one rename into place, then ``_SUCCESS``.
 
     The old output (if any) must be ours (checked again here: files someone added while the job
-    ran are not ours to delete either)."""
+    ran are not ours to delete either).
+
+    With a keep rule and ``output.dropped_path``, the dropped rows are published first, the same
+    way, with a manifest of their own; the output's ``_SUCCESS``, written last, is what makes the
+    run complete (a kill in between is resumed, see :func:`prepare_output`). Without
+    ``dropped_path`` the staged dropped rows (ranges and ids only) are deleted with the staging."""
     fs = state.fs
     if files is None:
         files = read_staged(fs, state.data_dir)
     manifest = {"format": OUTPUT_FORMAT, **manifest}
     manifest["output_files"] = [{"path": f.name, "rows": f.rows, "errors": f.errors} for f in files]
-    _write_text(fs, posixpath.join(state.data_dir, MANIFEST), json.dumps(manifest, indent=2, default=str))
-    check_replaceable(fs, state.output_path, why="publishing")
-    old = None
-    if _exists(fs, state.output_path):
-        if isinstance(fs, pafs.LocalFileSystem):
-            old = f"{state.staging_dir}-old-{uuid.uuid4().hex[:8]}"
-            _move_tree(fs, state.output_path, old)
-        else:
-            fs.delete_dir(state.output_path)  # no rename on object stores: a copy away is wasted work
-    parent = posixpath.dirname(state.output_path.rstrip("/"))
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    _move_tree(fs, state.data_dir, state.output_path)
-    _write_text(fs, posixpath.join(state.output_path, SUCCESS), "")
-    if old is not None:
-        fs.delete_dir(old)
+    if state.dropped_dir and state.dropped_path:
+        dropped = [f for f in read_staged(fs, state.dropped_dir)]
+        side = {k: manifest[k] for k in ("format", "status", "created_at", "config_fingerprint", "keep") if k in manifest}
+        side.update(role="dropped rows", output_path=state.output_path, dropped_rows=sum(f.rows for f in dropped),
+                    output_files=[{"path": f.name, "rows": f.rows} for f in dropped])
+        _publish_dir(fs, state.dropped_dir, state.dropped_path, side, staging_path(state.dropped_path))
+    _publish_dir(fs, state.data_dir, state.output_path, manifest, state.staging_dir)
     fs.delete_dir(state.staging_dir)
     clean_publish_leftovers(fs, state.output_path)
     return state.output_path
+
+
+def _publish_dir(fs: pafs.FileSystem, source: str, target: str, manifest: dict, aside: str) -> None:
+    """``manifest`` into ``source``, the old ``target`` (ours) moved aside, one move of
+    ``source`` into place, then ``_SUCCESS``."""
+    _write_text(fs, posixpath.join(source, MANIFEST), json.dumps(manifest, indent=2, default=str))
+    check_replaceable(fs, target, why="publishing")
+    old = None
+    if _exists(fs, target):
+        if isinstance(fs, pafs.LocalFileSystem):
+            old = f"{aside}-old-{uuid.uuid4().hex[:8]}"
+            _move_tree(fs, target, old)
+        else:
+            fs.delete_dir(target)  # no rename on object stores: a copy away is wasted work
+    parent = posixpath.dirname(target.rstrip("/"))
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    if not _exists(fs, source):
+        fs.create_dir(source, recursive=True)
+    _move_tree(fs, source, target)
+    _write_text(fs, posixpath.join(target, SUCCESS), "")
+    if old is not None:
+        fs.delete_dir(old)
 
 
 OLD_OUTPUT_RE = re.compile(r"^\.(?P<name>.+)\.rayformers-staging-old-[0-9a-f]{8}$")

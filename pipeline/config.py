@@ -79,8 +79,11 @@ class InputConfig:
     """Column with a unique row id. If unset, a stable id ``<file>:<row>`` is generated from the
     input file's relative path and the row's position in it (the same on every run, so a resumed
     or re-run output has the same ids)."""
-    passthrough_columns: list = field(default_factory=list)
-    """Input columns copied unchanged to the output (hive partition keys allowed)."""
+    passthrough_columns: Union[str, list] = field(default_factory=list)
+    """Input columns copied unchanged to the output (hive partition keys allowed), or ``"*"``: every
+    column of the input (the text columns included), in the input's order, with the prediction
+    columns appended. A kept input column with the name of a column the job writes is refused
+    before any row is read."""
     partitioning: Optional[str] = "hive"
     """Partitioning scheme of directory inputs (``hive`` reads ``key=value`` folders as columns);
     ``null`` for none."""
@@ -441,6 +444,15 @@ class OutputConfig:
     target_file_mb: int = 256
     """Published file size: staged files under half of this are merged into files of about this
     size before publishing (what Spark, Trino and DuckDB read best: 64-512 MB)."""
+    keep: Optional[str] = None
+    """A keep rule (curation): rows it holds true for go to the output, the others are dropped
+    (to ``dropped_path``, or only counted). An expression over the output's columns, e.g.
+    ``quality_score >= 3 and topic_label in ['science', 'health']``: comparisons, ``in [...]``,
+    ``and``/``or``/``not``, parentheses, ``is null``/``is not null`` (see ``pipeline.keep_rules``).
+    Error records are never dropped: they stay in the output. Unset keeps every row."""
+    dropped_path: Optional[str] = None
+    """With ``keep``: where the dropped rows are published (same columns as the output), in the
+    same commit as the output. Unset: dropped rows are counted in the manifest, not written."""
     lock_ttl_s: float = 300.0
     """Object stores: seconds a run's lease on its output lasts without renewal (renewed every
     third of it). A killed driver's lease blocks other runs this long; local outputs use a kernel
@@ -457,9 +469,20 @@ class JobConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    models: list = field(default_factory=list)
+    """Several models in one pass over the input, instead of ``model``: a list of
+    ``{name, path, task, dtype, revision, local_files_only, adapter, allow_new_head, task_options,
+    tokenizer, compute}``. Each model's prediction columns are prefixed by its ``name`` and ``_``
+    (``quality_label``, ``emb_embedding``); ``task_options`` / ``tokenizer`` / ``compute`` override
+    the job's ``task`` / ``tokenizer`` / ``compute`` sections for that model (compute: only its
+    actor pools' keys). See :func:`model_entries`."""
 
     def __post_init__(self):
-        check_overflow(self)
+        check_passthrough(self.input.passthrough_columns)
+        if self.models:
+            model_entries(self)  # every entry checked as it loads
+        else:
+            check_overflow(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -489,8 +512,104 @@ class JobConfig:
             "task": d["task"],
             "output": {"keep_text": d["output"]["keep_text"]},
         }
+        if self.output.keep is not None:  # keys added later: unset, old fingerprints still match
+            relevant["output"]["keep"] = self.output.keep
+        if self.models:
+            relevant["models"] = [{"name": name, "fingerprint": sub.fingerprint()} for name, sub in model_entries(self)]
         blob = json.dumps(relevant, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+ALL_COLUMNS = "*"
+"""``input.passthrough_columns: "*"``: every input column."""
+
+
+def check_passthrough(value) -> None:
+    """``input.passthrough_columns`` is a list of column names or ``"*"``."""
+    if isinstance(value, str) and value != ALL_COLUMNS:
+        raise ConfigError(f"config key 'input.passthrough_columns': expected a list of column names or \"*\" (every "
+                          f"input column), got {value!r}")
+    if isinstance(value, list) and not all(isinstance(c, str) and c for c in value):
+        raise ConfigError(f"config key 'input.passthrough_columns': expected column names, got {value!r}")
+
+
+MODEL_ENTRY_KEYS = ("name", "path", "task", "dtype", "revision", "local_files_only", "adapter", "allow_new_head",
+                    "task_options", "tokenizer", "compute")
+"""Keys of one ``models:`` entry."""
+MODEL_ENTRY_COMPUTE_KEYS = ("tokenizer_min_actors", "tokenizer_max_actors", "tokenizer_num_cpus",
+                            "tokenizer_resources", "model_min_actors", "model_max_actors", "model_num_gpus",
+                            "model_num_cpus", "model_resources", "torch_threads", "max_tokens_per_batch",
+                            "max_rows_per_batch")
+"""``compute`` keys one model of ``models:`` may override: its own actor pools. Blocks, reads and
+writes are shared by every model of the pass (one read, one write)."""
+MODEL_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def model_entries(cfg: "JobConfig") -> list[tuple[Optional[str], "JobConfig"]]:
+    """``[(name, config of that model)]``: for a ``models:`` job one single-model
+    :class:`JobConfig` per entry (its ``model`` from the entry, ``task`` / ``tokenizer`` /
+    ``compute`` the job's with the entry's overrides, ``input`` / ``output`` the job's); for a
+    ``model:`` job ``[(None, cfg)]``. Raises :class:`ConfigError` naming ``models[i].key``."""
+    if not cfg.models:
+        return [(None, cfg)]
+    if cfg.model.path:
+        raise ConfigError("set either model (one model) or models (several in one pass), not both")
+    if cfg.model.quantization != "none":
+        raise ConfigError("model.quantization is not available with models")
+    out: list[tuple[Optional[str], JobConfig]] = []
+    base = cfg.to_dict()
+    for i, entry in enumerate(cfg.models):
+        where = f"models[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"config key '{where}': expected a mapping with name, path, task..., got {entry!r}")
+        unknown = [k for k in entry if k not in MODEL_ENTRY_KEYS]
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(f'{where}.{k}' for k in unknown)}. Accepted keys in "
+                              f"'{where}': {', '.join(MODEL_ENTRY_KEYS)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name or name[0].isdigit() \
+                or any(ch not in MODEL_NAME_CHARS for ch in name):
+            raise ConfigError(f"config key '{where}.name': a name made of lower-case letters, digits and _ (not "
+                              f"starting with a digit) is required, the prefix of the model's columns; got {name!r}")
+        if name in [n for n, _ in out]:
+            raise ConfigError(f"config key '{where}.name': {name!r} is the name of an earlier model; names must be "
+                              "unique (they prefix the prediction columns)")
+        compute = entry.get("compute") or {}
+        if not isinstance(compute, dict):
+            raise ConfigError(f"config key '{where}.compute': expected a mapping, got {compute!r}")
+        shared = [k for k in compute if k not in MODEL_ENTRY_COMPUTE_KEYS]
+        if shared:
+            raise ConfigError(f"config key '{where}.compute.{shared[0]}' is shared by every model of the pass: set it "
+                              f"in the job's compute section. A model may set: {', '.join(MODEL_ENTRY_COMPUTE_KEYS)}")
+        model = {k: v for k, v in entry.items() if k not in ("name", "task_options", "tokenizer", "compute")}
+        data = {
+            "input": base["input"],
+            "model": model,
+            "tokenizer": deep_merge(base["tokenizer"], entry.get("tokenizer") or {}),
+            "task": deep_merge(base["task"], entry.get("task_options") or {}),
+            "compute": deep_merge(base["compute"], compute),
+            "output": base["output"],
+        }
+        try:
+            sub = build_dataclass(JobConfig, data)
+        except ConfigError as e:
+            import re
+
+            message = str(e)  # keys named as the user wrote them: models[i].task_options.top_k
+            for section, key in (("model", ""), ("task", ".task_options"), ("tokenizer", ".tokenizer"),
+                                 ("compute", ".compute")):
+                message = re.sub(rf"(?<![\w.\]]){section}(?=[.'])", where + key, message)
+            raise ConfigError(message) from e
+        if not sub.model.path:
+            raise ConfigError(f"config key '{where}.path': set the model's checkpoint directory or Hub id")
+        if sub.tokenizer.overflow == "chunk" and sub.task.chunk_aggregate == "none":
+            raise ConfigError(f"{where}: task_options.chunk_aggregate none (one output row per window) cannot be "
+                              "combined with other models (one output row per input row); use mean or max")
+        if sub.model.task == "embed" and sub.task.embedding_precision in ("int8", "uint8"):
+            raise ConfigError(f"{where}: task_options.embedding_precision {sub.task.embedding_precision} (calibrated "
+                              "on a sample) is not available with models; use float32, float16, binary or ubinary")
+        out.append((name, sub))
+    return out
 
 
 def check_model_gpus(num_gpus: float) -> None:

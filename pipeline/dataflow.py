@@ -75,18 +75,52 @@ def blocks_of(ds, rows: int, num_cpus: float):
 def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
     """Blocks of ``compute.batch_size`` rows → tokenizer actor pool → model actor pool: the one
     plan behind both ``run()`` and ``build_processor()``."""
-    from ray.data import ActorPoolStrategy
 
     import ray
 
     cfg = spec.config
     c = cfg.compute
+    stages = getattr(spec, "models", None)
+    if stages:
+        return model_chain(ds, spec, stages)
     if c.tokenizer_max_actors is None or c.tokenizer_min_actors is None:
         size_tokenizer_pool(cfg, float(ray.cluster_resources().get("CPU", 0)))
     ds = blocks_of(ds, c.block_rows(), c.io_num_cpus)
-    ds = ds.map_batches(
-        TokenizeOperator,
-        fn_constructor_kwargs=dict(
+    return model_stages(ds, spec)
+
+
+def model_chain(ds, job, stages: list):
+    """A ``models:`` job: blocks → (tokenizer pool → model pool → prefix its columns) for each
+    model in turn → drop the text columns (see :mod:`.multi_model`). Blocks keep one size from the
+    read to the write, whatever the models."""
+    import ray
+
+    from .multi_model import finish_columns, map_table, namespace_columns, protect_columns, size_tokenizer_pools, \
+        transient_names
+
+    c = job.config.compute
+    size_tokenizer_pools(stages, float(ray.cluster_resources().get("CPU", 0)))
+    ds = blocks_of(ds, c.block_rows(), c.io_num_cpus)
+    kept = set(job.passthrough) | {job.id_column}
+    if job.config.output.keep_text:
+        kept.add(job.config.input.text_column)
+    clashes = transient_names(stages) & kept
+    if clashes:
+        ds = map_table(ds, protect_columns, c.io_num_cpus, names=sorted(clashes))
+    for k, stage in enumerate(stages):
+        stage.spec.config.compute.batch_size = c.block_rows()  # the job's blocks, whatever the spec was built with
+        next_shares = k + 1 < len(stages) and stages[k + 1].shares_tokenizer
+        ds = model_stages(ds, stage.spec, tokenize=not stage.shares_tokenizer, keep_token_columns=next_shares)
+        ds = map_table(ds, namespace_columns, c.io_num_cpus, name=stage.name, raw=tuple(stage.raw_columns),
+                       keep_tokens=next_shares)
+    return map_table(ds, finish_columns, c.io_num_cpus, drop=tuple(job.drop_at_end))
+
+
+def tokenizer_kwargs(spec: ProcessingSpec | ResolvedJob) -> dict:
+    """What the tokenizer actors of ``spec`` are built with: two models whose tokenizer kwargs
+    are equal get the same tokens (one tokenizer pool can serve both)."""
+    cfg = spec.config
+    return dict(
             tokenizer_path=spec.tokenizer_path,
             text_column=cfg.input.text_column,
             text_pair_column=cfg.input.text_pair_column,
@@ -104,7 +138,26 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             text_prefix=spec.text_prefix,
             prompt=spec.prompt,
             single_thread=True,
-        ),
+    )
+
+
+def model_stages(ds, spec: ProcessingSpec | ResolvedJob, tokenize: bool = True, keep_token_columns: bool = False):
+    """One model's tokenizer actor pool and model actor pool, on blocks already cut. Without
+    ``tokenize`` the blocks already carry this model's tokens (a several-model pass whose previous
+    model has the same tokenizer settings, kept by its ``keep_token_columns``)."""
+    if tokenize:
+        ds = tokenizer_stage(ds, spec)
+    return model_stage(ds, spec, keep_token_columns)
+
+
+def tokenizer_stage(ds, spec: ProcessingSpec | ResolvedJob):
+    """The tokenizer actor pool of ``spec``."""
+    from ray.data import ActorPoolStrategy
+
+    c = spec.config.compute
+    return ds.map_batches(
+        TokenizeOperator,
+        fn_constructor_kwargs=tokenizer_kwargs(spec),
         compute=ActorPoolStrategy(min_size=c.tokenizer_min_actors, max_size=c.tokenizer_max_actors),
         num_cpus=c.tokenizer_num_cpus,
         resources=c.tokenizer_resources or None,
@@ -112,8 +165,17 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
         batch_format="pyarrow",
         zero_copy_batch=True,
     )
+
+
+def model_stage(ds, spec: ProcessingSpec | ResolvedJob, keep_token_columns: bool = False):
+    """The model actor pool of ``spec``."""
+    from ray.data import ActorPoolStrategy
+
+    cfg = spec.config
+    c = cfg.compute
+    extra = {"keep_token_columns": True} if keep_token_columns else {}
     # A torch-free class: the driver that builds this plan never imports torch.
-    ds = ds.map_batches(
+    return ds.map_batches(
         ACTOR_FOR_TASK[cfg.model.task],
         fn_constructor_kwargs=dict(
             model_path=cfg.model.path,
@@ -131,6 +193,7 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
             adapter=cfg.model.adapter,
             head=dataclasses.asdict(cfg.model.head) if cfg.model.head else None,
             drop_columns=tuple(spec.drop_after_model),
+            **extra,
             **spec.task_options,
         ),
         compute=ActorPoolStrategy(min_size=c.model_min_actors, max_size=c.model_max_actors),
@@ -141,7 +204,6 @@ def processing_stages(ds, spec: ProcessingSpec | ResolvedJob):
         batch_format="pyarrow",
         zero_copy_batch=True,
     )
-    return ds
 
 
 def model_batch_rows(compute) -> Optional[int]:

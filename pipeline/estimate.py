@@ -22,7 +22,7 @@ import math
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -73,6 +73,11 @@ class PlanReport:
     startup_s: float
     target_s: Optional[float] = None
     model_actors_for_target: Optional[int] = None
+    models: list = field(default_factory=list)
+    """A ``models:`` job: per model ``{name, model_actors, tokenizer_actors,
+    model_rows_per_s_per_actor, tokenizer_rows_per_s_per_actor, rows_per_s}`` (``rows_per_s``:
+    the slower of its two pools at the configured actor counts); the job runs at the slowest
+    of all pools, named in ``bottleneck``."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +94,11 @@ class PlanReport:
             f"(bound by the {self.bottleneck})",
             f"start-up      {self.startup_s:.1f} s (actors starting, model loading; paid once per run)",
         ]
+        for m in self.models:
+            tok = ("the previous model's tokens" if m["tokenizer_rows_per_s_per_actor"] is None else
+                   f"tokenizer {m['tokenizer_rows_per_s_per_actor']:,.0f} rows/s x{m['tokenizer_actors']}")
+            lines.insert(-2, f"  {m['name']:<11} model {m['model_rows_per_s_per_actor']:,.1f} rows/s "
+                             f"x{m['model_actors']}, {tok}: {m['rows_per_s']:,.1f} rows/s")
         if self.target_s is not None:
             lines.append(
                 f"target        {_fmt_s(self.target_s)}: {self.model_actors_for_target} model actors "
@@ -116,7 +126,12 @@ def plan(
     target_s = parse_duration(target) if isinstance(target, str) else target
     job = preflight(cfg)
     ensure_ray(ray_init_kwargs)
-    check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
+    if job.models:
+        from .multi_model import check_cluster_cpus as check_models_cpus
+
+        check_models_cpus(job.models, float(ray.cluster_resources().get("CPU", 0)))
+    else:
+        check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
     sample = sample_input(job.input_fs, job.files, job.read_columns, cfg.input.id_column, sample_rows, sample_files)
 
     block = sample_block_rows(cfg.compute.block_rows(), sample.num_rows)
@@ -142,17 +157,43 @@ def plan(
         return statistics.median(input_rows(b) / max(stage(b, name), 1e-9) for b in steady)
 
     all_rows = sum(input_rows(b) for b in blocks)
-    tokens = sum(int(sum(b.column("num_tokens").to_pylist())) for b in blocks if "num_tokens" in b.column_names)
+    tokens_column = f"{job.models[0].name}_num_tokens" if job.models else "num_tokens"
+    tokens = sum(int(sum(v or 0 for v in b.column(tokens_column).to_pylist())) for b in blocks
+                 if tokens_column in b.column_names)
     errors = sum(b.num_rows - b.column("error").null_count for b in blocks if "error" in b.column_names)
     tokens_per_row = tokens / max(1, all_rows - errors)
 
     c = cfg.compute
-    model_rps = median_rate("model")
-    tok_rps = median_rate("tokenize")
-    model_total, tok_total = model_rps * c.model_max_actors, tok_rps * c.tokenizer_max_actors
-    bottleneck = "model actors" if model_total <= tok_total else "tokenizer actors"
-    rate = min(model_total, tok_total)
-    work_s = sum(stage(b, "model") + stage(b, "tokenize") for b in blocks)
+    per_model = []
+    if job.models:
+        for m in job.models:
+            mc = m.config.compute
+            m_rps = median_rate(f"{m.name}_model")
+            # a model reading the previous model's tokens has no tokenizer pool of its own
+            t_rps = None if m.shares_tokenizer else median_rate(f"{m.name}_tokenize")
+            model_total = m_rps * mc.model_max_actors
+            tok_total = float("inf") if t_rps is None else t_rps * mc.tokenizer_max_actors
+            per_model.append({"name": m.name, "model_actors": mc.model_max_actors,
+                              "tokenizer_actors": 0 if m.shares_tokenizer else mc.tokenizer_max_actors,
+                              "model_rows_per_s_per_actor": m_rps, "tokenizer_rows_per_s_per_actor": t_rps,
+                              "rows_per_s": min(model_total, tok_total),
+                              "bound": "model" if model_total <= tok_total else "tokenizer"})
+        slowest = min(per_model, key=lambda m: m["rows_per_s"])
+        c = next(m.config.compute for m in job.models if m.name == slowest["name"])
+        model_rps = slowest["model_rows_per_s_per_actor"]
+        tok_rps = slowest["tokenizer_rows_per_s_per_actor"] or min(
+            m["tokenizer_rows_per_s_per_actor"] for m in per_model if m["tokenizer_rows_per_s_per_actor"] is not None)
+        bottleneck = f"{slowest['bound']} actors of model {slowest['name']!r}"
+        rate = slowest["rows_per_s"]
+        names = [f"{m.name}_{k}" for m in job.models for k in ("model", "tokenize")]
+    else:
+        model_rps = median_rate("model")
+        tok_rps = median_rate("tokenize")
+        model_total, tok_total = model_rps * c.model_max_actors, tok_rps * c.tokenizer_max_actors
+        bottleneck = "model actors" if model_total <= tok_total else "tokenizer actors"
+        rate = min(model_total, tok_total)
+        names = ["model", "tokenize"]
+    work_s = sum(stage(b, n) for b in blocks for n in names)
     startup = max(0.0, wall - work_s)
     report = PlanReport(
         input_files=len(job.files),
@@ -169,6 +210,7 @@ def plan(
         bottleneck=bottleneck,
         estimated_wall_s=job.total_rows / rate + startup,
         startup_s=startup,
+        models=per_model,
     )
     if target_s is not None:
         if target_s <= startup:

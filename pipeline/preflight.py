@@ -93,6 +93,18 @@ class ResolvedJob:
     """See :class:`ProcessingSpec`."""
     device_facts: dict = field(default_factory=dict)
     """See :class:`ProcessingSpec`."""
+    passthrough: list = field(default_factory=list)
+    """``input.passthrough_columns`` resolved (``"*"``: every column of the input, in order)."""
+    models: list = field(default_factory=list)
+    """A ``models:`` job: one :class:`~.multi_model.ModelStage` per model (empty for ``model:``)."""
+    drop_at_end: list = field(default_factory=list)
+    """A ``models:`` job: text columns dropped once the last model has scored the row."""
+    output_types: dict = field(default_factory=dict)
+    """Output column → Arrow type where known before the run (None where not): what
+    ``output.keep`` is checked against."""
+    dropped_fs: Optional[pafs.FileSystem] = None
+    dropped_path: Optional[str] = None
+    """``output.dropped_path`` resolved (None: dropped rows are only counted)."""
 
     @property
     def total_rows(self) -> int:
@@ -106,11 +118,13 @@ def _is_text_type(t: pa.DataType) -> bool:
     return bool(is_view and is_view(t))
 
 
-def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -> None:
+def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile],
+                  passthrough: Optional[list] = None) -> list[pa.Schema]:
     """Every configured column exists in every file, text columns hold text (dictionary-encoded
     text included), and the id and passthrough columns have one type across files
     (:func:`resolve_read_types`)."""
     inp = cfg.input
+    passthrough = list(inp.passthrough_columns) if passthrough is None else passthrough
     schemas = []
     for f in files:
         schema = file_schema(fs, f)
@@ -121,10 +135,10 @@ def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -
             wanted.append(("input.text_pair_column", inp.text_pair_column))
         if inp.id_column:
             wanted.append(("input.id_column", inp.id_column))
-        wanted += [("input.passthrough_columns", c) for c in inp.passthrough_columns]
+        wanted += [("input.passthrough_columns", c) for c in passthrough]
         if inp.source_language_column:
             wanted.append(("input.source_language_column", inp.source_language_column))
-        wanted += [("task.messages", c) for c in prompt_columns(cfg)]
+        wanted += [("task.messages", c) for c in all_prompt_columns(cfg)]
         for key, col in wanted:
             if col not in names:
                 raise PreflightError(
@@ -142,10 +156,31 @@ def check_columns(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -
             t = decoded_type(schema.field(inp.id_column).type)
             if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
                 raise PreflightError(f"input.id_column: column {inp.id_column!r} in {f.path} has type {t}; use an integer or string id")
-    resolve_read_types(cfg, files, schemas)
+    resolve_read_types(cfg, files, schemas, passthrough)
+    return schemas
 
 
-def resolve_read_types(cfg: JobConfig, files: list[InputFile], schemas: list[pa.Schema]) -> None:
+def all_prompt_columns(cfg: JobConfig) -> list[str]:
+    """The input columns the ``task.messages`` of the job's model(s) name."""
+    from .config import model_entries
+
+    return list(dict.fromkeys(c for _, sub in model_entries(cfg) for c in prompt_columns(sub)))
+
+
+def resolve_passthrough(cfg: JobConfig, fs: pafs.FileSystem, files: list[InputFile]) -> list[str]:
+    """``input.passthrough_columns`` as a list: ``"*"`` is every column of the first input file
+    (hive partition keys included), in its order; :func:`check_columns` then requires each in
+    every file."""
+    from .config import ALL_COLUMNS
+
+    value = cfg.input.passthrough_columns
+    if value != ALL_COLUMNS:
+        return list(value)
+    return list(file_schema(fs, files[0]).names) if files else []
+
+
+def resolve_read_types(cfg: JobConfig, files: list[InputFile], schemas: list[pa.Schema],
+                       passthrough: Optional[list] = None) -> None:
     """Set each file's ``casts`` so that every file is read with one schema: dictionary-encoded
     columns as their values (text, id, passthrough), and the id and passthrough columns as the
     one type they share across files (integer widths unified). Without it, the duplicate-id
@@ -154,11 +189,12 @@ def resolve_read_types(cfg: JobConfig, files: list[InputFile], schemas: list[pa.
     Raises :class:`PreflightError` naming the key, the files and their types when a column's
     types cannot be unified (an int64 id in one file, a string id in another)."""
     inp = cfg.input
+    passthrough = list(inp.passthrough_columns) if passthrough is None else passthrough
     columns = [("input.text_column", inp.text_column), ("input.text_pair_column", inp.text_pair_column),
                ("input.source_language_column", inp.source_language_column), ("input.id_column", inp.id_column)]
-    columns += [("input.passthrough_columns", c) for c in inp.passthrough_columns]
-    columns += [("task.messages", c) for c in prompt_columns(cfg)]
-    unify = {inp.id_column, *inp.passthrough_columns}
+    columns += [("input.passthrough_columns", c) for c in passthrough]
+    columns += [("task.messages", c) for c in all_prompt_columns(cfg)]
+    unify = {inp.id_column, *passthrough}
     for key, col in columns:
         if not col:
             continue
@@ -827,19 +863,21 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
             raise PreflightError(f"{key} must be positive, got {value}")
     out_fs, out_path = resolve_filesystem(out.path, out.filesystem)
     check_output_location(cfg, out_fs, out_path)
+    dropped_fs, dropped_path = check_dropped_path(cfg, out_fs, out_path)
     if not inp.text_column:
         raise PreflightError("input.text_column is empty")
     id_generated = inp.id_column is None
     id_column = inp.id_column or ID_COLUMN
-    for where, kept in (("input.id_column", [inp.id_column] if inp.id_column else []),
-                        ("input.passthrough_columns", inp.passthrough_columns),
-                        ("input.text_column (kept by output.keep_text)", [inp.text_column] if out.keep_text else [])):
-        check_output_collisions(cfg, kept, where, id_generated)
+    listed = [] if inp.passthrough_columns == "*" else inp.passthrough_columns
+    check_kept_collisions(cfg, listed, id_generated)  # before the input is even listed
     try:
         fs, files = discover_files(inp.path, inp.filesystem, inp.partitioning, only=input_files)
     except InputError as e:
         raise PreflightError(str(e)) from e
-    check_columns(cfg, fs, files)
+    passthrough = resolve_passthrough(cfg, fs, files)
+    if inp.passthrough_columns == "*":  # every input column: a clash with a prediction fails here, naming both
+        check_kept_collisions(cfg, passthrough, id_generated, where='input.passthrough_columns "*"')
+    schemas = check_columns(cfg, fs, files, passthrough)
     # output.mode's refusals (an existing output, a changed input under resume) before Ray starts
     check_output_mode(out_fs, out_path, out.mode, cfg.fingerprint(), files)
 
@@ -850,11 +888,23 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         else:
             id_check_deferred = True  # run() checks with Ray once it is up, before any scoring
 
-    spec = resolve_processing(cfg, keep_text=out.keep_text, keep_columns=(id_column, *inp.passthrough_columns))
+    keep_text = out.keep_text or inp.text_column in passthrough
+    stages: list = []
+    drop_at_end: list = []
+    if cfg.models:
+        from .multi_model import resolve_model_stages, text_columns
+
+        stages = resolve_model_stages(cfg)
+        spec = stages[0].spec
+        kept = {id_column, *passthrough, *([inp.text_column] if keep_text else [])}
+        drop_at_end = [c for c in text_columns(cfg) if c not in kept]
+    else:
+        spec = resolve_processing(cfg, keep_text=keep_text, keep_columns=(id_column, *passthrough))
 
     read_columns: list[str] = []
-    for c in [inp.id_column, inp.text_column, inp.text_pair_column, inp.source_language_column,
-              *inp.passthrough_columns, *prompt_columns(cfg)]:
+    first = passthrough if inp.passthrough_columns == "*" else []  # "*": the input's own order
+    for c in [*first, inp.id_column, inp.text_column, inp.text_pair_column, inp.source_language_column,
+              *passthrough, *all_prompt_columns(cfg)]:
         if c and c not in read_columns:
             read_columns.append(c)
     job = ResolvedJob(
@@ -877,8 +927,112 @@ def preflight(cfg: JobConfig, input_files: Optional[Collection[str]] = None) -> 
         stride=spec.stride,
         prompt=spec.prompt,
         id_check_deferred=id_check_deferred,
+        passthrough=passthrough,
+        models=stages,
+        drop_at_end=drop_at_end,
+        dropped_fs=dropped_fs,
+        dropped_path=dropped_path,
     )
+    job.output_types = known_output_types(job, schemas[0] if schemas else None, keep_text)
+    check_keep_rule(job)
     return job
+
+
+def check_kept_collisions(cfg: JobConfig, passthrough: list, id_generated: bool,
+                          where: str = "input.passthrough_columns") -> None:
+    """Input columns the output keeps must not have the name of a column the job writes."""
+    inp, out = cfg.input, cfg.output
+    groups = (("input.id_column", [inp.id_column] if inp.id_column else []),
+              (where, passthrough),
+              ("input.text_column (kept by output.keep_text)", [inp.text_column] if out.keep_text else []))
+    for key, kept in groups:
+        if cfg.models:
+            from .multi_model import check_collisions
+
+            check_collisions(cfg, kept, key, id_generated)
+        else:
+            check_output_collisions(cfg, kept, key, id_generated)
+
+
+PREDICTION_TYPES = {
+    "label": pa.string(), "score": pa.float32(), "top_k_labels": pa.list_(pa.string()),
+    "top_k_scores": pa.list_(pa.float32()), "labels": pa.list_(pa.string()), "entities": pa.list_(pa.null()),
+    "generated_text": pa.string(), "generated_tokens": pa.list_(pa.int32()), "finish_reason": pa.string(),
+    "num_generated_tokens": pa.int32(), "embedding": pa.list_(pa.float32()), "scores": pa.list_(pa.float32()),
+    "sparse_embedding": pa.list_(pa.null()), "sparse_nnz": pa.int32(), "num_tokens": pa.int32(),
+    "chunk_index": pa.int32(), "chunk_start": pa.int32(), "chunk_end": pa.int32(), ERROR_COLUMN: pa.string(),
+}
+"""The kind of value each prediction column holds (numbers, strings, lists), for checking a keep
+rule before the run; widths may differ from what the operators write (``zero-shot`` ``scores``
+is a list either way)."""
+
+
+def known_output_types(job: ResolvedJob, schema: Optional[pa.Schema], keep_text: bool) -> dict:
+    """Every column a published row has → its Arrow type (where known before the run)."""
+    cfg = job.config
+    kept = [job.id_column, *job.passthrough, *([cfg.input.text_column] if keep_text else [])]
+    types: dict = {}
+    for c in kept:
+        if schema is not None and c in schema.names:
+            types[c] = decoded_type(schema.field(c).type)
+        else:
+            types[c] = pa.string()  # hive partition keys and generated ids are strings
+    if job.models:
+        from .multi_model import added_columns
+
+        for col, (_, plain) in added_columns(cfg).items():
+            types[col] = PREDICTION_TYPES.get(plain)
+        types[ERROR_COLUMN] = pa.string()
+    else:
+        for c in output_columns(cfg, job.id_generated):
+            types.setdefault(c, PREDICTION_TYPES.get(c))
+    return types
+
+
+def check_keep_rule(job: ResolvedJob) -> None:
+    """``output.keep`` parses and names only columns a published row has (error at its position)."""
+    from .keep_rules import KeepRuleError, check
+
+    keep = job.config.output.keep
+    if keep is None:
+        return
+    try:
+        check(keep, job.output_types)
+    except KeepRuleError as e:
+        raise PreflightError(f"output.keep: {e}") from e
+
+
+def check_dropped_path(cfg: JobConfig, out_fs: pafs.FileSystem, out_path: str):
+    """``output.dropped_path``: only with a keep rule, apart from every input and the output, and
+    (as the output) missing, empty or a rayformers output; ``(fs, path)`` or ``(None, None)``."""
+    out = cfg.output
+    if out.keep is not None and not (isinstance(out.keep, str) and out.keep.strip()):
+        raise PreflightError("output.keep is empty: write a rule such as \"score >= 0.5\", or remove the key")
+    if not out.dropped_path:
+        return None, None
+    if out.keep is None:
+        raise PreflightError("output.dropped_path is set without output.keep: no row would be dropped; set a keep "
+                             "rule or remove dropped_path")
+    fs, path = resolve_filesystem(out.dropped_path, out.filesystem)
+    paths = cfg.input.path if isinstance(cfg.input.path, list) else [cfg.input.path]
+    inputs = [location(*resolve_filesystem(raw, cfg.input.filesystem), shown=raw) for raw in paths]
+    inputs.append(location(out_fs, out_path, shown=cfg.output.path))
+    for staging in (staging_path(out_path),):
+        inputs.append(location(out_fs, staging))
+    try:
+        check_disjoint(inputs, [("output.dropped_path", location(fs, path, shown=out.dropped_path))])
+    except UnsafeOutputError as e:
+        raise PreflightError(str(e).replace("input", "input or output", 1)) from e
+    from .output_safety import check_replaceable
+
+    try:
+        exists = check_replaceable(fs, path, why="output.dropped_path")
+    except UnsafeOutputError as e:
+        raise PreflightError(str(e)) from e
+    if exists and out.mode == "error-if-exists":
+        raise PreflightError(f"output.dropped_path {out.dropped_path} already exists; choose output.mode=overwrite "
+                             "to replace it or output.mode=resume to complete it")
+    return fs, path
 
 
 TOKENIZERS_PER_MODEL_ACTOR = {"cpu": 1, "gpu": 4}

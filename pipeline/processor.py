@@ -23,7 +23,7 @@ from typing import Any, Optional
 from rayformers.operators.embedding_outputs import CALIBRATED
 from rayformers.operators.tokenize import STAGE_TIME_PREFIX
 
-from .config import ConfigError, JobConfig, load_config
+from .config import ALL_COLUMNS, ConfigError, JobConfig, load_config
 from .preflight import (PreflightError, ProcessingSpec, check_output_collisions, resolve_model_reference_in_config,
                         resolve_processing)
 from .source import HIDDEN_COLUMNS
@@ -39,7 +39,8 @@ class Processor:
     def required_columns(self) -> list[str]:
         inp = self.config.input
         named = [c for c in (self.spec.prompt or {}).get("columns", []) if c != inp.text_column]  # task.messages
-        return [c for c in (inp.text_column, inp.text_pair_column, inp.id_column, *inp.passthrough_columns, *named) if c]
+        listed = [] if inp.passthrough_columns == ALL_COLUMNS else inp.passthrough_columns  # "*": whatever it has
+        return [c for c in (inp.text_column, inp.text_pair_column, inp.id_column, *listed, *named) if c]
 
     def check_schema(self, ds: Any) -> None:
         """Columns named in ``input`` must exist, and no column may share a name with one the
@@ -53,6 +54,8 @@ class Processor:
             raise PreflightError(
                 f"the dataset has no column {missing[0]!r} (configured in input.*); its columns: {', '.join(names)}"
             )
+        if getattr(self.spec, "models", None):
+            return  # a models: job (rayformers plan): its pre-flight checked the columns it keeps
         kept = [c for c in names if c not in self.spec.drop_after_tokenize]  # those go before predictions come
         check_output_collisions(self.config, kept, "the dataset's columns")
 
@@ -86,7 +89,12 @@ def build_processor(config: JobConfig | dict | str | Path, overrides: Optional[l
     if not cfg.input.text_column:
         raise ConfigError("input.text_column is empty")
     resolve_model_reference_in_config(cfg)
-    keep = [c for c in (cfg.input.id_column, *cfg.input.passthrough_columns) if c]
+    if cfg.models:
+        raise ConfigError("build_processor takes one model (model:); a models: job runs with rayformers run")
+    if cfg.input.passthrough_columns == ALL_COLUMNS:  # every column of the caller's dataset, its text too
+        keep_text = True
+    listed = [] if cfg.input.passthrough_columns == ALL_COLUMNS else cfg.input.passthrough_columns
+    keep = [c for c in (cfg.input.id_column, *listed) if c]
     return Processor(resolve_processing(cfg, keep_text=keep_text, keep_columns=keep))
 
 

@@ -33,6 +33,10 @@ class JobReport:
     message: str = ""
     model_dtype: Optional[str] = None
     """The precision the model actors computed in (``model.dtype`` resolved for their device)."""
+    dropped: int = 0
+    """Rows an ``output.keep`` rule dropped (not in ``rows``; with ``rows`` they are the input)."""
+    keep: Optional[str] = None
+    """The keep rule (``output.keep``), if any."""
 
     @property
     def rows_per_s(self) -> float:
@@ -60,6 +64,9 @@ class JobReport:
             f"throughput    {self.rows_per_s:.1f} rows/s, {self.tokens_per_s:.0f} tokens/s",
             f"wall time     {self.wall_s:.2f} s",
         ]
+        if self.keep is not None:
+            lines.append(f"keep          {self.rows - self.errors} kept, {self.dropped} dropped, {self.errors} errors "
+                         f"(kept if: {self.keep})")
         if self.model_dtype:
             lines.append(f"model dtype   {self.model_dtype}")
         if self.stage_s:

@@ -78,11 +78,48 @@ def _manifest(job: ResolvedJob, counts, status: str, report: dict) -> dict:
         "input_rows": job.total_rows,
         "output_rows": counts.rows,
         "error_rows": counts.errors,
+        # every input row is one of: kept, dropped (by output.keep), error
+        "kept_rows": counts.rows - counts.errors,
+        "dropped_rows": counts.dropped_rows,
+        "keep": cfg.output.keep,
+        "dropped_path": job.dropped_path,
+        "models": models_manifest(job, written_columns(job.output_fs, counts)),
         "output_files": counts.manifest_files(),
         "embedding_ranges": job.task_options.get("ranges"),
         "report": report,
         "versions": {"ray": ray.__version__, "python": platform.python_version()},
     }
+
+
+def models_manifest(job: ResolvedJob, written: Optional[list] = None) -> list[dict]:
+    """``[{name, task, model_type, prediction_columns}]``: one entry per model (``name`` null for
+    a ``model:`` job), its columns as named in the output. ``written`` (the columns of a staged
+    file, when there is one) narrows each task's possible columns to those the job wrote
+    (``top_k_labels`` only with ``task.top_k`` > 1, ...)."""
+    from .multi_model import raw_columns
+    from .preflight import output_columns
+
+    def present(columns: list) -> list:
+        return [c for c in columns if written is None or c in written]
+
+    if not job.models:
+        cfg = job.config
+        possible = [*raw_columns(cfg), *sorted(output_columns(cfg) & {"chunk_index", "chunk_start", "chunk_end"})]
+        return [{"name": None, "task": cfg.model.task, "model_type": job.model_type,
+                 "prediction_columns": present(possible)}]
+    return [{"name": s.name, "task": s.config.model.task, "model_type": s.spec.model_type,
+             "model_dtype": s.spec.model_dtype, "max_length": s.spec.max_length,
+             "prediction_columns": present(s.prediction_columns)} for s in job.models]
+
+
+def written_columns(fs, counts) -> Optional[list]:
+    """The column names of one staged output file (None when the output has none)."""
+    import pyarrow.parquet as pq
+
+    for f in [*counts.files, *counts.dropped_files]:
+        schema = pq.read_schema(f.path, filesystem=fs)
+        return list(schema.names)
+    return None
 
 
 def run(
@@ -112,8 +149,8 @@ def run(
     job = preflight(cfg, input_files)
     check_lock_creatable(job.output_fs, job.output_path)  # an unwritable output: refused before Ray starts
     ensure_ray(ray_init_kwargs, job.total_rows)
-    check_cluster_cpus(cfg, float(ray.cluster_resources().get("CPU", 0)))
-    resolve_model_dtype(job)  # the model actors' device checked, their precision settled (see there)
+    check_job_cpus(job, float(ray.cluster_resources().get("CPU", 0)))
+    resolve_job_dtypes(job)  # the model actors' device checked, their precision settled (see there)
     if job.id_check_deferred:
         check_unique_ids_distributed(job.input_fs, job.files, cfg.input.id_column)
     if cfg.model.task == "embed" and cfg.task.embedding_precision in CALIBRATED:
@@ -128,6 +165,27 @@ def run(
     # One writer per output: taken before anything under the output is touched.
     with output_lock(job.output_fs, job.output_path, ttl_s=cfg.output.lock_ttl_s) as lock:
         return _run_locked(job, start, lock, before_publish, checks)
+
+
+def check_job_cpus(job: ResolvedJob, total_cpus: float) -> None:
+    """The CPU budget of the job's actor pools (every model's, for a ``models:`` job)."""
+    if job.models:
+        from .multi_model import check_cluster_cpus as check_models_cpus
+
+        check_models_cpus(job.models, total_cpus)
+    else:
+        check_cluster_cpus(job.config, total_cpus)
+
+
+def resolve_job_dtypes(job: ResolvedJob) -> None:
+    """Each model's actors' dtype (the job's ``model_dtype`` is the first model's)."""
+    if not job.models:
+        resolve_model_dtype(job)
+        return
+    for stage in job.models:
+        resolve_model_dtype(stage.spec)
+    job.model_dtype = job.models[0].spec.model_dtype
+    job.device_facts = job.models[0].spec.device_facts
 
 
 def check_quantized_agreement(job: ResolvedJob) -> dict:
@@ -164,6 +222,8 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         {"config": cfg.to_dict(), "started_at": datetime.now(timezone.utc).isoformat()},
         plan_units=units,
         input_files=job.files,
+        keep=cfg.output.keep is not None,
+        dropped_path=job.dropped_path,
     )
     if state.already_complete:
         clean_publish_leftovers(job.output_fs, job.output_path)  # of a publish killed after _SUCCESS
@@ -173,6 +233,8 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
             output_path=job.output_path,
             rows=int(m.get("output_rows", 0)),
             errors=int(m.get("error_rows", 0)),
+            dropped=int(m.get("dropped_rows") or 0),
+            keep=m.get("keep"),
             rows_scored=0,
             rows_resumed=int(m.get("output_rows", 0)),
             tokens=0,
@@ -187,7 +249,9 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         from .dataflow import build_dataset
 
         ds = build_dataset(job, state.done)
-        sink = make_datasink(job.output_fs, state.data_dir, cfg.output.compression, cfg.output.stage_rows)
+        sink = make_datasink(job.output_fs, state.data_dir, cfg.output.compression, cfg.output.stage_rows,
+                             keep=cfg.output.keep, dropped_dir=state.dropped_dir,
+                             dropped_full_rows=job.dropped_path is not None, id_column=job.id_column)
         t0 = time.perf_counter()
         with reporting_full_disk(state, job.total_rows):
             ds.write_datasink(sink, ray_remote_args={"num_cpus": cfg.compute.io_num_cpus})
@@ -200,7 +264,8 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
     tokens = sum(r["tokens"] for r in results)
 
     t0 = time.perf_counter()
-    counts = collect_staged(job.output_fs, state.data_dir, units, compression=cfg.output.compression)
+    counts = collect_staged(job.output_fs, state.data_dir, units, compression=cfg.output.compression,
+                            dropped_dir=state.dropped_dir)
     wall = time.perf_counter() - start
     report = JobReport(
         status="succeeded",
@@ -215,6 +280,8 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
         duplicates_removed=counts.duplicates_removed,
         checks=dict(checks or {}),
         model_dtype=job.model_dtype,
+        dropped=counts.dropped_rows,
+        keep=cfg.output.keep,
     )
     if state.new_input_files:
         report.message = (
@@ -222,12 +289,13 @@ def _run_locked(job: ResolvedJob, start: float, lock, before_publish, checks: Op
             f"{state.resumed_rows} rows published before are kept"
         )
     budget = cfg.output.max_error_fraction
-    if counts.rows and counts.errors / counts.rows > budget:
+    scored_rows = counts.rows + counts.dropped_rows  # every input row
+    if scored_rows and counts.errors / scored_rows > budget:
         report.status = "error-budget-exceeded"
         path = write_failed_manifest(state, _manifest(job, counts, report.status, report.to_dict()))
         report.manifest_path = path
         report.message = (
-            f"{counts.errors} of {counts.rows} rows ({100 * counts.errors / counts.rows:.2f}%) are error records, "
+            f"{counts.errors} of {scored_rows} rows ({100 * counts.errors / scored_rows:.2f}%) are error records, "
             f"more than output.max_error_fraction={budget:g}. Nothing was published; the rows are staged in "
             f"{state.data_dir} (see the 'error' column) with a manifest in {path}. To publish these rows as "
             f"they are, raise output.max_error_fraction and re-run with output.mode=resume (rows already "

@@ -129,7 +129,7 @@ def test_describe_lists_every_key_the_config_classes_accept_and_every_choice(cap
     for task in TASKS:
         assert task in described["model.task"]
     for key in described:
-        section, name = key.rsplit(".", 1)
+        section, _, name = key.rpartition(".")  # "models" is a top-level key
         for choice in _CHOICES.get((section.split(".")[-1], name), ()) + _TRAIN_CHOICES.get(name, ()) * (section == "train"):
             assert choice in described[key], key
 
