@@ -113,8 +113,8 @@ def test_todays_classify_output_text_json_and_html_equal_the_parquet(classify_ou
     assert cli.main(["report", str(classify_output), "--json", "--html", str(html_path)]) == cli.EXIT_OK
     data = json.loads(capsys.readouterr().out)
     assert data["exit_code"] == 0 and data["total_rows"] == 94 and data["sampled_rows"] == 94 and not data["sampled"]
-    assert data["models"] == [{"name": "", "task": "classify", "model_type": "bert", "prediction_columns": ["label", "score"]}]
-    assert data["input_rows"] == 94 and data["error_rows"] == 4 and data["kept_rows"] is None
+    assert data["models"] == [{"name": "", "task": "classify", "model_type": "bert", "prediction_columns": ["label", "score", "num_tokens"]}]  # as the manifest lists them
+    assert data["input_rows"] == 94 and data["error_rows"] == 4 and data["kept_rows"] == 90  # no keep rule: every scored row kept
     (dist,) = data["labels"]
     assert dist["column"] == "label" and dict(map(tuple, dist["counts"])) == labels and dist["missing"] == 4
     (hist,) = data["scores"]
