@@ -9,12 +9,14 @@ Python API::
     result.best_checkpoint, result.latest_checkpoint, result.metrics
 
 What it supports: sequence classification (single-label, multi-label, regression; labels as
-names or ids) and seq2seq (BART/T5/EncoderDecoder families through ``AutoModelForSeq2SeqLM``,
-ROUGE-L with ``generate`` at eval); Ray Train V2 ``TorchTrainer`` with DDP over N workers (gloo on
-CPU, NCCL on GPU); Parquet streamed and tokenized by Ray Data; eval/checkpoint schedules; the best
-N checkpoints kept by a metric; resume after a worker failure (``FailureConfig``) and after a driver
-crash (re-run the same command). What it does not: elastic worker counts, model parallelism
-(FSDP/DeepSpeed), token-classification or causal-LM objectives, label smoothing, early stopping.
+names or ids), seq2seq (BART/T5/EncoderDecoder families through ``AutoModelForSeq2SeqLM``,
+ROUGE-L with ``generate`` at eval), token classification (word tags, entity-level F1 at eval) and
+embedding models (MultipleNegativesRankingLoss, saved as sentence-transformers directories); Ray
+Train V2 ``TorchTrainer`` with DDP or FSDP2 over N workers (gloo on CPU, NCCL on GPU), optional
+gradient checkpointing; Parquet streamed and tokenized by Ray Data; eval/checkpoint schedules;
+the best N checkpoints kept by a metric; resume after a worker failure (``FailureConfig``) and
+after a driver crash (re-run the same command). What it does not: elastic worker counts, tensor or
+pipeline parallelism, label smoothing, early stopping.
 
 Exit codes (as ``rayformers run``): 0 success, 1 training failed, 2 bad config or data (nothing ran).
 """
@@ -115,7 +117,9 @@ def _model_config(cfg: TrainJobConfig, model_path: str):
         config = AutoConfig.from_pretrained(model_path, **kwargs)
     except Exception as e:  # noqa: BLE001 - any loading problem names the key to fix
         raise ConfigError(f"model.path {cfg.model.path!r}: cannot load the model config ({type(e).__name__}: {e})") from e
-    auto = models.AutoModelForSequenceClassification if cfg.model.task == "classify" else models.AutoModelForSeq2SeqLM
+    from .train_loop import AUTO_CLASSES
+
+    auto = getattr(models, AUTO_CLASSES[cfg.model.task])
     try:
         auto._model_class(config)
     except ValueError as e:
@@ -159,7 +163,8 @@ def _tokenizer_settings(cfg: TrainJobConfig, model_path: str, model_config) -> t
 
 
 def _metric_kind(cfg: TrainJobConfig, data: PreparedData) -> str:
-    return "seq2seq" if cfg.model.task == "generate" else str(data.spec.problem_type)
+    return {"generate": "seq2seq", "token-classify": "token_classification", "embed": "embedding"}.get(
+        cfg.model.task, str(data.spec.problem_type))
 
 
 def _worker_spec(cfg: TrainJobConfig, data: PreparedData, model_path: str, tok: Tokenization, pad: int,
@@ -211,7 +216,20 @@ def _worker_spec(cfg: TrainJobConfig, data: PreparedData, model_path: str, tok: 
         data_fingerprint=data.fingerprint(),
         config_snapshot=cfg.to_dict(),
         on_step_end=on_step_end,
+        embedding=_embedding_settings(cfg, model_path, tok),
+        strategy=t.strategy,
+        fsdp_param_dtype=t.fsdp_param_dtype,
+        gradient_checkpointing=t.gradient_checkpointing,
     )
+
+
+def _embedding_settings(cfg: TrainJobConfig, model_path: str, tok: Tokenization):
+    if cfg.model.task != "embed":
+        return None
+    from .embedding_training import resolve_settings
+
+    t = cfg.train
+    return resolve_settings(model_path, t.pooling, t.normalize, t.loss_scale, tok.max_length, bool(t.negative_column))
 
 
 def _check_run_dir_apart_from_data(cfg: TrainJobConfig, run_dir: str) -> None:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import checkpoints as ckpt
+from . import strategies
 from .collectives import all_reduce_sum
 from .metrics import MetricState, format_metrics
 from .train_data import MICRO_COLUMN, make_collate_fn
@@ -82,6 +83,12 @@ class WorkerSpec:
     torch_threads: Optional[int]
     data_fingerprint: str
     config_snapshot: dict = field(default_factory=dict)
+    embedding: Optional[Any] = None
+    """embed: the :class:`~.embedding_training.EmbeddingSettings` (pooling, scale, ...)."""
+    strategy: str = "ddp"
+    """``ddp`` or ``fsdp`` (see :mod:`.strategies`)."""
+    fsdp_param_dtype: str = "auto"
+    gradient_checkpointing: bool = False
     on_step_end: Optional[Callable[[int, int], None]] = None
     """Called after every optimizer step as ``on_step_end(step, rank)``, before that step's
     evaluation and checkpoint (tests, custom logging)."""
@@ -91,11 +98,23 @@ class WorkerSpec:
 # Model, optimizer, schedule.
 
 
+AUTO_CLASSES = {
+    "classify": "AutoModelForSequenceClassification",
+    "generate": "AutoModelForSeq2SeqLM",
+    "token-classify": "AutoModelForTokenClassification",
+    "embed": "AutoModel",
+}
+"""The model class each training task builds (``embed`` trains the bare encoder)."""
+
+TOKEN_LEVEL_TASKS = ("generate", "token-classify")
+"""Tasks whose loss is a mean over labelled tokens of the whole global batch."""
+
+
 def load_model(spec: WorkerSpec, checkpoint_dir: Optional[str]):
     """The model to train: from a resumed checkpoint, or the base checkpoint with the run's labels."""
     import rayformers.models as models
 
-    auto = models.AutoModelForSequenceClassification if spec.task == "classify" else models.AutoModelForSeq2SeqLM
+    auto = getattr(models, AUTO_CLASSES[spec.task])
     if checkpoint_dir is not None:
         model = auto.from_pretrained(checkpoint_dir, dtype=torch.float32)
         return model
@@ -104,7 +123,7 @@ def load_model(spec: WorkerSpec, checkpoint_dir: Optional[str]):
         kwargs["revision"] = spec.revision
     if spec.local_files_only:
         kwargs["local_files_only"] = True
-    if spec.task == "classify":
+    if spec.task in ("classify", "token-classify"):
         kwargs.update(spec.label_kwargs)
         kwargs["ignore_mismatched_sizes"] = spec.ignore_mismatched_sizes
     model, info = auto.from_pretrained(spec.model_path, output_loading_info=True, **kwargs)
@@ -224,16 +243,30 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
              device: torch.device) -> dict:
     """Loss and task metrics over this worker's eval shard, summed over all workers."""
     state = MetricState(spec.metric_kind, spec.num_labels)
+    id2label = spec.label_kwargs.get("id2label", {})
     was_training = model.training
     model.eval()
     autocast = _autocast(spec, device)
     with torch.no_grad():
         for batch in batches:
             inputs = _model_inputs(batch)
+            if spec.task == "embed":
+                from .embedding_training import eval_statistics
+
+                rows = inputs["input_ids"].shape[0] // spec.embedding.roles
+                with autocast:
+                    loss_sum, correct = eval_statistics(model, inputs, spec.embedding, rows)
+                state.add_loss(loss_sum, rows)
+                state.add_retrieval(correct, rows)
+                continue
             with autocast:
                 out = model(**inputs)
             labels = inputs["labels"]
-            if spec.task == "generate":
+            if spec.task == "token-classify":
+                tokens = int((labels != -100).sum())
+                state.add_loss(float(token_loss_sum(out.logits, labels)), tokens)
+                state.add_tagging(out.logits, labels, id2label)
+            elif spec.task == "generate":
                 tokens = int((labels != -100).sum())
                 state.add_loss(float(token_loss_sum(out.logits, labels)), tokens)
                 if spec.eval_generate:
@@ -298,12 +331,17 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
         model = load_model(spec, resume_dir)
         model.to(device)
         model.train()
+        wrapped = _wrap_model(model, spec, device, world, rank)
         optimizer = make_optimizer(model, spec)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(spec.lr_scheduler, spec.warmup_steps, spec.total_steps)
         )
         if resume_dir is not None:
-            state = ckpt.load_training_state(resume_dir, rank=rank, optimizer=optimizer, scheduler=scheduler)
+            sharded = strategies.is_sharded(model)
+            state = ckpt.load_training_state(resume_dir, rank=rank, optimizer=None if sharded else optimizer,
+                                             scheduler=scheduler)
+            if sharded:
+                strategies.load_full_optimizer_state(model, optimizer, ckpt.load_optimizer_file(resume_dir))
             if state.get("data_fingerprint") != spec.data_fingerprint:
                 raise RuntimeError(
                     f"checkpoint {resume_dir} was written with another data plan or batch configuration; "
@@ -324,7 +362,7 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
     else:
         _log(rank, f"starting: {spec.total_steps} steps")
 
-    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    ddp_model = wrapped
     unwrapped = model
     autocast = _autocast(spec, device)
     shard = ray.train.get_dataset_shard("train")
@@ -383,7 +421,8 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
             "samples_per_s": window_rows / elapsed,
             "data_wait_fraction": min(1.0, (timed.waited - waited_before) / elapsed),
         }
-        log_history.append({k: metrics[k] for k in ("step", "samples_per_s", "data_wait_fraction")})
+        metrics.update(_memory_per_worker(device, rank, world))
+        log_history.append({k: metrics[k] for k in ("step", "samples_per_s", "data_wait_fraction", "peak_rss_mb")})
         if do_eval:
             last_eval = evaluate(unwrapped, spec, tokenizer, eval_batches, device)
             log_history.append({"step": step, **last_eval})
@@ -448,6 +487,41 @@ class StepLosses:
         return out
 
 
+def _wrap_model(model: torch.nn.Module, spec: WorkerSpec, device: torch.device, world: int, rank: int):
+    """Gradient checkpointing, then DDP or FSDP2 (:mod:`.strategies`); returns the module the
+    loop calls (FSDP2 shards ``model`` in place, so it is that same module)."""
+    if spec.gradient_checkpointing:
+        layers = strategies.enable_gradient_checkpointing(model)
+        _log(rank, f"gradient checkpointing on {layers} layers")
+    if spec.strategy == "fsdp" and world > 1:
+        dtype = strategies.fsdp_param_dtype(spec.fsdp_param_dtype, device)
+        layers = strategies.shard_model(model, dtype)
+        _log(rank, f"FSDP2: {layers} layers + root sharded over {world} workers, compute in {dtype}, "
+                   "gradients reduced in float32")
+        return model
+    if world > 1:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+    return model
+
+
+def _memory_per_worker(device: torch.device, rank: int, world: int) -> dict:
+    """``peak_rss_mb`` (the largest of the workers) and ``peak_rss_mb_per_worker`` (rank order),
+    plus the CUDA allocator's peak when on a GPU; one all-reduce."""
+    own = strategies.memory_metrics(device)
+    keys = sorted(own)
+    table = torch.zeros(len(keys), world, dtype=torch.float64)
+    table[:, rank] = torch.tensor([float(own[k]) for k in keys], dtype=torch.float64)
+    table = all_reduce_sum(table, device).cpu()
+    out: dict = {}
+    for i, key in enumerate(keys):
+        values = [round(v, 1) for v in table[i].tolist()]
+        out[key] = max(values)
+        out[f"{key}_per_worker"] = values
+    return out
+
+
 def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec, autocast, world,
                     device: torch.device) -> torch.Tensor:
     """Forward/backward over the accumulated micro-batches, then one optimizer step; returns the
@@ -455,15 +529,24 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
 
     Nothing here reads a device value on the host: the target-token count, the loss total and
     their all-reduces stay on the device (see :class:`StepLosses`)."""
-    seq2seq = spec.task == "generate"
+    seq2seq = spec.task in TOKEN_LEVEL_TASKS
     if seq2seq:
         tokens = sum((mb["labels"] != -100).sum() for mb in micro_batches).float()
         global_tokens = all_reduce_sum(tokens, device).clamp(min=1.0)
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if (last or world == 1) else ddp_model.no_sync()
+        sync = strategies.gradient_sync(ddp_model, last or world == 1)
         with sync:
+            if spec.task == "embed":
+                from .embedding_training import step_loss
+
+                with autocast:
+                    embed_loss = step_loss(ddp_model, mb, spec.embedding, spec.batch_size, device).float()
+                loss = embed_loss / len(micro_batches)
+                loss_total += loss.detach().double() / world
+                loss.backward()
+                continue
             with autocast:
                 out = ddp_model(**mb)
             if seq2seq:
@@ -475,7 +558,7 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
                 loss_total += loss.detach().double() / world
             loss.backward()
     if spec.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), spec.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -498,11 +581,21 @@ def _report_with_checkpoint(model, tokenizer, optimizer, scheduler, spec, rank, 
         "log_history": log_history,
         "config": spec.config_snapshot,
     }
+    # Under FSDP every rank takes part in gathering the full state to rank 0.
+    model_state = strategies.full_model_state(model)
+    optimizer_state = strategies.full_optimizer_state(model, optimizer)
     with tempfile.TemporaryDirectory(prefix="rayformers-ckpt-") as tmp:
         if rank == 0:
-            ckpt.save_model_checkpoint(tmp, model, tokenizer)
+            if spec.task == "embed":
+                from .embedding_training import save_sentence_transformers
+
+                save_sentence_transformers(tmp, model, tokenizer, spec.embedding, state_dict=model_state)
+            else:
+                ckpt.save_model_checkpoint(tmp, model, tokenizer, state_dict=model_state)
+            strategies.fix_saved_architecture(tmp, model)
         ckpt.save_training_state(
-            tmp, state, rank=rank, optimizer=optimizer if rank == 0 else None, scheduler=scheduler if rank == 0 else None
+            tmp, state, rank=rank, optimizer=optimizer if rank == 0 else None, scheduler=scheduler if rank == 0 else None,
+            optimizer_state=optimizer_state,
         )
         ray.train.report(
             metrics,
