@@ -487,9 +487,12 @@ class StepLosses:
         return out
 
 
-def _wrap_model(model: torch.nn.Module, spec: WorkerSpec, device: torch.device, world: int, rank: int):
+def _wrap_model(model: torch.nn.Module, spec: WorkerSpec, device: torch.device, world: int, rank: int,
+                make_ddp: Optional[Callable] = None):
     """Gradient checkpointing, then DDP or FSDP2 (:mod:`.strategies`); returns the module the
-    loop calls (FSDP2 shards ``model`` in place, so it is that same module)."""
+    loop calls (FSDP2 shards ``model`` in place, so it is that same module). ``make_ddp``: the
+    DDP wrapper (default Ray Train's ``prepare_model``; a plain process group passes
+    ``DistributedDataParallel``)."""
     if spec.gradient_checkpointing:
         layers = strategies.enable_gradient_checkpointing(model)
         _log(rank, f"gradient checkpointing on {layers} layers")
@@ -500,6 +503,8 @@ def _wrap_model(model: torch.nn.Module, spec: WorkerSpec, device: torch.device, 
                    "gradients reduced in float32")
         return model
     if world > 1:
+        if make_ddp is not None:
+            return make_ddp(model)
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model, move_to_device=False)
