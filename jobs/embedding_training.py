@@ -107,6 +107,18 @@ def collate_pairs(batch: pa.Table, pad_token_id: int) -> dict:
 # Loss.
 
 
+def freeze_unused_heads(model: torch.nn.Module) -> list[str]:
+    """Freeze the parameters the sentence embedding never uses (BERT's ``pooler``: pooling reads
+    the last hidden state). Left trainable they would get no gradient, which DDP treats as an
+    error; frozen they are saved unchanged. Returns the frozen parameter names."""
+    frozen = []
+    for name, parameter in model.named_parameters():
+        if name.split(".")[0] == "pooler" or ".pooler." in name:
+            parameter.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def embed(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Pooled (not normalised) sentence embeddings, float32, as sentence-transformers' Pooling."""
     from rayformers.operators.embed import pool
@@ -199,6 +211,7 @@ __all__ = [
     "collate_pairs",
     "embed",
     "eval_statistics",
+    "freeze_unused_heads",
     "mnrl_loss",
     "resolve_settings",
     "save_sentence_transformers",

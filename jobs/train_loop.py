@@ -493,6 +493,10 @@ def _wrap_model(model: torch.nn.Module, spec: WorkerSpec, device: torch.device, 
     loop calls (FSDP2 shards ``model`` in place, so it is that same module). ``make_ddp``: the
     DDP wrapper (default Ray Train's ``prepare_model``; a plain process group passes
     ``DistributedDataParallel``)."""
+    if spec.task == "embed":
+        from .embedding_training import freeze_unused_heads
+
+        freeze_unused_heads(model)
     if spec.gradient_checkpointing:
         layers = strategies.enable_gradient_checkpointing(model)
         _log(rank, f"gradient checkpointing on {layers} layers")
