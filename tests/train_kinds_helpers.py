@@ -38,13 +38,13 @@ PAIR_WORDS = ("apple river stone cloud tiger piano rocket garden silver candle f
               "dragon pencil ocean castle violin mirror desert lemon").split()
 
 
-def pair_rows(n: int, seed: int, negatives: bool = False) -> list[dict]:
+def pair_rows(n: int, seed: int, negatives: bool = False, words: tuple = tuple(PAIR_WORDS)) -> list[dict]:
     """(anchor, positive[, negative]): the positive restates the anchor's two words in another
     frame; the hard negative shares one of them. Learnable from word overlap by a tiny encoder."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        a, b, c = rng.sample(PAIR_WORDS, 3)
+        a, b, c = rng.sample(list(words), 3)
         row = {"anchor": f"{a} {b}", "positive": f"the {b} and the {a}"}
         if negatives:
             row["negative"] = f"the {a} and the {c}"
