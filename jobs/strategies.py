@@ -153,7 +153,24 @@ def full_model_state(model: nn.Module) -> Optional[dict]:
         return None
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=_full_options())
+    state = get_model_state_dict(model, options=_full_options())
+    return _drop_tied_copies(state, model)
+
+
+def _drop_tied_copies(state: dict, model: nn.Module) -> dict:
+    """One entry per shared parameter (tied input/output embeddings), as ``save_pretrained``
+    writes them: the gathered state holds a separate copy under every name."""
+    tied = set(model.tied_weight_keys()) if hasattr(model, "tied_weight_keys") else set()
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    for group in names.values():
+        if len(group) > 1:
+            keep = next((n for n in group if n not in tied), group[0])
+            for name in group:
+                if name != keep:
+                    state.pop(name, None)
+    return state
 
 
 def full_optimizer_state(model: nn.Module, optimizer) -> Optional[dict]:

@@ -232,6 +232,11 @@ def validate(cfg: TrainJobConfig) -> TrainJobConfig:
             "config key 'train.gradient_accumulation_steps' must be 1 for model.task embed: in-batch negatives "
             "come from one forward pass, so accumulation would not enlarge them; raise batch_size_per_worker"
         )
+    if t.strategy == "fsdp" and cfg.model.task == "generate" and t.eval_generate and t.num_workers > 1:
+        raise ConfigError(
+            "config key 'train.eval_generate' must be false with train.strategy fsdp: generation runs a different "
+            "number of forward passes on each worker, which a sharded model cannot (eval_loss is still reported)"
+        )
     if t.eval_path and t.eval_split:
         raise ConfigError("config keys 'train.eval_path' and 'train.eval_split' are exclusive: set one")
     if t.labels is not None:

@@ -4,21 +4,25 @@ One function, :func:`train_loop_per_worker`, reading a plain :class:`WorkerSpec`
 nothing of YAML or Parquet: batches arrive tokenized from ``get_dataset_shard("train")`` and are
 only padded here. What it does, in order:
 
-* build the model (``AutoModelFor…`` from the base checkpoint with the run's label space, or from
-  ``ray.train.get_checkpoint()`` when resuming) and wrap it for DDP (gloo on CPU, NCCL on GPU);
+* build the model (``AutoModelFor…`` of the task, :data:`AUTO_CLASSES`, from the base checkpoint
+  with the run's label space, or from ``ray.train.get_checkpoint()`` when resuming) and wrap it
+  for DDP (gloo on CPU, NCCL on GPU) or shard it with FSDP2, optionally with gradient
+  checkpointing (:mod:`.strategies`);
 * AdamW (no decay on biases/LayerNorm), warmup + linear/cosine/constant schedule, gradient
   accumulation with ``no_sync``, global-norm clipping, optional bf16 autocast;
 * loss normalisation that makes the result independent of the worker count: classification
-  averages a fixed number of rows per step; seq2seq divides the summed token loss by the number
-  of target tokens of the whole global batch (one all-reduce), so 1 worker and W workers compute
-  the same gradient for the same rows;
+  averages a fixed number of rows per step; seq2seq and token classification divide the summed
+  token loss by the number of labelled tokens of the whole global batch (one all-reduce);
+  embedding training gathers every worker's candidates (:mod:`.embedding_training`); so 1 worker
+  and W workers compute the same gradient for the same rows;
 * every collective on the worker's device (:mod:`.collectives`; NCCL takes only CUDA tensors),
   and no host synchronisation per micro-batch: batches are checked on the host before they are
   copied to the device, step losses stay on the device until the next logging step;
 * evaluation sharded over workers with additive statistics (:mod:`.metrics`), its batches kept on
   the host and moved to the device one at a time;
-* ``ray.train.report`` every ``log_every`` steps (metrics) and every checkpoint step (metrics +
-  an HF-format checkpoint written by rank 0, RNG state by every rank, see :mod:`.checkpoints`).
+* ``ray.train.report`` every ``log_every`` steps (metrics, with every worker's peak memory) and
+  every checkpoint step (metrics + an HF-format or sentence-transformers checkpoint written by
+  rank 0 from full state dicts, RNG state by every rank, see :mod:`.checkpoints`).
 
 A resumed worker skips micro-batches older than its checkpoint (normally none: the data stream
 is rebuilt to start at the checkpoint's step), and checks every batch carries the expected
@@ -248,8 +252,10 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
     model.eval()
     autocast = _autocast(spec, device)
     with torch.no_grad():
-        for batch in batches:
-            inputs = _model_inputs(batch)
+        for inputs in _in_lockstep(batches, model, device):
+            if inputs is None:
+                _idle_forward(model, spec, device)
+                continue
             if spec.task == "embed":
                 from .embedding_training import eval_statistics
 
@@ -288,6 +294,35 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
     if was_training:
         model.train()
     return state.totals("eval_")
+
+
+def _in_lockstep(batches, model: torch.nn.Module, device: torch.device):
+    """This worker's eval inputs; under FSDP also ``None`` while other workers still have batches.
+
+    A sharded model's forward is a collective (each layer all-gathers its parameters), so every
+    worker must run the same number of forwards, but eval shards may differ by a batch. Before
+    each batch the workers count who still has one (one all-reduce); a worker that has run out
+    runs an idle forward (:func:`_idle_forward`) until all have."""
+    if not strategies.is_sharded(model):
+        for batch in batches:
+            yield _model_inputs(batch)
+        return
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        active = all_reduce_sum(torch.tensor(0.0 if batch is None else 1.0), device)
+        if float(active) == 0:
+            return
+        yield None if batch is None else _model_inputs(batch)
+
+
+def _idle_forward(model: torch.nn.Module, spec: WorkerSpec, device: torch.device) -> None:
+    """A one-token forward whose output is discarded (keeps FSDP's collectives in step)."""
+    ids = torch.full((1, 1), int(spec.pad_token_id), dtype=torch.long, device=device)
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if spec.task == "generate":
+        kwargs["labels"] = torch.full((1, 1), -100, dtype=torch.long, device=device)
+    model(**kwargs)
 
 
 def _autocast(spec: WorkerSpec, device: torch.device):

@@ -301,4 +301,9 @@ def test_fsdp_and_gradient_checkpointing_match_ddp_on_two_gloo_workers(tmp_path)
     assert r0["fsdp_auto"]["dtype"] == ("torch.bfloat16" if bf16_supported(torch.device("cpu")) else "torch.float32")
     torch.testing.assert_close(torch.tensor(r0["fsdp_auto"]["losses"]), ddp, atol=3e-2, rtol=3e-2)
     assert ranks[1]["fsdp32"]["checksum"] is None  # the full state is gathered to rank 0 only
+    # evaluation over uneven shards (2 batches on rank 0, 1 on rank 1) completes in step
+    for name in ("fsdp32", "fsdp_ckpt", "ddp_ckpt"):
+        assert r0[name]["eval"]["eval_rows"] == r0["ddp"]["eval"]["eval_rows"] == 12
+        assert r0[name]["eval"]["eval_loss"] == pytest.approx(r0["ddp"]["eval"]["eval_loss"], rel=1e-5)
+        assert r0[name]["eval"]["eval_accuracy"] == pytest.approx(r0["ddp"]["eval"]["eval_accuracy"])
     assert all(r["memory"]["peak_rss_mb"] > 50 for r in ranks)

@@ -101,7 +101,7 @@ def strategy_worker(rank: int, world: int, init_file: str, model_dir: str, resul
     import torch.distributed as dist
 
     from rayformers.jobs import strategies
-    from rayformers.jobs.train_loop import _optimizer_step, _wrap_model, lr_lambda, make_optimizer
+    from rayformers.jobs.train_loop import EvalBatches, _optimizer_step, _wrap_model, evaluate, lr_lambda, make_optimizer
     from rayformers.models import AutoModelForTokenClassification
 
     torch.set_num_threads(1)
@@ -119,17 +119,20 @@ def strategy_worker(rank: int, world: int, init_file: str, model_dir: str, resul
             model = AutoModelForTokenClassification.from_pretrained(model_dir)
             model.train()
             spec = _spec("token-classify", world_size=world, strategy=strategy, fsdp_param_dtype=dtype,
-                         gradient_checkpointing=checkpointing, learning_rate=1e-2)
+                         gradient_checkpointing=checkpointing, learning_rate=1e-2, metric_kind="token_classification",
+                         label_kwargs={"id2label": {0: "O", 1: "B-X", 2: "I-X"}})
             wrapped = _wrap_model(model, spec, device, world, rank, torch.nn.parallel.DistributedDataParallel)
             optimizer = make_optimizer(model, spec)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("constant", 0, 1))
             losses = [float(_optimizer_step(wrapped, model, optimizer, scheduler, batches, spec,
                                             contextlib.nullcontext(), world, device)) for _ in range(3)]
+            # uneven eval shards: rank 0 has two batches, rank 1 one (FSDP must stay in step)
+            metrics = evaluate(model, spec, None, EvalBatches(lambda: iter(batches[: 2 - rank]), device), device)
             state = strategies.full_model_state(model)
             if state is None:
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             checksum = float(sum(v.double().sum() for v in state.values())) if state else None
-            out[name] = {"losses": losses, "checksum": checksum, "sharded": strategies.is_sharded(model),
+            out[name] = {"losses": losses, "checksum": checksum, "eval": metrics, "sharded": strategies.is_sharded(model),
                          "dtype": str(strategies.fsdp_param_dtype(dtype, device))}
             del wrapped
             gc.collect()
