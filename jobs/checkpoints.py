@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Any
+from typing import Any, Optional
 
 from rayformers.models.checkpoint_refs import (  # noqa: F401 - re-exported for training code and users
     CHECKPOINT_PREFIX,
@@ -53,10 +53,11 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 
 
-def save_model_checkpoint(directory: str, model: Any, tokenizer: Any = None) -> None:
-    """The HF-format part: config.json, weights, generation config, tokenizer files."""
+def save_model_checkpoint(directory: str, model: Any, tokenizer: Any = None, state_dict: Optional[dict] = None) -> None:
+    """The HF-format part: config.json, weights, generation config, tokenizer files
+    (``state_dict``: the full weights when the model itself holds only a shard, FSDP)."""
     os.makedirs(directory, exist_ok=True)
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 
@@ -119,8 +120,12 @@ def save_training_state(
     rank: int,
     optimizer: Any = None,
     scheduler: Any = None,
+    optimizer_state: Optional[dict] = None,
 ) -> None:
     """``trainer_state/``: the JSON state and optimizer/scheduler (rank 0), RNG (every rank).
+
+    ``optimizer_state`` replaces ``optimizer.state_dict()`` when given (the gathered, unsharded
+    state of an FSDP run, keyed by parameter name).
 
     Every rank writes into its own local directory; Ray Train merges the directories reported by
     all ranks for one step into one checkpoint."""
@@ -130,7 +135,9 @@ def save_training_state(
     os.makedirs(folder, exist_ok=True)
     torch.save(capture_rng_state(), os.path.join(folder, f"rng_rank{rank}.pt"))
     if rank == 0:
-        if optimizer is not None:
+        if optimizer_state is not None:
+            torch.save(optimizer_state, os.path.join(folder, OPTIMIZER_FILE))
+        elif optimizer is not None:
             torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
         if scheduler is not None:
             torch.save(scheduler.state_dict(), os.path.join(folder, SCHEDULER_FILE))
@@ -158,6 +165,11 @@ def read_training_state(directory: str) -> dict:
         raise CheckpointError(f"{directory} has no {TRAINER_STATE_DIR}/{TRAINER_STATE_FILE}: not a training checkpoint")
     with open(path) as f:
         return json.load(f)
+
+
+def load_optimizer_file(directory: str) -> dict:
+    """The saved optimizer state of a checkpoint (loaded onto the CPU)."""
+    return _load(os.path.join(directory, TRAINER_STATE_DIR, OPTIMIZER_FILE))
 
 
 def load_training_state(directory: str, *, rank: int, optimizer: Any = None, scheduler: Any = None) -> dict:

@@ -96,6 +96,10 @@ def rouge_l(prediction: str, reference: str) -> float:
 # Additive accumulators, reduced across workers.
 
 
+KINDS = ("single_label_classification", "multi_label_classification", "regression", "seq2seq",
+         "token_classification", "embedding")
+
+
 class MetricState:
     """Additive evaluation statistics of one worker; ``totals()`` after an all-reduce of ``vector``.
 
@@ -104,7 +108,7 @@ class MetricState:
     """
 
     def __init__(self, kind: str, num_labels: int = 0):
-        if kind not in ("single_label_classification", "multi_label_classification", "regression", "seq2seq"):
+        if kind not in KINDS:
             raise ValueError(f"unknown metric kind {kind!r}")
         self.kind = kind
         self.num_labels = int(num_labels)
@@ -114,6 +118,8 @@ class MetricState:
             self.confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.float64)
         elif kind == "multi_label_classification":
             self.confusion = torch.zeros(self.num_labels, 3, dtype=torch.float64)  # tp, fp, fn per label
+        elif kind == "token_classification":
+            self.confusion = torch.zeros(4, dtype=torch.float64)  # entities correct, predicted, actual; words
         else:
             self.confusion = torch.zeros(0, dtype=torch.float64)
 
@@ -150,6 +156,25 @@ class MetricState:
             self.head[4] += float(((values - targets) ** 2).mean(dim=-1).sum())
         else:
             raise ValueError("add_classification on a seq2seq MetricState")
+
+    def add_tagging(self, logits: torch.Tensor, labels: torch.Tensor, id2label: dict) -> None:
+        """Token classification: word accuracy and entity counts (seqeval's rules) at the labelled
+        (first sub-token) positions of a batch."""
+        from .entity_metrics import entity_counts
+        from .token_tagging import word_predictions
+
+        predicted = logits.detach().argmax(-1).cpu().tolist()
+        references, predictions = word_predictions(predicted, labels.detach().cpu().tolist(),
+                                                   {int(k): v for k, v in id2label.items()})
+        correct, n_pred, n_true = entity_counts(references, predictions)
+        self.head[2] += len(references)
+        self.head[3] += sum(r == p for ref, pred in zip(references, predictions) for r, p in zip(ref, pred))
+        self.confusion += torch.tensor([correct, n_pred, n_true, sum(len(r) for r in references)], dtype=torch.float64)
+
+    def add_retrieval(self, correct: int, rows: int) -> None:
+        """Embeddings: anchors whose most similar in-batch candidate is their own positive."""
+        self.head[2] += rows
+        self.head[3] += correct
 
     def add_generations(self, predictions: Iterable[str], references: Iterable[str]) -> None:
         for p, r in zip(predictions, references):
@@ -195,6 +220,15 @@ class MetricState:
             out[f"{prefix}f1_macro"] = sum(scores) / len(scores) if scores else 0.0
         elif self.kind == "regression":
             out[f"{prefix}mse"] = sq_error / rows
+        elif self.kind == "token_classification":
+            from .entity_metrics import scores_from_counts
+
+            entity_correct, predicted, actual, words = self.confusion.tolist()
+            for name, value in scores_from_counts(entity_correct, predicted, actual).items():
+                out[f"{prefix}{name}"] = value
+            out[f"{prefix}accuracy"] = correct / words if words else 0.0
+        elif self.kind == "embedding":
+            out[f"{prefix}accuracy"] = correct / rows
         else:
             out[f"{prefix}rougeL"] = rouge_sum / rows
             out[f"{prefix}exact_match"] = correct / rows

@@ -12,11 +12,14 @@ What it supports: sequence classification (single-label, multi-label, regression
 names or ids), seq2seq (BART/T5/EncoderDecoder families through ``AutoModelForSeq2SeqLM``,
 ROUGE-L with ``generate`` at eval), supervised fine-tuning of decoder-only LMs (``generate`` on a
 causal LM: prompt/response or messages rows, loss on the response, optional packing; see
-:mod:`.sft_data`) and LoRA adapters for any of them (``train.lora``, :mod:`.lora`); Ray Train V2
-``TorchTrainer`` with DDP over N workers (gloo on CPU, NCCL on GPU); Parquet streamed and tokenized by Ray Data; eval/checkpoint schedules; the best
-N checkpoints kept by a metric; resume after a worker failure (``FailureConfig``) and after a driver
-crash (re-run the same command). What it does not: elastic worker counts, model parallelism
-(FSDP/DeepSpeed), QLoRA, preference tuning (DPO), label smoothing, early stopping.
+:mod:`.sft_data`), LoRA adapters for any of them (``train.lora``, :mod:`.lora`), token
+classification (word tags, entity-level F1 at eval) and embedding models
+(MultipleNegativesRankingLoss, saved as sentence-transformers directories); Ray Train V2
+``TorchTrainer`` with DDP or FSDP2 over N workers (gloo on CPU, NCCL on GPU), optional gradient
+checkpointing; Parquet streamed and tokenized by Ray Data; eval/checkpoint schedules; the best N
+checkpoints kept by a metric; resume after a worker failure (``FailureConfig``) and after a driver
+crash (re-run the same command). What it does not: elastic worker counts, tensor or pipeline
+parallelism, LoRA under FSDP, QLoRA, preference tuning (DPO), label smoothing, early stopping.
 
 Exit codes (as ``rayformers run``): 0 success, 1 training failed, 2 bad config or data (nothing ran).
 """
@@ -129,13 +132,15 @@ def _model_config(cfg: TrainJobConfig, model_path: str):
 
 
 def _auto_class_name(cfg: TrainJobConfig, model_config) -> str:
-    """classify: sequence classification; generate: a causal LM for decoder-only checkpoints (SFT),
-    else seq2seq."""
+    """generate: a causal LM for decoder-only checkpoints (SFT), else seq2seq; the other tasks as
+    :data:`.train_loop.AUTO_CLASSES` says."""
     from rayformers.operators.loading import auto_class_name
 
-    if cfg.model.task == "classify":
-        return "AutoModelForSequenceClassification"
-    return auto_class_name("generate", model_config)
+    from .train_loop import AUTO_CLASSES
+
+    if cfg.model.task == "generate":
+        return auto_class_name("generate", model_config)
+    return AUTO_CLASSES[cfg.model.task]
 
 
 def _is_causal_lm(cfg: TrainJobConfig, model_config) -> bool:
@@ -216,7 +221,8 @@ def _sft_chat_template(cfg: TrainJobConfig, tokenizer) -> Optional[str]:
 
 
 def _metric_kind(cfg: TrainJobConfig, data: PreparedData) -> str:
-    return "seq2seq" if cfg.model.task == "generate" else str(data.spec.problem_type)
+    return {"generate": "seq2seq", "token-classify": "token_classification", "embed": "embedding"}.get(
+        cfg.model.task, str(data.spec.problem_type))
 
 
 def _worker_spec(cfg: TrainJobConfig, data: PreparedData, model_path: str, tok: Tokenization, pad: int,
@@ -271,7 +277,20 @@ def _worker_spec(cfg: TrainJobConfig, data: PreparedData, model_path: str, tok: 
         causal_lm=causal_lm,
         lora=t.lora,
         pack_capacity=tok.max_length if (t.packing and causal_lm) else None,
+        embedding=_embedding_settings(cfg, model_path, tok),
+        strategy=t.strategy,
+        fsdp_param_dtype=t.fsdp_param_dtype,
+        gradient_checkpointing=t.gradient_checkpointing,
     )
+
+
+def _embedding_settings(cfg: TrainJobConfig, model_path: str, tok: Tokenization):
+    if cfg.model.task != "embed":
+        return None
+    from .embedding_training import resolve_settings
+
+    t = cfg.train
+    return resolve_settings(model_path, t.pooling, t.normalize, t.loss_scale, tok.max_length, bool(t.negative_column))
 
 
 def _check_run_dir_apart_from_data(cfg: TrainJobConfig, run_dir: str) -> None:

@@ -8,7 +8,8 @@ types and values outside a fixed set raise :class:`ConfigError` naming the key.
 
 In a training config ``model.path`` is the checkpoint training starts from (a base model such as
 all-MiniLM-L6-v2 gets a new, randomly initialised head) and ``model.task`` picks the objective:
-``classify`` (sequence classification / regression) or ``generate`` (seq2seq). ``input.path`` is
+``classify`` (sequence classification / regression), ``generate`` (seq2seq), ``token-classify``
+(word tags, NER) or ``embed`` (sentence embeddings from pairs). ``input.path`` is
 the training data. ``model.dtype`` applies to inference only: training keeps float32 weights
 and optimizer state (``train.bf16`` adds bfloat16 autocast).
 """
@@ -32,10 +33,13 @@ from rayformers.pipeline.config import (  # noqa: I001
 
 from .lora import LoraSettings, validate_settings as validate_lora
 
-TRAIN_TASKS = ("classify", "generate")
+TRAIN_TASKS = ("classify", "generate", "token-classify", "embed")
 PROBLEM_TYPES = ("auto", "single_label_classification", "multi_label_classification", "regression")
 SCHEDULERS = ("linear", "cosine", "constant")
 BAD_ROW_POLICIES = ("fail", "skip")
+STRATEGIES = ("ddp", "fsdp")
+PARAM_DTYPES = ("auto", "bfloat16", "float32")
+EMBED_POOLINGS = ("auto", "mean", "cls", "max", "lasttoken")
 ORDERS = ("auto", "min", "max")
 
 
@@ -83,7 +87,8 @@ class TrainConfig:
     permuted); the order is deterministic for a given seed and does not depend on num_workers."""
 
     label_column: str = "label"
-    """classify: column with the label: a name (string), an id (integer), a list of names/ids
+    """classify: column with the label (token-classify: a list of word tags, one per word of the
+    list-of-words ``input.text_column``): a name (string), an id (integer), a list of names/ids
     (multi-label) or a number / list of numbers (regression)."""
     target_column: str = "target"
     """generate: column with the target text."""
@@ -141,6 +146,31 @@ class TrainConfig:
     """SFT: pack each micro-batch's rows into as few sequences of at most ``tokenizer.max_length``
     tokens as fit, without attention across rows (position ids restart per row)."""
 
+    positive_column: str = "positive"
+    """embed: column with the text that matches the anchor (``input.text_column``)."""
+    negative_column: Optional[str] = None
+    """embed: optional column with a hard negative per row (an extra candidate in the loss)."""
+    pooling: str = "auto"
+    """embed: ``mean``, ``cls``, ``max`` or ``lasttoken``; ``auto``: the base model's
+    sentence-transformers pooling when it has one, else ``mean``."""
+    normalize: Optional[bool] = None
+    """embed: whether the saved model L2-normalises its embeddings (a ``Normalize`` module);
+    ``null``: as the base sentence-transformers model, else false. The loss always uses cosine
+    similarity."""
+    loss_scale: float = 20.0
+    """embed: MultipleNegativesRankingLoss scale (the inverse temperature of the cosine scores)."""
+
+    strategy: str = "ddp"
+    """``ddp`` (every worker holds the whole model) or ``fsdp`` (FSDP2 ``fully_shard`` per
+    transformer layer, then the root: parameters, gradients and optimizer state sharded)."""
+    fsdp_param_dtype: str = "auto"
+    """fsdp: dtype of the gathered parameters for compute (gradients are reduced in float32 and
+    the sharded master weights stay float32). ``auto``: bfloat16 where the device computes it
+    natively, else float32."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer layer's activations in the backward pass instead of storing
+    them (less memory, about a third more compute)."""
+
     bad_rows: str = "fail"
     """Rows with a missing text or label, an unknown label name or an empty target: ``fail``
     (stop before training with the file and rows named) or ``skip`` (leave them out, counted and
@@ -170,6 +200,9 @@ _TRAIN_CHOICES = {
     "lr_scheduler": SCHEDULERS,
     "bad_rows": BAD_ROW_POLICIES,
     "best_metric_order": ORDERS,
+    "strategy": STRATEGIES,
+    "fsdp_param_dtype": PARAM_DTYPES,
+    "pooling": EMBED_POOLINGS,
 }
 
 
@@ -213,6 +246,18 @@ def validate(cfg: TrainJobConfig) -> TrainJobConfig:
         raise ConfigError(f"config key 'train.cpus_per_worker' must not be negative, got {t.cpus_per_worker}")
     if t.max_failures < -1:
         raise ConfigError(f"config key 'train.max_failures' must be -1 (unlimited) or more, got {t.max_failures}")
+    if t.loss_scale <= 0:
+        raise ConfigError(f"config key 'train.loss_scale' must be positive, got {t.loss_scale}")
+    if cfg.model.task == "embed" and t.gradient_accumulation_steps > 1:
+        raise ConfigError(
+            "config key 'train.gradient_accumulation_steps' must be 1 for model.task embed: in-batch negatives "
+            "come from one forward pass, so accumulation would not enlarge them; raise batch_size_per_worker"
+        )
+    if t.strategy == "fsdp" and cfg.model.task == "generate" and t.eval_generate and t.num_workers > 1:
+        raise ConfigError(
+            "config key 'train.eval_generate' must be false with train.strategy fsdp: generation runs a different "
+            "number of forward passes on each worker, which a sharded model cannot (eval_loss is still reported)"
+        )
     if t.eval_path and t.eval_split:
         raise ConfigError("config keys 'train.eval_path' and 'train.eval_split' are exclusive: set one")
     if t.labels is not None:
@@ -220,6 +265,12 @@ def validate(cfg: TrainJobConfig) -> TrainJobConfig:
             raise ConfigError("config key 'train.labels' must be a non-empty list of distinct label names")
     if t.lora is not None:
         validate_lora(t.lora)
+        if t.strategy == "fsdp":
+            raise ConfigError("config key 'train.lora' is not supported with train.strategy fsdp (adapters are saved "
+                              "from the unsharded model): use strategy ddp, which LoRA's small trainable state suits")
+        if cfg.model.task in ("token-classify", "embed"):
+            raise ConfigError(f"config key 'train.lora' is not supported for task {cfg.model.task!r} yet: train the "
+                              "whole model (leave train.lora unset)")
     sft_keys = [k for k in ("prompt_column", "response_column", "messages_column", "chat_template") if getattr(t, k)]
     if (sft_keys or t.packing) and cfg.model.task != "generate":
         raise ConfigError(f"config key(s) 'train.{', train.'.join(sft_keys or ['packing'])}' are for model.task "

@@ -69,9 +69,10 @@ class LabelSpec:
     """How the label (or target) column becomes model labels."""
 
     task: str
-    """``classify`` or ``generate``."""
+    """``classify``, ``generate``, ``token-classify`` or ``embed``."""
     problem_type: Optional[str] = None
-    """``single_label_classification``, ``multi_label_classification`` or ``regression``."""
+    """``single_label_classification``, ``multi_label_classification``, ``regression`` or
+    ``token_classification``."""
     source: str = "names"
     """classify: the column holds ``names`` (strings), ``ids`` (integers) or ``values`` (numbers)."""
     names: list = field(default_factory=list)
@@ -89,15 +90,17 @@ class LabelSpec:
 
     def model_kwargs(self) -> dict:
         """Keyword arguments for ``from_pretrained`` that give the model this label space."""
-        if self.task != "classify":
+        if self.task not in ("classify", "token-classify"):
             return {}
         names = self.names or [f"LABEL_{i}" for i in range(self.num_outputs)]
-        return {
+        out = {
             "num_labels": len(names),
             "id2label": {i: str(n) for i, n in enumerate(names)},
             "label2id": {str(n): i for i, n in enumerate(names)},
-            "problem_type": self.problem_type,
         }
+        if self.task == "classify":
+            out["problem_type"] = self.problem_type
+        return out
 
 
 def _is_named(id2label: Optional[dict]) -> bool:
@@ -152,12 +155,15 @@ class Columns:
     text: str
     pair: Optional[str]
     label: str
-    """Label column (classify), target column (generate) or response column (SFT)."""
+    """Label column (classify, token-classify), target column (generate), response column (SFT) or
+    positive column (embed)."""
     messages: bool = False
     """SFT: ``text`` is a messages column (``label`` is the same column)."""
+    negative: Optional[str] = None
+    """embed: the hard-negative column, if any."""
 
     def read(self) -> list:
-        return list(dict.fromkeys(c for c in (self.text, self.pair, self.label) if c))
+        return list(dict.fromkeys(c for c in (self.text, self.pair, self.label, self.negative) if c))
 
 
 @dataclass
@@ -232,6 +238,10 @@ def row_problems(table: pa.Table, columns: Columns, spec: LabelSpec) -> list:
     """One reason (or None) per row: text, pair text, then label/target."""
     if spec.task == "sft":
         return sft_row_problems(table, columns.text, columns.label, columns.messages)
+    if spec.task == "token-classify":
+        return _tagged_row_problems(table, columns, spec)
+    if spec.task == "embed":
+        return _pair_row_problems(table, columns)
     texts = table.column(columns.text).to_pylist()
     pairs = table.column(columns.pair).to_pylist() if columns.pair else None
     labels = table.column(columns.label).to_pylist()
@@ -242,6 +252,30 @@ def row_problems(table: pa.Table, columns: Columns, spec: LabelSpec) -> list:
             reason = text_problem(pairs[i], columns.pair)[1]
         if reason is None:
             reason = label_problem(labels[i], spec, columns.label)
+        problems.append(reason)
+    return problems
+
+
+def _tagged_row_problems(table: pa.Table, columns: Columns, spec: LabelSpec) -> list:
+    """token-classify: a list of words and one in-set tag per word."""
+    from .token_tagging import tags_problem, words_problem
+
+    words = table.column(columns.text).to_pylist()
+    tags = table.column(columns.label).to_pylist()
+    return [words_problem(w, columns.text) or tags_problem(w, t, spec.names, columns.label) for w, t in zip(words, tags)]
+
+
+def _pair_row_problems(table: pa.Table, columns: Columns) -> list:
+    """embed: anchor, positive and (when configured) hard negative are all usable texts."""
+    names = [c for c in (columns.text, columns.label, columns.negative) if c]
+    values = [table.column(c).to_pylist() for c in names]
+    problems = []
+    for i in range(table.num_rows):
+        reason = None
+        for name, column in zip(names, values):
+            reason = text_problem(column[i], name)[1]
+            if reason is not None:
+                break
         problems.append(reason)
     return problems
 
@@ -338,7 +372,8 @@ def check_columns(fs: pafs.FileSystem, units: list[Unit], columns: Columns, role
             continue
         schema = pq.ParquetFile(unit.path, filesystem=fs).schema_arrow
         for key, col in (("input.text_column", columns.text), ("input.text_pair_column", columns.pair),
-                         ("train.label_column/target_column", columns.label)):
+                         ("train.label_column/target_column/positive_column", columns.label),
+                         ("train.negative_column", columns.negative)):
             if col and col not in schema.names:
                 raise DataError(
                     f"{role} data: {key} {col!r} is not a column of {unit.path} (columns: {', '.join(schema.names)})"
@@ -355,9 +390,17 @@ def infer_label_spec(task: str, label_type: pa.DataType, problem_type: str, labe
                      model_id2label: Optional[dict], summaries: Optional[list]) -> LabelSpec:
     """The label space: explicit ``train.labels`` > the model's named labels (when they cover the
     data) > the sorted names (or 0..max id) found in the training data."""
-    if task in ("generate", "sft"):
+    if task in ("generate", "sft", "embed"):
         return LabelSpec(task=task)
     source, is_list = _arrow_kind(label_type)
+    if task == "token-classify":
+        if not is_list or source == "values":
+            raise DataError(f"token-classify needs a list of tag names or ids per row; the label column is {label_type}")
+        names = _label_names(source, labels, model_id2label, summaries)
+        if not names:
+            raise DataError("no tags found in the training data; set train.labels")
+        return LabelSpec(task=task, problem_type="token_classification", source=source, names=names,
+                         num_outputs=len(names))
     if problem_type == "auto":
         if source == "values":
             problem_type = "regression"
@@ -377,22 +420,7 @@ def infer_label_spec(task: str, label_type: pa.DataType, problem_type: str, labe
             f"label column holds numbers ({label_type}) but train.problem_type is {problem_type}; "
             "use integer ids or names for classification"
         )
-    if labels is not None:
-        names = [str(x) for x in labels]
-    else:
-        model_names = [model_id2label[i] for i in sorted(model_id2label)] if _is_named(model_id2label) else None
-        found_names = sorted({n for s in summaries or [] for n in s["names"]})
-        max_id = max([s["max_id"] for s in summaries or []] + [-1])
-        if source == "names":
-            if model_names and set(found_names) <= set(model_names):
-                names = model_names
-            else:
-                names = found_names
-        else:
-            if model_names and max_id < len(model_names):
-                names = model_names
-            else:
-                names = [f"LABEL_{i}" for i in range(max_id + 1)]
+    names = _label_names(source, labels, model_id2label, summaries)
     if len(names) < 2 and problem_type == "single_label_classification":
         raise DataError(
             f"found {len(names)} label(s) ({', '.join(names) or 'none'}) in the training data; single-label "
@@ -401,6 +429,17 @@ def infer_label_spec(task: str, label_type: pa.DataType, problem_type: str, labe
     if not names:
         raise DataError("no labels found in the training data; set train.labels")
     return LabelSpec(task="classify", problem_type=problem_type, source=source, names=names, num_outputs=len(names))
+
+
+def _label_names(source: str, labels: Optional[list], model_id2label: Optional[dict], summaries: Optional[list]) -> list:
+    if labels is not None:
+        return [str(x) for x in labels]
+    model_names = [model_id2label[i] for i in sorted(model_id2label)] if _is_named(model_id2label) else None
+    found_names = sorted({n for s in summaries or [] for n in s["names"]})
+    max_id = max([s["max_id"] for s in summaries or []] + [-1])
+    if source == "names":
+        return model_names if model_names and set(found_names) <= set(model_names) else found_names
+    return model_names if model_names and max_id < len(model_names) else [f"LABEL_{i}" for i in range(max_id + 1)]
 
 
 @dataclass
@@ -654,15 +693,31 @@ def tokenize_batch(batch: pa.Table, tok: Tokenization, columns: Columns, spec: L
     Labels: single-label → int64 id; multi-label → float32 multi-hot list; regression → float32
     (list when several outputs); seq2seq → target token ids (list<int32>)."""
     tokenizer = _tokenizer(tok)
-    if spec.task == "sft":
-        out = tokenize_sft(batch, tokenizer, columns.text, columns.label, columns.messages, tok.chat_template,
-                           tok.max_length)
+    truncation: Any = True if tok.truncation == "longest_first" else tok.truncation
+    if spec.task == "token-classify":
+        from .token_tagging import tokenize_tagged
+
+        ids, labels = tokenize_tagged(tokenizer, batch.column(columns.text).to_pylist(),
+                                      batch.column(columns.label).to_pylist(), spec.label2id, tok.max_length, truncation)
+        out = {"input_ids": pa.array(ids, type=pa.list_(pa.int32())), "labels": pa.array(labels, type=pa.list_(pa.int32()))}
+        if MICRO_COLUMN in batch.column_names:
+            out[MICRO_COLUMN] = batch.column(MICRO_COLUMN)
+        return pa.table(out)
+    if spec.task in ("sft", "embed"):
+        if spec.task == "sft":
+            out = tokenize_sft(batch, tokenizer, columns.text, columns.label, columns.messages, tok.chat_template,
+                               tok.max_length)
+        else:
+            from .embedding_training import tokenize_pairs
+
+            texts = {role: _texts(batch, column) for role, column in
+                     (("anchor", columns.text), ("positive", columns.label), ("negative", columns.negative)) if column}
+            out = tokenize_pairs(tokenizer, texts, tok.max_length, truncation)
         if MICRO_COLUMN in batch.column_names:
             out[MICRO_COLUMN] = batch.column(MICRO_COLUMN)
         return pa.table(out)
     texts = _texts(batch, columns.text)
     pairs = _texts(batch, columns.pair) if columns.pair else None
-    truncation: Any = True if tok.truncation == "longest_first" else tok.truncation
     enc = tokenizer(texts, text_pair=pairs, truncation=truncation, max_length=tok.max_length)
     out = {"input_ids": pa.array(enc["input_ids"], type=pa.list_(pa.int32()))}
     if pairs is not None and tok.pass_token_type_ids and "token_type_ids" in enc:
@@ -824,6 +879,10 @@ def collate(batch: pa.Table, pad_token_id: int, pack_capacity: Optional[int] = N
         if MICRO_COLUMN in batch.column_names:
             out[MICRO_COLUMN] = torch.from_numpy(batch.column(MICRO_COLUMN).to_numpy().astype(np.int64))
         return out
+    if "positive_input_ids" in batch.column_names:
+        from .embedding_training import collate_pairs
+
+        return collate_pairs(batch, pad_token_id)
     ids, lengths = pad_list_column(batch.column("input_ids"), pad_token_id)
     out = {
         "input_ids": torch.from_numpy(ids),
@@ -907,9 +966,11 @@ def prepare_data(cfg, world_size: int, model_id2label: Optional[dict], causal_lm
 
     Raises :class:`DataError` for unusable data, and for bad rows under ``bad_rows: fail``."""
     t = cfg.train
-    label_column = t.label_column if cfg.model.task == "classify" else t.target_column
-    columns = Columns(text=cfg.input.text_column, pair=cfg.input.text_pair_column, label=label_column)
-    data_task = cfg.model.task
+    task = cfg.model.task
+    label_column = {"generate": t.target_column, "embed": t.positive_column}.get(task, t.label_column)
+    columns = Columns(text=cfg.input.text_column, pair=cfg.input.text_pair_column if task != "embed" else None,
+                      label=label_column, negative=t.negative_column if task == "embed" else None)
+    data_task = task
     if causal_lm:
         columns, data_task = sft_columns(cfg), "sft"
     global_batch = t.batch_size_per_worker * world_size * t.gradient_accumulation_steps
@@ -923,13 +984,13 @@ def prepare_data(cfg, world_size: int, model_id2label: Optional[dict], causal_lm
     if t.eval_path:
         eval_fs, eval_units = discover_units(t.eval_path, cfg.input.filesystem, cfg.input.partitioning, target_rows)
         eval_type = check_columns(eval_fs, eval_units, columns, "eval")
-        if cfg.model.task == "classify" and _arrow_kind(eval_type) != _arrow_kind(label_type):
+        if task in ("classify", "token-classify") and _arrow_kind(eval_type) != _arrow_kind(label_type):
             raise DataError(
                 f"eval data: label column {columns.label!r} has type {eval_type}, training data has {label_type}"
             )
 
     summaries = None
-    needs_vocabulary = cfg.model.task == "classify" and t.labels is None
+    needs_vocabulary = task in ("classify", "token-classify") and t.labels is None
     if needs_vocabulary:
         summaries = _run_tasks(_label_summary, [(fs, u, columns.label) for u in units], io_cpus)
     spec = infer_label_spec(data_task, label_type, t.problem_type, t.labels, model_id2label, summaries)

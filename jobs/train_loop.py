@@ -4,21 +4,25 @@ One function, :func:`train_loop_per_worker`, reading a plain :class:`WorkerSpec`
 nothing of YAML or Parquet: batches arrive tokenized from ``get_dataset_shard("train")`` and are
 only padded here. What it does, in order:
 
-* build the model (``AutoModelFor…`` from the base checkpoint with the run's label space, or from
-  ``ray.train.get_checkpoint()`` when resuming) and wrap it for DDP (gloo on CPU, NCCL on GPU);
+* build the model (``AutoModelFor…`` of the task, :data:`AUTO_CLASSES`, from the base checkpoint
+  with the run's label space, or from ``ray.train.get_checkpoint()`` when resuming) and wrap it
+  for DDP (gloo on CPU, NCCL on GPU) or shard it with FSDP2, optionally with gradient
+  checkpointing (:mod:`.strategies`);
 * AdamW (no decay on biases/LayerNorm), warmup + linear/cosine/constant schedule, gradient
   accumulation with ``no_sync``, global-norm clipping, optional bf16 autocast;
 * loss normalisation that makes the result independent of the worker count: classification
-  averages a fixed number of rows per step; seq2seq divides the summed token loss by the number
-  of target tokens of the whole global batch (one all-reduce), so 1 worker and W workers compute
-  the same gradient for the same rows;
+  averages a fixed number of rows per step; seq2seq and token classification divide the summed
+  token loss by the number of labelled tokens of the whole global batch (one all-reduce);
+  embedding training gathers every worker's candidates (:mod:`.embedding_training`); so 1 worker
+  and W workers compute the same gradient for the same rows;
 * every collective on the worker's device (:mod:`.collectives`; NCCL takes only CUDA tensors),
   and no host synchronisation per micro-batch: batches are checked on the host before they are
   copied to the device, step losses stay on the device until the next logging step;
 * evaluation sharded over workers with additive statistics (:mod:`.metrics`), its batches kept on
   the host and moved to the device one at a time;
-* ``ray.train.report`` every ``log_every`` steps (metrics) and every checkpoint step (metrics +
-  an HF-format checkpoint written by rank 0, RNG state by every rank, see :mod:`.checkpoints`).
+* ``ray.train.report`` every ``log_every`` steps (metrics, with every worker's peak memory) and
+  every checkpoint step (metrics + an HF-format or sentence-transformers checkpoint written by
+  rank 0 from full state dicts, RNG state by every rank, see :mod:`.checkpoints`).
 
 A resumed worker skips micro-batches older than its checkpoint (normally none: the data stream
 is rebuilt to start at the checkpoint's step), and checks every batch carries the expected
@@ -38,6 +42,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import checkpoints as ckpt
+from . import strategies
 from .collectives import all_reduce_sum
 from .lora import LoraSettings, apply_lora, load_adapter_weights, merged_state_dict, save_adapter
 from .metrics import MetricState, format_metrics
@@ -84,6 +89,12 @@ class WorkerSpec:
     torch_threads: Optional[int]
     data_fingerprint: str
     config_snapshot: dict = field(default_factory=dict)
+    embedding: Optional[Any] = None
+    """embed: the :class:`~.embedding_training.EmbeddingSettings` (pooling, scale, ...)."""
+    strategy: str = "ddp"
+    """``ddp`` or ``fsdp`` (see :mod:`.strategies`)."""
+    fsdp_param_dtype: str = "auto"
+    gradient_checkpointing: bool = False
     on_step_end: Optional[Callable[[int, int], None]] = None
     """Called after every optimizer step as ``on_step_end(step, rank)``, before that step's
     evaluation and checkpoint (tests, custom logging)."""
@@ -99,12 +110,25 @@ class WorkerSpec:
 # Model, optimizer, schedule.
 
 
+AUTO_CLASSES = {
+    "classify": "AutoModelForSequenceClassification",
+    "generate": "AutoModelForSeq2SeqLM",
+    "token-classify": "AutoModelForTokenClassification",
+    "embed": "AutoModel",
+}
+"""The model class each training task builds (``embed`` trains the bare encoder; ``generate`` on a
+decoder-only checkpoint builds a causal LM instead, see :func:`auto_class`)."""
+
+TOKEN_LEVEL_TASKS = ("generate", "token-classify")
+"""Tasks whose loss is a mean over labelled tokens of the whole global batch."""
+
+
 def auto_class(spec: WorkerSpec):
     import rayformers.models as models
 
-    if spec.task == "classify":
-        return models.AutoModelForSequenceClassification
-    return models.AutoModelForCausalLM if spec.causal_lm else models.AutoModelForSeq2SeqLM
+    if spec.causal_lm:
+        return models.AutoModelForCausalLM
+    return getattr(models, AUTO_CLASSES[spec.task])
 
 
 def load_model(spec: WorkerSpec, checkpoint_dir: Optional[str]):
@@ -133,7 +157,7 @@ def _load_base(spec: WorkerSpec, auto):
         kwargs["revision"] = spec.revision
     if spec.local_files_only:
         kwargs["local_files_only"] = True
-    if spec.task == "classify":
+    if spec.task in ("classify", "token-classify"):
         kwargs.update(spec.label_kwargs)
         kwargs["ignore_mismatched_sizes"] = spec.ignore_mismatched_sizes
     model, info = auto.from_pretrained(spec.model_path, output_loading_info=True, **kwargs)
@@ -265,16 +289,32 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
              device: torch.device) -> dict:
     """Loss and task metrics over this worker's eval shard, summed over all workers."""
     state = MetricState(spec.metric_kind, spec.num_labels)
+    id2label = spec.label_kwargs.get("id2label", {})
     was_training = model.training
     model.eval()
     autocast = _autocast(spec, device)
     with torch.no_grad():
-        for batch in batches:
-            inputs = _model_inputs(batch)
+        for inputs in _in_lockstep(batches, model, device):
+            if inputs is None:
+                _idle_forward(model, spec, device)
+                continue
+            if spec.task == "embed":
+                from .embedding_training import eval_statistics
+
+                rows = inputs["input_ids"].shape[0] // spec.embedding.roles
+                with autocast:
+                    loss_sum, correct = eval_statistics(model, inputs, spec.embedding, rows)
+                state.add_loss(loss_sum, rows)
+                state.add_retrieval(correct, rows)
+                continue
             with autocast:
                 out = model(**forward_inputs(spec, inputs))
             labels = inputs["labels"]
-            if spec.task == "generate":
+            if spec.task == "token-classify":
+                tokens = int((labels != -100).sum())
+                state.add_loss(float(token_loss_sum(out.logits, labels)), tokens)
+                state.add_tagging(out.logits, labels, id2label)
+            elif spec.task == "generate":
                 tokens = int((labels[:, 1:] != -100).sum()) if spec.causal_lm else int((labels != -100).sum())
                 state.add_loss(float(loss_sum(spec, out.logits, labels)), tokens)
                 if spec.eval_generate:
@@ -304,6 +344,35 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
     if was_training:
         model.train()
     return state.totals("eval_")
+
+
+def _in_lockstep(batches, model: torch.nn.Module, device: torch.device):
+    """This worker's eval inputs; under FSDP also ``None`` while other workers still have batches.
+
+    A sharded model's forward is a collective (each layer all-gathers its parameters), so every
+    worker must run the same number of forwards, but eval shards may differ by a batch. Before
+    each batch the workers count who still has one (one all-reduce); a worker that has run out
+    runs an idle forward (:func:`_idle_forward`) until all have."""
+    if not strategies.is_sharded(model):
+        for batch in batches:
+            yield _model_inputs(batch)
+        return
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        active = all_reduce_sum(torch.tensor(0.0 if batch is None else 1.0), device)
+        if float(active) == 0:
+            return
+        yield None if batch is None else _model_inputs(batch)
+
+
+def _idle_forward(model: torch.nn.Module, spec: WorkerSpec, device: torch.device) -> None:
+    """A one-token forward whose output is discarded (keeps FSDP's collectives in step)."""
+    ids = torch.full((1, 1), int(spec.pad_token_id), dtype=torch.long, device=device)
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if spec.task == "generate":
+        kwargs["labels"] = torch.full((1, 1), -100, dtype=torch.long, device=device)
+    model(**kwargs)
 
 
 def _autocast(spec: WorkerSpec, device: torch.device):
@@ -347,12 +416,17 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
         model = load_model(spec, resume_dir)
         model.to(device)
         model.train()
+        wrapped = _wrap_model(model, spec, device, world, rank)
         optimizer = make_optimizer(model, spec)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(spec.lr_scheduler, spec.warmup_steps, spec.total_steps)
         )
         if resume_dir is not None:
-            state = ckpt.load_training_state(resume_dir, rank=rank, optimizer=optimizer, scheduler=scheduler)
+            sharded = strategies.is_sharded(model)
+            state = ckpt.load_training_state(resume_dir, rank=rank, optimizer=None if sharded else optimizer,
+                                             scheduler=scheduler)
+            if sharded:
+                strategies.load_full_optimizer_state(model, optimizer, ckpt.load_optimizer_file(resume_dir))
             if state.get("data_fingerprint") != spec.data_fingerprint:
                 raise RuntimeError(
                     f"checkpoint {resume_dir} was written with another data plan or batch configuration; "
@@ -373,7 +447,7 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
     else:
         _log(rank, f"starting: {spec.total_steps} steps")
 
-    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    ddp_model = wrapped
     unwrapped = model
     autocast = _autocast(spec, device)
     shard = ray.train.get_dataset_shard("train")
@@ -433,7 +507,8 @@ def train_loop_per_worker(spec: WorkerSpec) -> None:
             "samples_per_s": window_rows / elapsed,
             "data_wait_fraction": min(1.0, (timed.waited - waited_before) / elapsed),
         }
-        log_history.append({k: metrics[k] for k in ("step", "samples_per_s", "data_wait_fraction")})
+        metrics.update(_memory_per_worker(device, rank, world))
+        log_history.append({k: metrics[k] for k in ("step", "samples_per_s", "data_wait_fraction", "peak_rss_mb")})
         if do_eval:
             last_eval = evaluate(unwrapped, spec, tokenizer, eval_batches, device)
             log_history.append({"step": step, **last_eval})
@@ -498,6 +573,50 @@ class StepLosses:
         return out
 
 
+def _wrap_model(model: torch.nn.Module, spec: WorkerSpec, device: torch.device, world: int, rank: int,
+                make_ddp: Optional[Callable] = None):
+    """Gradient checkpointing, then DDP or FSDP2 (:mod:`.strategies`); returns the module the
+    loop calls (FSDP2 shards ``model`` in place, so it is that same module). ``make_ddp``: the
+    DDP wrapper (default Ray Train's ``prepare_model``; a plain process group passes
+    ``DistributedDataParallel``)."""
+    if spec.task == "embed":
+        from .embedding_training import freeze_unused_heads
+
+        freeze_unused_heads(model)
+    if spec.gradient_checkpointing:
+        layers = strategies.enable_gradient_checkpointing(model)
+        _log(rank, f"gradient checkpointing on {layers} layers")
+    if spec.strategy == "fsdp" and world > 1:
+        dtype = strategies.fsdp_param_dtype(spec.fsdp_param_dtype, device)
+        layers = strategies.shard_model(model, dtype)
+        _log(rank, f"FSDP2: {layers} layers + root sharded over {world} workers, compute in {dtype}, "
+                   "gradients reduced in float32")
+        return model
+    if world > 1:
+        if make_ddp is not None:
+            return make_ddp(model)
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+    return model
+
+
+def _memory_per_worker(device: torch.device, rank: int, world: int) -> dict:
+    """``peak_rss_mb`` (the largest of the workers) and ``peak_rss_mb_per_worker`` (rank order),
+    plus the CUDA allocator's peak when on a GPU; one all-reduce."""
+    own = strategies.memory_metrics(device)
+    keys = sorted(own)
+    table = torch.zeros(len(keys), world, dtype=torch.float64)
+    table[:, rank] = torch.tensor([float(own[k]) for k in keys], dtype=torch.float64)
+    table = all_reduce_sum(table, device).cpu()
+    out: dict = {}
+    for i, key in enumerate(keys):
+        values = [round(v, 1) for v in table[i].tolist()]
+        out[key] = max(values)
+        out[f"{key}_per_worker"] = values
+    return out
+
+
 def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec, autocast, world,
                     device: torch.device) -> torch.Tensor:
     """Forward/backward over the accumulated micro-batches, then one optimizer step; returns the
@@ -505,7 +624,7 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
 
     Nothing here reads a device value on the host: the target-token count, the loss total and
     their all-reduces stay on the device (see :class:`StepLosses`)."""
-    seq2seq = spec.task == "generate"
+    seq2seq = spec.task in TOKEN_LEVEL_TASKS
     if seq2seq:
         targets = [mb["labels"][:, 1:] if spec.causal_lm else mb["labels"] for mb in micro_batches]
         tokens = sum((t != -100).sum() for t in targets).float()
@@ -513,8 +632,17 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if (last or world == 1) else ddp_model.no_sync()
+        sync = strategies.gradient_sync(ddp_model, last or world == 1)
         with sync:
+            if spec.task == "embed":
+                from .embedding_training import step_loss
+
+                with autocast:
+                    embed_loss = step_loss(ddp_model, mb, spec.embedding, spec.batch_size, device).float()
+                loss = embed_loss / len(micro_batches)
+                loss_total += loss.detach().double() / world
+                loss.backward()
+                continue
             with autocast:
                 out = ddp_model(**forward_inputs(spec, mb))
             if seq2seq:
@@ -526,18 +654,19 @@ def _optimizer_step(ddp_model, model, optimizer, scheduler, micro_batches, spec,
                 loss_total += loss.detach().double() / world
             loss.backward()
     if spec.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), spec.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return all_reduce_sum(loss_total, device)
 
 
-def save_checkpoint_files(directory: str, model, tokenizer, spec: WorkerSpec) -> None:
-    """The model part of a checkpoint: the HF-format model, or with LoRA a PEFT adapter directory
-    (plus ``merged/``, the full merged model, with ``train.lora.merge``); tokenizer files either way."""
+def save_checkpoint_files(directory: str, model, tokenizer, spec: WorkerSpec, state_dict: Optional[dict] = None) -> None:
+    """The model part of a checkpoint: the HF-format model (``state_dict``: the full weights gathered
+    from FSDP shards), or with LoRA a PEFT adapter directory (plus ``merged/``, the full merged
+    model, with ``train.lora.merge``); tokenizer files either way."""
     if spec.lora is None:
-        ckpt.save_model_checkpoint(directory, model, tokenizer)
+        ckpt.save_model_checkpoint(directory, model, tokenizer, state_dict=state_dict)
         return
     task_type = "CAUSAL_LM" if spec.causal_lm else ("SEQ_CLS" if spec.task == "classify" else "SEQ_2_SEQ_LM")
     save_adapter(directory, model, spec.model_path, task_type)
@@ -564,11 +693,21 @@ def _report_with_checkpoint(model, tokenizer, optimizer, scheduler, spec, rank, 
         "log_history": log_history,
         "config": spec.config_snapshot,
     }
+    # Under FSDP every rank takes part in gathering the full state to rank 0.
+    model_state = strategies.full_model_state(model)
+    optimizer_state = strategies.full_optimizer_state(model, optimizer)
     with tempfile.TemporaryDirectory(prefix="rayformers-ckpt-") as tmp:
         if rank == 0:
-            save_checkpoint_files(tmp, model, tokenizer, spec)
+            if spec.task == "embed":
+                from .embedding_training import save_sentence_transformers
+
+                save_sentence_transformers(tmp, model, tokenizer, spec.embedding, state_dict=model_state)
+            else:
+                save_checkpoint_files(tmp, model, tokenizer, spec, state_dict=model_state)
+            strategies.fix_saved_architecture(tmp, model)
         ckpt.save_training_state(
-            tmp, state, rank=rank, optimizer=optimizer if rank == 0 else None, scheduler=scheduler if rank == 0 else None
+            tmp, state, rank=rank, optimizer=optimizer if rank == 0 else None, scheduler=scheduler if rank == 0 else None,
+            optimizer_state=optimizer_state,
         )
         ray.train.report(
             metrics,

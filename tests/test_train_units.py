@@ -122,7 +122,7 @@ def test_config_loads_shared_sections_and_train_keys(tmp_path):
     [
         ("train.typo=1", "unknown config key(s): train.typo"),
         ("train.bad_rows=drop", "'train.bad_rows': 'drop' is not one of fail, skip"),
-        ("model.task=embed", "training supports classify, generate"),
+        ("model.task=rerank", "training supports classify, generate, token-classify, embed, got 'rerank'"),
         ("train.name=", "'train.name' is empty"),
         ("train.eval_split=0", "no eval data"),
         ("train.batch_size_per_worker=0", "'train.batch_size_per_worker' must be at least 1"),
