@@ -294,17 +294,18 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
     model.eval()
     autocast = _autocast(spec, device)
     with torch.no_grad():
-        for inputs in _in_lockstep(batches, model, device):
-            if inputs is None:
+        for item in _in_lockstep(batches, model, device):
+            if item is None:
                 _idle_forward(model, spec, device)
                 continue
+            batch, inputs = item
             if spec.task == "embed":
                 from .embedding_training import eval_statistics
 
                 rows = inputs["input_ids"].shape[0] // spec.embedding.roles
                 with autocast:
-                    loss_sum, correct = eval_statistics(model, inputs, spec.embedding, rows)
-                state.add_loss(loss_sum, rows)
+                    ranking_loss, correct = eval_statistics(model, inputs, spec.embedding, rows)
+                state.add_loss(ranking_loss, rows)
                 state.add_retrieval(correct, rows)
                 continue
             with autocast:
@@ -347,7 +348,8 @@ def evaluate(model: torch.nn.Module, spec: WorkerSpec, tokenizer: Any, batches: 
 
 
 def _in_lockstep(batches, model: torch.nn.Module, device: torch.device):
-    """This worker's eval inputs; under FSDP also ``None`` while other workers still have batches.
+    """This worker's eval batches with their model inputs, ``(batch, inputs)``; under FSDP also
+    ``None`` while other workers still have batches.
 
     A sharded model's forward is a collective (each layer all-gathers its parameters), so every
     worker must run the same number of forwards, but eval shards may differ by a batch. Before
@@ -355,7 +357,7 @@ def _in_lockstep(batches, model: torch.nn.Module, device: torch.device):
     runs an idle forward (:func:`_idle_forward`) until all have."""
     if not strategies.is_sharded(model):
         for batch in batches:
-            yield _model_inputs(batch)
+            yield batch, _model_inputs(batch)
         return
     iterator = iter(batches)
     while True:
@@ -363,7 +365,7 @@ def _in_lockstep(batches, model: torch.nn.Module, device: torch.device):
         active = all_reduce_sum(torch.tensor(0.0 if batch is None else 1.0), device)
         if float(active) == 0:
             return
-        yield None if batch is None else _model_inputs(batch)
+        yield None if batch is None else (batch, _model_inputs(batch))
 
 
 def _idle_forward(model: torch.nn.Module, spec: WorkerSpec, device: torch.device) -> None:
