@@ -14,7 +14,8 @@ Measured on all-MiniLM-L6-v2: mean cosine 0.997 with float32 (per-layer sensitiv
 docs/int8.md), against 0.95 for the stock quantisation on the same sentences.
 
 Activation quantisation is element-wise work outside the matrix product: Linear layers fed the
-same tensor (query/key/value projections) share one quantised copy of it.
+same tensor (query/key/value projections) share one quantised copy of it, outside
+``torch.inference_mode`` (where tensors keep no version counter to prove the copy current).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class _SharedQuantizedInput:
         self._value: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
     def get(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.is_inference():
+            # torch.inference_mode keeps no version counter: an in-place change could not be seen
+            return quantize_rows(x.reshape(-1, x.shape[-1]))
         if self._source is not None and self._source() is x and x._version == self._version:
             return self._value
         value = quantize_rows(x.reshape(-1, x.shape[-1]))

@@ -78,6 +78,12 @@ def test_rows_quantised_once_for_layers_sharing_an_input_but_never_stale():
     for k in model:
         torch.testing.assert_close(model[k](x), reference[k](x).detach(), rtol=0.05, atol=0.05)
     torch.testing.assert_close(model["q"](x), 3 * first - 2 * reference["q"].bias.detach(), rtol=0, atol=1e-2)
+    with torch.inference_mode():  # no version counter there: every call quantises its input afresh
+        y = torch.randn(4, 32)
+        before = model["q"](y)
+        y.mul_(3)
+        torch.testing.assert_close(model["k"](y), reference["k"](y), rtol=0.05, atol=0.05)
+        torch.testing.assert_close(model["q"](y), 3 * before - 2 * reference["q"].bias, rtol=0, atol=1e-2)
 
 
 def test_narrow_layers_and_the_task_head_stay_float32(tmp_path):
