@@ -128,7 +128,7 @@ def whole_job(model_path: str, inp: Path, rows: int, threads: int) -> None:
         t0 = time.perf_counter()
         report = run(job)
         secs = time.perf_counter() - t0
-        table = read_output(str(out)).sort_by("text")
+        table = read_output(str(out)).sort_by("id")  # the same rows in both arms, in one order
         results[name] = (secs, np.array(table.column("embedding").to_pylist(), dtype=np.float32), report)
     ray.shutdown()
     base_s, base, _ = results["float32"]
