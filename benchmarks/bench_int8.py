@@ -78,7 +78,7 @@ def pooled_forward(model, batches):
     import torch
 
     parts = []
-    with torch.no_grad():
+    with torch.inference_mode():  # as the model actors run
         for input_ids, mask in batches:
             hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
             m = mask.unsqueeze(-1).float()
