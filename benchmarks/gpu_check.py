@@ -34,6 +34,13 @@
    teacher-forced logits within
    :data:`LLM_BF16_TOLERANCE` of the largest logit and the tokens equal up to near-ties, as in 4.
 
+6. **embed against sentence-transformers on the same GPU** (:func:`check_embed_encode`):
+   all-MiniLM-L6-v2, float32 in both arms, :data:`EMBED_ROWS` mixed-length rows
+   (``bench_pipeline.py``'s): sentence-transformers' ``SentenceTransformer.encode`` (length-sorted
+   batches of 32, normalised) against our tokenizer and embed operators in the same process (what
+   a model actor runs, on the GPU), rows/s of both (the faster of two timed runs after a
+   warm-up) and the embeddings by cosine. TF32 is on in both arms, as our float32 GPU actors set it.
+
 TF32 is off for the in-process checks (parity needs float32 arithmetic; both arms of every timing
 run under the same setting; the pipeline's float32 GPU actors turn it on, as a user's job does, so
 check 3 compares them with the docs arm by cosine), every timer is bracketed by ``torch.cuda.synchronize()``, and each check
@@ -66,6 +73,9 @@ model stages overlap), a few seconds for each arm on one GPU."""
 LOGITS_TOLERANCE = 1e-4
 """Largest |ours - transformers| of float32 logits (TF32 off), relative to the largest |logit|:
 float32 carries ~7 digits and the two implementations add in different orders."""
+
+EMBED_ROWS = 16_384
+"""Rows of the embed check on a GPU (a few seconds per arm); 64 with ``--cpu``."""
 
 PIPE_BATCH = 64
 """``batch_size`` of the docs arm's ``transformers.pipeline`` call on a GPU."""
@@ -434,6 +444,57 @@ def check_llm_decode(cpu: bool, work: Path, results: list) -> None:
            "; ".join(agreement) + (f"; NOT near-ties: {real_all[:5]}" if real_all else ""), results)
 
 
+def check_embed_encode(model_dir: Path, cpu: bool, work: Path, results: list) -> None:
+    """Embed rows/s against ``SentenceTransformer.encode`` on the same device, float32 both, and
+    the embeddings' cosine (see the module docstring, check 6)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from bench_pipeline import make_dataset
+    from rayformers.operators import EmbedOperator, TokenizeOperator
+
+    device = "cpu" if cpu else "cuda"
+    rows, max_length = (64, 64) if cpu else (EMBED_ROWS, 256)  # the tiny CPU model has 64 positions
+    inp, _ = make_dataset(work / "embed-rows", rows)
+    table = pq.read_table(inp)
+    texts = table.column("text").to_pylist()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        tokenize = TokenizeOperator(str(model_dir), "text", max_length=max_length)
+        embed = EmbedOperator(model_path=str(model_dir), dtype="float32", num_gpus=0 if cpu else 1,
+                              pooling="mean", normalize=True)  # a float32 GPU actor turns TF32 on
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not cpu
+        st = SentenceTransformer(str(model_dir), device=device)
+        st.max_seq_length = max_length
+
+        def ours():
+            return np.array(embed(tokenize(table)).column("embedding").to_pylist(), dtype=np.float32)
+
+        def reference():
+            return st.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+
+        timings = {}
+        for label, run in (("sentence-transformers", reference), ("ours", ours)):
+            run()  # warm-up
+            best = None
+            for _ in range(2):
+                _synchronize(device)
+                t0 = time.perf_counter()
+                out = run()
+                _synchronize(device)
+                best = min(best or float("inf"), time.perf_counter() - t0)
+            timings[label] = (out, best)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    (want, ref_s), (got, ours_s) = timings["sentence-transformers"], timings["ours"]
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    report("embed vs sentence-transformers encode (float32)", bool(cos.min() >= 0.9999),
+           f"min cosine {cos.min():.6f} (limit 0.9999) on {rows:,} rows; ours {rows / ours_s:,.0f} rows/s, "
+           f"sentence-transformers {rows / ref_s:,.0f} rows/s = {ref_s / ours_s:.2f}x", results)
+
+
 def attempt(name: str, check, results: list, start: float) -> None:
     """Run one check; an exception is that check's FAIL line (the first lines of its message),
     not the end of the script, so one command reports on every check."""
@@ -472,6 +533,7 @@ def main(argv=None) -> int:
         attempt("llm decode", lambda: check_llm_decode(args.cpu, work, results), results, start)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    attempt("embed encode", lambda: check_embed_encode(model_dir, args.cpu, work, results), results, start)
     if device == "cuda":
         torch.cuda.empty_cache()  # the pipeline's GPU actors are other processes
     if not args.skip_pipeline:

@@ -151,8 +151,8 @@ class ModelConfig:
     local_files_only: bool = False
     """Never contact the Hub; resolve Hub ids from the local cache only."""
     quantization: str = "none"
-    """``none`` or ``int8-dynamic`` (CPU actors, float32: torch's dynamic int8 quantisation of the
-    Linear layers). Before the job, a sample of its own rows is scored both ways and the agreement
+    """``none`` or ``int8-dynamic`` (CPU actors, float32: the Linear layers in int8 with a scale
+    per weight output channel and per activation row, the task head float32; docs/int8.md). Before the job, a sample of its own rows is scored both ways and the agreement
     (same label / cosine / same text) goes into the report; below ``min_agreement`` the job does
     not start."""
     min_agreement: float = 0.95
