@@ -86,7 +86,7 @@ def tokenize_pairs(tokenizer: Any, texts: dict, max_length: Optional[int], trunc
 def collate_pairs(batch: pa.Table, pad_token_id: int) -> dict:
     """A micro-batch of B rows → ``input_ids``/``attention_mask`` of k·B texts (anchors, then
     positives, then negatives) padded to one width; ``_micro`` keeps its B entries."""
-    from .train_data import MICRO_COLUMN, pad_list_column
+    from .batch_columns import MICRO_COLUMN, pad_list_column
 
     chunks = []
     for role in ROLES:

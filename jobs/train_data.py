@@ -41,6 +41,8 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
+
+from .batch_columns import MICRO_COLUMN, pad_list_column  # noqa: F401  (re-exported)
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -48,8 +50,6 @@ from rayformers.operators.records import text_problem
 
 from .sft_data import PROMPT_LENGTH_COLUMN, pack_rows, sft_row_problems, tokenize_sft
 
-MICRO_COLUMN = "_micro"
-"""Global micro-batch index of a training row (step = micro // gradient_accumulation_steps)."""
 SLICE_ROWS = 2048
 """Rows per block a read task yields (bounds memory of one unit's read)."""
 MAX_EXAMPLES = 20
@@ -851,19 +851,6 @@ def make_data_config(train_plan: TrainPlan, eval_plan: Optional[EvalPlan], tok: 
 
 # ------------------------------------------------------------------------------------------------
 # Collation inside the worker (padding only: tokenization already happened in Ray Data).
-
-
-def pad_list_column(column, pad_value: int) -> tuple[np.ndarray, np.ndarray]:
-    """A list<int> Arrow column → (padded [rows, longest] int64 array, lengths)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    offsets = column.offsets.to_numpy()
-    lengths = np.diff(offsets)
-    values = column.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
-    width = int(lengths.max()) if len(lengths) else 0
-    out = np.full((len(lengths), width), pad_value, dtype=np.int64)
-    out[np.arange(width)[None, :] < lengths[:, None]] = values
-    return out, lengths
 
 
 def collate(batch: pa.Table, pad_token_id: int, pack_capacity: Optional[int] = None) -> dict:

@@ -69,7 +69,10 @@ class _QuietConsole(logging.Filter):
             return False
         if record.levelno >= logging.WARNING:
             return True
-        if record.name == _PROGRESS_LOGGER:
+        # Ray may attach several console handlers to one logger (it configures Ray Data's logging
+        # again per dataset): a progress record is read once, whichever handler sees it first.
+        if record.name == _PROGRESS_LOGGER and not getattr(record, "rayformers_seen", False):
+            record.rayformers_seen = True
             self._progress(record.getMessage())
         return False
 

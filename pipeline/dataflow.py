@@ -23,14 +23,9 @@ from typing import Optional
 from rayformers.operators import TokenizeOperator
 from rayformers.operators.actors import ACTOR_FOR_TASK
 
-from .config import overflow_mode
+from .tokenizer_args import exploded_windows, tokenizer_kwargs  # noqa: F401  (re-exported)
 from .model_device import resolve_model_dtype
 from .preflight import ProcessingSpec, ResolvedJob, size_tokenizer_pool
-
-
-def exploded_windows(cfg) -> bool:
-    """Embeddings per window (``overflow: chunk`` with ``chunk_aggregate: none``)."""
-    return cfg.model.task == "embed" and overflow_mode(cfg.tokenizer) == "chunk" and cfg.task.chunk_aggregate == "none"
 
 
 def build_dataset(job: ResolvedJob, done: Optional[dict] = None):
@@ -114,31 +109,6 @@ def model_chain(ds, job, stages: list):
         ds = map_table(ds, namespace_columns, c.io_num_cpus, name=stage.name, raw=tuple(stage.raw_columns),
                        keep_tokens=next_shares)
     return map_table(ds, finish_columns, c.io_num_cpus, drop=tuple(job.drop_at_end))
-
-
-def tokenizer_kwargs(spec: ProcessingSpec | ResolvedJob) -> dict:
-    """What the tokenizer actors of ``spec`` are built with: two models whose tokenizer kwargs
-    are equal get the same tokens (one tokenizer pool can serve both)."""
-    cfg = spec.config
-    return dict(
-            tokenizer_path=spec.tokenizer_path,
-            text_column=cfg.input.text_column,
-            text_pair_column=cfg.input.text_pair_column,
-            max_length=spec.max_length,
-            truncation=cfg.tokenizer.truncation,
-            overflow=overflow_mode(cfg.tokenizer),
-            stride=spec.stride,
-            # token-classify reads offsets; so do per-window embeddings (their chunk_start/end)
-            with_offsets=cfg.model.task == "token-classify" or exploded_windows(cfg),
-            revision=cfg.model.revision,
-            local_files_only=cfg.model.local_files_only,
-            drop_columns=tuple(spec.drop_after_tokenize),
-            source_language=cfg.input.source_language,
-            source_language_column=cfg.input.source_language_column,
-            text_prefix=spec.text_prefix,
-            prompt=spec.prompt,
-            single_thread=True,
-    )
 
 
 def model_stages(ds, spec: ProcessingSpec | ResolvedJob, tokenize: bool = True, keep_token_columns: bool = False):

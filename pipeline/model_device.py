@@ -16,7 +16,7 @@ from typing import Any
 from rayformers.operators.loading import device_facts, resolve_dtype_name
 
 from .config import resolved_dtype_setting
-from .preflight import PreflightError
+from .preflight_error import PreflightError
 
 
 def needs_probe(cfg) -> bool:

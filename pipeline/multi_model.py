@@ -91,7 +91,7 @@ def same_tokens(previous: ModelStage, stage: ModelStage) -> bool:
     """Whether ``stage`` can read ``previous``'s tokens: both tasks read tokenizer-pool tokens
     and the tokenizer actors would be built alike (files, revision, max_length, truncation,
     overflow, stride, prompt, offsets)."""
-    from .dataflow import tokenizer_kwargs
+    from .tokenizer_args import tokenizer_kwargs
 
     if previous.config.model.task not in SHARED_TOKEN_TASKS or stage.config.model.task not in SHARED_TOKEN_TASKS:
         return False

@@ -24,6 +24,7 @@ from rayformers.operators.records import ERROR_COLUMN
 from rayformers.operators.tokenize import check_stride
 
 from .commit import check_output_mode, staging_path
+from .preflight_error import PreflightError
 
 from .config import POOLINGS, TASKS, ConfigError, JobConfig, overflow_mode, resolved_dtype_setting
 from .locks import lock_path_for
@@ -53,10 +54,6 @@ PREDICTION_COLUMNS = {
     "sparse-embed": ["sparse_embedding", "sparse_nnz"],
     "rerank": ["score", "scores"],
 }
-
-
-class PreflightError(ValueError):
-    """The job cannot start; the message says what to change."""
 
 
 @dataclass
@@ -725,7 +722,7 @@ def resolve_constraint(cfg: JobConfig, model_config: Any) -> Optional[dict]:
     """``task.choices`` / ``task.json_schema`` / ``task.regex`` checked and compiled once here (an
     invalid schema or regex, or a missing grammar engine, fails before any row is read):
     ``{"kind", "value"}`` for the model actors, or None without a constraint."""
-    from rayformers.models.generation.constraints import ConstraintError, constraint_of, grammar
+    from rayformers.models.generation.constraint_grammar import ConstraintError, constraint_of, grammar
 
     t = cfg.task
     try:
