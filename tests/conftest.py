@@ -31,19 +31,42 @@ def _ray_shutdown_at_end():
     ray.shutdown()
 
 
+_OURS: dict = {}
+"""The cluster these fixtures started: its CPU count and GCS address (a module that starts a
+cluster of its own, multi-node or with a fake GPU, is never mistaken for one of ours)."""
+
+
+def _ray_with_cpus(cpus: int):
+    """A local Ray cluster of ``cpus`` logical CPUs: the one running if these fixtures started it
+    with that many, else a new one (the running one shut down first)."""
+    import ray
+
+    if ray.is_initialized() and _OURS.get("cpus") == cpus and \
+            _OURS.get("address") == ray.get_runtime_context().gcs_address:
+        return ray
+    ray.shutdown()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    _OURS.update(cpus=cpus, address=ray.get_runtime_context().gcs_address)
+    return ray
+
+
 @pytest.fixture(scope="module")
 def ray_session(_ray_shutdown_at_end):
     """One local 2-CPU Ray cluster shared by every pipeline test module.
 
     Starting a cluster and its first workers costs ~15 s on a 2-core machine, so it is started
     once and kept between modules (workers are reused too). A module that needs a cluster of its
-    own (training's 4 CPUs, the multi-node cluster) shuts this one down first; the next module
-    that asks for it starts it again."""
-    import ray
+    own (the multi-node cluster, a fake GPU) shuts this one down first; the next module that asks
+    for it starts it again."""
+    yield _ray_with_cpus(2)
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+
+@pytest.fixture(scope="module")
+def ray_training_session(_ray_shutdown_at_end):
+    """The 4-CPU cluster of the Ray Train modules (2 training workers, 1 CPU each, plus room for
+    Ray Data's read and tokenize tasks on a 2-core machine), kept from one training module to the
+    next."""
+    yield _ray_with_cpus(4)
 
 
 @pytest.fixture(scope="session")

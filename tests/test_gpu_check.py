@@ -20,7 +20,7 @@ def test_gpu_check_dry_run_passes_on_cpu(capsys):
     # transformers) working.
     assert gpu_check.main(["--cpu", "--skip-pipeline"]) == 0
     out = capsys.readouterr().out
-    assert "[FAIL]" not in out and out.count("[PASS]") == 6 and "6/6 checks passed" in out
+    assert "[FAIL]" not in out and out.count("[PASS]") == 7 and "7/7 checks passed" in out
     assert "teacher-forced logits vs transformers" in out and "8/8 rows identical" in out
     assert "llm decode (bf16): tokens vs transformers: batch 1: 1/1 rows identical" in out
     assert "batch 4: 4/4 rows identical" in out

@@ -29,13 +29,9 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+def ray_session(ray_training_session):
+    """The shared 4-CPU training cluster (conftest)."""
+    yield ray_training_session
 
 
 @pytest.fixture(scope="module")

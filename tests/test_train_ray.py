@@ -54,15 +54,9 @@ STEPS = 40
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    # 4 logical CPUs on a 2-core machine: 2 training workers (1 CPU each) plus room for the
-    # read/tokenize tasks of Ray Data. The shared 2-CPU test cluster is stopped first.
-    ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+def ray_session(ray_training_session):
+    """The shared 4-CPU training cluster (conftest)."""
+    yield ray_training_session
 
 
 # ------------------------------------------------------------------------------------------------
